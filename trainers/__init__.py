@@ -1,0 +1,1 @@
+"""Everything that trains a model from labels: complementary-label losses, Lightning modules, formats."""
