@@ -1,0 +1,1 @@
+"""Label file formats read and written in one place each."""
