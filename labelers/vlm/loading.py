@@ -72,7 +72,7 @@ def load_vlm(spec: str | None, settings: VLMSettings, device: str = "auto", dtyp
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    name = resolve_model(spec, settings)
+    name = resolve_model(str(spec) if spec is not None else None, settings)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     local = Path(name).expanduser()

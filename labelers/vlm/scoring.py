@@ -1,0 +1,91 @@
+"""Option scoring: the log-likelihood of each option's answer tokens after the prompt, batched.
+
+When every option's answer is a single token (letters A, B, ... in practice) one forward pass per
+image gives all options at once: the next-token distribution at the prompt's last position. Longer
+answers fall back to one sequence per (image, option). Rows are left-padded so the last position
+is always the real end of the prompt.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def answer_token_ids(tokenizer, prompt: str, answer: str) -> list[int]:
+    """Return the token ids ``answer`` adds after ``prompt`` (tokenized together, so merges are right).
+
+    Raises ValueError when the answer adds no tokens.
+    """
+    full = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if full[:len(head)] == head:
+        ids = full[len(head):]
+    else:  # the boundary merged; tokenizing the answer alone is the closest honest reading
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"answer {answer!r} adds no tokens after the prompt")
+    return list(ids)
+
+
+def _encode(vlm, texts: Sequence[str], images: Sequence):
+    enc = vlm.processor(text=list(texts), images=list(images), padding=True, return_tensors="pt")
+    return {key: (value.to(vlm.device, dtype=vlm.dtype) if value.is_floating_point() else value.to(vlm.device))
+            for key, value in enc.items()}
+
+
+def _forward_last_logprobs(vlm, texts: Sequence[str], images: Sequence, keep: int):
+    """Return log-softmax logits of the last ``keep`` positions, shape (rows, keep, vocab), float32."""
+    import torch
+
+    with torch.inference_mode():
+        out = vlm.model(**_encode(vlm, texts, images), logits_to_keep=keep)
+    return out.logits[:, -keep:].float().log_softmax(-1)
+
+
+def score_options(vlm, images: Sequence, prompts: Sequence[str], answers: Sequence[Sequence[str]],
+                  batch_size: int = 8) -> list[np.ndarray]:
+    """Return, per image, the log-likelihood of each answer string in ``answers[i]`` after ``prompts[i]``.
+
+    ``images[i]`` goes with ``prompts[i]`` (one image placeholder each). Results are float64 arrays
+    aligned with ``answers[i]``; rows are processed ``batch_size`` at a time.
+    """
+    ids = [[answer_token_ids(vlm.tokenizer, prompt, answer) for answer in row]
+           for prompt, row in zip(prompts, answers)]
+    if all(len(option) == 1 for row in ids for option in row):
+        return _score_single_tokens(vlm, images, prompts, ids, batch_size)
+    return _score_sequences(vlm, images, prompts, answers, ids, batch_size)
+
+
+def _score_single_tokens(vlm, images, prompts, ids, batch_size) -> list[np.ndarray]:
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        stop = start + batch_size
+        logprobs = _forward_last_logprobs(vlm, prompts[start:stop], images[start:stop], keep=1)[:, -1]
+        for row, option_ids in zip(logprobs, ids[start:stop]):
+            out.append(row[[option[0] for option in option_ids]].double().cpu().numpy())
+    return out
+
+
+def _score_sequences(vlm, images, prompts, answers, ids, batch_size) -> list[np.ndarray]:
+    # One row per (image, option): prompt + answer, scored on the answer's own tokens.
+    flat = [(i, j) for i, row in enumerate(ids) for j in range(len(row))]
+    totals = [np.zeros(len(row)) for row in ids]
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start:start + batch_size]
+        longest = max(len(ids[i][j]) for i, j in chunk)
+        logprobs = _forward_last_logprobs(vlm, [prompts[i] + answers[i][j] for i, j in chunk],
+                                          [images[i] for i, _ in chunk], keep=longest + 1)
+        for row, (i, j) in zip(logprobs, chunk):
+            tokens = ids[i][j]
+            n = len(tokens)
+            # position -n-1+t predicts answer token t (the sequence ends with the answer).
+            steps = row[longest - n: longest]
+            totals[i][j] = float(sum(steps[t, token] for t, token in enumerate(tokens)))
+    return totals
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Return the softmax of a 1-D array of log-likelihoods (sums to 1)."""
+    shifted = np.exp(logits - np.max(logits))
+    return shifted / shifted.sum()
