@@ -1,0 +1,103 @@
+"""``LabelSet``: the one in-memory form every label format is read into and written from.
+
+A LabelSet lists N images (by name, and by file path and/or pixel array), their complementary
+labels as an (N, R) int array padded with -1, and their true labels as (N,) with -1 for unknown.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+
+class LabelSetError(ValueError):
+    """Labels and images do not fit together (lengths, class indices out of range, missing images)."""
+
+
+@dataclass
+class LabelSet:
+    """Images with complementary and/or true labels over ``class_names``.
+
+    ``names``: one identifier per image (file name or relative path). ``cl_labels``: (N, R) int64,
+    -1 = no label in that slot. ``ord_labels``: (N,) int64, -1 = unknown. ``images``: optional
+    uint8 (N, H, W) or (N, H, W, C). ``paths``: optional image files. ``features``: optional (N, D).
+    """
+
+    class_names: list[str]
+    names: list[str]
+    cl_labels: np.ndarray
+    ord_labels: np.ndarray
+    images: np.ndarray | None = None
+    paths: list[Path] | None = None
+    features: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        self.cl_labels = np.asarray(self.cl_labels, dtype=np.int64).reshape(n, -1)
+        self.ord_labels = np.asarray(self.ord_labels, dtype=np.int64).reshape(n)
+        K = len(self.class_names)
+        for what, values in (("cl_labels", self.cl_labels), ("ord_labels", self.ord_labels)):
+            bad = np.argwhere((values < -1) | (values >= K))
+            if len(bad):
+                row = int(bad[0][0])
+                raise LabelSetError(f"{what} of row {row} ({self.names[row]}) is {values.reshape(n, -1)[row]}, "
+                                    f"outside 0..{K - 1} for {K} classes")
+        for what, values in (("images", self.images), ("paths", self.paths), ("features", self.features)):
+            if values is not None and len(values) != n:
+                raise LabelSetError(f"{what} has {len(values)} entries but there are {n} names")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def has_true_labels(self) -> bool:
+        return bool((self.ord_labels >= 0).any())
+
+    @property
+    def has_cls(self) -> bool:
+        return bool((self.cl_labels >= 0).any())
+
+    def subset(self, index) -> "LabelSet":
+        """Return a LabelSet of the rows in ``index`` (array of ints or boolean mask)."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return replace(
+            self, names=[self.names[i] for i in index], cl_labels=self.cl_labels[index],
+            ord_labels=self.ord_labels[index],
+            images=None if self.images is None else self.images[index],
+            paths=None if self.paths is None else [self.paths[i] for i in index],
+            features=None if self.features is None else self.features[index], meta=dict(self.meta))
+
+    def keep_cls(self, num_cl: int | None) -> "LabelSet":
+        """Return a copy keeping the first ``num_cl`` CL columns (all when None or 0)."""
+        if not num_cl or num_cl >= self.cl_labels.shape[1]:
+            return self
+        return replace(self, cl_labels=self.cl_labels[:, :num_cl])
+
+
+def pad_rows(rows: list[list[int]]) -> np.ndarray:
+    """Return the ragged ``rows`` as an (N, max_len) int64 array padded with -1 (at least 1 column)."""
+    width = max([len(row) for row in rows] + [1])
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def majority_vote(labels: np.ndarray) -> np.ndarray:
+    """Return (N,) the most frequent non-negative label per row (ties -> earliest column), -1 if none."""
+    out = np.full(len(labels), -1, dtype=np.int64)
+    for i, row in enumerate(np.asarray(labels).reshape(len(labels), -1)):
+        row = row[row >= 0]
+        if len(row):
+            values, first, counts = np.unique(row, return_index=True, return_counts=True)
+            best = counts == counts.max()
+            out[i] = values[best][np.argmin(first[best])]
+    return out
