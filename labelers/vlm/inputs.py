@@ -1,0 +1,176 @@
+"""Images to label, from an image folder, a CSV file or a Label Studio JSON export.
+
+Every source yields ``ImageItem``s with a unique ``key`` (the name written to ``auto_labels.csv``),
+a local ``path`` and, when the source knows it, the ground-truth class name.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+PATH_COLUMNS = ("image", "path", "filename", "file", "image_path")
+LABEL_COLUMNS = ("label", "class", "choice")
+
+
+class InputError(ValueError):
+    """The input source is malformed; the message names the file and the row, task or key."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    key: str
+    path: Path
+    label: str | None = None
+
+
+def read_inputs(source: str | Path, class_names: list[str] | None = None,
+                local_files_root: str | Path | None = None) -> tuple[list[ImageItem], list[str]]:
+    """Return (items, class names) for an image folder, ``.csv`` file or Label Studio ``.json`` export.
+
+    Class names come from ``class_names`` when given, else from the source (ImageFolder sub-folders,
+    the CSV label column, the export's choices). Raises InputError when the source is missing, has
+    no images, names an unknown class or gives no way to know the classes.
+    """
+    source = Path(source)
+    if source.is_dir():
+        items, found = _read_folder(source)
+    elif source.suffix.lower() == ".csv":
+        items, found = _read_csv(source)
+    elif source.suffix.lower() == ".json":
+        items, found = _read_label_studio(source, local_files_root)
+    elif not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    else:
+        raise InputError(f"{source}: expected an image folder, a .csv file or a Label Studio .json export")
+    if not items:
+        raise InputError(f"{source}: no images found")
+    names = list(class_names) if class_names else found
+    if not names:
+        raise InputError(f"{source}: the class names are unknown; give them with --classes")
+    known = set(names)
+    for item in items:
+        if item.label is not None and item.label not in known:
+            raise InputError(f"{source}: {item.key} has label {item.label!r}, which is not one of the classes "
+                             f"{', '.join(names)}")
+    return items, names
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read_folder(root: Path) -> tuple[list[ImageItem], list[str]]:
+    """ImageFolder (``root/<class>/<image>``) gives labels; a flat folder of images gives none."""
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and any(_is_image(p) for p in d.iterdir()))
+    if class_dirs:
+        items = [ImageItem(p.relative_to(root).as_posix(), p, d.name)
+                 for d in class_dirs for p in sorted(d.iterdir()) if _is_image(p)]
+        return items, [d.name for d in class_dirs]
+    return [ImageItem(p.name, p) for p in sorted(root.iterdir()) if _is_image(p)], []
+
+
+def _read_csv(path: Path) -> tuple[list[ImageItem], list[str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        path_col = next((c for c in PATH_COLUMNS if c in header), None)
+        if path_col is None:
+            raise InputError(f"{path}: the header needs an image column ({', '.join(PATH_COLUMNS)}); got {header}")
+        label_col = next((c for c in LABEL_COLUMNS if c in header), None)
+        items, seen, labels = [], set(), []
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            if not row[path_col]:
+                raise InputError(f"{path}: line {line} has an empty {path_col!r}")
+            image = Path(row[path_col]).expanduser()
+            image = image if image.is_absolute() else path.parent / image
+            label = row.get(label_col) or None if label_col else None
+            items.append(_unique(ImageItem(row[path_col], image, label), seen, f"{path}: line {line}"))
+            if label and label not in labels:
+                labels.append(label)
+    return items, sorted(labels)
+
+
+def _unique(item: ImageItem, seen: set, where: str) -> ImageItem:
+    if item.key in seen:
+        raise InputError(f"{where}: image {item.key!r} is listed twice")
+    seen.add(item.key)
+    return item
+
+
+def _read_label_studio(path: Path, local_files_root: str | Path | None) -> tuple[list[ImageItem], list[str]]:
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(tasks, list):
+        raise InputError(f"{path}: expected a list of tasks (Label Studio JSON export)")
+    root = local_files_root or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    items, seen, labels = [], set(), []
+    for number, task in enumerate(tasks, start=1):
+        where = f"{path}: task {task.get('id', number) if isinstance(task, dict) else number}"
+        data = task.get("data") if isinstance(task, dict) else None
+        url = _task_image(data, where)
+        image = _resolve_url(url, path.parent, root, where)
+        label = _task_choice(task)
+        items.append(_unique(ImageItem(_key_for(image, root), image, label), seen, where))
+        if label and label not in labels:
+            labels.append(label)
+    return items, sorted(labels)
+
+
+def _key_for(image: Path, root: str | Path | None) -> str:
+    """The image's path under the local-files root when it lies there (unique), else its file name."""
+    if root:
+        try:
+            return image.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return image.name
+
+
+def _task_image(data, where: str) -> str:
+    if not isinstance(data, dict):
+        raise InputError(f"{where} has no 'data' object")
+    for key in ("image", "img", "image_url"):
+        if isinstance(data.get(key), str):
+            return data[key]
+    strings = [v for v in data.values() if isinstance(v, str)]
+    if len(strings) == 1:
+        return strings[0]
+    raise InputError(f"{where}: cannot tell which data field is the image (use the key 'image')")
+
+
+def _resolve_url(url: str, base: Path, root: str | Path | None, where: str) -> Path:
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https", "s3", "gs", "azure-blob"):
+        raise InputError(f"{where}: {url} is remote; export with local files or download the images first")
+    if parsed.path.startswith("/data/local-files"):
+        relative = parse_qs(parsed.query).get("d", [""])[0]
+        if not root:
+            raise InputError(f"{where}: {url} is a Label Studio local file; set --local-files-root "
+                             f"(or LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
+        return Path(root) / unquote(relative)
+    if parsed.path.startswith("/data/upload"):
+        if not root:
+            raise InputError(f"{where}: {url} is a Label Studio upload; set --local-files-root to the media folder")
+        return Path(root) / unquote(parsed.path[len("/data/"):])
+    local = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser()
+    return local if local.is_absolute() else base / local
+
+
+def _task_choice(task: dict) -> str | None:
+    """Return the first choice of the first non-cancelled annotation, if any (the ground truth)."""
+    for annotation in task.get("annotations") or []:
+        if annotation.get("was_cancelled"):
+            continue
+        for result in annotation.get("result") or []:
+            choices = (result.get("value") or {}).get("choices")
+            if choices:
+                return str(choices[0])
+    return None

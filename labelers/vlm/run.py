@@ -1,0 +1,207 @@
+"""A labeling run directory: ``run.json``, ``labels.jsonl`` (written as it goes), ``auto_labels.csv``,
+``label_set.csv`` and, with ground truth, the quality report.
+
+``labels.jsonl`` holds one record per (image, round) and is flushed and fsynced after every batch,
+so a killed run loses at most the batch in flight. ``resume=True`` keeps every image whose rounds
+are all recorded, drops partial ones (and a torn last line), and labels the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from labelers.formats.auto_labels import write_auto_labels
+from labelers.formats.class_names import display_names
+from labelers.vlm.sampling import CandidateSampler
+
+SCHEMA = "labelloop.vlm-labels/1"
+UNPARSEABLE = "unparseable"
+JSONL_NAME, RUN_NAME, CSV_NAME, SET_NAME = "labels.jsonl", "run.json", "auto_labels.csv", "label_set.csv"
+# Settings that must match for a resume to mix old and new answers.
+RESUME_KEYS = ("mode", "method", "model_id", "prompt_hash", "class_names", "long_label", "rounds",
+               "num_options", "distinct", "balance", "seed", "max_retries")
+
+
+class RunError(RuntimeError):
+    """The run directory cannot be used (exists without --resume, or resume settings differ)."""
+
+
+@dataclass
+class RunSettings:
+    mode: str
+    method: str
+    model_id: str
+    prompt_hash: str
+    class_names: list[str]
+    long_label: bool
+    rounds: int
+    num_options: int | None
+    distinct: bool
+    balance: bool
+    seed: int
+    max_retries: int
+    schema: str = SCHEMA
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    labeled: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    quality: dict | None = None
+
+
+def answer_record(key: str, path: str, round_index: int, answer, names: Sequence[str], run: RunSettings,
+                  true_label: int | None) -> dict:
+    """Return the JSONL record of one image and round (see docs/vlm-labeling.md for the fields)."""
+    q = answer.question
+    return {
+        "schema": SCHEMA, "image": key, "path": path, "round": round_index, "mode": run.mode,
+        "method": answer.method, "candidates": list(q.shown), "candidate_names": list(q.names),
+        "letters": q.letters, "raw_answers": answer.raw, "attempts": answer.attempts,
+        "status": answer.status, "label": answer.choice,
+        "label_name": names[answer.choice] if answer.choice is not None else UNPARSEABLE,
+        "option_logprobs": answer.option_logprobs, "option_probs": answer.option_probs,
+        "model_id": run.model_id, "prompt_hash": run.prompt_hash, "true_label": true_label,
+    }
+
+
+def _load_records(path: Path, rounds: int) -> dict[str, list[dict]]:
+    """Return {image key: its records sorted by round} for images with every round recorded."""
+    by_image: dict[str, dict[int, dict]] = {}
+    if not path.exists():
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill mid-write
+            if isinstance(record, dict) and "round" in record and "image" in record:
+                by_image.setdefault(record["image"], {})[int(record["round"])] = record
+    return {key: [rec[r] for r in range(rounds)] for key, rec in by_image.items()
+            if all(r in rec for r in range(rounds))}
+
+
+def _prepare_dir(out_dir: Path, run: RunSettings, resume: bool) -> dict[str, list[dict]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl, meta = out_dir / JSONL_NAME, out_dir / RUN_NAME
+    if not resume:
+        if jsonl.exists() or meta.exists():
+            raise RunError(f"{out_dir} already holds a run; pass --resume to continue it or choose another "
+                           f"--output-dir")
+        meta.write_text(json.dumps(asdict(run), indent=2), encoding="utf-8")
+        return {}
+    if meta.exists():
+        old = json.loads(meta.read_text(encoding="utf-8"))
+        new = asdict(run)
+        diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
+        if diff:
+            raise RunError(f"cannot resume {out_dir}: {', '.join(diff)} differ from the earlier run "
+                           f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)})")
+    else:
+        meta.write_text(json.dumps(asdict(run), indent=2), encoding="utf-8")
+    done = _load_records(jsonl, run.rounds)
+    # Rewrite with complete images only, so partial images and torn lines do not linger.
+    tmp = jsonl.with_name(JSONL_NAME + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for records in done.values():
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+    tmp.replace(jsonl)
+    return done
+
+
+def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: str | Path, mode: str,
+                 rounds: int | None = None, long_label: bool = True, resume: bool = False,
+                 batch_size: int | None = None, method: str | None = None, progress: bool = True,
+                 on_batch: Callable[[int], None] | None = None) -> RunSummary:
+    """Label ``items`` (ImageItems) into ``out_dir``; return a RunSummary.
+
+    ``mode`` is ``ordinary`` or ``complementary``; ``rounds`` defaults to 1 (ordinary) or the
+    settings' complementary rounds. Unreadable images are reported in ``summary.failed`` and left
+    out of ``auto_labels.csv``; the rest is still labeled. Raises RunError for a directory that
+    holds another run, ShortNameCollision when short names merge classes.
+    """
+    from tqdm import tqdm
+
+    from labelers.images import ImageLoadError, load_image
+
+    settings = labeler.settings
+    cfg = settings.complementary
+    method = method or settings.method
+    batch_size = batch_size or settings.batch_size
+    rounds = rounds or (cfg.rounds if mode == "complementary" else 1)
+    names = display_names(list(class_names), long_label)
+    out_dir = Path(out_dir)
+    run = RunSettings(mode, method, labeler.model_id, labeler.prompt_hash(method), list(class_names), long_label,
+                      rounds, cfg.num_options if mode == "complementary" else None, cfg.distinct, cfg.balance,
+                      cfg.seed, settings.max_retries)
+    sampler = None
+    if mode == "complementary":
+        sampler = CandidateSampler(len(names), cfg.num_options, rounds, len(items), cfg.distinct, cfg.balance,
+                                   cfg.quota_floor, cfg.seed)
+    done = _prepare_dir(out_dir, run, resume)
+    for records in done.values():
+        for record in records:
+            if sampler is not None:
+                sampler.record(record["label"])
+    order = sampler.processing_order([i.key for i in items]) if sampler else list(range(len(items)))
+    todo = [items[i] for i in order if items[i].key not in done]
+    index = {name: i for i, name in enumerate(class_names)}
+    summary = RunSummary(out_dir, skipped=len(items) - len(todo))
+    bar = tqdm(total=len(items), initial=summary.skipped, unit="img", desc=f"{mode} labels", disable=not progress)
+    with open(out_dir / JSONL_NAME, "a", encoding="utf-8") as fh:
+        for start in range(0, len(todo), batch_size):
+            batch, images = [], []
+            for item in todo[start:start + batch_size]:
+                try:
+                    images.append(load_image(item.path, name=item.key))
+                    batch.append(item)
+                except ImageLoadError as exc:
+                    summary.failed[item.key] = str(exc)
+            if batch:
+                keys = [item.key for item in batch]
+                if mode == "complementary":
+                    answers = labeler.complementary(images, class_names, keys, sampler, long_label, method, batch_size)
+                else:
+                    answers = labeler.ordinary(images, class_names, keys, rounds, long_label, method, batch_size)
+                for item, per_round in zip(batch, answers):
+                    truth = index.get(item.label) if item.label is not None else None
+                    records = [answer_record(item.key, str(item.path), r, a, names, run, truth)
+                               for r, a in enumerate(per_round)]
+                    fh.writelines(json.dumps(rec) + "\n" for rec in records)
+                    done[item.key] = records
+                fh.flush()
+                os.fsync(fh.fileno())
+            summary.labeled += len(batch)
+            bar.update(len(todo[start:start + batch_size]))
+            if on_batch is not None:
+                on_batch(summary.labeled)
+    bar.close()
+    _write_tables(out_dir, items, done)
+    summary.quality = _maybe_report(out_dir, items, done, class_names, run)
+    return summary
+
+
+def _write_tables(out_dir: Path, items: Sequence, done: dict[str, list[dict]]) -> None:
+    """auto_labels.csv and label_set.csv in input order (the seed trainers assume dataset order)."""
+    rows = [(item.key, [r["label_name"] for r in done[item.key]]) for item in items if item.key in done]
+    write_auto_labels(out_dir / CSV_NAME, rows)
+    sets = [(item.key, [",".join(r["candidate_names"]) for r in done[item.key]]) for item in items
+            if item.key in done]
+    write_auto_labels(out_dir / SET_NAME, sets)
+
+
+def _maybe_report(out_dir: Path, items: Sequence, done: dict[str, list[dict]], class_names, run: RunSettings):
+    if not items or any(item.label is None for item in items):
+        return None
+    from labelers.vlm.quality import quality_report, write_quality_report
+
+    records = [r for item in items if item.key in done for r in done[item.key]]
+    report = quality_report(records, list(class_names), run.mode, run.num_options)
+    write_quality_report(report, out_dir)
+    return report
