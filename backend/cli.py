@@ -1,6 +1,71 @@
-"""`labelloop` subcommands of the backend room."""
+"""`labelloop serve`: the Label Studio ML backend on uvicorn (production ASGI server, several workers)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+# CLI option -> the env variable each worker process reads (workers rebuild settings from the environment).
+_ENV_FOR_OPTION = {"host": "HOST", "port": "PORT", "workers": "WORKERS", "threads": "THREADS",
+                   "model_dir": "MODEL_DIR", "log_level": "LOG_LEVEL", "embedder": "LABELLOOP_EMBEDDER",
+                   "strategy": "LABELLOOP_STRATEGY"}
+
+
+def serve(
+    host: Optional[str] = typer.Option(None, help="Interface to bind (env HOST; default 0.0.0.0)."),
+    port: Optional[int] = typer.Option(None, help="Port (env PORT; default 9090)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (env WORKERS; default 1)."),
+    threads: Optional[int] = typer.Option(None, help="Parallel image downloads per request (env THREADS)."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="State folder (env MODEL_DIR)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file (env LABELLOOP_CONFIG)."),
+    embedder: Optional[str] = typer.Option(None, help="Embedder spec (env LABELLOOP_EMBEDDER; default auto)."),
+    strategy: Optional[str] = typer.Option(None, help="margin|entropy|least|random (env LABELLOOP_STRATEGY)."),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="(env LOG_LEVEL; default INFO)."),
+) -> None:
+    """Start the Label Studio ML backend (connect it in Label Studio: Settings > Model > Connect Model)."""
+    from backend.config import CONFIG_ENV, ConfigError, load_settings
+    from backend.store import StoreError, prepare_model_dir
+
+    options = {"host": host, "port": port, "workers": workers, "threads": threads, "model_dir": model_dir,
+               "embedder": embedder, "strategy": strategy, "log_level": log_level}
+    try:
+        settings = load_settings(config_path=config, **options)
+        prepare_model_dir(settings.model_dir)
+    except (ConfigError, StoreError) as exc:
+        typer.echo(f"labelloop serve: {exc}", err=True)
+        raise typer.Exit(2)
+    # Worker processes build their app from the environment: hand them exactly what we resolved here.
+    for name, value in options.items():
+        if value is not None:
+            os.environ[_ENV_FOR_OPTION[name]] = str(value)
+    os.environ["MODEL_DIR"] = str(Path(settings.model_dir).absolute())
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(Path(config).absolute())
+
+    import uvicorn
+
+    typer.echo(f"labelloop backend on http://{settings.host}:{settings.port} "
+               f"(workers={settings.workers}, MODEL_DIR={os.environ['MODEL_DIR']}, embedder={settings.embedder})",
+               err=True)
+    if settings.workers == 1:
+        # One process: build the app here so a broken setting or MODEL_DIR is a message, not a traceback.
+        from backend.app import create_app
+
+        try:
+            target = create_app(settings)
+        except (ConfigError, StoreError) as exc:
+            typer.echo(f"labelloop serve: {exc}", err=True)
+            raise typer.Exit(2)
+        factory = False
+    else:
+        # Several processes: uvicorn spawns workers (no fork after loading torch) that each call the factory.
+        target, factory = "backend.app:create_app", True
+    uvicorn.run(target, factory=factory, host=settings.host, port=settings.port, workers=settings.workers,
+                log_level=settings.log_level.lower(), proxy_headers=True, timeout_graceful_shutdown=10)
 
 
 def register(app: typer.Typer) -> None:
     """Add this room's subcommands to the labelloop app."""
+    app.command("serve")(serve)

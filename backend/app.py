@@ -1,0 +1,296 @@
+"""The HTTP face of the backend: the routes Label Studio 1.2x calls, with validated bodies and JSON errors.
+
+Served by uvicorn (`labelloop serve`); `create_app()` with no arguments reads settings from the environment,
+which is how every uvicorn worker process builds its own app and runtime.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import secrets
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.config import Settings, load_settings
+from backend.labels import LabelConfigError
+from backend.model import EventError, LabelloopModel
+from backend.runtime import Runtime
+from backend.schemas import PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent, project_id
+
+log = logging.getLogger("backend.app")
+
+WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"
+LEGACY_ROUTES = ("/train", "/validate", "/duplicate_model", "/delete", "/job_status")
+
+
+class ApiError(Exception):
+    """An error answered as JSON {"detail": message, "status": code}."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "status": status}, status_code=status, headers=headers)
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies larger than `limit` bytes with 413, declared or streamed."""
+
+    class _TooLarge(Exception):
+        pass
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await _error(413, f"request body over the {self.limit}-byte limit "
+                                         "(LABELLOOP_MAX_REQUEST_BYTES)")(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodySizeLimit._TooLarge()
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodySizeLimit._TooLarge:
+            if not started:
+                await _error(413, f"request body over the {self.limit}-byte limit "
+                                  "(LABELLOOP_MAX_REQUEST_BYTES)")(scope, receive, send)
+
+
+def _basic_ok(request: Request, settings: Settings) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded.strip()).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return (secrets.compare_digest(user.encode(), settings.basic_auth_user.encode())
+            and secrets.compare_digest(password.encode(), settings.basic_auth_pass.encode()))
+
+
+def require_auth(request: Request) -> None:
+    """Basic auth on every route when BASIC_AUTH_USER/PASS are set."""
+    settings: Settings = request.app.state.runtime.settings
+    if settings.basic_auth_enabled and not _basic_ok(request, settings):
+        raise ApiError(401, "authentication required", {"WWW-Authenticate": 'Basic realm="labelloop"'})
+
+
+def require_webhook_auth(request: Request, token: str | None = Query(default=None)) -> None:
+    """/webhook: basic auth, or the shared secret (header X-Labelloop-Secret or ?token=) when one is set.
+
+    Label Studio's auto-created webhook sends no auth: configure the secret as a header on that webhook
+    (or in its URL) and set LABELLOOP_WEBHOOK_SECRET; see docs/backend.md.
+    """
+    settings: Settings = request.app.state.runtime.settings
+    secret = settings.webhook_secret
+    if secret:
+        offered = request.headers.get(WEBHOOK_SECRET_HEADER) or token or ""
+        if secrets.compare_digest(offered.encode(), secret.encode()):
+            return
+        if settings.basic_auth_enabled and _basic_ok(request, settings):
+            return
+        raise ApiError(401, f"webhook needs the shared secret ({WEBHOOK_SECRET_HEADER} header or ?token=)"
+                       + (" or basic auth" if settings.basic_auth_enabled else ""))
+    require_auth(request)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None, start: bool = True) -> FastAPI:
+    """Return the FastAPI app. Builds a Runtime from `settings` (default: environment) unless one is given.
+
+    Raises StoreError/ConfigError at once for an unusable MODEL_DIR or configuration, so the server never
+    starts half-working.
+    """
+    if runtime is None:
+        settings = settings or load_settings()
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+        runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if start:
+            runtime.start()
+        yield
+        runtime.close()
+
+    app = FastAPI(title="labelloop ML backend", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.runtime = runtime
+    app.add_middleware(BodySizeLimit, limit=runtime.settings.max_request_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404:
+            detail = f"no route {request.url.path}" + (" (legacy route; Label Studio 1.2x does not use it)"
+                                                       if request.url.path.rstrip("/") in LEGACY_ROUTES else "")
+        return _error(exc.status_code, detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); see the backend log")
+
+    def health_body() -> dict[str, Any]:
+        return {"status": "UP", "model_class": LabelloopModel.__name__, "embedder": runtime.embedder_status()}
+
+    @app.get("/", dependencies=[Depends(require_auth)])
+    def root() -> dict[str, Any]:
+        return health_body()
+
+    @app.get("/health", dependencies=[Depends(require_auth)])
+    def health() -> dict[str, Any]:
+        return health_body()
+
+    @app.post("/setup", response_model=SetupResponse, dependencies=[Depends(require_auth)])
+    def setup(body: SetupRequest) -> SetupResponse:
+        pid = project_id(body.project)
+        if pid is None:
+            raise ApiError(422, "invalid request: project: expected '<id>.<timestamp>' or an id")
+        model = runtime.model(pid, label_config=body.label_config, extra_params=body.extra_params)
+        try:
+            return SetupResponse(model_version=model.setup())
+        except LabelConfigError as exc:
+            raise ApiError(422, f"cannot serve this project: {exc}") from None
+
+    @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=False,
+              dependencies=[Depends(require_auth)])
+    def predict(body: PredictRequest) -> PredictResponse:
+        runtime.counters.add(predict_requests=1)
+        pid = project_id(body.project) or project_id(body.tasks[0].get("project"))
+        if pid is None:
+            raise ApiError(422, "invalid request: no project id in the body or in the tasks")
+        model = runtime.model(pid, label_config=body.label_config)
+        params = body.params.model_dump() if body.params else {}
+        context = params.pop("context", None)
+        try:
+            response = model.predict(body.tasks, context=context, **params)
+        except LabelConfigError as exc:
+            raise ApiError(422, f"cannot serve this project: {exc}") from None
+        except _embedder_errors() as exc:
+            raise ApiError(503, f"embedder unavailable: {exc}") from None
+        if len(response.predictions) != len(body.tasks):  # Label Studio would silently store nothing
+            raise ApiError(500, f"model returned {len(response.predictions)} predictions for {len(body.tasks)} tasks")
+        return PredictResponse(results=response.predictions)
+
+    @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
+    async def webhook(request: Request) -> JSONResponse:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise ApiError(400, "webhook body must be a JSON object") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "webhook body must be a JSON object")
+        event = WebhookEvent.model_validate(data) if isinstance(data.get("action"), str) and data["action"] \
+            else None
+        if event is None:
+            raise ApiError(422, "invalid webhook: 'action' (a non-empty string) is required")
+        runtime.counters.add(**{f"webhook_{event.action}": 1})
+        project = data.get("project")
+        pid = project_id(project)
+        if pid is None:
+            annotation = data.get("annotation")
+            pid = project_id(annotation.get("project")) if isinstance(annotation, dict) else None
+        if pid is None:
+            if event.action in LabelloopModel.TRAIN_EVENTS or event.action == "PROJECT_UPDATED":
+                raise ApiError(422, f"invalid webhook: {event.action} without project.id")
+            return JSONResponse({"status": "ignored", "action": event.action, "project": None,
+                                 "detail": "no project"}, status_code=200)
+        label_config = project.get("label_config") if isinstance(project, dict) else None
+        model = runtime.model(pid, label_config=label_config)
+        try:
+            outcome = model.fit(event.action, data)
+        except EventError as exc:
+            raise ApiError(422, f"invalid webhook: {exc}") from None
+        except LabelConfigError as exc:
+            raise ApiError(422, f"project {pid}: {exc}") from None
+        code = 200 if outcome["status"] == "ignored" else 201
+        return JSONResponse({"status": outcome["status"], "action": event.action, "project": pid,
+                             "detail": outcome.get("detail")}, status_code=code)
+
+    @app.get("/versions", dependencies=[Depends(require_auth)])
+    def versions(project: str | None = None) -> dict[str, Any]:
+        pid = project_id(project) if project else None
+        return {"versions": [v.model_version for v in runtime.store.list_versions(pid)]}
+
+    @app.get("/metrics", dependencies=[Depends(require_auth)])
+    def metrics() -> dict[str, Any]:
+        return _metrics(runtime)
+
+    return app
+
+
+def _embedder_errors() -> tuple[type[BaseException], ...]:
+    from labelers.embedders import EmbedderUnavailable
+
+    return (EmbedderUnavailable,)
+
+
+def _metrics(runtime: Runtime) -> dict[str, Any]:
+    """Return training status per project, failures and this worker's counters."""
+    store = runtime.store
+    projects = {}
+    for project in store.list_projects():
+        runs = store.runs(project.id, limit=1)
+        last = runs[0] if runs else None
+        failed = [r for r in store.runs(project.id, limit=50) if r["status"] == "failed"]
+        requested, trained = project.requested_seq, project.trained_seq
+        projects[project.id] = {
+            "model_version": project.model_version,
+            "embedder": project.embedder,
+            "annotations": store.count_annotations(project.id),
+            "training": {
+                "state": runtime.queue.status(project.id) if requested <= trained
+                else ("running" if runtime.queue.status(project.id) == "running" else "queued"),
+                "runs": store.run_counts(project.id),
+                "last_run": last,
+                "last_failure": failed[0] if failed else None,
+            },
+            "warm_cache": runtime.warmer.status(project.id),
+        }
+    return {"worker_pid": os.getpid(), "projects": projects, "counters": runtime.counters.snapshot()}

@@ -1,0 +1,197 @@
+"""Embedders loaded once per process, and task embeddings through the shared content-keyed cache.
+
+A project records the embedder spec it was first connected with; the pool can hold several embedders so that
+changing LABELLOOP_EMBEDDER later does not silently mix feature spaces inside an existing project.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from backend.media import MediaError, MediaResolver
+
+log = logging.getLogger(__name__)
+
+FETCH_CHUNK = 64  # tasks fetched and embedded together; bounds memory for huge /predict batches
+
+
+def resolve_spec(spec: str) -> str:
+    """Return a concrete embedder spec for `spec` without loading weights ("auto" -> CLIP if on disk, else
+    EfficientNet-Lite0). Cheap enough for process start; never called inside /setup."""
+    spec = (spec or "auto").strip()
+    if spec != "auto":
+        return spec
+    from labelers.embedders import DEFAULT_CLIP, cached_clip_weights
+
+    local = os.environ.get("LABELLOOP_CLIP_WEIGHTS") or cached_clip_weights()
+    return f"open_clip:{DEFAULT_CLIP[0]}/{local}" if local else "efficientnet-lite0@224"
+
+
+def describe_spec(spec: str) -> dict[str, Any]:
+    """Return {"spec", "family", "zero_shot"} for /health: CLIP (zero-shot) or the EfficientNet fallback."""
+    clip = spec.startswith("open_clip:")
+    return {"spec": spec, "family": "clip" if clip else "efficientnet-lite0",
+            "zero_shot": clip, "fallback": not clip}
+
+
+def version_prefix(spec: str) -> str:
+    """Return a short, URL-safe model name for version strings, e.g. "clip-ViT-B-32" or "efficientnet-lite0-224"."""
+    if spec.startswith("open_clip:local-dir:"):
+        name = "clip-" + os.path.basename(spec[len("open_clip:local-dir:"):].rstrip("/"))
+    elif spec.startswith("open_clip:"):
+        name = "clip-" + spec[len("open_clip:"):].split("/", 1)[0]
+    else:
+        name = spec.replace("@", "-")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+class EmbedderPool:
+    """Loads each embedder spec at most once per process (thread-safe) and serialises its forward passes."""
+
+    def __init__(self, loader: Callable[[str], Any] | None = None):
+        self._loader = loader
+        self._embedders: dict[str, Any] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._spec_locks: dict[str, threading.Lock] = {}
+        self.compute_locks: dict[str, threading.Lock] = {}
+
+    def _load(self, spec: str):
+        if self._loader is not None:
+            return self._loader(spec)
+        from labelers.embedders import make_embedder
+
+        return make_embedder(spec)
+
+    def get(self, spec: str):
+        """Return the loaded embedder for `spec`; raises EmbedderUnavailable / ValueError from the factory."""
+        with self._lock:
+            if spec in self._embedders:
+                return self._embedders[spec]
+            spec_lock = self._spec_locks.setdefault(spec, threading.Lock())
+        with spec_lock:
+            if spec not in self._embedders:
+                log.info("loading embedder %s", spec)
+                try:
+                    embedder = self._load(spec)
+                except Exception as exc:
+                    self._errors[spec] = f"{type(exc).__name__}: {exc}"
+                    raise
+                self.compute_locks[embedder.id] = threading.Lock()
+                with self._lock:
+                    self._embedders[spec] = embedder
+                    self._errors.pop(spec, None)
+                log.info("embedder %s ready: id=%s dim=%s text=%s", spec, embedder.id, embedder.dim, embedder.has_text)
+        return self._embedders[spec]
+
+    def loaded(self, spec: str):
+        """Return the embedder if already loaded, else None (never loads)."""
+        return self._embedders.get(spec)
+
+    def error(self, spec: str) -> str | None:
+        return self._errors.get(spec)
+
+
+@dataclass
+class TaskEmbeddings:
+    """Features for tasks, in task order. Rows of NaN where `errors` says why."""
+
+    features: np.ndarray
+    keys: list[str | None]
+    errors: dict[int, str] = field(default_factory=dict)
+    fetched: int = 0   # images downloaded / read for this call (0 when everything came from the cache)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~np.isnan(self.features).any(axis=1) if len(self.features) else np.zeros(0, bool)
+
+
+def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedder, *, store, cache,
+                media: MediaResolver, threads: int = 4, batch_size: int = 32,
+                compute_lock: threading.Lock | None = None) -> TaskEmbeddings:
+    """Return embeddings for `tasks` (`task["data"][data_key]`), reading the cache first.
+
+    A task whose content key is known (from an earlier predict, warm-up or training) and cached is never
+    fetched again. Tasks that cannot be resolved or decoded get a NaN row and an error message; this
+    function itself only raises for programming errors, so one bad image never sinks a batch.
+    """
+    from labelers.cache import embed_blobs
+
+    n = len(tasks)
+    features = np.full((n, embedder.dim), np.nan, dtype=np.float32)
+    keys: list[str | None] = [None] * n
+    errors: dict[int, str] = {}
+    urls: list[str | None] = [None] * n
+    ids: list[int | None] = [None] * n
+    for i, task in enumerate(tasks):
+        try:
+            ids[i] = int(task["id"]) if task.get("id") is not None else None
+        except (TypeError, ValueError):
+            ids[i] = None
+        try:
+            urls[i] = media.media_url(task, data_key)
+        except MediaError as exc:
+            errors[i] = str(exc)
+    known_ids = [(t, u) for t, u in zip(ids, urls) if t is not None]
+    if known_ids:
+        store.remember_tasks(project, known_ids)
+    seen = store.content_keys(project, [t for t, _ in known_ids])
+    for i, task_id in enumerate(ids):
+        if task_id is not None and i not in errors:
+            url, key = seen.get(task_id, (None, None))
+            if key and url == urls[i]:
+                keys[i] = key
+    cached = cache.get_many(embedder.id, [k for k in keys if k]) if any(keys) else {}
+    todo = []
+    for i, key in enumerate(keys):
+        if key and key in cached:
+            features[i] = cached[key]
+        elif i not in errors:
+            todo.append(i)
+    fetched = 0
+    for start in range(0, len(todo), FETCH_CHUNK):
+        chunk = todo[start:start + FETCH_CHUNK]
+        blobs: dict[int, bytes] = {}
+
+        def fetch(i: int) -> tuple[int, bytes | None, str | None]:
+            try:
+                return i, media.fetch(urls[i], ids[i]), None
+            except MediaError as exc:
+                return i, None, str(exc)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for i, blob, error in pool.map(fetch, chunk):
+                if error is not None:
+                    errors[i] = error
+                else:
+                    blobs[i] = blob
+        fetched += len(blobs)
+        order = sorted(blobs)
+        if not order:
+            continue
+        names = [f"task {ids[i]}" for i in order]
+        lock = compute_lock or threading.Lock()
+        with lock:
+            result = embed_blobs(embedder, cache, [blobs[i] for i in order], names=names, batch_size=batch_size)
+        new_keys: dict[int, str] = {}
+        for j, i in enumerate(order):
+            if j in result.errors:
+                errors[i] = result.errors[j]
+                continue
+            features[i] = result.features[j]
+            keys[i] = result.keys[j]
+            if ids[i] is not None and keys[i]:
+                new_keys[ids[i]] = keys[i]
+        if new_keys:
+            store.set_content_keys(project, new_keys)
+    for i, message in errors.items():
+        if ids[i] is not None:
+            store.set_task_error(project, ids[i], message)
+    return TaskEmbeddings(features, keys, errors, fetched)

@@ -1,0 +1,97 @@
+"""Authentication against Label Studio: legacy `Token <key>` or a Personal Access Token (JWT refresh token).
+
+A PAT is exchanged at POST {LS}/api/token/refresh/ for a short-lived access token, sent as `Bearer`. The access
+token is refreshed shortly before it expires and again whenever Label Studio answers 401.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+
+# Refresh this many seconds before the access token's exp, so a request never leaves with a dying token.
+REFRESH_MARGIN_SECONDS = 30.0
+
+
+class AuthError(RuntimeError):
+    """The API key was rejected or could not be exchanged; the message never contains the key."""
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """Return the (unverified) claims of a JWT, or None when `token` is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def is_personal_access_token(key: str) -> bool:
+    """True for a Label Studio PAT: a JWT whose token_type is "refresh" (legacy tokens are <= 40 chars)."""
+    claims = jwt_claims(key)
+    return bool(claims and claims.get("token_type") == "refresh")
+
+
+class LabelStudioAuth:
+    """Builds the Authorization header for Label Studio requests; thread-safe."""
+
+    def __init__(self, base_url: str | None, api_key: str | None, client: httpx.Client):
+        self.base_url = (base_url or "").rstrip("/")
+        self.api_key = api_key or None
+        self._client = client
+        self._lock = threading.Lock()
+        self._access: str | None = None
+        self._access_exp: float = 0.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url and self.api_key)
+
+    @property
+    def kind(self) -> str:
+        """"none", "legacy-token" or "personal-access-token"."""
+        if not self.api_key:
+            return "none"
+        return "personal-access-token" if is_personal_access_token(self.api_key) else "legacy-token"
+
+    def headers(self) -> dict[str, str]:
+        """Return the Authorization header to send to Label Studio ({} when no key is configured)."""
+        if not self.api_key:
+            return {}
+        if self.kind == "legacy-token":
+            return {"Authorization": f"Token {self.api_key}"}
+        return {"Authorization": f"Bearer {self._access_token()}"}
+
+    def invalidate(self) -> None:
+        """Forget the access token (call after a 401) so the next request refreshes it."""
+        with self._lock:
+            self._access, self._access_exp = None, 0.0
+
+    def _access_token(self) -> str:
+        with self._lock:
+            if self._access and time.time() < self._access_exp - REFRESH_MARGIN_SECONDS:
+                return self._access
+            if not self.base_url:
+                raise AuthError("a personal access token needs LABEL_STUDIO_URL to be exchanged")
+            try:
+                resp = self._client.post(f"{self.base_url}/api/token/refresh/", json={"refresh": self.api_key})
+            except httpx.HTTPError as exc:
+                raise AuthError(f"cannot reach Label Studio to refresh the access token: {exc}") from None
+            if resp.status_code != 200:
+                raise AuthError(f"Label Studio refused the personal access token (HTTP {resp.status_code})")
+            try:
+                access = resp.json()["access"]
+            except (ValueError, KeyError, TypeError):
+                raise AuthError("Label Studio's token refresh answer has no 'access' token") from None
+            claims = jwt_claims(access) or {}
+            self._access = access
+            self._access_exp = float(claims.get("exp", time.time() + 300))
+            return access

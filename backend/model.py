@@ -1,0 +1,350 @@
+"""LabelloopModel: one Label Studio project as an ML model, in the shape of upstream's LabelStudioMLBase.
+
+Read this class to understand the backend: `setup()` connects a project, `predict()` pre-annotates tasks with
+an active-learning score, `fit()` reacts to Label Studio's webhook events, and `train()` (run by the background
+queue) fits a new head and publishes a new `model_version`. The machinery lives in small collaborators on the
+process-wide `Runtime`: the store (SQLite in MODEL_DIR), media fetching, embedders, heads and the queue.
+
+Instances are cheap (no weights are loaded here), so the app builds one per request, like upstream; every
+heavy object is loaded once per process and shared through the runtime.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backend.embedding import embed_tasks, version_prefix
+from backend.heads import choose, label_probabilities, prior_head, scores, text_weights
+from backend.labels import ImageClassification, LabelConfigError, parse_label_config
+from backend.schemas import ModelResponse, PredictionValue
+from backend.store import Annotation
+
+if TYPE_CHECKING:
+    from backend.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Events that change the training data. START_TRAINING always trains; the others only with retrain=on_submit.
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED")
+TRAIN_EVENTS = ANNOTATION_EVENTS + ("START_TRAINING",)
+
+
+class EventError(ValueError):
+    """A webhook payload is missing what its action needs; the message names the key."""
+
+
+def initial_version(embedder_spec: str, project: str) -> str:
+    """Return the version a project starts with: "<model>-p<project>-r0"."""
+    return f"{version_prefix(embedder_spec)}-p{project}-r0"
+
+
+def usable(annotation: dict[str, Any]) -> bool:
+    """True for an annotation worth learning from: not skipped (was_cancelled) and with a non-empty result."""
+    return not annotation.get("was_cancelled") and bool(annotation.get("result"))
+
+
+class LabelloopModel:
+    """Image classification on frozen embeddings with a per-project head; see the module docstring."""
+
+    TRAIN_EVENTS = TRAIN_EVENTS
+
+    def __init__(self, project_id: str, label_config: str | None = None, runtime: "Runtime | None" = None,
+                 extra_params: dict[str, Any] | None = None):
+        if runtime is None:
+            raise ValueError("LabelloopModel needs the process Runtime (backend.runtime.get_runtime())")
+        self.project_id = str(project_id)
+        self.runtime = runtime
+        self._label_config = label_config
+        self._extra_params = extra_params
+
+    # -- upstream-compatible properties ----------------------------------------------------------------------
+    @property
+    def label_config(self) -> str | None:
+        """The label config XML: the one given to this instance, else the project's stored one."""
+        if self._label_config:
+            return self._label_config
+        project = self.runtime.store.get_project(self.project_id)
+        return project.label_config if project else None
+
+    @cached_property
+    def label_interface(self):
+        """`label_studio_sdk.label_interface.LabelInterface` for the label config."""
+        from label_studio_sdk.label_interface import LabelInterface
+
+        return LabelInterface(self.label_config)
+
+    @property
+    def parsed_label_config(self) -> dict[str, Any]:
+        """{control name: {"type", "to_name", "labels"}} like upstream's parsed_label_config."""
+        return {c.name: {"type": c.tag, "to_name": list(c.to_name), "labels": list(c.labels or [])}
+                for c in self.label_interface.controls}
+
+    @cached_property
+    def target(self) -> ImageClassification:
+        """The control this backend serves; raises LabelConfigError when the config has none."""
+        return parse_label_config(self.label_config)
+
+    @property
+    def extra_params(self) -> dict[str, Any]:
+        """The ML backend's extra params from Label Studio (/setup), e.g. {"strategy": "entropy"}."""
+        if self._extra_params is not None:
+            return self._extra_params
+        project = self.runtime.store.get_project(self.project_id)
+        return project.extra_params if project else {}
+
+    @property
+    def model_version(self) -> str:
+        """The project's current version, read from SQLite on every call (never stale across workers)."""
+        version = self.runtime.store.current_version(self.project_id)
+        return version or initial_version(self.runtime.default_spec, self.project_id)
+
+    @property
+    def strategy(self) -> str:
+        """The uncertainty strategy behind `score`: extra_params["strategy"], else the configured default."""
+        from backend.config import STRATEGIES
+
+        chosen = (self.extra_params or {}).get("strategy") or self.runtime.settings.strategy
+        if chosen not in STRATEGIES:
+            raise LabelConfigError(f"extra_params strategy {chosen!r} is not one of {', '.join(STRATEGIES)}")
+        return chosen
+
+    def get(self, key: str) -> str | None:
+        return self.runtime.store.kv_get(self.project_id, key)
+
+    def set(self, key: str, value: str) -> None:
+        self.runtime.store.kv_set(self.project_id, key, value)
+
+    def has(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def _project(self):
+        """Return the stored project, registering it (with the current default embedder) on first contact."""
+        runtime = self.runtime
+        project, created = runtime.store.ensure_project(
+            self.project_id, runtime.default_spec, initial_version(runtime.default_spec, self.project_id),
+            label_config=self._label_config, extra_params=self._extra_params)
+        if created:
+            log.info("project %s connected: embedder %s, version %s", self.project_id, project.embedder,
+                     project.model_version)
+        elif project.embedder != runtime.default_spec:
+            runtime.warn_once(f"embedder-{self.project_id}",
+                              "project %s keeps embedder %s (recorded when it connected); the configured "
+                              "embedder %s applies to new projects only", self.project_id, project.embedder,
+                              runtime.default_spec)
+        return project, created
+
+    def setup(self) -> str:
+        """Connect the project (fast: no weights are loaded) and return its model_version.
+
+        Raises LabelConfigError when the label config cannot be served. A newly connected project gets its
+        tasks embedded in the background when Label Studio credentials are configured.
+        """
+        self.target  # validate before recording anything
+        _ = self.strategy
+        project, created = self._project()
+        if created or not self.runtime.warmer.started(self.project_id):
+            self.runtime.warmer.warm(self.project_id)
+        return project.model_version
+
+    def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
+                **kwargs: Any) -> ModelResponse:
+        """Return one prediction per task, in order. A task whose image cannot be read gets an empty result
+        and score None; every prediction carries the version of the head that produced it."""
+        runtime, target = self.runtime, self.target
+        project, _ = self._project()
+        version = runtime.store.get_version(self.project_id, project.model_version)
+        embedder = runtime.embedders.get(project.embedder)
+        self._check_embedder(project, embedder)
+        embedded = embed_tasks(self.project_id, tasks, target.data_key, embedder, store=runtime.store,
+                               cache=runtime.cache, media=runtime.media, threads=runtime.settings.threads,
+                               batch_size=runtime.settings.embed_batch_size,
+                               compute_lock=runtime.embedders.compute_locks.get(embedder.id))
+        head = runtime.heads.get(self.project_id, version, target, embedder)
+        predictions = [PredictionValue(result=[], score=None, model_version=version.model_version) for _ in tasks]
+        rows = np.flatnonzero(embedded.ok)
+        if len(rows):
+            probs = label_probabilities(head, target, embedded.features[rows])
+            row_scores = scores(probs, self.strategy, target.multiple, keys=[embedded.keys[i] for i in rows])
+            for j, i in enumerate(rows):
+                labels = choose(probs[j], target)
+                result = [target.region(labels)] if labels else []
+                predictions[i] = PredictionValue(result=result, score=round(float(row_scores[j]), 6),
+                                                 model_version=version.model_version)
+        runtime.counters.add(tasks_predicted=len(rows), tasks_failed=len(embedded.errors),
+                             images_fetched=embedded.fetched)
+        for i, message in sorted(embedded.errors.items()):
+            log.warning("project %s: no prediction for %s", self.project_id, message)
+        return ModelResponse(model_version=version.model_version, predictions=predictions)
+
+    def _check_embedder(self, project, embedder) -> None:
+        if project.embedder_id is None:
+            self.runtime.store.set_embedder_id(self.project_id, embedder.id)
+        elif project.embedder_id != embedder.id:
+            raise LabelConfigError(
+                f"project {self.project_id} was embedded with {project.embedder_id} but {project.embedder} now "
+                f"loads as {embedder.id}; restore those weights or reconnect the project under a new MODEL_DIR")
+
+    # -- webhook events ------------------------------------------------------------------------------------------
+    def fit(self, event: str, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Record what `event` changes and enqueue a retrain when it should trigger one; returns at once.
+
+        Returns {"status": "queued" | "stored" | "ignored", "detail": ...}. Raises EventError when the payload
+        lacks what the event needs.
+        """
+        runtime = self.runtime
+        if event == "PROJECT_UPDATED":
+            # Also the echo of our own projects.update(model_version=...): never a reason to retrain.
+            self._project()
+            return {"status": "ignored", "detail": "project settings refreshed; no retrain"}
+        if event in ("TASKS_CREATED", "TASKS_DELETED"):
+            return {"status": "ignored", "detail": "tasks are embedded when predicted or on START_TRAINING"}
+        if event not in TRAIN_EVENTS:
+            return {"status": "ignored", "detail": f"event {event} is not used by labelloop"}
+        self._project()
+        if event == "START_TRAINING":
+            runtime.queue.request(self.project_id, event, full_sync=runtime.ls.configured)
+            return {"status": "queued", "detail": "training queued"}
+        if event == "ANNOTATIONS_DELETED":
+            ids = [a.get("id") for a in _list(data, "annotations") if isinstance(a, dict)]
+            if any(i is None for i in ids):
+                raise EventError("ANNOTATIONS_DELETED: every item of 'annotations' needs an 'id'")
+            deleted = runtime.store.delete_annotations(self.project_id, ids)
+            detail = f"{deleted} of {len(ids)} annotation(s) deleted"
+        else:
+            detail = self._store_annotations(event, data)
+        if runtime.settings.retrain == "on_submit":
+            runtime.queue.request(self.project_id, event)
+            return {"status": "queued", "detail": detail + "; retrain queued"}
+        return {"status": "stored", "detail": detail + "; retrain policy is manual"}
+
+    def _store_annotations(self, event: str, data: dict[str, Any]) -> str:
+        annotations = _list(data, "annotation")
+        tasks = {t.get("id"): t for t in _list(data, "task") if isinstance(t, dict)}
+        keep, drop, task_urls = [], [], []
+        data_key = self.target.data_key
+        for ann in annotations:
+            if not isinstance(ann, dict) or ann.get("id") is None:
+                raise EventError(f"{event}: 'annotation' needs objects with an 'id'")
+            task_id = ann.get("task")
+            task_id = task_id.get("id") if isinstance(task_id, dict) else task_id
+            if task_id is None and len(tasks) == 1:
+                task_id = next(iter(tasks))
+            if task_id is None:
+                raise EventError(f"{event}: annotation {ann['id']} names no task")
+            task = tasks.get(task_id)
+            if task is not None and isinstance(task.get("data"), dict):
+                url = task["data"].get(data_key)
+                task_urls.append((int(task_id), url if isinstance(url, str) else None))
+            if usable(ann):
+                keep.append(Annotation(int(ann["id"]), int(task_id), ann["result"]))
+            else:
+                drop.append(int(ann["id"]))  # a skipped or emptied annotation no longer teaches anything
+        if task_urls:
+            self.runtime.store.remember_tasks(self.project_id, task_urls)
+        stored = self.runtime.store.upsert_annotations(self.project_id, keep)
+        if drop:
+            self.runtime.store.delete_annotations(self.project_id, drop)
+        return f"{stored} annotation(s) stored" + (f", {len(drop)} cancelled/empty ignored" if drop else "")
+
+    # -- training (runs in the background queue) ---------------------------------------------------------------
+    def sync_annotations(self) -> int:
+        """Replace the stored annotations with the project's annotations in Label Studio; returns the count."""
+        data_key = self.target.data_key
+        annotations, task_urls = [], []
+        for task in self.runtime.ls.iter_tasks(self.project_id):
+            url = (task.get("data") or {}).get(data_key)
+            task_urls.append((int(task["id"]), url if isinstance(url, str) else None))
+            for ann in task.get("annotations") or []:
+                ann = ann if isinstance(ann, dict) else dict(ann)
+                if usable(ann):
+                    annotations.append(Annotation(int(ann["id"]), int(task["id"]), ann["result"]))
+        self.runtime.store.remember_tasks(self.project_id, task_urls)
+        return self.runtime.store.replace_annotations(self.project_id, annotations)
+
+    def training_set(self) -> tuple[list[int], list[list[str]]]:
+        """Return (task ids, labels per task) from the stored annotations: the newest annotation of each task
+        wins; labels the config does not list are dropped, and tasks left without a label are skipped."""
+        latest: dict[int, Annotation] = {}
+        for ann in self.runtime.store.list_annotations(self.project_id):
+            latest[ann.task_id] = ann  # ordered by id, so the newest wins
+        task_ids, labels = [], []
+        for task_id, ann in sorted(latest.items()):
+            chosen = self.target.labels_in(ann.result)
+            if chosen:
+                task_ids.append(task_id)
+                labels.append(chosen if self.target.multiple else chosen[:1])
+        return task_ids, labels
+
+    def train(self, full_sync: bool = False) -> tuple[str | None, int, str | None]:
+        """Fit a new head on the stored annotations and publish it as the next version.
+
+        Returns (new model_version or None when there is nothing to learn from, annotations used, note).
+        Raises on any failure, leaving the served version untouched.
+        """
+        runtime, target = self.runtime, self.target
+        if full_sync and runtime.ls.configured:
+            self.sync_annotations()
+        project, _ = self._project()
+        task_ids, labels = self.training_set()
+        if not task_ids:
+            return None, 0, "no usable annotations (none, all skipped, or no label from this config)"
+        embedder = runtime.embedders.get(project.embedder)
+        self._check_embedder(project, embedder)
+        urls = runtime.store.content_keys(self.project_id, task_ids)
+        tasks = [{"id": t, "data": {target.data_key: urls.get(t, (None, None))[0]}} for t in task_ids]
+        embedded = embed_tasks(self.project_id, tasks, target.data_key, embedder, store=runtime.store,
+                               cache=runtime.cache, media=runtime.media, threads=runtime.settings.threads,
+                               batch_size=runtime.settings.embed_batch_size,
+                               compute_lock=runtime.embedders.compute_locks.get(embedder.id))
+        rows = np.flatnonzero(embedded.ok)
+        if not len(rows):
+            raise RuntimeError(f"none of the {len(task_ids)} annotated images could be read: "
+                               + "; ".join(list(embedded.errors.values())[:3]))
+        head = prior_head(target, embedder)
+        index = {label: k for k, label in enumerate(target.labels)}
+        if target.multiple:
+            y = np.zeros((len(rows), len(target.labels)), np.float32)
+            for j, i in enumerate(rows):
+                y[j, [index[label] for label in labels[i]]] = 1.0
+        else:
+            y = np.asarray([index[labels[i][0]] for i in rows])
+        head.fit(embedded.features[rows], y)
+        version = self._publish(head, len(rows))
+        note = f"{len(embedded.errors)} annotated image(s) unreadable" if embedded.errors else None
+        return version, int(len(rows)), note
+
+    def _publish(self, head, n_annotations: int) -> str:
+        """Save the head to a fresh folder, then switch the project to it in one SQLite transaction."""
+        store = self.runtime.store
+        project = store.get_project(self.project_id)
+        revision = store.next_revision(self.project_id)
+        version = f"{version_prefix(project.embedder)}-p{self.project_id}-r{revision}"
+        heads_dir = store.heads_dir(self.project_id)
+        final = heads_dir / f"r{revision}"
+        staging = heads_dir / f".r{revision}-{uuid.uuid4().hex[:8]}"
+        head.save(staging)
+        if final.exists():  # left behind by a run that crashed after saving but before publishing
+            shutil.rmtree(final)
+        staging.rename(final)
+        store.publish_version(self.project_id, revision, version, str(final), n_annotations)
+        log.info("project %s: published %s (%d annotations)", self.project_id, version, n_annotations)
+        if self.runtime.settings.sync_project_version and self.runtime.ls.configured:
+            self.runtime.ls.set_project_version(self.project_id, version)
+        return version
+
+
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    """Return data[key] as a list (singular events carry one dict, plural events a list)."""
+    value = data.get(key)
+    if value is None:
+        raise EventError(f"the payload has no {key!r}")
+    return value if isinstance(value, list) else [value]
+
+
+__all__ = ["LabelloopModel", "ModelResponse", "PredictionValue", "EventError", "TRAIN_EVENTS", "text_weights"]

@@ -1,0 +1,399 @@
+"""Per-project state in MODEL_DIR: one SQLite database (WAL) shared by every worker process, plus head folders.
+
+Every read goes to SQLite (cheap) rather than to a per-process cache, so several uvicorn workers never
+disagree about a project's current model_version. Writes that must be atomic (a version bump) run in one
+transaction.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects(
+    id TEXT PRIMARY KEY,
+    embedder TEXT NOT NULL,            -- embedder spec recorded when the project first connected
+    embedder_id TEXT,                  -- the embedder's cache id, known after its first use
+    label_config TEXT,
+    extra_params TEXT,                 -- JSON object from /setup
+    model_version TEXT NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 0,
+    requested_seq INTEGER NOT NULL DEFAULT 0,   -- bumped by each event that asks for a retrain
+    trained_seq INTEGER NOT NULL DEFAULT 0,     -- requested_seq covered by the last finished run
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions(
+    project TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    head_dir TEXT,                     -- NULL for r0 (zero-shot or uniform prior, rebuilt on demand)
+    n_annotations INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY(project, revision)
+);
+CREATE TABLE IF NOT EXISTS annotations(
+    project TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    result TEXT NOT NULL,              -- the Label Studio result list, JSON
+    updated_at REAL NOT NULL,
+    PRIMARY KEY(project, id)
+);
+CREATE TABLE IF NOT EXISTS tasks(
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    media_url TEXT,
+    content_key TEXT,                  -- key into the shared embedding cache
+    error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY(project, task_id)
+);
+CREATE TABLE IF NOT EXISTS training_runs(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    status TEXT NOT NULL,              -- running | succeeded | failed | skipped
+    reason TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    model_version TEXT,
+    n_annotations INTEGER,
+    error TEXT,
+    pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS kv(
+    project TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(project, key)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """MODEL_DIR is missing, not writable, or its database cannot be opened; the message says which."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """One Label Studio project as the backend knows it."""
+
+    id: str
+    embedder: str
+    embedder_id: str | None
+    label_config: str | None
+    extra_params: dict[str, Any]
+    model_version: str
+    revision: int
+    requested_seq: int
+    trained_seq: int
+
+
+@dataclass(frozen=True)
+class Version:
+    project: str
+    revision: int
+    model_version: str
+    head_dir: str | None
+    n_annotations: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Annotation:
+    id: int
+    task_id: int
+    result: list[dict[str, Any]]
+
+
+def prepare_model_dir(model_dir: Path) -> Path:
+    """Return MODEL_DIR as an absolute path, creating it if its parent allows; raises StoreError if unusable."""
+    model_dir = Path(model_dir).expanduser().absolute()
+    if not model_dir.exists():
+        try:
+            model_dir.mkdir(parents=True)
+        except OSError as exc:
+            raise StoreError(f"MODEL_DIR {model_dir} does not exist and cannot be created "
+                             f"({exc.strerror or exc}); create it or point MODEL_DIR elsewhere") from None
+    if not model_dir.is_dir():
+        raise StoreError(f"MODEL_DIR {model_dir} is not a directory")
+    probe = model_dir / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"MODEL_DIR {model_dir} is not writable ({exc.strerror or exc}); the backend stores "
+                         "annotations, versions and head weights there") from None
+    return model_dir
+
+
+class Store:
+    """The backend's SQLite database in MODEL_DIR. Thread-safe: one connection per thread."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir = prepare_model_dir(model_dir)
+        self.path = self.model_dir / "labelloop.sqlite3"
+        self._local = threading.local()
+        try:
+            self._conn().executescript(SCHEMA)  # executescript manages its own transaction
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}") from None
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            # IMMEDIATE takes the write lock up front, so read-modify-write sequences cannot interleave.
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> "Store._Tx":
+        return Store._Tx(self._conn())
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        return self._conn().execute(sql, tuple(params)).fetchone()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- projects ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _project(row: sqlite3.Row) -> Project:
+        return Project(id=row["id"], embedder=row["embedder"], embedder_id=row["embedder_id"],
+                       label_config=row["label_config"], extra_params=json.loads(row["extra_params"] or "{}"),
+                       model_version=row["model_version"], revision=row["revision"],
+                       requested_seq=row["requested_seq"], trained_seq=row["trained_seq"])
+
+    def get_project(self, project: str) -> Project | None:
+        """Return the project, or None if it never connected."""
+        row = self._one("SELECT * FROM projects WHERE id=?", (project,))
+        return self._project(row) if row else None
+
+    def list_projects(self) -> list[Project]:
+        return [self._project(r) for r in self._conn().execute("SELECT * FROM projects ORDER BY created_at")]
+
+    def ensure_project(self, project: str, embedder: str, initial_version: str, label_config: str | None = None,
+                       extra_params: dict[str, Any] | None = None) -> tuple[Project, bool]:
+        """Return (project, created). A new project records `embedder` and version r0; an existing one keeps
+        its embedder and version, and only its label config / extra params are refreshed when given."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM projects WHERE id=?", (project,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO projects(id, embedder, label_config, extra_params, model_version, revision,"
+                           " created_at, updated_at) VALUES (?,?,?,?,?,0,?,?)",
+                           (project, embedder, label_config, json.dumps(extra_params or {}), initial_version,
+                            now, now))
+                db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations,"
+                           " created_at) VALUES (?,0,?,NULL,0,?)", (project, initial_version, now))
+                created = True
+            else:
+                if label_config is not None:
+                    db.execute("UPDATE projects SET label_config=?, updated_at=? WHERE id=?",
+                               (label_config, now, project))
+                if extra_params is not None:
+                    db.execute("UPDATE projects SET extra_params=?, updated_at=? WHERE id=?",
+                               (json.dumps(extra_params), now, project))
+                created = False
+            row = db.execute("SELECT * FROM projects WHERE id=?", (project,)).fetchone()
+        return self._project(row), created
+
+    def set_embedder_id(self, project: str, embedder_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE projects SET embedder_id=? WHERE id=? AND embedder_id IS NULL", (embedder_id, project))
+
+    def current_version(self, project: str) -> str | None:
+        """Return the project's model_version straight from the database (no process cache)."""
+        row = self._one("SELECT model_version FROM projects WHERE id=?", (project,))
+        return row["model_version"] if row else None
+
+    # -- versions ---------------------------------------------------------------------------------------------
+    def get_version(self, project: str, model_version: str) -> Version | None:
+        row = self._one("SELECT * FROM versions WHERE project=? AND model_version=?", (project, model_version))
+        return Version(**dict(row)) if row else None
+
+    def list_versions(self, project: str | None = None) -> list[Version]:
+        """Return versions oldest first, for one project or all."""
+        if project is None:
+            rows = self._conn().execute("SELECT * FROM versions ORDER BY created_at, project, revision")
+        else:
+            rows = self._conn().execute("SELECT * FROM versions WHERE project=? ORDER BY revision", (project,))
+        return [Version(**dict(r)) for r in rows]
+
+    def next_revision(self, project: str) -> int:
+        row = self._one("SELECT MAX(revision) AS r FROM versions WHERE project=?", (project,))
+        return (row["r"] if row and row["r"] is not None else 0) + 1
+
+    def publish_version(self, project: str, revision: int, model_version: str, head_dir: str,
+                        n_annotations: int) -> None:
+        """Atomically record a new version and make it the project's current one."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations, created_at)"
+                       " VALUES (?,?,?,?,?,?)", (project, revision, model_version, head_dir, n_annotations, now))
+            db.execute("UPDATE projects SET model_version=?, revision=?, updated_at=? WHERE id=?",
+                       (model_version, revision, now, project))
+
+    # -- retrain requests (coalesced across processes) ------------------------------------------------------------
+    def request_training(self, project: str) -> int:
+        """Record that `project` needs a retrain; returns the new request sequence number."""
+        with self._tx() as db:
+            db.execute("UPDATE projects SET requested_seq=requested_seq+1 WHERE id=?", (project,))
+            row = db.execute("SELECT requested_seq FROM projects WHERE id=?", (project,)).fetchone()
+        return row["requested_seq"] if row else 0
+
+    def pending_seq(self, project: str) -> tuple[int, int]:
+        """Return (requested_seq, trained_seq)."""
+        row = self._one("SELECT requested_seq, trained_seq FROM projects WHERE id=?", (project,))
+        return (row["requested_seq"], row["trained_seq"]) if row else (0, 0)
+
+    def mark_trained(self, project: str, seq: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE projects SET trained_seq=MAX(trained_seq, ?) WHERE id=?", (seq, project))
+
+    # -- annotations ------------------------------------------------------------------------------------------
+    def upsert_annotations(self, project: str, annotations: Iterable[Annotation]) -> int:
+        """Store annotations (replacing older copies by id); returns how many were written."""
+        now = time.time()
+        count = 0
+        with self._tx() as db:
+            for ann in annotations:
+                db.execute("INSERT INTO annotations(project, id, task_id, result, updated_at) VALUES (?,?,?,?,?)"
+                           " ON CONFLICT(project, id) DO UPDATE SET task_id=excluded.task_id,"
+                           " result=excluded.result, updated_at=excluded.updated_at",
+                           (project, int(ann.id), int(ann.task_id), json.dumps(ann.result), now))
+                count += 1
+        return count
+
+    def delete_annotations(self, project: str, ids: Iterable[int]) -> int:
+        """Delete annotations by id; returns how many existed."""
+        with self._tx() as db:
+            cur = db.executemany("DELETE FROM annotations WHERE project=? AND id=?",
+                                 [(project, int(i)) for i in ids])
+            return cur.rowcount
+
+    def replace_annotations(self, project: str, annotations: Iterable[Annotation]) -> int:
+        """Make the stored annotations exactly `annotations` (used after a full fetch from Label Studio)."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM annotations WHERE project=?", (project,))
+            rows = [(project, int(a.id), int(a.task_id), json.dumps(a.result), now) for a in annotations]
+            db.executemany("INSERT OR REPLACE INTO annotations(project, id, task_id, result, updated_at)"
+                           " VALUES (?,?,?,?,?)", rows)
+        return len(rows)
+
+    def count_annotations(self, project: str) -> int:
+        row = self._one("SELECT COUNT(*) AS n FROM annotations WHERE project=?", (project,))
+        return int(row["n"]) if row else 0
+
+    def list_annotations(self, project: str) -> list[Annotation]:
+        rows = self._conn().execute("SELECT id, task_id, result FROM annotations WHERE project=? ORDER BY id",
+                                    (project,))
+        return [Annotation(r["id"], r["task_id"], json.loads(r["result"])) for r in rows]
+
+    # -- task -> embedding-cache key --------------------------------------------------------------------------
+    def remember_tasks(self, project: str, tasks: Iterable[tuple[int, str | None]]) -> None:
+        """Record each task's media URL; a changed URL forgets the old content key."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO tasks(project, task_id, media_url, updated_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(project, task_id) DO UPDATE SET"
+                " content_key=CASE WHEN tasks.media_url IS excluded.media_url THEN tasks.content_key ELSE NULL END,"
+                " error=CASE WHEN tasks.media_url IS excluded.media_url THEN tasks.error ELSE NULL END,"
+                " media_url=excluded.media_url, updated_at=excluded.updated_at",
+                [(project, int(t), url, now) for t, url in tasks])
+
+    def set_content_keys(self, project: str, keys: dict[int, str]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany("UPDATE tasks SET content_key=?, error=NULL, updated_at=? WHERE project=? AND task_id=?",
+                           [(key, now, project, int(t)) for t, key in keys.items()])
+
+    def set_task_error(self, project: str, task_id: int, error: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE tasks SET error=?, updated_at=? WHERE project=? AND task_id=?",
+                       (error[:500], time.time(), project, int(task_id)))
+
+    def content_keys(self, project: str, task_ids: Iterable[int]) -> dict[int, tuple[str | None, str | None]]:
+        """Return task_id -> (media_url, content_key) for the tasks this backend has seen."""
+        ids = [int(t) for t in task_ids]
+        out: dict[int, tuple[str | None, str | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._conn().execute(f"SELECT task_id, media_url, content_key FROM tasks WHERE project=?"
+                                          f" AND task_id IN ({marks})", (project, *chunk)):
+                out[r["task_id"]] = (r["media_url"], r["content_key"])
+        return out
+
+    # -- training runs ----------------------------------------------------------------------------------------
+    def start_run(self, project: str, reason: str) -> int:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO training_runs(project, status, reason, started_at, pid)"
+                             " VALUES (?, 'running', ?, ?, ?)", (project, reason, time.time(), os.getpid()))
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, model_version: str | None = None,
+                   n_annotations: int | None = None, error: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE training_runs SET status=?, finished_at=?, model_version=?, n_annotations=?, error=?"
+                       " WHERE id=?", (status, time.time(), model_version, n_annotations,
+                                       error[:2000] if error else None, run_id))
+
+    def runs(self, project: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Return the latest training runs, newest first."""
+        if project is None:
+            rows = self._conn().execute("SELECT * FROM training_runs ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._conn().execute("SELECT * FROM training_runs WHERE project=? ORDER BY id DESC LIMIT ?",
+                                        (project, limit))
+        return [dict(r) for r in rows]
+
+    def run_counts(self, project: str) -> dict[str, int]:
+        rows = self._conn().execute("SELECT status, COUNT(*) AS n FROM training_runs WHERE project=?"
+                                    " GROUP BY status", (project,))
+        return {r["status"]: r["n"] for r in rows}
+
+    # -- key-value state (upstream LabelStudioMLBase.get/set/has) ---------------------------------------------
+    def kv_get(self, project: str, key: str) -> str | None:
+        row = self._one("SELECT value FROM kv WHERE project=? AND key=?", (project, key))
+        return row["value"] if row else None
+
+    def kv_set(self, project: str, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO kv(project, key, value) VALUES (?,?,?)"
+                       " ON CONFLICT(project, key) DO UPDATE SET value=excluded.value", (project, key, str(value)))
+
+    def heads_dir(self, project: str) -> Path:
+        return self.model_dir / "projects" / _safe_name(project) / "heads"
+
+
+def _safe_name(project: str) -> str:
+    """Return a filesystem-safe folder name for a project id (ids are digits in Label Studio)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(project)) or "_"

@@ -1,0 +1,165 @@
+"""The background retraining queue: webhooks enqueue, one worker thread trains, bursts become one run.
+
+- `request(project)` returns at once (the webhook must answer within Label Studio's 1 s timeout).
+- Requests for a project arriving within `debounce` seconds, or while it trains, coalesce into one more run.
+- Across uvicorn workers, a per-project file lock lets only one process train a project at a time, and the
+  request/trained sequence numbers in SQLite let a process skip a run that another process already covered.
+- A run that raises is recorded as failed (log + /metrics); the served version does not change.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from filelock import FileLock, Timeout
+
+from backend.store import Store, _safe_name
+
+log = logging.getLogger(__name__)
+
+BUSY_RETRY_SECONDS = 0.5
+
+
+@dataclass
+class _Pending:
+    due: float
+    reasons: set[str]
+    full_sync: bool
+    first: float = 0.0  # when the oldest coalesced request arrived (caps how long debouncing may defer)
+
+
+# train_fn(project, full_sync, reasons) -> (model_version or None if skipped, n_annotations, note)
+TrainFn = Callable[[str, bool, set], tuple]
+
+
+class TrainingQueue:
+    """One worker thread per process; see the module docstring for the guarantees."""
+
+    def __init__(self, store: Store, train_fn: TrainFn, debounce: float = 1.0):
+        self.store = store
+        self.train_fn = train_fn
+        self.debounce = max(0.0, float(debounce))
+        self._pending: dict[str, _Pending] = {}
+        self._running: str | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.locks_dir = store.model_dir / "locks"
+        self.locks_dir.mkdir(exist_ok=True)
+
+    # -- control ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="labelloop-training", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def request(self, project: str, reason: str, full_sync: bool = False) -> None:
+        """Ask for a retrain of `project`; returns immediately."""
+        self.store.request_training(project)
+        with self._cond:
+            entry = self._pending.get(project)
+            now = time.monotonic()
+            if entry is None:
+                self._pending[project] = _Pending(now + self.debounce, {reason}, full_sync, now)
+            else:
+                entry.reasons.add(reason)
+                entry.full_sync = entry.full_sync or full_sync
+                # Trailing debounce, but a steady stream of submits still trains at least every 10 windows.
+                entry.due = min(max(entry.due, now + self.debounce), entry.first + 10 * self.debounce)
+            self._cond.notify_all()
+
+    def status(self, project: str) -> str:
+        """Return "running", "queued" or "idle" for this process's view of `project`."""
+        with self._cond:
+            if self._running == project:
+                return "running"
+            return "queued" if project in self._pending else "idle"
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until nothing is queued or running in this process; returns False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    # -- worker -----------------------------------------------------------------------------------------------
+    def _next(self) -> tuple[str, _Pending] | None:
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                ready = [(e.due, p) for p, e in self._pending.items() if e.due <= now]
+                if ready:
+                    _, project = min(ready)
+                    self._running = project
+                    return project, self._pending.pop(project)
+                wait = min((e.due for e in self._pending.values()), default=now + 1.0) - now
+                self._cond.wait(max(0.01, min(wait, 1.0)))
+        return None
+
+    def _loop(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            project, entry = item
+            try:
+                self._run(project, entry)
+            except Exception:  # the worker must survive anything a run does
+                log.exception("training worker: unexpected error for project %s", project)
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+
+    def _run(self, project: str, entry: _Pending) -> None:
+        lock = FileLock(str(self.locks_dir / f"train-{_safe_name(project)}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            # Another worker process trains this project right now: try again shortly, keeping our reasons.
+            with self._cond:
+                again = self._pending.setdefault(project, _Pending(0, set(), False, time.monotonic()))
+                again.due = time.monotonic() + BUSY_RETRY_SECONDS
+                again.reasons |= entry.reasons
+                again.full_sync = again.full_sync or entry.full_sync
+            return
+        try:
+            requested, trained = self.store.pending_seq(project)
+            if requested <= trained:
+                log.info("project %s: retrain already covered by another worker", project)
+                return
+            reason = ",".join(sorted(entry.reasons))
+            run_id = self.store.start_run(project, reason)
+            started = time.monotonic()
+            try:
+                version, n_annotations, note = self.train_fn(project, entry.full_sync, entry.reasons)
+            except Exception as exc:
+                log.error("project %s: training failed (%s: %s); the previous model keeps serving",
+                          project, type(exc).__name__, exc)
+                self.store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                status = "succeeded" if version else "skipped"
+                self.store.finish_run(run_id, status, model_version=version, n_annotations=n_annotations,
+                                      error=note)
+                log.info("project %s: training %s in %.2fs -> %s (%s annotations)%s", project, status,
+                         time.monotonic() - started, version, n_annotations, f"; {note}" if note else "")
+            # Failed or not, this run consumed every request up to `requested`; newer ones run again.
+            self.store.mark_trained(project, requested)
+        finally:
+            lock.release()
