@@ -33,7 +33,11 @@ class MatrixInfo:
         text = self.source
         if self.gold_labels is not None:
             text += f" from {self.gold_labels} gold labels"
-        return text + (" (ORACLE: uses every true training label)" if self.oracle else "")
+        if not self.oracle:
+            return text
+        if self.gold_labels is not None:
+            return text + " (ORACLE: estimated from every true training label)"
+        return text + " (ORACLE)"
 
 
 def uniform(num_classes: int) -> np.ndarray:

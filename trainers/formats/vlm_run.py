@@ -1,0 +1,65 @@
+"""Reading a VLM labeling run (``labels.jsonl`` + ``run.json``, written by ``labelers.vlm.run``) as a LabelSet.
+
+Complementary runs give CLs (one per round; unparseable answers leave the slot empty, -1).
+Ordinary runs give one ordinary label per image: the majority vote over rounds. When records carry
+``true_label`` (a gold run) a complementary run keeps it as the true label.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from trainers.labelset import LabelSet, majority_vote, pad_rows
+
+JSONL_NAME, RUN_NAME = "labels.jsonl", "run.json"
+
+
+class VlmRunError(ValueError):
+    """The run directory or JSONL is incomplete or inconsistent."""
+
+
+def read_vlm_run(path: str | Path) -> LabelSet:
+    """Return the labels of the run at ``path`` (a run directory or its ``labels.jsonl``), in JSONL order.
+
+    Raises FileNotFoundError when the JSONL is missing and VlmRunError naming the line for a bad
+    record or a label index outside the run's classes.
+    """
+    path = Path(path)
+    jsonl = path / JSONL_NAME if path.is_dir() else path
+    meta_path = jsonl.parent / RUN_NAME
+    if not jsonl.exists():
+        raise FileNotFoundError(f"VLM run labels not found: {jsonl}")
+    if not meta_path.exists():
+        raise VlmRunError(f"{jsonl}: {RUN_NAME} (class names, mode) is missing next to it")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    class_names = list(meta["class_names"])
+    mode = meta.get("mode", "complementary")
+    by_image: dict[str, dict] = {}
+    with open(jsonl, encoding="utf-8") as fh:
+        for line_number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key, round_index, label = record["image"], int(record["round"]), record.get("label")
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise VlmRunError(f"{jsonl}: line {line_number} is not a label record ({err})") from None
+            if label is not None and not 0 <= int(label) < len(class_names):
+                raise VlmRunError(f"{jsonl}: line {line_number} ({key}) has label {label} outside the "
+                                  f"{len(class_names)} classes of {RUN_NAME}")
+            entry = by_image.setdefault(key, {"path": record.get("path"), "rounds": {}, "true": None})
+            entry["rounds"][round_index] = -1 if label is None else int(label)
+            if record.get("true_label") is not None:
+                entry["true"] = int(record["true_label"])
+    keys = list(by_image)
+    labels = pad_rows([[entry["rounds"][r] for r in sorted(entry["rounds"])] for entry in by_image.values()])
+    paths = [Path(entry["path"]) if entry["path"] else None for entry in by_image.values()]
+    truth = np.asarray([-1 if e["true"] is None else e["true"] for e in by_image.values()], dtype=np.int64)
+    meta_out = {"source": str(jsonl), "mode": mode, "long_label": meta.get("long_label", True),
+                "model_id": meta.get("model_id")}
+    if mode == "ordinary":
+        return LabelSet(class_names, keys, np.full((len(keys), 1), -1), majority_vote(labels),
+                        paths=paths if all(paths) else None, meta={**meta_out, "true_labels": truth})
+    return LabelSet(class_names, keys, labels, truth, paths=paths if all(paths) else None, meta=meta_out)

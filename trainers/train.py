@@ -1,0 +1,234 @@
+"""One training run: data -> transition matrix -> Lightning fit (best-validation checkpoint) -> test -> results.json."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from trainers import losses, matrices
+from trainers.labelset import LabelSet
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(ValueError):
+    """The run cannot start with these settings and data; the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one run, named after the seed's train.py arguments where it had one."""
+
+    strategy: str = "FWD"
+    type: str | None = None
+    model: str = "mlp"
+    data: str | None = None
+    label_path: str | None = None
+    lr: float = 1e-3
+    batch_size: int = 256
+    epoch: int = 20
+    valid_type: str = "auto"
+    output_dir: str = "runs/train"
+    long_label: bool = False
+    num_cl: int = 1
+    transition_matrix: str = "uniform"
+    seed: int = 1126
+    valid_split: float = 0.1
+    classes: list[str] | None = None
+    test_data: str | None = None
+    embedder: str | None = None
+    cache: str | None = None
+    image_size: int | None = None
+    augment: bool = False
+    gold_count: int | None = None
+    max_train: int | None = None
+    eval_every: int = 1
+    weight_decay: float = 0.0
+    accelerator: str = "auto"
+    progress: bool = True
+    cl_control: str | None = None
+    label_control: str | None = None
+    image_key: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PreparedData:
+    train: LabelSet
+    test: LabelSet | None
+    kind: str
+    valid_index: np.ndarray
+    T: np.ndarray
+    info: matrices.MatrixInfo
+    synthetic: bool
+
+
+def _subsample(labels: LabelSet, limit: int | None, seed: int) -> LabelSet:
+    if not limit or limit >= len(labels):
+        return labels
+    keep = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
+    return labels.subset(keep)
+
+
+def prepare(cfg: TrainConfig) -> PreparedData:
+    """Return the training data, validation rows and transition matrix of ``cfg``.
+
+    Without complementary labels in the data (and a non-Ord strategy), CLs are drawn from the
+    ``--transition-matrix`` (the libcll synthetic setting); the learners then see that generating
+    matrix, which is recorded as an oracle.
+    """
+    from trainers.datamodules import split_indices
+    from trainers.sources import load_sources
+    from trainers.synthetic import draw_complementary_labels
+
+    spec = losses.get(cfg.strategy, cfg.type)
+    sources = load_sources(cfg.data, cfg.label_path, ordinary=spec.ordinary, long_label=cfg.long_label,
+                           classes=cfg.classes, test_data=cfg.test_data, cl_control=cfg.cl_control,
+                           label_control=cfg.label_control, image_key=cfg.image_key)
+    train, test = sources.train, sources.test
+    K = train.num_classes
+    if K < 2:
+        raise TrainError("need at least two classes (pass --classes when the data do not name them)")
+    train = _subsample(train, cfg.max_train, cfg.seed)
+    synthetic = False
+    if spec.ordinary:
+        if not train.has_true_labels:
+            raise TrainError("Ord trains on ordinary labels, and this data has none")
+        train = train.subset(train.ord_labels >= 0)
+    else:
+        if not train.has_cls:
+            if not train.has_true_labels:
+                raise TrainError("the data has neither complementary nor true labels; pass --label-path")
+            if Path(cfg.transition_matrix.split(":")[0]).name == "empirical":
+                raise TrainError("synthetic CLs need a generating matrix (uniform, weak, strong, noisy or a file)")
+            T_gen, _ = matrices.resolve(cfg.transition_matrix, K, seed=cfg.seed)
+            train = train.subset(train.ord_labels >= 0)
+            cl = draw_complementary_labels(train.ord_labels, T_gen, cfg.num_cl, seed=cfg.seed)
+            train = replace(train, cl_labels=cl)
+            synthetic = True
+        train = train.keep_cls(cfg.num_cl)
+        train = train.subset((train.cl_labels >= 0).any(axis=1))
+    if len(train) < 2:
+        raise TrainError(f"only {len(train)} labelled training images")
+    valid_index = split_indices(len(train), cfg.valid_split, cfg.seed)[1]
+    fit_rows = np.setdiff1d(np.arange(len(train)), valid_index)
+    T, info = _matrix(cfg, train, fit_rows, K, synthetic)
+    return PreparedData(train, test, sources.kind, valid_index, T, info, synthetic)
+
+
+def _matrix(cfg: TrainConfig, train: LabelSet, fit_rows: np.ndarray, K: int, synthetic: bool):
+    """Resolve the run's T on the training rows (never the validation rows)."""
+    true = train.ord_labels[fit_rows]
+    cl = train.cl_labels[fit_rows]
+    if cfg.gold_count is not None:
+        gold = np.flatnonzero(true >= 0)
+        keep = np.random.default_rng(cfg.seed).permutation(gold)[:cfg.gold_count]
+        masked = np.full_like(true, -1)
+        masked[keep] = true[keep]
+        true = masked
+    all_true = bool((true >= 0).all())
+    T, info = matrices.resolve(cfg.transition_matrix, K, seed=cfg.seed, true_labels=true, cl_labels=cl,
+                               all_true=all_true)
+    if synthetic:
+        info = replace(info, source=info.source + ", the generating matrix of the synthetic CLs", oracle=True)
+    return T, info
+
+
+def _loggers(output: Path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = [CSVLogger(str(output), name="logs")]
+    try:
+        import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(output), name="tensorboard"))
+    except ImportError:
+        pass
+    return loggers
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train one model per ``cfg``; write checkpoints, metrics and ``results.json`` under ``output_dir``.
+
+    Returns the results dict (test metrics of the best-validation checkpoint, matrix provenance, sizes).
+    Raises TrainError, DataSourceError, TransitionMatrixError or FileNotFoundError for bad inputs.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS when on GPU
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from trainers.datamodules import EmbeddingDataModule, ImageDataModule
+    from trainers.metrics import VALID_TYPES, canonical_valid_type
+    from trainers.models import build_model
+    from trainers.module import CLLModule
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = prepare(cfg)
+    train, test = data.train, data.test
+    if cfg.embedder:
+        from labelers.cache import EmbeddingCache
+        from labelers.embedders import make_embedder
+        from trainers.features import with_features
+
+        embedder = make_embedder(cfg.embedder)
+        cache = EmbeddingCache(cfg.cache or Path(cfg.output_dir) / "embeddings.sqlite")
+        train = with_features(train, embedder, cache, progress=cfg.progress)
+        test = None if test is None else with_features(test, embedder, cache, progress=cfg.progress)
+        kind = "features"
+    else:
+        kind = data.kind
+    valid_rows = train.subset(data.valid_index)
+    valid_type = cfg.valid_type
+    if valid_type.lower() == "auto":
+        valid_type = "Accuracy" if valid_rows.has_true_labels else "SCEL"
+    valid_type = canonical_valid_type(valid_type)
+    if valid_type == "Accuracy" and not valid_rows.has_true_labels:
+        raise TrainError("--valid-type Accuracy needs true labels on the validation split; use SCEL or URE")
+    spec = losses.get(cfg.strategy, cfg.type)
+    if valid_type in ("SCEL", "URE") and spec.ordinary and not valid_rows.has_cls:
+        raise TrainError(f"--valid-type {valid_type} needs complementary labels; Ord data has none (use Accuracy)")
+    if kind == "features":
+        dm = EmbeddingDataModule(train, data.valid_index, test, cfg.batch_size, cfg.seed)
+    else:
+        dm = ImageDataModule(train, data.valid_index, test, cfg.batch_size, cfg.image_size, cfg.augment, cfg.seed,
+                             progress=cfg.progress)
+    fit_cl = train.cl_labels[dm.train_index]
+    counts = np.bincount(fit_cl[fit_cl >= 0], minlength=train.num_classes).astype(np.float64)
+    prior = counts / counts.sum() if counts.sum() else None
+    model = build_model(cfg.model, dm.input_shape, train.num_classes)
+    module = CLLModule(model, cfg.strategy, cfg.type, data.T, prior, cfg.lr, valid_type, cfg.weight_decay)
+    output = Path(cfg.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    matrices.save(data.T, output / "transition_matrix.csv")
+    mode = VALID_TYPES[valid_type]
+    checkpoint = ModelCheckpoint(dirpath=output / "checkpoints", filename="best", monitor=f"valid_{valid_type}",
+                                 mode=mode, save_last=True)
+    trainer = pl.Trainer(max_epochs=cfg.epoch, accelerator=cfg.accelerator, devices=1, deterministic=True,
+                         logger=_loggers(output), callbacks=[checkpoint], check_val_every_n_epoch=cfg.eval_every,
+                         enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
+                         log_every_n_steps=10)
+    trainer.fit(module, datamodule=dm)
+    best = checkpoint.best_model_path or None
+    results = {
+        "strategy": module.strategy_name, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epoch,
+        "lr": cfg.lr, "batch_size": cfg.batch_size, "valid_type": valid_type,
+        "best_valid": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+        "best_checkpoint": best, "classes": train.class_names, "train_images": len(dm.train_index),
+        "valid_images": len(data.valid_index), "num_cl": int(train.cl_labels.shape[1]),
+        "synthetic_cls": data.synthetic, "transition_matrix": data.info.describe(),
+        "matrix_oracle": data.info.oracle, "gold_labels": data.info.gold_labels, "inputs": kind,
+        "device": str(module.device),
+    }
+    if test is not None and test.has_true_labels:
+        tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        results.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    config = {k: v for k, v in asdict(cfg).items() if k != "extra"}
+    (output / "results.json").write_text(json.dumps({"results": results, "config": config}, indent=2),
+                                         encoding="utf-8")
+    (output / "class_names.json").write_text(json.dumps(train.class_names), encoding="utf-8")
+    return results
