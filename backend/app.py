@@ -131,7 +131,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None, start: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None, start: bool = True,
+               preload: bool = True) -> FastAPI:
     """Return the FastAPI app. Builds a Runtime from `settings` (default: environment) unless one is given.
 
     Raises StoreError/ConfigError at once for an unusable MODEL_DIR or configuration, so the server never
@@ -146,7 +147,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if start:
-            runtime.start()
+            runtime.start(preload=preload)
         yield
         runtime.close()
 

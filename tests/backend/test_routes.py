@@ -1,0 +1,148 @@
+"""Every route's JSON shape and the /predict count rule, through FastAPI's in-process client."""
+from __future__ import annotations
+
+import pytest
+
+from backend.runtime import Runtime
+from tests.backend.conftest import CHOICES_XML, MULTI_XML, local_task, setup_project, shared_loader
+
+
+def test_health_and_root_report_model_class_and_embedder(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        for path in ("/", "/health"):
+            body = client.get(path).json()
+            assert body["status"] == "UP"
+            assert body["model_class"] == "LabelloopModel"
+            assert body["embedder"]["family"] == "clip" and body["embedder"]["zero_shot"] is True
+            assert body["embedder"]["spec"] == runtime.default_spec
+
+
+def test_setup_returns_initial_version_without_loading_weights(make_settings):
+    loads = []
+    runtime = Runtime(make_settings(), embedder_loader=lambda spec: loads.append(spec) or shared_loader(spec))
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    with TestClient(create_app(runtime=runtime, preload=False)) as client:
+        version = setup_project(client, "7.1700000000")
+        assert version == setup_project(client, "7.1700000000")  # Label Studio calls /setup 2-3 times
+    assert version.endswith("-p7-r0") and version.startswith("clip-")
+    assert loads == []  # /setup never loads an embedder
+
+
+def test_predict_returns_one_result_per_task_in_order(make_client, docroot):
+    tasks = [local_task(1, "imgs/red0.png"), local_task(2, "imgs/broken.png"),
+             local_task(3, "imgs/blue0.png"), local_task(4, "imgs/missing.png"),
+             {"id": 5, "project": 1, "data": {"image": "http://169.254.169.254/latest/meta-data"}},
+             {"id": 6, "project": 1, "data": {"text": "no image key"}}]
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        version = setup_project(client)
+        resp = client.post("/predict", json={"tasks": tasks, "project": "1.1700000000", "label_config": CHOICES_XML,
+                                             "params": {"login": None, "password": None, "context": None}})
+        assert resp.status_code == 200, resp.text
+        results = resp.json()["results"]
+    assert len(results) == len(tasks)
+    assert all(r["model_version"] == version for r in results)
+    for good in (0, 2):
+        region = results[good]["result"][0]
+        assert region["from_name"] == "label" and region["to_name"] == "image" and region["type"] == "choices"
+        assert region["value"]["choices"][0] in ("red", "green", "blue")
+        assert 0.0 <= results[good]["score"] <= 1.0
+    for bad in (1, 3, 4, 5):
+        assert results[bad] == {"result": [], "score": None, "model_version": version}
+
+
+def test_multiple_choice_predicts_a_list_of_choices(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, _):
+        setup_project(client, "2.1", MULTI_XML)
+        xml = MULTI_XML.replace('choice="multiple"', 'choice="multiple" model_score_threshold="0.0"')
+        resp = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png", 2)], "project": "2.1",
+                                             "label_config": xml})
+        result = resp.json()["results"][0]
+    # threshold 0 keeps every class: all three are pre-selected in one region
+    assert result["result"][0]["from_name"] == "tags"
+    assert sorted(result["result"][0]["value"]["choices"]) == ["blue", "green", "red"]
+
+
+def test_predict_uses_stored_label_config_when_request_has_none(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, _):
+        setup_project(client)
+        resp = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
+        assert resp.status_code == 200
+        assert resp.json()["results"][0]["result"][0]["type"] == "choices"
+
+
+def test_unservable_label_config_is_a_clear_error_at_setup(make_client):
+    xml = '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/></Choices></View>'
+    with make_client() as (client, _):
+        resp = client.post("/setup", json={"project": "3.1", "schema": xml})
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["status"] == 422 and "<Image>" in body["detail"]
+
+
+def test_unknown_strategy_in_extra_params_is_rejected_at_setup(make_client):
+    with make_client() as (client, _):
+        resp = client.post("/setup", json={"project": "3.1", "schema": CHOICES_XML,
+                                           "extra_params": {"strategy": "most-fun"}})
+    assert resp.status_code == 422 and "most-fun" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"project": "1.1"}, "tasks"),
+    ({"tasks": [], "project": "1.1"}, "tasks"),
+    ({"tasks": "nope", "project": "1.1"}, "tasks"),
+    ({"tasks": [{"id": 1, "data": {}}]}, "project"),
+])
+def test_malformed_predict_requests_get_json_errors(make_client, body, fragment):
+    with make_client() as (client, _):
+        resp = client.post("/predict", json=body)
+    assert resp.status_code == 422
+    assert resp.json()["status"] == 422 and fragment in resp.json()["detail"]
+
+
+def test_non_json_body_is_a_json_error(make_client):
+    with make_client() as (client, _):
+        resp = client.post("/setup", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422 and resp.headers["content-type"].startswith("application/json")
+    assert "invalid request" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/train", "/validate", "/duplicate_model", "/delete", "/job_status"])
+def test_legacy_routes_are_404_json(make_client, path):
+    with make_client() as (client, _):
+        resp = client.post(path, json={})
+    assert resp.status_code == 404
+    assert resp.json() == {"detail": f"no route {path} (legacy route; Label Studio 1.2x does not use it)",
+                           "status": 404}
+
+
+def test_versions_and_metrics_shapes(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, _):
+        v1 = setup_project(client, "1.1")
+        v2 = setup_project(client, "2.1")
+        assert client.get("/versions").json() == {"versions": [v1, v2]}
+        assert client.get("/versions", params={"project": "2"}).json() == {"versions": [v2]}
+        client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
+        metrics = client.get("/metrics").json()
+    assert set(metrics) == {"worker_pid", "projects", "counters"}
+    project = metrics["projects"]["1"]
+    assert project["model_version"] == v1
+    assert project["training"]["state"] == "idle" and project["training"]["last_failure"] is None
+    assert metrics["counters"]["predict_requests"] == 1 and metrics["counters"]["tasks_predicted"] == 1
+
+
+def test_internal_errors_are_json_without_traceback(make_client, docroot, monkeypatch):
+    from backend import model as model_module
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("token=supersecret something broke")
+
+    monkeypatch.setattr(model_module, "embed_tasks", explode)
+    with make_client(local_files_document_root=docroot, raise_server_exceptions=False) as (client, _):
+        resp = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1",
+                                             "label_config": CHOICES_XML})
+    assert resp.status_code == 500
+    assert resp.json() == {"detail": "internal error (RuntimeError); see the backend log", "status": 500}
+    assert "supersecret" not in resp.text
