@@ -1,6 +1,118 @@
-"""`labelloop` subcommands of the trainers room."""
+"""`labelloop train` and `labelloop export`: the trainers room's subcommands.
+
+Option names follow the seed's train.py (``--batch_size`` etc. are accepted next to ``--batch-size``)
+so its commands port by changing the program name. Heavy imports stay inside the command bodies.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+# Errors a user can fix; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+def train(
+    strategy: str = typer.Option("FWD", "--strategy", help="SCL, URE, FWD, DM, PC, OP, CPE, MCL or Ord."),
+    type_: Optional[str] = typer.Option(None, "--type", help="Strategy type: SCL NL|EXP, URE NN|GA|TNN|TGA, "
+                                        "CPE I|F|T, MCL MAE|EXP|LOG (ignored for FWD, DM, PC, OP, Ord)."),
+    model: str = typer.Option("mlp", "--model", help="linear, mlp, resnet18 or resnet34."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "--data", help="mnist, fmnist, cifar10, an image "
+                                          "folder, a classification CSV, a libcll pickle, an .npz of features or a "
+                                          "VLM run directory."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    batch_size: int = typer.Option(256, "--batch-size", "--batch_size"),
+    epoch: int = typer.Option(20, "--epoch", "--epochs", help="Training epochs."),
+    valid_type: str = typer.Option("auto", "--valid-type", "--valid_type", help="Accuracy, URE or SCEL; auto = "
+                                   "Accuracy when the validation split has true labels, else SCEL."),
+    output_dir: Path = typer.Option(Path("runs/train"), "--output-dir", "--output_dir"),
+    label_path: Optional[str] = typer.Option(None, "--label-path", "--label_path", help="auto_labels.csv, a VLM "
+                                             "run (labels.jsonl), a Label Studio JSON export or a libcll pickle."),
+    long_label: bool = typer.Option(False, "--long-label", "--long_label", help="Label files use full class "
+                                    "names (must match the labeling run)."),
+    num_cl: int = typer.Option(1, "--num-cl", "--num_cl", help="Complementary labels per image to use "
+                               "(0 with synthetic CLs: a random count per image)."),
+    transition_matrix: str = typer.Option("uniform", "--transition-matrix", "--transition_matrix",
+                                          help="uniform, weak, strong, noisy[:lambda], empirical (from gold "
+                                          "labels) or a .npy/.csv file."),
+    seed: int = typer.Option(1126, "--seed"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names: comma-separated or a file."),
+    test_data: Optional[str] = typer.Option(None, "--test-data", "--test_data", help="A labelled test set."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Train a head on frozen embeddings, e.g. "
+                                           "efficientnet-lite0@128 (cached in --cache)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (SQLite)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", "--image_size"),
+    augment: bool = typer.Option(False, "--augment", "--do-transform", "--do_transform",
+                                 help="Random crop + flip (natural images)."),
+    valid_split: float = typer.Option(0.1, "--valid-split", "--valid_split"),
+    gold_count: Optional[int] = typer.Option(None, "--gold-count", help="Estimate an empirical T from at most "
+                                             "this many gold labels."),
+    max_train: Optional[int] = typer.Option(None, "--max-train", help="Use a seeded random subset of training images."),
+    eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs."),
+    accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
+    cl_control: Optional[str] = typer.Option(None, "--cl-control", help="Label Studio control holding CLs."),
+    label_control: Optional[str] = typer.Option(None, "--label-control", help="Label Studio control holding labels."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train a classifier from complementary (or ordinary) labels with PyTorch Lightning."""
+    from trainers.sources import parse_classes
+    from trainers.train import TrainConfig, run
+
+    cfg = TrainConfig(strategy=strategy, type=type_, model=model, data=dataset, label_path=label_path, lr=lr,
+                      batch_size=batch_size, epoch=epoch, valid_type=valid_type, output_dir=str(output_dir),
+                      long_label=long_label, num_cl=num_cl, transition_matrix=transition_matrix, seed=seed,
+                      valid_split=valid_split, classes=parse_classes(classes), test_data=test_data,
+                      embedder=embedder, cache=str(cache) if cache else None, image_size=image_size, augment=augment,
+                      gold_count=gold_count, max_train=max_train, eval_every=eval_every, accelerator=accelerator,
+                      progress=progress, cl_control=cl_control, label_control=label_control)
+    try:
+        results = run(cfg)
+    except _USER_ERRORS as err:
+        _fail(str(err).strip("'\""))
+    typer.echo(f"strategy {results['strategy']}  T: {results['transition_matrix']}")
+    for key in ("best_valid", "test_Accuracy"):
+        if results.get(key) is not None:
+            typer.echo(f"{key}: {results[key]:.4f}")
+    typer.echo(f"results: {output_dir / 'results.json'}")
+
+
+def export(
+    source: str = typer.Argument(..., help="Labels to read: Label Studio JSON export, VLM run dir or labels.jsonl, "
+                                 "auto_labels.csv, libcll pickle, classification CSV or ImageFolder tree."),
+    target: Path = typer.Argument(..., help="Where to write: .pkl (libcll), auto_labels*.csv, other .csv "
+                                  "(path,label), .json (Label Studio import) or a directory (ImageFolder)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="libcll, auto-labels, csv, imagefolder or label-studio."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "--data", help="The images the labels refer to."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names: comma-separated or a file."),
+    long_label: bool = typer.Option(False, "--long-label", "--long_label"),
+    ordinary: bool = typer.Option(False, "--ordinary", help="Read label columns as ordinary labels (majority vote)."),
+    num_cl: Optional[int] = typer.Option(None, "--num-cl", "--num_cl", help="Keep the first N CLs per image."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", "--image_size", help="Resize images (libcll)."),
+    cl_control: Optional[str] = typer.Option(None, "--cl-control"),
+    label_control: Optional[str] = typer.Option(None, "--label-control"),
+    link: bool = typer.Option(False, "--link", help="ImageFolder: symlink instead of copying."),
+):
+    """Convert labels between Label Studio, VLM runs, auto_labels.csv, libcll pickles, CSV and ImageFolder."""
+    from trainers.export import export as write, read_any
+    from trainers.sources import parse_classes
+
+    try:
+        labels = read_any(source, dataset, parse_classes(classes), long_label, ordinary, cl_control, label_control)
+        written = write(labels, target, fmt, long_label, image_size, num_cl, cl_control or "complementary",
+                        label_control or "label", link)
+    except _USER_ERRORS as err:
+        _fail(str(err).strip("'\""))
+    typer.echo(f"wrote {len(labels)} images ({labels.num_classes} classes) to {written}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this room's subcommands to the labelloop app."""
+    """Add this room's subcommands (train, export) to the labelloop app."""
+    app.command("train")(train)
+    app.command("export")(export)

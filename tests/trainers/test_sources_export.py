@@ -1,0 +1,139 @@
+"""Label files matched to images, `labelloop export` round trips, and bad inputs at the CLI."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from labelers.formats.auto_labels import write_auto_labels
+from labelloop.cli import app
+from trainers.export import read_any
+from trainers.formats.image_folder import read_image_folder
+from trainers.formats.libcll_pickle import read_libcll_pickle
+from trainers.sources import DataSourceError, load_sources
+
+from .conftest import DIGITS
+
+runner = CliRunner()
+
+
+def cl_rows(folder, offsets=(1, 2, 3)):
+    base = read_image_folder(folder)
+    return base, [(name.split("/")[1], [DIGITS[(y + k) % 10] for k in offsets])
+                  for name, y in zip(base.names, base.ord_labels)]
+
+
+def test_auto_labels_attach_by_file_name(tmp_path, digit_folder):
+    base, rows = cl_rows(digit_folder)
+    rows = rows[::-1][:50]  # another order and a subset: matching is by name
+    path = write_auto_labels(tmp_path / "auto_labels.csv", rows)
+    train = load_sources(str(digit_folder), str(path), long_label=True).train
+    assert len(train) == 50
+    assert ((train.cl_labels - train.ord_labels[:, None]) % 10 == np.array([1, 2, 3])).all()
+
+
+def test_auto_labels_seed_layout_falls_back_to_dataset_order(tmp_path, digit_folder):
+    base, rows = cl_rows(digit_folder)
+    renamed = [(f"cifar_style_{i}.png", labels) for i, (_, labels) in enumerate(rows)]
+    path = write_auto_labels(tmp_path / "auto_labels.csv", renamed)
+    train = load_sources(str(digit_folder), str(path), long_label=True).train
+    assert ((train.cl_labels - train.ord_labels[:, None]) % 10 == np.array([1, 2, 3])).all()
+
+
+def test_auto_labels_unknown_class_and_missing_image_name_the_row(tmp_path, digit_folder):
+    base, rows = cl_rows(digit_folder)
+    rows[4] = (rows[4][0], ["3", "eleven", "1"])
+    with pytest.raises(DataSourceError, match=r"row 5 .*'eleven'"):
+        load_sources(str(digit_folder), str(write_auto_labels(tmp_path / "a.csv", rows)), long_label=True)
+    _, rows = cl_rows(digit_folder)
+    rows[2] = ("missing.png", rows[2][1])
+    with pytest.raises(DataSourceError, match=r"row 3 names image 'missing.png'"):
+        load_sources(str(digit_folder), str(write_auto_labels(tmp_path / "b.csv", rows)), long_label=True)
+
+
+def ls_export(folder, path):
+    base = read_image_folder(folder)
+    tasks = []
+    for i, (name, y) in enumerate(zip(base.names, base.ord_labels)):
+        result = [{"from_name": "complementary", "to_name": "image", "type": "choices",
+                   "value": {"choices": [DIGITS[(y + 1) % 10], DIGITS[(y + 5) % 10]]}}]
+        if i % 2 == 0:  # half the tasks also carry the ordinary label (a gold subset)
+            result.append({"from_name": "label", "to_name": "image", "type": "choices",
+                           "value": {"choices": [DIGITS[y]]}})
+        tasks.append({"id": i + 1, "data": {"image": f"/data/local-files/?d=digits/{name}"},
+                      "annotations": [{"was_cancelled": False, "result": result}]})
+    path.write_text(json.dumps(tasks))
+    return base, path
+
+
+def test_label_studio_export_to_training_labels(tmp_path, digit_folder):
+    base, path = ls_export(digit_folder, tmp_path / "export.json")
+    labels = load_sources(None, str(path), classes=DIGITS).train  # images found under the JSON's folder
+    assert labels.cl_labels.shape == (60, 2)
+    assert ((labels.cl_labels - base.ord_labels[:, None]) % 10 == np.array([1, 5])).all()
+    assert (labels.ord_labels[::2] == base.ord_labels[::2]).all() and (labels.ord_labels[1::2] == -1).all()
+    assert labels.meta["cl_control"] == "complementary" and labels.meta["label_control"] == "label"
+
+
+def test_export_ls_to_libcll_to_auto_labels_round_trip(tmp_path, digit_folder):
+    base, path = ls_export(digit_folder, tmp_path / "export.json")
+    result = runner.invoke(app, ["export", str(path), str(tmp_path / "set.pkl"), "--classes", ",".join(DIGITS)])
+    assert result.exit_code == 0, result.output
+    stored = read_libcll_pickle(tmp_path / "set.pkl")
+    assert stored.images.shape == (60, 28, 28, 3) and stored.class_names == DIGITS
+    result = runner.invoke(app, ["export", str(tmp_path / "set.pkl"), str(tmp_path / "auto_labels.csv"),
+                                 "--long-label"])
+    assert result.exit_code == 0, result.output
+    back = read_any(tmp_path / "auto_labels.csv", data=str(tmp_path / "set.pkl"), long_label=True)
+    assert np.array_equal(back.cl_labels, stored.cl_labels)
+    result = runner.invoke(app, ["export", str(tmp_path / "set.pkl"), str(tmp_path / "ls.json")])
+    assert result.exit_code == 0, result.output
+    again = read_any(tmp_path / "ls.json", data=str(tmp_path / "set.pkl"))
+    assert np.array_equal(again.cl_labels, stored.cl_labels) and np.array_equal(again.ord_labels, stored.ord_labels)
+
+
+def test_export_image_folder_csv_image_folder(tmp_path, digit_folder):
+    assert runner.invoke(app, ["export", str(digit_folder), str(tmp_path / "labels.csv")]).exit_code == 0
+    result = runner.invoke(app, ["export", str(tmp_path / "labels.csv"), str(tmp_path / "tree"),
+                                 "--classes", ",".join(DIGITS)])
+    assert result.exit_code == 0, result.output
+    original, copy = read_image_folder(digit_folder), read_image_folder(tmp_path / "tree")
+    assert original.names == copy.names and np.array_equal(original.ord_labels, copy.ord_labels)
+
+
+def test_export_vlm_run_to_libcll(tmp_path, digit_folder):
+    base = read_image_folder(digit_folder)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"mode": "complementary", "class_names": DIGITS}))
+    with open(run / "labels.jsonl", "w") as fh:
+        for name, path, y in zip(base.names, base.paths, base.ord_labels):
+            for r, k in enumerate((2, 4)):
+                fh.write(json.dumps({"image": name, "path": str(path), "round": r, "label": int((y + k) % 10),
+                                     "true_label": int(y)}) + "\n")
+    result = runner.invoke(app, ["export", str(run), str(tmp_path / "vlm.pkl")])
+    assert result.exit_code == 0, result.output
+    stored = read_libcll_pickle(tmp_path / "vlm.pkl")
+    assert ((stored.cl_labels - stored.ord_labels[:, None]) % 10 == np.array([2, 4])).all()
+
+
+def test_export_mixed_image_sizes_need_image_size(tmp_path, digit_folder):
+    from PIL import Image
+    Image.new("RGB", (40, 40)).save(digit_folder / "3" / "zzbig.png")
+    result = runner.invoke(app, ["export", str(digit_folder), str(tmp_path / "x.pkl")])
+    assert result.exit_code == 2 and "zzbig.png" in result.output and "--image-size" in result.output
+    result = runner.invoke(app, ["export", str(digit_folder), str(tmp_path / "x.pkl"), "--image-size", "16"])
+    assert result.exit_code == 0 and read_libcll_pickle(tmp_path / "x.pkl").images.shape == (61, 16, 16, 3)
+
+
+def test_cli_bad_inputs_exit_2_with_a_message(tmp_path, digit_folder):
+    bad = tmp_path / "T.csv"
+    np.savetxt(bad, np.full((3, 3), 1 / 3), delimiter=",")
+    result = runner.invoke(app, ["train", "--dataset", str(digit_folder), "--transition-matrix", str(bad),
+                                 "--epoch", "1", "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 2
+    assert "T.csv" in result.output and "(10, 10)" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["train", "--dataset", str(tmp_path / "nope"), "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "not found" in result.output
+    result = runner.invoke(app, ["train", "--strategy", "SCL", "--type", "XX", "--dataset", str(digit_folder)])
+    assert result.exit_code == 2 and "SCL-NL" in result.output
