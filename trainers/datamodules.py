@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainers.labelset import LabelSet
+from trainers.labelset import LabelSet, split_indices  # noqa: F401  (re-exported)
 
 
 class BatchDataset(Dataset):
@@ -60,13 +60,6 @@ def crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
     flip = torch.rand(B) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
-
-
-def split_indices(n: int, valid_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (train, valid) index arrays: a seeded random ``valid_split`` fraction (at least 1 row) held out."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_valid = max(1, int(round(n * valid_split))) if valid_split > 0 and n > 1 else 0
-    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
 
 
 class CLDataModule(pl.LightningDataModule):

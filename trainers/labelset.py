@@ -101,3 +101,10 @@ def majority_vote(labels: np.ndarray) -> np.ndarray:
             best = counts == counts.max()
             out[i] = values[best][np.argmin(first[best])]
     return out
+
+
+def split_indices(n: int, valid_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train, valid) index arrays: a seeded random ``valid_split`` fraction (at least 1 row) held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_valid = max(1, int(round(n * valid_split))) if valid_split > 0 and n > 1 else 0
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])

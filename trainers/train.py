@@ -81,7 +81,7 @@ def prepare(cfg: TrainConfig) -> PreparedData:
     ``--transition-matrix`` (the libcll synthetic setting); the learners then see that generating
     matrix, which is recorded as an oracle.
     """
-    from trainers.datamodules import split_indices
+    from trainers.labelset import split_indices
     from trainers.sources import load_sources
     from trainers.synthetic import draw_complementary_labels
 
@@ -159,6 +159,7 @@ def run(cfg: TrainConfig) -> dict:
     Raises TrainError, DataSourceError, TransitionMatrixError or FileNotFoundError for bad inputs.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS when on GPU
+    data = prepare(cfg)  # before importing Lightning: bad inputs fail fast
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -168,7 +169,6 @@ def run(cfg: TrainConfig) -> dict:
     from trainers.module import CLLModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = prepare(cfg)
     train, test = data.train, data.test
     if cfg.embedder:
         from labelers.cache import EmbeddingCache

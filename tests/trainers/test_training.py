@@ -1,0 +1,122 @@
+"""Real training runs: MNIST learns from one uniform CL per image; runs are seeded; the seed's CLI ports."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from labelers.formats.auto_labels import write_auto_labels
+from labelers.sample_data import load_mnist
+from labelloop.cli import app
+from trainers import matrices
+from trainers.formats.image_folder import read_image_folder
+from trainers.module import CLLModule
+from trainers.models import build_model
+from trainers.train import TrainConfig, TrainError, run
+
+from .conftest import DIGITS
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def mnist_features(tmp_path_factory):
+    """An .npz of flattened real MNIST digits (2000 train / 1000 test) as 'frozen features'."""
+    images, labels = load_mnist("train")
+    test_images, test_labels = load_mnist("test")
+    path = tmp_path_factory.mktemp("npz") / "mnist_features.npz"
+    np.savez(path, features=images[:2000].reshape(2000, -1) / 255.0, labels=labels[:2000],
+             test_features=test_images[:1000].reshape(1000, -1) / 255.0, test_labels=test_labels[:1000],
+             class_names=np.array(DIGITS))
+    return path
+
+
+@pytest.mark.slow
+def test_mnist_forward_correction_learns_from_one_uniform_cl(tmp_path):
+    results = run(TrainConfig(strategy="FWD", model="mlp", data="mnist", max_train=10000, epoch=5, batch_size=128,
+                              lr=1e-3, num_cl=1, output_dir=str(tmp_path), progress=False, seed=7))
+    assert results["test_Accuracy"] >= 0.6  # chance is 0.1
+    assert results["synthetic_cls"] and results["matrix_oracle"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["results"]["test_Accuracy"] == results["test_Accuracy"]
+    assert (tmp_path / "checkpoints" / "best.ckpt").exists() and (tmp_path / "checkpoints" / "last.ckpt").exists()
+    metrics_csv = next((tmp_path / "logs").rglob("metrics.csv")).read_text()
+    assert "valid_Accuracy" in metrics_csv and "valid_SCEL" in metrics_csv and "train_loss" in metrics_csv
+
+
+def test_same_seed_same_result_other_seed_differs(tmp_path, mnist_features):
+    def once(seed, name):
+        return run(TrainConfig(strategy="SCL", type="NL", model="linear", data=str(mnist_features), epoch=2,
+                               batch_size=64, output_dir=str(tmp_path / name), progress=False, seed=seed))
+    a, b, c = once(3, "a"), once(3, "b"), once(4, "c")
+    assert a["test_Accuracy"] == b["test_Accuracy"] and a["best_valid"] == b["best_valid"]
+    assert a["best_valid"] != c["best_valid"]
+
+
+@pytest.mark.parametrize("strategy,kind", [("URE", "GA"), ("URE", "TNN"), ("DM", None), ("CPE", "T"),
+                                           ("MCL", "LOG"), ("SCL", "EXP"), ("Ord", None), ("PC", None),
+                                           ("OP", None)])
+def test_every_strategy_trains_on_frozen_features(tmp_path, mnist_features, strategy, kind):
+    results = run(TrainConfig(strategy=strategy, type=kind, model="mlp", data=str(mnist_features), epoch=3,
+                              batch_size=64, num_cl=3, output_dir=str(tmp_path), progress=False,
+                              transition_matrix="uniform"))
+    assert results["inputs"] == "features"
+    assert results["test_Accuracy"] > 0.3  # three CLs per image, 1800 images: well above chance (0.1)
+
+
+def test_cpe_t_starts_from_log_t_plus_delta_and_keeps_t_on_the_model_device():
+    T = matrices.uniform(4)
+    module = CLLModule(build_model("linear", (3,), 4), "CPE", "T", T)
+    assert torch.isfinite(module.W).all()  # log(0 + delta), not -inf
+    assert torch.allclose(module.loss_matrix(), torch.tensor(T, dtype=torch.float32), atol=0.01)
+    assert module.T_given.device == next(module.model.parameters()).device
+    assert "T_given" in module.state_dict()  # a buffer: moves with .to(device)
+
+
+def test_scel_is_the_default_without_true_labels(tmp_path, digit_folder):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    base = read_image_folder(digit_folder)
+    rows = []
+    for i, (path, y) in enumerate(zip(base.paths, base.ord_labels)):
+        (flat / f"{i:03d}.png").write_bytes(path.read_bytes())
+        rows.append((f"{i:03d}.png", [DIGITS[(y + 1) % 10], DIGITS[(y + 2) % 10]]))
+    labels = write_auto_labels(tmp_path / "auto_labels.csv", rows)
+    results = run(TrainConfig(strategy="FWD", data=str(flat), label_path=str(labels), classes=DIGITS,
+                              long_label=True, num_cl=2, epoch=1, output_dir=str(tmp_path / "out"), progress=False))
+    assert results["valid_type"] == "SCEL" and "test_Accuracy" not in results
+    with pytest.raises(TrainError, match="SCEL"):
+        run(TrainConfig(strategy="FWD", data=str(flat), label_path=str(labels), classes=DIGITS, long_label=True,
+                        valid_type="Accuracy", epoch=1, output_dir=str(tmp_path / "o2"), progress=False))
+    with pytest.raises(Exception, match="empirical transition matrix needs gold"):
+        run(TrainConfig(strategy="FWD", data=str(flat), label_path=str(labels), classes=DIGITS, long_label=True,
+                        transition_matrix="empirical", epoch=1, output_dir=str(tmp_path / "o3"), progress=False))
+
+
+def test_seed_command_ports_by_renaming_the_program(tmp_path, digit_folder):
+    """The seed's `python train.py ...` line, underscore spellings included, on our own export."""
+    base = read_image_folder(digit_folder)
+    rows = [(name.split("/")[1], [DIGITS[(y + k) % 10] for k in (1, 3, 5)])
+            for name, y in zip(base.names, base.ord_labels)]
+    labels = write_auto_labels(tmp_path / "auto_labels.csv", rows)
+    result = runner.invoke(app, [
+        "train", "--strategy", "CPE", "--type", "F", "--model", "ResNet18", "--dataset", str(digit_folder),
+        "--lr", "1e-3", "--batch_size", "32", "--epoch", "1", "--valid_type", "Accuracy",
+        "--output_dir", str(tmp_path / "run"), "--label_path", str(labels), "--long_label", "--do_transform",
+        "--num_cl", "3", "--transition-matrix", "empirical", "--seed", "1126", "--image-size", "16",
+        "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    assert saved["strategy"] == "CPE-F" and saved["num_cl"] == 3 and saved["valid_type"] == "Accuracy"
+    assert saved["gold_labels"] == saved["train_images"] and saved["matrix_oracle"]
+    T = matrices.load(tmp_path / "run" / "transition_matrix.csv", 10)
+    assert np.allclose(T[0][[1, 3, 5]], 1 / 3)  # the empirical matrix of these CLs
