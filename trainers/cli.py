@@ -42,6 +42,9 @@ def train(
     transition_matrix: str = typer.Option("uniform", "--transition-matrix", "--transition_matrix",
                                           help="uniform, weak, strong, noisy[:lambda], empirical (from gold "
                                           "labels) or a .npy/.csv file."),
+    synthetic_matrix: Optional[str] = typer.Option(None, "--synthetic-matrix", help="Data without CLs: draw "
+                                                   "--num-cl CLs per image from this matrix (default: "
+                                                   "--transition-matrix)."),
     seed: int = typer.Option(1126, "--seed"),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names: comma-separated or a file."),
     test_data: Optional[str] = typer.Option(None, "--test-data", "--test_data", help="A labelled test set."),
@@ -67,7 +70,8 @@ def train(
 
     cfg = TrainConfig(strategy=strategy, type=type_, model=model, data=dataset, label_path=label_path, lr=lr,
                       batch_size=batch_size, epoch=epoch, valid_type=valid_type, output_dir=str(output_dir),
-                      long_label=long_label, num_cl=num_cl, transition_matrix=transition_matrix, seed=seed,
+                      long_label=long_label, num_cl=num_cl, transition_matrix=transition_matrix,
+                      synthetic_matrix=synthetic_matrix, seed=seed,
                       valid_split=valid_split, classes=parse_classes(classes), test_data=test_data,
                       embedder=embedder, cache=str(cache) if cache else None, image_size=image_size, augment=augment,
                       gold_count=gold_count, max_train=max_train, eval_every=eval_every, accelerator=accelerator,

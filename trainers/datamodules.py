@@ -149,12 +149,21 @@ class ImageDataModule(CLDataModule):
 
 
 class EmbeddingDataModule(CLDataModule):
-    """Frozen embeddings (``labelset.features``, float32 (N, D)) for a linear or MLP head."""
+    """Frozen embeddings (``labelset.features``, float32 (N, D)) for a linear or MLP head.
+
+    Features are standardised with the mean and standard deviation of the training rows (not the
+    validation or test rows): L2-normalised embeddings have tiny per-dimension scales otherwise.
+    """
 
     def __init__(self, train: LabelSet, valid_index: np.ndarray, test: LabelSet | None = None,
-                 batch_size: int = 256, seed: int = 0):
+                 batch_size: int = 256, seed: int = 0, standardize: bool = True):
         if train.features is None or (test is not None and test.features is None):
             raise ValueError("EmbeddingDataModule needs features on every label set")
-        super().__init__(train, torch.as_tensor(train.features, dtype=torch.float32), valid_index, test,
-                         None if test is None else torch.as_tensor(test.features, dtype=torch.float32),
-                         batch_size, seed=seed)
+        x = torch.as_tensor(np.asarray(train.features), dtype=torch.float32)
+        test_x = None if test is None else torch.as_tensor(np.asarray(test.features), dtype=torch.float32)
+        if standardize:
+            fit = torch.as_tensor(np.setdiff1d(np.arange(len(x)), valid_index))
+            mean, std = x[fit].mean(0), x[fit].std(0).clamp(min=1e-6)
+            x = (x - mean) / std
+            test_x = None if test_x is None else (test_x - mean) / std
+        super().__init__(train, x, valid_index, test, test_x, batch_size, seed=seed)

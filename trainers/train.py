@@ -36,6 +36,7 @@ class TrainConfig:
     long_label: bool = False
     num_cl: int = 1
     transition_matrix: str = "uniform"
+    synthetic_matrix: str | None = None  # generating T of synthetic CLs; default: transition_matrix
     seed: int = 1126
     valid_split: float = 0.1
     classes: list[str] | None = None
@@ -103,9 +104,11 @@ def prepare(cfg: TrainConfig) -> PreparedData:
         if not train.has_cls:
             if not train.has_true_labels:
                 raise TrainError("the data has neither complementary nor true labels; pass --label-path")
-            if Path(cfg.transition_matrix.split(":")[0]).name == "empirical":
-                raise TrainError("synthetic CLs need a generating matrix (uniform, weak, strong, noisy or a file)")
-            T_gen, _ = matrices.resolve(cfg.transition_matrix, K, seed=cfg.seed)
+            generating = cfg.synthetic_matrix or cfg.transition_matrix
+            if generating.split(":")[0] == "empirical":
+                raise TrainError("synthetic CLs need a generating matrix (uniform, weak, strong, noisy or a file); "
+                                 "pass --synthetic-matrix")
+            T_gen, _ = matrices.resolve(generating, K, seed=cfg.seed)
             train = train.subset(train.ord_labels >= 0)
             cl = draw_complementary_labels(train.ord_labels, T_gen, cfg.num_cl, seed=cfg.seed)
             train = replace(train, cl_labels=cl)
@@ -133,7 +136,7 @@ def _matrix(cfg: TrainConfig, train: LabelSet, fit_rows: np.ndarray, K: int, syn
     all_true = bool((true >= 0).all())
     T, info = matrices.resolve(cfg.transition_matrix, K, seed=cfg.seed, true_labels=true, cl_labels=cl,
                                all_true=all_true)
-    if synthetic:
+    if synthetic and (cfg.synthetic_matrix or cfg.transition_matrix) == cfg.transition_matrix:
         info = replace(info, source=info.source + ", the generating matrix of the synthetic CLs", oracle=True)
     return T, info
 
