@@ -146,10 +146,20 @@ def _name_index(names: list[str]) -> dict[str, int]:
     return index
 
 
+def _lookup(index: dict[str, int], key: str) -> int | None:
+    """Return the row of ``key``: exact, then ever shorter path tails ("run/3/a.png" -> "3/a.png" -> "a.png"), then stem."""
+    parts = Path(key).parts
+    for start in range(len(parts)):
+        hit = index.get(Path(*parts[start:]).as_posix())
+        if hit is not None:
+            return hit
+    return index.get(Path(key).stem)
+
+
 def _match_rows(base: LabelSet, keys: list[str], label_file: Path, allow_order: bool) -> np.ndarray:
     """Return, per label row, the base row it labels. Raises DataSourceError naming the first unmatched row."""
     index = _name_index(base.names)
-    hits = [index.get(k, index.get(Path(k).name, index.get(Path(k).stem))) for k in keys]
+    hits = [_lookup(index, k) for k in keys]
     missing = [i for i, h in enumerate(hits) if h is None]
     if not missing:
         return np.asarray(hits, dtype=np.int64)

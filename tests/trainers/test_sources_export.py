@@ -137,3 +137,15 @@ def test_cli_bad_inputs_exit_2_with_a_message(tmp_path, digit_folder):
     assert result.exit_code == 2 and "not found" in result.output
     result = runner.invoke(app, ["train", "--strategy", "SCL", "--type", "XX", "--dataset", str(digit_folder)])
     assert result.exit_code == 2 and "SCL-NL" in result.output
+
+
+def test_vlm_run_keys_with_a_longer_root_match_by_path_tail(tmp_path, digit_folder):
+    base = read_image_folder(digit_folder)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"mode": "complementary", "class_names": DIGITS}))
+    with open(run / "labels.jsonl", "w") as fh:
+        for name, y in zip(base.names, base.ord_labels):
+            fh.write(json.dumps({"image": f"digits/{name}", "round": 0, "label": int((y + 1) % 10)}) + "\n")
+    train = load_sources(str(digit_folder), str(run)).train
+    assert len(train) == 60 and ((train.cl_labels[:, 0] - train.ord_labels) % 10 == 1).all()
