@@ -43,45 +43,49 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuse request bodies larger than `limit` bytes with 413, declared or streamed."""
+    """ASGI middleware: refuse request bodies larger than `limit` bytes with 413, declared or streamed.
 
-    class _TooLarge(Exception):
-        pass
+    A streamed body that grows past the limit is answered with 413 at once; the app then sees a client
+    disconnect and whatever it tries to send afterwards is dropped.
+    """
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
+
+    def _too_large(self) -> JSONResponse:
+        return _error(413, f"request body over the {self.limit}-byte limit (LABELLOOP_MAX_REQUEST_BYTES)")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await _error(413, f"request body over the {self.limit}-byte limit "
-                                         "(LABELLOOP_MAX_REQUEST_BYTES)")(scope, receive, send)
-        seen = 0
-        started = False
+                return await self._too_large()(scope, receive, send)
+        seen, started, rejected = 0, False, False
 
         async def counted_receive():
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise BodySizeLimit._TooLarge()
+                    rejected = True
+                    if not started:
+                        await self._too_large()(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked_send(message):
             nonlocal started
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodySizeLimit._TooLarge:
-            if not started:
-                await _error(413, f"request body over the {self.limit}-byte limit "
-                                  "(LABELLOOP_MAX_REQUEST_BYTES)")(scope, receive, send)
+        await self.app(scope, counted_receive, tracked_send)
 
 
 def _basic_ok(request: Request, settings: Settings) -> bool:

@@ -32,6 +32,10 @@ class MediaError(ValueError):
     """A task's image cannot be resolved, is refused, or is too large; the message names the task and URL."""
 
 
+class _NotServed(MediaError):
+    """Label Studio answered with a non-200 status (so another route to the file may still work)."""
+
+
 def _port(parts) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
@@ -131,7 +135,7 @@ class MediaResolver:
         filepath = filepath.lstrip("/")
         try:
             return self._get_from_ls(f"{self.ls_url}/storage-data/uploaded/?filepath={quote(filepath)}")
-        except MediaError:
+        except _NotServed:
             # Older Label Studio versions serve uploads directly under /data/.
             return self._get_from_ls(f"{self.ls_url}/data/{quote(filepath)}")
 
@@ -171,7 +175,7 @@ class MediaResolver:
             self.auth.invalidate()
             status, _, body = self._download(url, self._auth_headers(), follow_redirects)
         if status != 200:
-            raise MediaError(f"Label Studio answered HTTP {status} for {_redact(url)}")
+            raise _NotServed(f"Label Studio answered HTTP {status} for {_redact(url)}")
         return body
 
     def _auth_headers(self) -> dict[str, str]:

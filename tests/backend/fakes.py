@@ -63,8 +63,8 @@ class Canary:
         async def anything(path: str, request: Request):
             self.hits.append({"path": "/" + path, "query": str(request.url.query),
                               "authorization": request.headers.get("authorization")})
-            if path.startswith("redirect-to/"):
-                return RedirectResponse(path[len("redirect-to/"):].replace("http:/", "http://", 1), status_code=302)
+            if path == "redirect" and request.query_params.get("to"):
+                return RedirectResponse(request.query_params["to"], status_code=302)
             return Response(self.image, media_type="image/png")
 
         return app

@@ -1,0 +1,174 @@
+"""Basic auth, the webhook shared secret, the request size limit, settings precedence and MODEL_DIR checks."""
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from backend.config import ConfigError, load_settings
+from backend.store import Store, StoreError
+from tests.backend.conftest import CHOICES_XML, annotation_event, local_task, setup_project
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"ls:pa55word").decode()}
+WRONG = {"Authorization": "Basic " + base64.b64encode(b"ls:guess").decode()}
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("get", "/", None), ("get", "/health", None), ("post", "/setup", {"project": "1.1", "schema": CHOICES_XML}),
+    ("post", "/predict", {"tasks": [{"id": 1, "data": {}}], "project": "1.1", "label_config": CHOICES_XML}),
+    ("get", "/versions", None),
+    ("get", "/metrics", None), ("post", "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": 1}}),
+])
+def test_basic_auth_guards_every_route(make_client, method, path, body):
+    with make_client(basic_auth_user="ls", basic_auth_pass="pa55word") as (client, _):
+        kwargs = {"json": body} if body is not None else {}
+        for headers in ({}, WRONG, {"Authorization": "Basic !!notbase64"}, {"Authorization": "Token abc"}):
+            resp = getattr(client, method)(path, headers=headers, **kwargs)
+            assert resp.status_code == 401
+            assert resp.json()["status"] == 401 and resp.headers["www-authenticate"].startswith("Basic")
+        assert getattr(client, method)(path, headers=AUTH, **kwargs).status_code < 400
+
+
+def test_webhook_accepts_the_shared_secret_by_header_or_query(make_client, docroot):
+    event = annotation_event(1, local_task(1, "imgs/red0.png"), "red")
+    with make_client(basic_auth_user="ls", basic_auth_pass="pa55word", webhook_secret="s3cret-value",
+                     local_files_document_root=docroot, retrain="manual") as (client, runtime):
+        assert client.post("/webhook", json=event).status_code == 401
+        assert client.post("/webhook", json=event, headers={"X-Labelloop-Secret": "wrong"}).status_code == 401
+        assert client.post("/webhook?token=wrong", json=event).status_code == 401
+        assert client.post("/webhook", json=event, headers={"X-Labelloop-Secret": "s3cret-value"}).status_code == 201
+        assert client.post("/webhook?token=s3cret-value", json=event).status_code == 201
+        assert client.post("/webhook", json=event, headers=AUTH).status_code == 201  # LS's START_TRAINING path
+        # the secret opens /webhook only
+        assert client.get("/health", headers={"X-Labelloop-Secret": "s3cret-value"}).status_code == 401
+
+
+def test_webhook_secret_without_basic_auth(make_client):
+    with make_client(webhook_secret="s3cret-value") as (client, _):
+        body = {"action": "PROJECT_UPDATED", "project": {"id": 1}}
+        assert client.post("/webhook", json=body).status_code == 401
+        assert client.post("/webhook", json=body, headers={"X-Labelloop-Secret": "s3cret-value"}).status_code == 200
+        assert client.get("/health").status_code == 200
+
+
+def test_request_body_limit(make_client):
+    with make_client(max_request_bytes=2000) as (client, _):
+        big = {"tasks": [{"id": i, "data": {"image": "/data/local-files/?d=" + "x" * 50}} for i in range(100)],
+               "project": "1.1"}
+        resp = client.post("/predict", json=big)
+        assert resp.status_code == 413 and "byte limit" in resp.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit is enforced while streaming
+            for _ in range(10):
+                yield b" " * 500
+
+        resp = client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+        assert resp.status_code == 413
+
+
+def test_settings_precedence_yaml_env_overrides(tmp_path):
+    config = tmp_path / "backend.yaml"
+    config.write_text("strategy: entropy\nport: 9999\nurl_allowlist: [img.example.org]\n")
+    env = {"LABEL_STUDIO_HOST": "http://ls:8080/", "PORT": "7000", "LABELLOOP_RETRAIN": "manual",
+           "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "VERIFY_SSL": "false"}
+    settings = load_settings(config_path=config, env=env, port=None, workers=3)
+    assert settings.strategy == "entropy"             # from the --config file
+    assert settings.port == 7000                      # env beats the file
+    assert settings.workers == 3                      # explicit override beats everything
+    assert settings.label_studio_url == "http://ls:8080"  # LABEL_STUDIO_HOST fallback, trailing slash dropped
+    assert settings.retrain == "manual" and settings.verify_ssl is False and settings.basic_auth_enabled
+    assert settings.url_allowlist == ("img.example.org",)
+    assert load_settings(env={"LABEL_STUDIO_URL": "http://a:1", "LABEL_STUDIO_HOST": "http://b:2"}
+                         ).label_studio_url == "http://a:1"
+    defaults = load_settings(env={})
+    assert (defaults.embedder, defaults.strategy, defaults.retrain) == ("auto", "margin", "on_submit")
+    assert "pa55" not in repr(load_settings(env={"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "pa55",
+                                                 "LABEL_STUDIO_API_KEY": "pa55key"}))
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"LABELLOOP_STRATEGY": "bald"}, "strategy"),
+    ({"LABELLOOP_RETRAIN": "sometimes"}, "retrain"),
+    ({"PORT": "eighty"}, "PORT"),
+    ({"VERIFY_SSL": "maybe"}, "VERIFY_SSL"),
+    ({"LABEL_STUDIO_URL": "localhost:8080"}, "http"),
+    ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_PASS"),
+    ({"WORKERS": "0"}, "workers"),
+])
+def test_bad_settings_are_clear_errors(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(env=env)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("stratgy: margin\n")
+    with pytest.raises(ConfigError, match="stratgy"):
+        load_settings(config_path=config, env={})
+
+
+def test_read_only_model_dir_is_a_clear_error(tmp_path):
+    # chmod does not stop root (tests may run as root), so use a directory the kernel itself keeps read-only.
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    target = folder if os.geteuid() != 0 else "/proc"
+    try:
+        with pytest.raises(StoreError, match="not writable"):
+            Store(target)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_unusable_model_dirs_are_clear_errors(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot be created"):
+        Store(blocker / "model_dir")  # parent is a file
+    with pytest.raises(StoreError, match="not a directory"):
+        Store(blocker)
+    created = Store(tmp_path / "new" / "model_dir")  # a missing folder under a writable parent is created
+    assert created.path.exists()
+
+
+def test_serve_reports_a_bad_model_dir_without_traceback(tmp_path):
+    from labelloop.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(app, ["serve", "--model-dir", str(blocker / "sub"), "--port", "1"])
+    assert result.exit_code == 2
+    assert "MODEL_DIR" in result.output and "Traceback" not in result.output
+
+
+def test_serve_reports_a_bad_setting_without_traceback(tmp_path):
+    from labelloop.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model-dir", str(tmp_path), "--strategy", "bald"])
+    assert result.exit_code == 2 and "strategy" in result.output and "Traceback" not in result.output
+
+
+def test_project_keeps_its_embedder_when_the_configured_one_changes(make_client, make_settings, docroot, caplog):
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from backend.runtime import Runtime
+    from tests.backend.conftest import shared_loader
+
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        v0 = setup_project(client)
+        first = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"}).json()
+        clip_spec = runtime.default_spec
+    settings = make_settings(local_files_document_root=docroot, embedder="efficientnet-lite0@32")
+    with TestClient(create_app(runtime=Runtime(settings, embedder_loader=shared_loader), preload=False)) as client:
+        assert setup_project(client) == v0  # same project: same (CLIP) version
+        again = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"}).json()
+        fresh = setup_project(client, "2.1")
+        stored = client.app.state.runtime.store
+        assert stored.get_project("1").embedder == clip_spec
+        assert stored.get_project("2").embedder == "efficientnet-lite0@32"
+    assert again == first
+    assert fresh.startswith("efficientnet-lite0-32-p2-")
+    assert "keeps embedder" in caplog.text
