@@ -78,6 +78,12 @@ def label(
         from labelers.formats.class_names import display_names
 
         display_names(class_names, long_label)  # fail on merging short names before loading a model
+        if mode == Mode.complementary:  # and on impossible candidate settings
+            from labelers.vlm.sampling import CandidateSampler
+
+            cfg = settings.complementary
+            CandidateSampler(len(class_names), cfg.num_options, rounds or cfg.rounds, len(items), cfg.distinct,
+                             cfg.balance, cfg.quota_floor, cfg.seed)
     except (InputError, SettingsError, ShortNameCollision, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     try:

@@ -1,6 +1,12 @@
 """Shared fixtures for the labelers tests: tiny random VLMs built once per session, saved to tmp."""
+import os
+
 import numpy as np
 import pytest
+
+# Tests never need the network: tiny models are built locally and loaded from folders. Without this
+# a mistyped model name would retry the Hugging Face hub for minutes before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
