@@ -140,9 +140,11 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
         except MediaError as exc:
             errors[i] = str(exc)
     known_ids = [(t, u) for t, u in zip(ids, urls) if t is not None]
-    if known_ids:
-        store.remember_tasks(project, known_ids)
     seen = store.content_keys(project, [t for t, _ in known_ids])
+    changed = [(t, u) for t, u in known_ids if t not in seen or seen[t][0] != u]
+    if changed:  # only new tasks or changed URLs cost a write; a warm predict is read-only
+        store.remember_tasks(project, changed)
+        seen.update(store.content_keys(project, [t for t, _ in changed]))
     for i, task_id in enumerate(ids):
         if task_id is not None and i not in errors:
             url, key = seen.get(task_id, (None, None))

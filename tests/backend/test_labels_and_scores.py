@@ -1,0 +1,135 @@
+"""Label configs (Choices, multiple, predicted_values, model_skip, thresholds, Taxonomy), scores, warm cache."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.heads import choose, scores
+from backend.labels import LabelConfigError, parse_label_config
+from tests.backend.conftest import CHOICES_XML, local_task, png, setup_project
+from tests.backend.fakes import LEGACY_TOKEN, FakeLabelStudio, ServerThread
+
+TAXONOMY_XML = ('<View><Image name="img" value="$photo"/><Taxonomy name="kind" toName="img">'
+                '<Choice value="Animal"><Choice value="Cat" predicted_values="kitten"/><Choice value="Dog"/></Choice>'
+                '<Choice value="Vehicle"/></Taxonomy></View>')
+
+
+def test_choices_single_and_multiple():
+    single = parse_label_config(CHOICES_XML)
+    assert (single.from_name, single.to_name, single.data_key, single.kind) == ("label", "image", "image", "choices")
+    assert single.labels == ("red", "green", "blue") and not single.multiple
+    multi = parse_label_config(CHOICES_XML.replace('toName="image"', 'toName="image" choice="multiple"'))
+    assert multi.multiple
+    assert multi.region(["red", "blue"]) == {"from_name": "label", "to_name": "image", "type": "choices",
+                                             "value": {"choices": ["red", "blue"]}}
+
+
+def test_predicted_values_model_skip_and_threshold():
+    xml = ('<View><Image name="image" value="$img"/>'
+           '<Choices name="quality" toName="image" model_skip="true"><Choice value="ok"/><Choice value="bad"/></Choices>'
+           '<Choices name="animal" toName="image" model_score_threshold="0.6">'
+           '<Choice value="Cat" predicted_values="cat,kitty"/><Choice value="Dog"/></Choices></View>')
+    target = parse_label_config(xml)
+    assert target.from_name == "animal" and target.data_key == "img"
+    assert target.model_names == (("cat", "kitty"), ("Dog",))
+    assert target.score_threshold == 0.6
+    assert choose(np.array([0.55, 0.45]), target) == []          # below the threshold: no pre-selection
+    assert choose(np.array([0.30, 0.70]), target) == ["Dog"]
+
+
+def test_taxonomy_leaves_become_classes():
+    target = parse_label_config(TAXONOMY_XML)
+    assert target.kind == "taxonomy" and target.data_key == "photo"
+    assert target.labels == ("Animal / Cat", "Animal / Dog", "Vehicle")
+    assert target.model_names == (("kitten",), ("Dog",), ("Vehicle",))
+    assert target.region(["Animal / Dog"])["value"] == {"taxonomy": [["Animal", "Dog"]]}
+    result = [{"from_name": "kind", "type": "taxonomy", "value": {"taxonomy": [["Animal", "Cat"], ["Animal"]]}}]
+    assert target.labels_in(result) == ["Animal / Cat"]  # a non-leaf pick teaches nothing
+
+
+@pytest.mark.parametrize("xml, fragment", [
+    ("", "empty"),
+    ("<View><Image name='i' value='$i'>", "not valid XML"),
+    ("<View><Text name='t' value='$t'/><Choices name='c' toName='t'><Choice value='a'/><Choice value='b'/>"
+     "</Choices></View>", "<Image>"),
+    ("<View><Image name='i' value='$i'/><RectangleLabels name='r' toName='i'><Label value='car'/>"
+     "</RectangleLabels></View>", "no <Choices>"),
+    ("<View><Image name='i' value='$i'/><Choices name='c' toName='i'><Choice value='only'/></Choices></View>",
+     "at least two"),
+    ("<View><Image name='i' value='$i'/><Choices name='c' toName='i' model_skip='true'><Choice value='a'/>"
+     "<Choice value='b'/></Choices></View>", "model_skip"),
+    ("<View><Image name='i' value='$i'/><Choices name='c' toName='i' value='$options'/></View>", "task data"),
+    ("<View><Image name='i' value='https://x/y.png'/><Choices name='c' toName='i'><Choice value='a'/>"
+     "<Choice value='b'/></Choices></View>", "task field"),
+])
+def test_unservable_configs_explain_why(xml, fragment):
+    with pytest.raises(LabelConfigError, match=fragment):
+        parse_label_config(xml)
+
+
+def test_scores_are_confidence_low_for_uncertain_rows():
+    probs = np.array([[0.98, 0.01, 0.01], [0.40, 0.35, 0.25]])
+    for strategy in ("margin", "entropy", "least"):
+        s = scores(probs, strategy, multiple=False)
+        assert s[0] > s[1] and np.all((0 <= s) & (s <= 1))
+    multi = scores(np.array([[0.99, 0.01, 0.02], [0.99, 0.5, 0.02]]), "margin", multiple=True)
+    assert multi[0] > multi[1] and multi[1] == pytest.approx(0.0)  # one undecided tag makes the task uncertain
+    keys = ["a", "b"]
+    assert np.array_equal(scores(probs, "random", False, keys), scores(probs, "random", False, keys))
+
+
+def test_strategy_comes_from_extra_params_per_project(make_client, docroot):
+    tasks = [local_task(i + 1, f"imgs/{c}0.png") for i, c in enumerate(("red", "green", "blue"))]
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        setup_project(client, "1.1")
+        setup_project(client, "2.1", strategy="least")
+        margin = client.post("/predict", json={"tasks": tasks, "project": "1.1"}).json()["results"]
+        least = client.post("/predict", json={"tasks": [dict(t, project=2) for t in tasks],
+                                              "project": "2.1"}).json()["results"]
+    m = np.array([r["score"] for r in margin])
+    lc = np.array([r["score"] for r in least])
+    assert np.all(lc >= m - 1e-9)  # p1 >= p1 - p2 on the same probabilities
+    assert not np.allclose(lc, m)
+
+
+def test_image_only_embedder_predicts_a_uniform_prior_until_trained(make_client, docroot):
+    tasks = [local_task(i + 1, f"imgs/{c}0.png") for i, c in enumerate(("red", "green", "blue"))]
+    with make_client(local_files_document_root=docroot, embedder="efficientnet-lite0@32") as (client, runtime):
+        health = client.get("/health").json()["embedder"]
+        version = setup_project(client)
+        results = client.post("/predict", json={"tasks": tasks, "project": "1.1"}).json()["results"]
+    assert health["family"] == "efficientnet-lite0" and health["fallback"] and not health["zero_shot"]
+    assert version == "efficientnet-lite0-32-p1-r0"
+    assert all(r["score"] == pytest.approx(0.0) for r in results)  # margin of a uniform distribution
+
+
+def test_connecting_a_project_warms_the_cache_so_predict_never_refetches(make_client, docroot):
+    ls_tasks = [local_task(i + 1, f"imgs/{c}{k}.png") for i, (c, k) in
+                enumerate([(c, k) for c in ("red", "green", "blue") for k in range(3)])]
+    fake = FakeLabelStudio(image=png(), tasks=ls_tasks)
+    with ServerThread(fake.app()) as ls:
+        with make_client(local_files_document_root=docroot, label_studio_url=ls.url,
+                         label_studio_api_key=LEGACY_TOKEN) as (client, runtime):
+            setup_project(client)
+            deadline_ok = _wait(lambda: (runtime.warmer.status("1") or {}).get("state") == "done")
+            assert deadline_ok, runtime.warmer.status("1")
+            status = runtime.warmer.status("1")
+            # remove the files: a predict that still works cannot have read them again
+            for path in (docroot / "imgs").glob("*.png"):
+                path.unlink()
+            results = client.post("/predict", json={"tasks": ls_tasks, "project": "1.1"}).json()["results"]
+            counters = client.get("/metrics").json()["counters"]
+    assert status["tasks"] == len(ls_tasks) and status["embedded"] == len(ls_tasks)
+    assert all(r["result"] and r["score"] is not None for r in results)
+    assert counters["images_fetched"] == 0 and counters["tasks_predicted"] == len(ls_tasks)
+
+
+def _wait(condition, timeout: float = 120.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
