@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "typer>=0.12",
     "tqdm>=4.66",
     "matplotlib>=3.7",
+    "scipy>=1.10",
+    "threadpoolctl>=3.1",
     "pyyaml>=6.0",
     "pillow>=10.0",
     "safetensors>=0.4",
@@ -30,7 +32,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout>=2.3"],
-    "bench": ["scipy>=1.10"],
+    "bench": [],
 }
 
 setup(

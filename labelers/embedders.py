@@ -1,7 +1,9 @@
 """Image embedders behind one small interface, and the factory that turns a spec string into one.
 
 Specs:
-  "auto"                                   CLIP ViT-B-32 when its weights are on disk, else EfficientNet-Lite0
+  "auto"                                   CLIP when its weights are on disk (LABELLOOP_CLIP = a spec or a
+                                           ViT-B-32 checkpoint path; or the default in the HF cache),
+                                           else EfficientNet-Lite0
   "open_clip:<model>/<pretrained-tag>"     e.g. open_clip:ViT-B-32/laion2b_s34b_b79k (may download)
   "open_clip:<model>/<checkpoint-file>"    a built-in architecture with local weights
   "open_clip:local-dir:<folder>"           a folder with open_clip_config.json + weights
@@ -107,6 +109,11 @@ class OpenClipEmbedder(Embedder):
         super().__init__(device)
         import open_clip
 
+        if model_name.startswith("local-dir:"):
+            folder = Path(model_name.split(":", 1)[1])
+            if not any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+                # open_clip would silently fall back to random weights; refuse instead.
+                raise EmbedderUnavailable(f"{folder}: no open_clip weights (*.safetensors, *.bin, *.pth)")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         except Exception as exc:  # open_clip raises RuntimeError/FileNotFoundError/HF errors alike
@@ -116,7 +123,10 @@ class OpenClipEmbedder(Embedder):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")
                        and self.model.text_projection is not None else self._probe_dim())
-        self.id = f"open_clip:{model_name}/{_weights_fingerprint(model_name, pretrained)}"
+        # The id names the architecture (or local folder) and fingerprints the weights, not the path,
+        # so moving a checkpoint keeps its cache entries and swapping weights never reuses them.
+        label = Path(model_name.split(":", 1)[1]).name if model_name.startswith("local-dir:") else model_name
+        self.id = f"open_clip:{label}/{_weights_fingerprint(model_name, pretrained)}"
 
     def _probe_dim(self) -> int:
         size = self._preprocess.transforms[0].size
@@ -137,7 +147,7 @@ class OpenClipEmbedder(Embedder):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().clamp(max=100.0))
+        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
 
 
 class EfficientNetLite0Embedder(Embedder):
@@ -214,20 +224,32 @@ def cached_clip_weights(model_name: str = DEFAULT_CLIP[0], tag: str = DEFAULT_CL
     return None
 
 
+def _auto_embedder(device) -> Embedder:
+    """CLIP when its weights can be had offline (LABELLOOP_CLIP, or the default model in the HF cache),
+    else the packaged EfficientNet-Lite0. Says which in the log."""
+    override = os.environ.get("LABELLOOP_CLIP", "").strip()
+    candidates = []
+    if override:
+        candidates.append(override if override.startswith("open_clip:") else f"open_clip:{DEFAULT_CLIP[0]}/{override}")
+    cached = cached_clip_weights()
+    if cached:
+        candidates.append(f"open_clip:{DEFAULT_CLIP[0]}/{cached}")
+    for spec in candidates:
+        try:
+            embedder = make_embedder(spec, device)
+            log.info("embedder: CLIP %s", embedder.id)
+            return embedder
+        except (EmbedderUnavailable, ValueError) as exc:
+            log.warning("CLIP from %s unusable (%s); trying the next option", spec, exc)
+    log.info("embedder: no CLIP weights on disk; using packaged EfficientNet-Lite0 (image-only, no zero-shot)")
+    return EfficientNetLite0Embedder(224, device)
+
+
 def make_embedder(spec: str | None = "auto", device: str | torch.device = "auto") -> Embedder:
     """Return the embedder a spec names (see module docstring); raises EmbedderUnavailable or ValueError."""
     spec = (spec or "auto").strip()
     if spec == "auto":
-        local = os.environ.get("LABELLOOP_CLIP_WEIGHTS") or cached_clip_weights()
-        if local:
-            try:
-                embedder = OpenClipEmbedder(DEFAULT_CLIP[0], local, device)
-                log.info("embedder: CLIP %s from %s", DEFAULT_CLIP[0], local)
-                return embedder
-            except EmbedderUnavailable as exc:
-                log.warning("CLIP weights at %s unusable (%s); falling back to EfficientNet-Lite0", local, exc)
-        log.info("embedder: no CLIP weights on disk; using packaged EfficientNet-Lite0 (image-only, no zero-shot)")
-        return EfficientNetLite0Embedder(224, device)
+        return _auto_embedder(device)
     if spec.startswith("efficientnet-lite0"):
         _, _, px = spec.partition("@")
         if px and not px.isdigit():

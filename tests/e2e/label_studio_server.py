@@ -206,8 +206,8 @@ def start_label_studio(workdir: Path) -> LabelStudioServer:
         "HOME": str(workdir),  # LS writes a few files under ~/.local/share; keep them in the temp dir
     })
     args = [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(data_dir), "--enable-legacy-api-token", "--username", username,
-            "--password", password, "--user-token", token, "--log-level", "WARNING"]
+            f"--data-dir={data_dir}", "--enable-legacy-api-token", f"--username={username}",
+            f"--password={password}", f"--user-token={token}", "--log-level=WARNING"]  # "=": values may start with "-"
     process = spawn("label-studio", args, env, workdir / "logs" / "label-studio.log", cwd=workdir)
     try:
         boot = wait_healthy(process, f"{url}/health", LS_BOOT_TIMEOUT)

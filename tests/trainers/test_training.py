@@ -120,3 +120,20 @@ def test_seed_command_ports_by_renaming_the_program(tmp_path, digit_folder):
     assert saved["gold_labels"] == saved["train_images"] and saved["matrix_oracle"]
     T = matrices.load(tmp_path / "run" / "transition_matrix.csv", 10)
     assert np.allclose(T[0][[1, 3, 5]], 1 / 3)  # the empirical matrix of these CLs
+
+
+def test_training_on_an_exported_libcll_pickle(tmp_path, digit_folder):
+    """Label Studio export -> libcll pickle -> the seed's training command (renamed) on that pickle."""
+    from .test_sources_export import ls_export
+
+    _, export = ls_export(digit_folder, tmp_path / "export.json")
+    assert runner.invoke(app, ["export", str(export), str(tmp_path / "set.pkl"),
+                               "--classes", ",".join(DIGITS)]).exit_code == 0
+    result = runner.invoke(app, [
+        "train", "--strategy", "MCL", "--type", "MAE", "--model", "MLP", "--dataset", str(tmp_path / "set.pkl"),
+        "--lr", "1e-3", "--batch_size", "16", "--epoch", "2", "--valid_type", "SCEL", "--num_cl", "2",
+        "--output_dir", str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    assert saved["strategy"] == "MCL-MAE" and saved["num_cl"] == 2 and not saved["synthetic_cls"]
+    assert saved["train_images"] + saved["valid_images"] == 60

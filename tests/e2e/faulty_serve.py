@@ -1,0 +1,56 @@
+"""`labelloop serve` with a training fault that the e2e tests arm at run time by writing a file.
+
+The backend itself has no fault hooks, so the crash tests start the real CLI through this wrapper, which
+wraps two methods of the head every training run goes through. The fault file ($LABELLOOP_E2E_FAULT_FILE)
+holds the mode, read at every call:
+- "raise": fitting the head raises, i.e. a training run fails inside the backend's process;
+- "exit": the process dies (os._exit, no cleanup) right after the new head is written to disk and before the
+  version is published, i.e. a crash in the middle of a training run.
+Anything else (or no file) leaves training alone.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+FAULT_FILE_ENV = "LABELLOOP_E2E_FAULT_FILE"
+CRASH_EXIT_CODE = 86
+
+
+def armed_mode() -> str:
+    path = os.environ.get(FAULT_FILE_ENV)
+    try:
+        return Path(path).read_text().strip() if path else ""
+    except FileNotFoundError:
+        return ""
+
+
+def install() -> None:
+    """Wrap ClassifierHead.fit and ClassifierHead.save with the armed fault."""
+    from labelers.head import ClassifierHead
+
+    fit, save = ClassifierHead.fit, ClassifierHead.save
+
+    def faulty_fit(self, *args, **kwargs):
+        if armed_mode() == "raise":
+            raise RuntimeError("injected training failure (e2e fault file)")
+        return fit(self, *args, **kwargs)
+
+    def faulty_save(self, *args, **kwargs):
+        written = save(self, *args, **kwargs)
+        if armed_mode() == "exit":
+            sys.stderr.write("e2e fault: process exits after writing the head, before publishing it\n")
+            sys.stderr.flush()
+            os._exit(CRASH_EXIT_CODE)
+        return written
+
+    ClassifierHead.fit, ClassifierHead.save = faulty_fit, faulty_save
+
+
+if __name__ == "__main__":
+    install()
+    from labelloop.cli import main
+
+    sys.argv[0] = "labelloop"
+    main()

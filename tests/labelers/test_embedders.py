@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from labelers.embedders import EfficientNetLite0Embedder, EmbedderUnavailable, OpenClipEmbedder, make_embedder
+from labelers.head import ClassifierHead
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_spec):
+    return make_embedder(tiny_clip_spec, device="cpu")
+
+
+def test_tiny_clip_loads_through_local_dir_and_encodes(clip):
+    assert isinstance(clip, OpenClipEmbedder) and clip.has_text and clip.dim == 32
+    images = [Image.new("RGB", (48, 40), c) for c in ("red", "green", "blue")]
+    features = clip.encode_images(images)
+    assert features.shape == (3, 32) and features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+
+
+def test_batched_encoding_equals_one_by_one(clip):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    batched = clip.encode_images(images, batch_size=5)
+    single = np.vstack([clip.encode_images([im]) for im in images])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_zero_shot_weights_and_head_agree_with_cosine_argmax(clip):
+    names = ["cat", "dog", "truck", "ship"]
+    weights = clip.zero_shot_weights(names)
+    assert weights.shape == (4, 32)
+    np.testing.assert_allclose(np.linalg.norm(weights, axis=1), 1.0, rtol=1e-5)
+    rng = np.random.default_rng(1)
+    features = clip.encode_images([Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+                                   for _ in range(8)])
+    head = ClassifierHead(names).init_from_text(weights, clip.logit_scale)
+    np.testing.assert_array_equal(head.predict(features), (features @ weights.T).argmax(axis=1))
+
+
+def test_embedder_id_fingerprints_weights_not_path(tmp_path, tiny_clip_spec):
+    import shutil
+
+    source = tiny_clip_spec.split("local-dir:", 1)[1]
+    copy = tmp_path / "copy"
+    shutil.copytree(source, copy)
+    assert make_embedder(f"open_clip:local-dir:{copy}").id.split("/")[-1] == \
+        make_embedder(tiny_clip_spec).id.split("/")[-1]
+
+
+def test_local_dir_without_weights_is_refused(tmp_path, tiny_clip_spec):
+    import shutil
+
+    folder = tmp_path / "noweights"
+    folder.mkdir()
+    shutil.copy(tiny_clip_spec.split("local-dir:", 1)[1] + "/open_clip_config.json", folder)
+    with pytest.raises(EmbedderUnavailable, match="no open_clip weights"):
+        make_embedder(f"open_clip:local-dir:{folder}")
+
+
+def test_unknown_spec_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown embedder spec"):
+        make_embedder("resnet-9000")
+    with pytest.raises(ValueError, match="pixels"):
+        make_embedder("efficientnet-lite0@big")
+
+
+def test_auto_prefers_clip_when_weights_exist_else_efficientnet(monkeypatch, tmp_path, tiny_clip_spec):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("LABELLOOP_CLIP", tiny_clip_spec)
+    assert make_embedder("auto").kind == "clip"
+    monkeypatch.delenv("LABELLOOP_CLIP")
+    fallback = make_embedder("auto")
+    assert isinstance(fallback, EfficientNetLite0Embedder) and fallback.id == "efficientnet-lite0@224"
+
+
+def test_efficientnet_tf_preprocessing_recognises_a_real_photo():
+    # scikit-learn's china.jpg is a palace (ImageNet class 698) under TF-style (x-127)/128 preprocessing.
+    from sklearn.datasets import load_sample_image
+
+    embedder = EfficientNetLite0Embedder(224, device="cpu")
+    x = embedder.preprocess(Image.fromarray(load_sample_image("china.jpg")))
+    assert x.shape == (3, 224, 224) and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    with torch.inference_mode():
+        logits = embedder.model(x[None])
+    assert int(logits.argmax()) == 698
+    assert embedder.encode_batch(x[None]).shape == (1, 1280)

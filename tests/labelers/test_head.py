@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from labelers.head import ClassifierHead
+
+
+def blobs(n_per_class=60, k=3, d=16, seed=0, spread=0.6):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (k, d))
+    x = np.vstack([c + rng.normal(0, spread, (n_per_class, d)) for c in centers])
+    y = np.repeat(np.arange(k), n_per_class)
+    return x.astype(np.float32), y
+
+
+def test_fit_learns_separable_blobs():
+    x, y = blobs()
+    head = ClassifierHead(["a", "b", "c"]).fit(x[::2], y[::2])
+    assert (head.predict(x[1::2]) == y[1::2]).mean() > 0.95
+    np.testing.assert_allclose(head.predict_proba(x).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_probabilities_are_calibrated_on_overlapping_classes():
+    x, y = blobs(n_per_class=400, k=3, d=4, spread=1.5, seed=1)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    train, test = order[:600], order[600:]
+    probs = ClassifierHead(["a", "b", "c"]).fit(x[train], y[train]).predict_proba(x[test])
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y[test]
+    bins = np.clip((confidence * 10).astype(int), 0, 9)
+    ece = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).mean()
+              for b in range(10) if (bins == b).any())
+    assert 0.5 < correct.mean() < 0.98  # really overlapping, so calibration matters
+    assert ece < 0.06
+
+
+def test_zero_shot_prior_serves_classes_without_examples():
+    # Text prior points class c at the c-th axis; train only on class 0 and 1 examples.
+    k, d = 3, 3
+    head = ClassifierHead(["a", "b", "c"]).init_from_text(np.eye(k, d), logit_scale=20)
+    x = np.eye(3, dtype=np.float32)
+    before = head.predict(x)
+    assert list(before) == [0, 1, 2]
+    head.fit(np.repeat(x[:2], 5, axis=0), np.repeat([0, 1], 5))
+    assert head.predict(x)[2] == 2  # the unseen class keeps its prior
+
+
+def test_untrained_head_without_prior_is_uniform():
+    head = ClassifierHead(["a", "b"])
+    np.testing.assert_allclose(head.predict_proba(np.ones((2, 5))), 0.5)
+
+
+def test_multi_label_head_returns_independent_probabilities():
+    x = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 20, dtype=np.float32)
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 20)
+    probs = ClassifierHead(["a", "b"], multi_label=True).fit(x, y).predict_proba(x[:4])
+    assert (probs[2] > 0.5).all() and (probs[3] < 0.5).all()
+
+
+def test_save_load_round_trip_without_pickle(tmp_path):
+    x, y = blobs()
+    head = ClassifierHead(["a", "b", "c"]).fit(x, y)
+    head.save(tmp_path / "head")
+    assert {p.name for p in (tmp_path / "head").iterdir()} == {"head.safetensors", "head.json"}
+    again = ClassifierHead.load(tmp_path / "head")
+    np.testing.assert_allclose(again.predict_proba(x), head.predict_proba(x), rtol=1e-5)
+    assert again.class_names == ["a", "b", "c"] and again.n_trained == len(x)
+
+
+def test_bad_inputs_fail_clearly():
+    head = ClassifierHead(["a", "b"])
+    with pytest.raises(ValueError, match="class indices"):
+        head.fit(np.ones((2, 3)), [0, 5])
+    with pytest.raises(ValueError, match="2 feature rows but 3 labels"):
+        head.fit(np.ones((2, 3)), [0, 1, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        head.fit(np.array([[np.nan, 1.0], [0.0, 1.0]]), [0, 1])
+    with pytest.raises(ValueError, match="duplicate"):
+        ClassifierHead(["a", "a"])
