@@ -202,26 +202,33 @@ class Store:
         """Return (project, created). A new project records `embedder` and version r0; an existing one keeps
         its embedder and version, and only its label config / extra params are refreshed when given."""
         now = time.time()
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM projects WHERE id=?", (project,)).fetchone()
-            if row is None:
-                db.execute("INSERT INTO projects(id, embedder, label_config, extra_params, model_version, revision,"
-                           " created_at, updated_at) VALUES (?,?,?,?,?,0,?,?)",
-                           (project, embedder, label_config, json.dumps(extra_params or {}), initial_version,
-                            now, now))
-                db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations,"
-                           " created_at) VALUES (?,0,?,NULL,0,?)", (project, initial_version, now))
-                created = True
-            else:
-                if label_config is not None:
-                    db.execute("UPDATE projects SET label_config=?, updated_at=? WHERE id=?",
-                               (label_config, now, project))
-                if extra_params is not None:
-                    db.execute("UPDATE projects SET extra_params=?, updated_at=? WHERE id=?",
-                               (json.dumps(extra_params), now, project))
-                created = False
-            row = db.execute("SELECT * FROM projects WHERE id=?", (project,)).fetchone()
-        return self._project(row), created
+        created = False
+        row = self._one("SELECT * FROM projects WHERE id=?", (project,))  # the common case: a plain read
+        if row is None:
+            with self._tx() as db:
+                cur = db.execute("INSERT OR IGNORE INTO projects(id, embedder, label_config, extra_params,"
+                                 " model_version, revision, created_at, updated_at) VALUES (?,?,?,?,?,0,?,?)",
+                                 (project, embedder, label_config, json.dumps(extra_params or {}), initial_version,
+                                  now, now))
+                created = cur.rowcount == 1  # another worker may have inserted it first
+                if created:
+                    db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations,"
+                               " created_at) VALUES (?,0,?,NULL,0,?)", (project, initial_version, now))
+                row = db.execute("SELECT * FROM projects WHERE id=?", (project,)).fetchone()
+        if created:
+            return self._project(row), True
+        # Label Studio repeats the config on every /predict: write only when something actually changed.
+        changes = {}
+        if label_config is not None and label_config != row["label_config"]:
+            changes["label_config"] = label_config
+        if extra_params is not None and json.dumps(extra_params) != (row["extra_params"] or "{}"):
+            changes["extra_params"] = json.dumps(extra_params)
+        if changes:
+            with self._tx() as db:
+                sets = ", ".join(f"{k}=?" for k in changes)
+                db.execute(f"UPDATE projects SET {sets}, updated_at=? WHERE id=?", (*changes.values(), now, project))
+                row = db.execute("SELECT * FROM projects WHERE id=?", (project,)).fetchone()
+        return self._project(row), False
 
     def set_embedder_id(self, project: str, embedder_id: str) -> None:
         with self._tx() as db:

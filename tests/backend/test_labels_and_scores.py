@@ -133,3 +133,35 @@ def _wait(condition, timeout: float = 120.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_taxonomy_project_predicts_paths_and_trains_multi_label(make_client, docroot):
+    xml = ('<View><Image name="image" value="$image"/><Taxonomy name="kind" toName="image">'
+           '<Choice value="Warm"><Choice value="red"/></Choice>'
+           '<Choice value="Cold"><Choice value="green"/><Choice value="blue"/></Choice></Taxonomy></View>')
+    tasks = [local_task(i + 1, f"imgs/{c}{k}.png") for i, (c, k) in
+             enumerate([(c, k) for c in ("red", "green", "blue") for k in range(3)])]
+    paths = {"red": ["Warm", "red"], "green": ["Cold", "green"], "blue": ["Cold", "blue"]}
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        v0 = setup_project(client, "4.1", xml)
+        before = client.post("/predict", json={"tasks": [dict(t, project=4) for t in tasks], "project": "4.1",
+                                               "label_config": xml}).json()["results"]
+        for i, task in enumerate(tasks):
+            color = task["data"]["image"].split("/")[-1][:-5]
+            event = {"action": "ANNOTATION_CREATED", "project": {"id": 4, "label_config": xml},
+                     "task": dict(task, project=4),
+                     "annotation": {"id": 50 + i, "task": task["id"], "was_cancelled": False,
+                                    "result": [{"from_name": "kind", "to_name": "image", "type": "taxonomy",
+                                                "value": {"taxonomy": [paths[color]]}}]}}
+            assert client.post("/webhook", json=event).status_code == 201
+        assert runtime.queue.wait_idle(120)
+        v1 = setup_project(client, "4.1", xml)
+        after = client.post("/predict", json={"tasks": [dict(t, project=4) for t in tasks], "project": "4.1",
+                                              "label_config": xml}).json()["results"]
+    assert v1 != v0 and all(r["model_version"] == v1 for r in after)
+    assert all(r["model_version"] == v0 for r in before)
+    for task, result in zip(tasks, after):
+        color = task["data"]["image"].split("/")[-1][:-5]
+        region = result["result"][0]
+        assert region["type"] == "taxonomy" and region["from_name"] == "kind"
+        assert paths[color] in region["value"]["taxonomy"]  # the trained sigmoid for its own path clears 0.5
