@@ -11,6 +11,10 @@ from pathlib import Path
 from labelers.formats.class_names import display_names
 
 
+# Written by the VLM labeler for a round whose answer stayed unparseable after every re-ask.
+UNPARSEABLE = "unparseable"
+
+
 class AutoLabelsError(ValueError):
     """An ``auto_labels.csv`` row is malformed or names an unknown class."""
 
@@ -74,11 +78,13 @@ def labels_to_indices(rows: list[tuple[str, list[str]]], class_names: list[str],
     """Map each row's label names to class indices (0..K-1) through the names a labeler would write.
 
     ``long_label`` must match the labeling run (full names vs last-word names). Matching is exact
-    after stripping and lowercasing. Raises AutoLabelsError naming the row and the unknown name,
+    after stripping and lowercasing. The label ``unparseable`` becomes -1 (drop it before training)
+    unless a class has that name. Raises AutoLabelsError naming the row and the unknown name,
     and ShortNameCollision when short names would merge classes.
     """
     names = display_names(class_names, long_label)
-    index = {name.strip().lower(): i for i, name in enumerate(names)}
+    index = {UNPARSEABLE: -1}
+    index.update({name.strip().lower(): i for i, name in enumerate(names)})
     where = f"{path}: " if path else ""
     out = []
     for number, (filename, labels) in enumerate(rows, start=1):

@@ -6,6 +6,7 @@ multiple-choice questions.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -222,3 +223,22 @@ def answers_to_class_probs(answers: Sequence[Answer], num_classes: int) -> np.nd
         else:
             row[:] = np.nan
     return probs
+
+
+_SHARED: dict[tuple, VLMLabeler] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_labeler(model: str | None = None, device: str = "auto", dtype: str = "auto",
+                   config: str | None = None) -> VLMLabeler:
+    """Return the process-wide VLMLabeler for (model, device, dtype, config), loading it on first use.
+
+    Thread-safe: concurrent first calls load once. Raises VLMLoadError / SettingsError like
+    ``VLMLabeler.from_pretrained`` and ``load_settings``. Calls into one labeler are not meant to
+    run concurrently; serialise them (one model, one forward pass at a time).
+    """
+    key = (model, device, dtype, config)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = VLMLabeler.from_pretrained(model, load_settings(config), device=device, dtype=dtype)
+        return _SHARED[key]

@@ -13,12 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from labelers.formats.auto_labels import write_auto_labels
+from labelers.formats.auto_labels import UNPARSEABLE, write_auto_labels
 from labelers.formats.class_names import display_names
 from labelers.vlm.sampling import CandidateSampler
 
 SCHEMA = "labelloop.vlm-labels/1"
-UNPARSEABLE = "unparseable"
 JSONL_NAME, RUN_NAME, CSV_NAME, SET_NAME = "labels.jsonl", "run.json", "auto_labels.csv", "label_set.csv"
 # Settings that must match for a resume to mix old and new answers.
 RESUME_KEYS = ("mode", "method", "model_id", "prompt_hash", "class_names", "long_label", "rounds",
@@ -39,9 +38,9 @@ class RunSettings:
     long_label: bool
     rounds: int
     num_options: int | None
-    distinct: bool
-    balance: bool
-    seed: int
+    distinct: bool | None
+    balance: bool | None
+    seed: int | None
     max_retries: int
     schema: str = SCHEMA
 
@@ -136,10 +135,14 @@ def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: 
     batch_size = batch_size or settings.batch_size
     rounds = rounds or (cfg.rounds if mode == "complementary" else 1)
     names = display_names(list(class_names), long_label)
+    if UNPARSEABLE in (name.lower() for name in names):
+        raise ValueError(f"a class may not be called {UNPARSEABLE!r}: auto_labels.csv uses that word for "
+                         f"answers that could not be parsed")
     out_dir = Path(out_dir)
+    cl = mode == "complementary"  # candidate settings mean nothing for ordinary labels
     run = RunSettings(mode, method, labeler.model_id, labeler.prompt_hash(method), list(class_names), long_label,
-                      rounds, cfg.num_options if mode == "complementary" else None, cfg.distinct, cfg.balance,
-                      cfg.seed, settings.max_retries)
+                      rounds, cfg.num_options if cl else None, cfg.distinct if cl else None,
+                      cfg.balance if cl else None, cfg.seed if cl else None, settings.max_retries)
     sampler = None
     if mode == "complementary":
         sampler = CandidateSampler(len(names), cfg.num_options, rounds, len(items), cfg.distinct, cfg.balance,

@@ -39,6 +39,7 @@ def test_names_map_to_indices_and_unknown_names_fail():
     assert labels_to_indices(rows, classes, long_label=False) == [("a.png", [0, 2])]
     with pytest.raises(AutoLabelsError, match=r"row 1 \(a.png\).*'butterfly'"):
         labels_to_indices(rows, classes, long_label=True)
+    assert labels_to_indices([("b.png", ["unparseable", "cat"])], classes, False) == [("b.png", [-1, 2])]
 
 
 def test_short_names_that_merge_classes_raise():

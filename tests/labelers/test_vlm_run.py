@@ -184,3 +184,10 @@ def test_quality_report_numbers_on_known_records():
     assert ordinary["accuracy"]["value"] == pytest.approx(2 / 3) and ordinary["vote_accuracy"]["value"] == 0.5
     low, high = wilson_interval(5, 10)
     assert low < 0.5 < high and wilson_interval(0, 0) is None
+
+
+def test_a_class_named_unparseable_is_refused(tiny_labelers, tmp_path, image_folder):
+    items, _ = read_inputs(image_folder)
+    with pytest.raises(ValueError, match="unparseable"):
+        run_labeling(tiny_labelers["qwen2-vl"], [i.__class__(i.key, i.path) for i in items[:2]],
+                     ["cat", "Unparseable", "dog"], tmp_path / "run", "ordinary", progress=False)

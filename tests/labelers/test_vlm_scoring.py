@@ -69,3 +69,13 @@ def test_answer_token_ids_follow_the_prompt(tiny_labelers):
     assert tokenizer.convert_ids_to_tokens(ids) == ["B"]
     with pytest.raises(ValueError, match="adds no tokens"):
         answer_token_ids(tokenizer, "x", " ")
+
+
+def test_shared_labeler_loads_once_per_process(tiny_vlm_dirs, cifar_images):
+    from labelers.vlm.labeler import shared_labeler
+
+    images, _ = cifar_images
+    first = shared_labeler(str(tiny_vlm_dirs["qwen2-vl"]), device="cpu")
+    assert shared_labeler(str(tiny_vlm_dirs["qwen2-vl"]), device="cpu") is first
+    assert shared_labeler(str(tiny_vlm_dirs["llava-next"]), device="cpu") is not first
+    assert first.classify(images[:2], ["cat", "dog", "ship"]).shape == (2, 3)
