@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 MODEL_NAMES = ("linear", "mlp", "resnet18", "resnet34")

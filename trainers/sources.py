@@ -71,8 +71,12 @@ def _cifar10() -> tuple[LabelSet, LabelSet]:
 
 def _npz(path: Path, classes: list[str] | None) -> tuple[LabelSet, LabelSet | None]:
     data = np.load(path, allow_pickle=False)
-    if "features" not in data:
-        raise DataSourceError(f"{path}: missing key 'features' (keys present: {', '.join(data.files)})")
+    key = "features" if "features" in data else "images" if "images" in data else None
+    if key is None:
+        raise DataSourceError(f"{path}: missing key 'features' (or 'images' for uint8 image arrays); "
+                              f"keys present: {', '.join(data.files)}")
+    if key == "images":
+        return _npz_images(path, data, classes)
     features = np.asarray(data["features"], dtype=np.float32)
     labels = np.asarray(data["labels"], dtype=np.int64) if "labels" in data else np.full(len(features), -1)
     if len(labels) != len(features):
@@ -93,6 +97,35 @@ def _npz(path: Path, classes: list[str] | None) -> tuple[LabelSet, LabelSet | No
         test = LabelSet(classes, [f"test/{i:06d}" for i in range(len(tx))], np.full((len(tx), 1), -1), ty,
                         features=tx, meta={"source": f"{path} test"})
     return train, test
+
+
+def _npz_images(path: Path, data, classes: list[str] | None) -> tuple[LabelSet, LabelSet | None]:
+    """CIFAR-style arrays: ``images`` uint8 N x H x W (x C), ``labels``, optional ``test_images``/``test_labels``."""
+    sets = []
+    for prefix in ("", "test_"):
+        if f"{prefix}images" not in data:
+            sets.append(None)
+            continue
+        images = np.asarray(data[f"{prefix}images"])
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise DataSourceError(f"{path}: key '{prefix}images' must be uint8 N x H x W (x C), got "
+                                  f"{images.dtype} {images.shape}")
+        if f"{prefix}labels" not in data and prefix:
+            raise DataSourceError(f"{path}: has 'test_images' but no 'test_labels'")
+        labels = np.asarray(data[f"{prefix}labels"], dtype=np.int64) if f"{prefix}labels" in data \
+            else np.full(len(images), -1)
+        if len(labels) != len(images):
+            raise DataSourceError(f"{path}: '{prefix}labels' has {len(labels)} rows but '{prefix}images' has "
+                                  f"{len(images)}")
+        names = [str(x) for x in data["names"]] if not prefix and "names" in data else \
+            [f"{prefix or 'train_'}{i:06d}" for i in range(len(images))]
+        if classes is None:
+            classes = [str(x) for x in data["class_names"]] if "class_names" in data else \
+                [str(k) for k in range(int(labels.max(initial=-1)) + 1)]
+        cl = np.asarray(data["cl_labels"], dtype=np.int64).reshape(len(images), -1) \
+            if not prefix and "cl_labels" in data else np.full((len(images), 1), -1)
+        sets.append(LabelSet(classes, names, cl, labels, images=images, meta={"source": f"{path} {prefix}"}))
+    return sets[0], sets[1]
 
 
 def load_dataset(data: str, classes: list[str] | None = None) -> tuple[LabelSet, LabelSet | None]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from labelers.formats.auto_labels import read_auto_labels
-from labelers.formats.label_studio import (LabelStudioExportError, LSTask, read_label_studio_export,
+from labelers.formats.label_studio import (LabelStudioExportError, read_label_studio_export,
                                            resolve_image_path, write_label_studio_tasks)
 from trainers.formats.classification_csv import (ClassificationCsvError, read_classification_csv,
                                                  write_classification_csv)

@@ -137,3 +137,22 @@ def test_training_on_an_exported_libcll_pickle(tmp_path, digit_folder):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
     assert saved["strategy"] == "MCL-MAE" and saved["num_cl"] == 2 and not saved["synthetic_cls"]
     assert saved["train_images"] + saved["valid_images"] == 60
+
+
+def test_cifar_style_image_arrays_train(tmp_path):
+    """An .npz of uint8 colour images (CIFAR layout) with a test split, augmented, trains an MLP."""
+    from labelers.sample_data import CIFAR10_CLASSES, cifar10_subset
+    from PIL import Image
+
+    def arrays(split, per_class):
+        paths, labels = cifar10_subset(split, per_class)
+        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]), labels
+    images, labels = arrays("train", 4)
+    test_images, test_labels = arrays("test", 2)
+    path = tmp_path / "cifar_arrays.npz"
+    np.savez(path, images=images, labels=labels, test_images=test_images, test_labels=test_labels,
+             class_names=np.array(CIFAR10_CLASSES))
+    results = run(TrainConfig(strategy="SCL", type="NL", model="mlp", data=str(path), epoch=1, batch_size=8,
+                              num_cl=2, augment=True, output_dir=str(tmp_path / "out"), progress=False))
+    assert results["inputs"] == "images" and results["classes"] == CIFAR10_CLASSES
+    assert 0.0 <= results["test_Accuracy"] <= 1.0 and results["train_images"] + results["valid_images"] == 40
