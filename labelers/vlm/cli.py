@@ -38,8 +38,8 @@ def label(
     mode: Mode = typer.Option(Mode.complementary, help="ordinary: pick the class; complementary: pick a "
                                                        "candidate the image does NOT show."),
     model: Optional[str] = typer.Option(None, help="Preset (llava-next, qwen2-vl), hub name or local folder."),
-    rounds: Optional[int] = typer.Option(None, min=1, help="Labels per image [default: 1 ordinary, "
-                                                            "config's rounds complementary]."),
+    rounds: Optional[int] = typer.Option(None, min=1, help="Labels per image (default: 1 ordinary, "
+                                                            "the config's rounds (3) complementary)."),
     num_options: Optional[int] = typer.Option(None, min=2, help="Candidates shown per complementary round."),
     long_label: bool = typer.Option(False, "--long-label", help="Full class names (default: last word, "
                                                                 "refused if that merges classes)."),
@@ -51,7 +51,7 @@ def label(
                                                        "(free text + strict parser)."),
     max_retries: Optional[int] = typer.Option(None, min=0, help="Re-asks of an unparseable answer."),
     classes: Optional[str] = typer.Option(None, help="Class names, comma-separated or a file with one per "
-                                                     "line [default: from the input]."),
+                                                     "line (default: from the input)."),
     distinct: Optional[bool] = typer.Option(None, "--distinct/--no-distinct", help="Distinct CLs per image."),
     balance: Optional[bool] = typer.Option(None, "--balance/--no-balance", help="-R quota balancing of CLs."),
     seed: Optional[int] = typer.Option(None, help="Seed of the candidate sets."),
