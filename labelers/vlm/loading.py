@@ -64,6 +64,20 @@ def pick_dtype(device, dtype: str = "auto"):
     return torch.float32
 
 
+def _weight_kwargs(torch_dtype, torch_device) -> dict:
+    """from_pretrained arguments: the dtype under its 5.x name (``torch_dtype`` before 4.56), and
+    with accelerate installed, weights placed straight on the GPU instead of staged in CPU memory."""
+    import importlib.util
+
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    kwargs = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch_dtype}
+    if torch_device.type == "cuda" and importlib.util.find_spec("accelerate") is not None:
+        kwargs["device_map"] = {"": str(torch_device)}
+    return kwargs
+
+
 def load_vlm(spec: str | None, settings: VLMSettings, device: str = "auto", dtype: str = "auto") -> LoadedVLM:
     """Return the loaded VLM for a preset key, hub name or local folder.
 
@@ -80,7 +94,7 @@ def load_vlm(spec: str | None, settings: VLMSettings, device: str = "auto", dtyp
         raise VLMLoadError(f"model folder {name} does not exist")
     try:
         processor = AutoProcessor.from_pretrained(name)
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype)
+        model = AutoModelForImageTextToText.from_pretrained(name, **_weight_kwargs(torch_dtype, torch_device))
     except (OSError, ValueError, KeyError) as exc:
         raise VLMLoadError(f"cannot load VLM {name!r}: {exc}") from None
     if not getattr(processor, "chat_template", None):
