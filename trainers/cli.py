@@ -37,8 +37,9 @@ def train(
                                              "run (labels.jsonl), a Label Studio JSON export or a libcll pickle."),
     long_label: bool = typer.Option(False, "--long-label", "--long_label", help="Label files use full class "
                                     "names (must match the labeling run)."),
-    num_cl: int = typer.Option(1, "--num-cl", "--num_cl", help="Complementary labels per image to use "
-                               "(0 with synthetic CLs: a random count per image)."),
+    num_cl: Optional[int] = typer.Option(None, "--num-cl", "--num_cl", help="Complementary labels per image: "
+                                         "default the first 3 of a label file (as the seed) or 1 synthetic CL; "
+                                         "0 with synthetic CLs draws a random count per image."),
     transition_matrix: str = typer.Option("uniform", "--transition-matrix", "--transition_matrix",
                                           help="uniform, weak, strong, noisy[:lambda], empirical (from gold "
                                           "labels) or a .npy/.csv file."),

@@ -15,6 +15,10 @@ from trainers.labelset import LabelSet
 log = logging.getLogger(__name__)
 
 
+# The seed's trainer kept the first 3 label columns of auto_labels.csv unless told otherwise.
+SEED_NUM_CL = 3
+
+
 class TrainError(ValueError):
     """The run cannot start with these settings and data; the message says why."""
 
@@ -34,7 +38,7 @@ class TrainConfig:
     valid_type: str = "auto"
     output_dir: str = "runs/train"
     long_label: bool = False
-    num_cl: int = 1
+    num_cl: int | None = None  # None: 1 synthetic CL, or the first 3 of a label file (the seed's default)
     transition_matrix: str = "uniform"
     synthetic_matrix: str | None = None  # generating T of synthetic CLs; default: transition_matrix
     seed: int = 1126
@@ -110,10 +114,11 @@ def prepare(cfg: TrainConfig) -> PreparedData:
                                  "pass --synthetic-matrix")
             T_gen, _ = matrices.resolve(generating, K, seed=cfg.seed)
             train = train.subset(train.ord_labels >= 0)
-            cl = draw_complementary_labels(train.ord_labels, T_gen, cfg.num_cl, seed=cfg.seed)
+            count = 1 if cfg.num_cl is None else cfg.num_cl
+            cl = draw_complementary_labels(train.ord_labels, T_gen, count, seed=cfg.seed)
             train = replace(train, cl_labels=cl)
             synthetic = True
-        train = train.keep_cls(cfg.num_cl)
+        train = train.keep_cls(SEED_NUM_CL if cfg.num_cl is None and not synthetic else cfg.num_cl)
         train = train.subset((train.cl_labels >= 0).any(axis=1))
     if len(train) < 2:
         raise TrainError(f"only {len(train)} labelled training images")

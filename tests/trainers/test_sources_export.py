@@ -149,3 +149,16 @@ def test_vlm_run_keys_with_a_longer_root_match_by_path_tail(tmp_path, digit_fold
             fh.write(json.dumps({"image": f"digits/{name}", "round": 0, "label": int((y + 1) % 10)}) + "\n")
     train = load_sources(str(digit_folder), str(run)).train
     assert len(train) == 60 and ((train.cl_labels[:, 0] - train.ord_labels) % 10 == 1).all()
+
+
+def test_label_file_keeps_the_first_three_cls_by_default_like_the_seed(tmp_path, digit_folder):
+    from trainers.train import TrainConfig, prepare
+
+    _, rows = cl_rows(digit_folder, offsets=(1, 2, 3, 4))
+    path = write_auto_labels(tmp_path / "auto_labels.csv", rows)
+    default = prepare(TrainConfig(data=str(digit_folder), label_path=str(path), long_label=True))
+    assert default.train.cl_labels.shape[1] == 3 and not default.synthetic
+    one = prepare(TrainConfig(data=str(digit_folder), label_path=str(path), long_label=True, num_cl=1))
+    assert one.train.cl_labels.shape[1] == 1
+    synthetic = prepare(TrainConfig(data=str(digit_folder)))
+    assert synthetic.synthetic and synthetic.train.cl_labels.shape[1] == 1 and synthetic.info.oracle
