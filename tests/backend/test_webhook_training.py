@@ -44,8 +44,8 @@ def test_annotation_created_retrains_and_bumps_the_version(make_client, docroot)
         after = predict(client)
         metrics = client.get("/metrics").json()["projects"]["1"]
         versions = client.get("/versions").json()["versions"]
-    # debounce 0: the first submit may train alone, the rest coalesce into the next run
-    assert versions[0] == v0 and versions[-1] == v1 and 2 <= len(versions) <= 3
+    # debounce 0: how many submits share a run depends on timing; every run publishes the next revision
+    assert versions[0] == v0 and versions[-1] == v1 and len(versions) >= 2
     assert v0.endswith("-p1-r0") and v1.endswith(f"-p1-r{len(versions) - 1}")
     assert all(r["model_version"] == v0 for r in before) and all(r["model_version"] == v1 for r in after)
     predicted = [r["result"][0]["value"]["choices"][0] for r in after]
