@@ -97,6 +97,10 @@ def label(
                                settings.batch_size, settings.method, progress)
     except (VLMLoadError, RunError, ShortNameCollision, ValueError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; finished batches are saved, continue with --resume --output-dir {output_dir}",
+                   err=True)
+        raise typer.Exit(code=130)
     for key, reason in summary.failed.items():
         typer.echo(f"warning: skipped {reason}", err=True)
     typer.echo(f"labeled {summary.labeled} images ({summary.skipped} already done) -> {summary.out_dir}")
