@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend.embedding import embed_tasks, version_prefix
-from backend.heads import choose, label_probabilities, prior_head, scores, text_weights
+from backend.heads import choose, label_probabilities, prior_head, scores
 from backend.labels import ImageClassification, LabelConfigError, parse_label_config
 from backend.schemas import ModelResponse, PredictionValue
 from backend.store import Annotation
@@ -36,6 +36,10 @@ TRAIN_EVENTS = ANNOTATION_EVENTS + ("START_TRAINING",)
 
 class EventError(ValueError):
     """A webhook payload is missing what its action needs; the message names the key."""
+
+
+class EmbedderMismatch(RuntimeError):
+    """The project's recorded embedder now loads as a different model (weights changed or moved)."""
 
 
 def initial_version(embedder_spec: str, project: str) -> str:
@@ -186,7 +190,7 @@ class LabelloopModel:
         if project.embedder_id is None:
             self.runtime.store.set_embedder_id(self.project_id, embedder.id)
         elif project.embedder_id != embedder.id:
-            raise LabelConfigError(
+            raise EmbedderMismatch(
                 f"project {self.project_id} was embedded with {project.embedder_id} but {project.embedder} now "
                 f"loads as {embedder.id}; restore those weights or reconnect the project under a new MODEL_DIR")
 
@@ -347,4 +351,4 @@ def _list(data: dict[str, Any], key: str) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-__all__ = ["LabelloopModel", "ModelResponse", "PredictionValue", "EventError", "TRAIN_EVENTS", "text_weights"]
+__all__ = ["LabelloopModel", "ModelResponse", "PredictionValue", "EventError", "EmbedderMismatch", "TRAIN_EVENTS"]

@@ -146,3 +146,37 @@ def test_internal_errors_are_json_without_traceback(make_client, docroot, monkey
     assert resp.status_code == 500
     assert resp.json() == {"detail": "internal error (RuntimeError); see the backend log", "status": 500}
     assert "supersecret" not in resp.text
+
+
+def test_model_state_and_loaded_once_per_process(make_settings, docroot):
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    loads = []
+    runtime = Runtime(make_settings(local_files_document_root=docroot),
+                      embedder_loader=lambda spec: loads.append(spec) or shared_loader(spec))
+    with TestClient(create_app(runtime=runtime, preload=False)) as client:
+        setup_project(client, "1.1", extra="value")
+        for _ in range(3):
+            client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
+        model = runtime.model("1")
+        assert not model.has("threshold")
+        model.set("threshold", "0.7")
+        assert runtime.model("1").get("threshold") == "0.7" and runtime.model("1").has("threshold")
+        assert model.extra_params == {"extra": "value"}
+        assert model.parsed_label_config["label"]["labels"] == ["red", "green", "blue"]
+        assert model.label_interface.get_first_tag_occurence("Choices", "Image") == ("label", "image", "image")
+        assert model.model_version.endswith("-p1-r0")
+    assert loads == [runtime.default_spec]  # one load for three requests
+    assert runtime.heads.loads == 1
+
+
+def test_embedder_that_changed_under_a_project_is_a_409(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        setup_project(client)
+        client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
+        with runtime.store._tx() as db:  # as if the weights behind the same spec were replaced
+            db.execute("UPDATE projects SET embedder_id='open_clip:other-weights' WHERE id='1'")
+        resp = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
+    assert resp.status_code == 409 and "other-weights" in resp.json()["detail"]
