@@ -25,7 +25,6 @@ def backend_factory(tmp_path):
     started = []
 
     def start(label_studio, **kwargs):
-        kwargs.setdefault("extra_env", {})
         server = start_backend(label_studio, tmp_path / "model_dir", log_name=f"backend-{len(started)}.log",
                                **kwargs)
         started.append(server)
@@ -49,16 +48,34 @@ def check_predictions(tasks, version, classes=steps.CLASSES):
     return scores
 
 
-def test_predict_annotate_retrain_delete_and_start_training(label_studio, cifar_files, backend_factory):
+def connected_project(label_studio, backend, files, title):
+    """Create a project over `files`, connect `backend`; returns (client, project, version r0)."""
     ls = label_studio.client()
-    backend = backend_factory(label_studio)
-    project = steps.create_project(ls, "e2e retrain loop", cifar_files)
-
-    # Connect: Label Studio calls /health and /setup, and stores the version /setup reports.
+    project = steps.create_project(ls, title, files)
     ml = steps.connect(ls, project, backend)
     v0 = steps.served_version(backend, project.id)
     assert v0.endswith(f"-p{project.id}-r0")
-    assert ml["model_version"] == v0
+    assert ml["model_version"] == v0  # Label Studio stored what /setup reported
+    return ls, project, v0
+
+
+def two_per_class(project):
+    return [t for t in project.tasks if sum(u.truth == t.truth for u in project.tasks if u.id <= t.id) <= 2]
+
+
+def predict_directly(backend, project, tasks):
+    """POST /predict with Label Studio's body for `tasks`; returns the results."""
+    response = backend.post("/predict", json={"tasks": tasks, "project": f"{project.id}.0",
+                                              "label_config": steps.label_config()})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(tasks)
+    return results
+
+
+def test_predictions_then_retrain_on_submit_then_new_predictions(label_studio, cifar_files, backend_factory):
+    backend = backend_factory(label_studio)
+    ls, project, v0 = connected_project(label_studio, backend, cifar_files, "e2e retrain loop")
 
     # Retrieve Predictions: one /predict call for all 30 tasks, every task gets a scored prediction of v0.
     steps.retrieve_predictions(ls, project.id)
@@ -68,21 +85,16 @@ def test_predict_annotate_retrain_delete_and_start_training(label_studio, cifar_
     assert steps.metrics(backend)["counters"]["predict_requests"] == 1
 
     # Annotate two images per class with their true label: ANNOTATION_CREATED webhooks -> background retrain.
-    labelled = [t for t in project.tasks if sum(u.truth == t.truth for u in project.tasks if u.id <= t.id) <= 2]
-    annotation_ids = {t.id: steps.annotate(ls, t.id, t.truth) for t in labelled}
-    assert len(annotation_ids) == 20
+    labelled = two_per_class(project)
+    for task in labelled:
+        steps.annotate(ls, task.id, task.truth)
     entry = steps.wait_for_training(backend, project.id, n_annotations=20)
     v1 = entry["model_version"]
     assert v1 != v0 and v1.startswith(v0[: -len("r0")])
-    assert steps.served_version(backend, project.id) == v1
     assert entry["annotations"] == 20
-
-    # The backend moved Label Studio's project version along, and its echo (PROJECT_UPDATED) trained nothing.
-    steps.wait_for_ls_project_version(ls, project.id, v1)
-    after_sync = steps.metrics(backend)
-    assert after_sync["counters"].get("webhook_PROJECT_UPDATED", 0) >= 1
-    assert all("PROJECT_UPDATED" not in (run["reason"] or "") for run in _runs(after_sync, project.id))
-    assert after_sync["projects"][str(project.id)]["model_version"] == v1
+    assert steps.served_version(backend, project.id) == v1
+    versions = steps.as_dict(ls.ml.list_model_versions(id=project.ml_id))  # GET /versions through Label Studio
+    assert v1 in versions.get("versions", []), versions
 
     # Retrieve again: Label Studio asks /setup, sees v1, and re-predicts every task with the trained head.
     steps.retrieve_predictions(ls, project.id)
@@ -95,17 +107,39 @@ def test_predict_annotate_retrain_delete_and_start_training(label_studio, cifar_
     fitted = sum(steps.predicted_label(steps.predictions_of(by_id[t.id], v1)[0]) == t.truth for t in labelled)
     assert fitted >= len(labelled) // 2, f"the v1 head reproduces only {fitted}/20 of its own training labels"
 
-    # Data Manager score column and sort use the synced version: ascending and descending by predictions_score.
+
+def test_project_version_follows_retraining_so_score_sort_works(label_studio, cifar_files, backend_factory):
+    backend = backend_factory(label_studio)
+    ls, project, v0 = connected_project(label_studio, backend, cifar_files, "e2e score sort")
+    for task in project.tasks[::3]:  # one image per class
+        steps.annotate(ls, task.id, task.truth)
+    v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
+    steps.retrieve_predictions(ls, project.id)
+    v1_scores = check_predictions(steps.list_tasks(ls, project.id), v1)
+
+    # Label Studio's Data Manager scores and sorts only predictions of the project's model_version: the
+    # backend must move it to v1 (ml.create left it at the backend's title).
+    steps.wait_for_ls_project_version(ls, project.id, v1)
+    # Its own projects.update comes back as PROJECT_UPDATED (delivered inside that call): nothing is queued.
+    echo = steps.metrics(backend)
+    assert echo["counters"].get("webhook_PROJECT_UPDATED", 0) >= 1
+    assert echo["projects"][str(project.id)]["training"]["state"] == "idle"
+    assert echo["projects"][str(project.id)]["model_version"] == v1
+
     ascending = steps.list_tasks(ls, project.id, ordering="tasks:predictions_score")
     descending = steps.list_tasks(ls, project.id, ordering="-tasks:predictions_score")
     up = [t["predictions_score"] for t in ascending]
     assert up == pytest.approx([v1_scores[t["id"]] for t in ascending])
     assert up == sorted(up) and up[0] < up[-1]
-    assert [t["predictions_score"] for t in descending] == sorted(up, reverse=True)
+    assert [t["predictions_score"] for t in descending] == pytest.approx(sorted(up, reverse=True))
 
-    # /versions through Label Studio lists the trained version.
-    versions = steps.as_dict(ls.ml.list_model_versions(id=project.ml_id))
-    assert v1 in versions.get("versions", []), versions
+
+def test_updates_deletions_and_start_training_retrain(label_studio, cifar_files, backend_factory):
+    backend = backend_factory(label_studio)
+    ls, project, v0 = connected_project(label_studio, backend, cifar_files, "e2e events")
+    labelled = two_per_class(project)
+    annotation_ids = {t.id: steps.annotate(ls, t.id, t.truth) for t in labelled}
+    v1 = steps.wait_for_training(backend, project.id, n_annotations=20)["model_version"]
 
     # Edit one annotation and delete four: ANNOTATION_UPDATED + ANNOTATIONS_DELETED -> retrain on 16.
     first = labelled[0]
@@ -125,22 +159,14 @@ def test_predict_annotate_retrain_delete_and_start_training(label_studio, cifar_
     entry = steps.wait_until(
         lambda: (e := steps.project_metrics(backend, project.id))["model_version"] not in (v0, v1, v2)
         and e["training"]["state"] == "idle" and e, "a new version after START_TRAINING")
-    v3 = entry["model_version"]
     assert entry["training"]["last_run"]["n_annotations"] == 16
     assert "START_TRAINING" in entry["training"]["last_run"]["reason"]
-    steps.wait_for_ls_project_version(ls, project.id, v3)
-
-
-def _runs(metrics_body, project_id):
-    entry = metrics_body["projects"][str(project_id)]["training"]
-    return [entry["last_run"]] if entry["last_run"] else []
+    assert entry["annotations"] == 16
 
 
 def test_restarted_backend_serves_the_same_version(label_studio, cifar_files, backend_factory):
-    ls = label_studio.client()
     backend = backend_factory(label_studio)
-    project = steps.create_project(ls, "e2e restart", cifar_files)
-    steps.connect(ls, project, backend)
+    ls, project, _ = connected_project(label_studio, backend, cifar_files, "e2e restart")
     for task in project.tasks[::3]:  # one image per class
         steps.annotate(ls, task.id, task.truth)
     v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
@@ -149,7 +175,8 @@ def test_restarted_backend_serves_the_same_version(label_studio, cifar_files, ba
     before = check_predictions(tasks, v1)
 
     port = int(backend.url.rsplit(":", 1)[1])
-    assert backend.stop() == 0  # SIGTERM: a clean shutdown
+    backend.stop()  # SIGTERM: uvicorn shuts down gracefully, then re-raises the signal (exit code -15)
+    assert "Application shutdown complete" in backend.process.log_tail(5)
     restarted = backend_factory(label_studio, port=port)
 
     assert steps.served_version(restarted, project.id) == v1
@@ -158,11 +185,7 @@ def test_restarted_backend_serves_the_same_version(label_studio, cifar_files, ba
     steps.retrieve_predictions(ls, project.id)
     assert steps.metrics(restarted)["counters"].get("predict_requests", 0) == 0
     # The restarted process serves the same head: predicting the same tasks gives the same scores.
-    response = restarted.post("/predict", json={"tasks": tasks, "project": f"{project.id}.0",
-                                                "label_config": steps.label_config()})
-    assert response.status_code == 200, response.text
-    results = response.json()["results"]
-    assert len(results) == len(tasks)
+    results = predict_directly(restarted, project, tasks)
     assert {r["model_version"] for r in results} == {v1}
     assert [r["score"] for r in results] == pytest.approx([before[t["id"]] for t in tasks], abs=1e-5)
 
@@ -173,10 +196,8 @@ def test_failed_and_crashed_training_keep_the_old_model_serving(label_studio, ci
     fault.write_text("")
     faulty = dict(launcher=[sys.executable, "-m", "tests.e2e.faulty_serve"],
                   extra_env={FAULT_FILE_ENV: str(fault)})
-    ls = label_studio.client()
     backend = backend_factory(label_studio, **faulty)
-    project = steps.create_project(ls, "e2e crash", cifar_files)
-    steps.connect(ls, project, backend)
+    ls, project, _ = connected_project(label_studio, backend, cifar_files, "e2e crash")
     for task in project.tasks[::3]:
         steps.annotate(ls, task.id, task.truth)
     v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
@@ -206,14 +227,13 @@ def test_failed_and_crashed_training_keep_the_old_model_serving(label_studio, ci
     port = int(backend.url.rsplit(":", 1)[1])
     restarted = backend_factory(label_studio, port=port, **faulty)
     assert steps.served_version(restarted, project.id) == v1
-    response = restarted.post("/predict", json={"tasks": tasks, "project": f"{project.id}.0",
-                                                "label_config": steps.label_config()})
-    assert [r["score"] for r in response.json()["results"]] == pytest.approx([before[t["id"]] for t in tasks],
-                                                                             abs=1e-5)
-    # And the next training run succeeds over the debris of the crashed one.
+    results = predict_directly(restarted, project, tasks)
+    assert {r["model_version"] for r in results} == {v1}
+    assert [r["score"] for r in results] == pytest.approx([before[t["id"]] for t in tasks], abs=1e-5)
+
+    # And the next training run succeeds over the debris of the crashed one; Label Studio re-predicts with it.
     ls.ml.train(id=project.ml_id)
-    entry = steps.wait_for_training(restarted, project.id, n_annotations=11)
-    assert entry["model_version"] != v1
-    steps.wait_for_ls_project_version(ls, project.id, entry["model_version"])
+    v2 = steps.wait_for_training(restarted, project.id, n_annotations=11)["model_version"]
+    assert v2 != v1
     steps.retrieve_predictions(ls, project.id)
-    check_predictions(steps.list_tasks(ls, project.id), entry["model_version"])
+    check_predictions(steps.list_tasks(ls, project.id), v2)
