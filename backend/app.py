@@ -13,7 +13,7 @@ import secrets
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -226,11 +226,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         return PredictResponse(results=response.predictions)
 
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
-    async def webhook(request: Request) -> JSONResponse:
-        try:
-            data = await request.json()
-        except ValueError:
-            raise ApiError(400, "webhook body must be a JSON object") from None
+    def webhook(data: Any = Body(default=None)) -> JSONResponse:
+        # A plain (threadpool) function: SQLite writes must never block the event loop.
         if not isinstance(data, dict):
             raise ApiError(400, "webhook body must be a JSON object")
         event = WebhookEvent.model_validate(data) if isinstance(data.get("action"), str) and data["action"] \
