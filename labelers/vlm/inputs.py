@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import urlparse
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PATH_COLUMNS = ("image", "path", "filename", "file", "image_path")
@@ -104,73 +104,37 @@ def _unique(item: ImageItem, seen: set, where: str) -> ImageItem:
 
 
 def _read_label_studio(path: Path, local_files_root: str | Path | None) -> tuple[list[ImageItem], list[str]]:
+    """Tasks via labelers.formats.label_studio; images resolved under the local-files root or the export's folder."""
+    from labelers.formats.label_studio import LabelStudioExportError, read_label_studio_export, resolve_image_path
+
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(tasks, list):
-        raise InputError(f"{path}: expected a list of tasks (Label Studio JSON export)")
+        tasks = read_label_studio_export(path)
+    except LabelStudioExportError as exc:
+        raise InputError(str(exc)) from None
     root = local_files_root or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    roots = [Path(root)] if root else []
     items, seen, labels = [], set(), []
     for number, task in enumerate(tasks, start=1):
-        where = f"{path}: task {task.get('id', number) if isinstance(task, dict) else number}"
-        data = task.get("data") if isinstance(task, dict) else None
-        url = _task_image(data, where)
-        image = _resolve_url(url, path.parent, root, where)
-        label = _task_choice(task)
-        items.append(_unique(ImageItem(_key_for(image, root), image, label), seen, where))
+        where = f"{path}: task {task.id if task.id is not None else number}"
+        if urlparse(task.image).scheme in ("http", "https", "s3", "gs", "azure-blob"):
+            raise InputError(f"{where}: {task.image} is remote; export with local files or download the images first")
+        image = resolve_image_path(task.image, roots + [path.parent])
+        if image is None:
+            hint = "" if root else " (set --local-files-root or LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"
+            raise InputError(f"{where}: image {task.image} not found{hint}")
+        # ground truth: the first label of the first control that has one (Choices or Taxonomy)
+        label = next((chosen[0] for chosen in task.labels.values() if chosen), None)
+        items.append(_unique(ImageItem(_key_for(image, roots + [path.parent]), image, label), seen, where))
         if label and label not in labels:
             labels.append(label)
     return items, sorted(labels)
 
 
-def _key_for(image: Path, root: str | Path | None) -> str:
-    """The image's path under the local-files root when it lies there (unique), else its file name."""
-    if root:
+def _key_for(image: Path, roots: list[Path]) -> str:
+    """The image's path under the first root holding it (unique), else its file name."""
+    for root in roots:
         try:
             return image.relative_to(root).as_posix()
         except ValueError:
-            pass
-    return image.name
-
-
-def _task_image(data, where: str) -> str:
-    if not isinstance(data, dict):
-        raise InputError(f"{where} has no 'data' object")
-    for key in ("image", "img", "image_url"):
-        if isinstance(data.get(key), str):
-            return data[key]
-    strings = [v for v in data.values() if isinstance(v, str)]
-    if len(strings) == 1:
-        return strings[0]
-    raise InputError(f"{where}: cannot tell which data field is the image (use the key 'image')")
-
-
-def _resolve_url(url: str, base: Path, root: str | Path | None, where: str) -> Path:
-    parsed = urlparse(url)
-    if parsed.scheme in ("http", "https", "s3", "gs", "azure-blob"):
-        raise InputError(f"{where}: {url} is remote; export with local files or download the images first")
-    if parsed.path.startswith("/data/local-files"):
-        relative = parse_qs(parsed.query).get("d", [""])[0]
-        if not root:
-            raise InputError(f"{where}: {url} is a Label Studio local file; set --local-files-root "
-                             f"(or LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
-        return Path(root) / unquote(relative)
-    if parsed.path.startswith("/data/upload"):
-        if not root:
-            raise InputError(f"{where}: {url} is a Label Studio upload; set --local-files-root to the media folder")
-        return Path(root) / unquote(parsed.path[len("/data/"):])
-    local = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser()
-    return local if local.is_absolute() else base / local
-
-
-def _task_choice(task: dict) -> str | None:
-    """Return the first choice of the first non-cancelled annotation, if any (the ground truth)."""
-    for annotation in task.get("annotations") or []:
-        if annotation.get("was_cancelled"):
             continue
-        for result in annotation.get("result") or []:
-            choices = (result.get("value") or {}).get("choices")
-            if choices:
-                return str(choices[0])
-    return None
+    return image.name

@@ -49,9 +49,9 @@ def test_csv_paths_are_relative_to_the_file_and_errors_name_the_line(tree):
 
 def test_label_studio_export(tree, tmp_path, monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", raising=False)
+    result = lambda name: [{"from_name": "label", "to_name": "image", "value": {"choices": [name]}}]
     tasks = [{"id": 1, "data": {"image": "/data/local-files/?d=cat/0.png"},
-              "annotations": [{"was_cancelled": True, "result": [{"value": {"choices": ["dog"]}}]},
-                              {"result": [{"value": {"choices": ["cat"]}}]}]},
+              "annotations": [{"was_cancelled": True, "result": result("dog")}, {"result": result("cat")}]},
              {"id": 2, "data": {"image": "/data/local-files/?d=dog/1.png"}, "annotations": []}]
     export = tmp_path / "export.json"
     export.write_text(json.dumps(tasks))
@@ -59,7 +59,7 @@ def test_label_studio_export(tree, tmp_path, monkeypatch):
     assert [(i.key, i.path, i.label) for i in items] == [("cat/0.png", tree / "cat/0.png", "cat"),
                                                          ("dog/1.png", tree / "dog/1.png", None)]
     assert names == ["cat"]
-    with pytest.raises(InputError, match="task 1.*--local-files-root"):
+    with pytest.raises(InputError, match="task 1.*not found.*--local-files-root"):
         read_inputs(export)
     export.write_text(json.dumps([{"id": 7, "data": {"image": "https://example.com/a.jpg"}}]))
     with pytest.raises(InputError, match="task 7.*remote"):
