@@ -137,6 +137,7 @@ def test_unreadable_image_is_reported_and_the_rest_labeled(tiny_labelers, tmp_pa
     assert len(rows) == 20 and "cat/broken.jpg" not in {r[0] for r in rows}
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_of_the_cli(tiny_vlm_dirs, tmp_path):
     """A real `labelloop label` process killed with SIGKILL, then resumed."""
     paths, _ = cifar10_subset("train", per_class=12)
