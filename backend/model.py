@@ -206,8 +206,13 @@ class LabelloopModel:
             # Also the echo of our own projects.update(model_version=...): never a reason to retrain.
             self._project()
             return {"status": "ignored", "detail": "project settings refreshed; no retrain"}
-        if event in ("TASKS_CREATED", "TASKS_DELETED"):
-            return {"status": "ignored", "detail": "tasks are embedded when predicted or on START_TRAINING"}
+        if event == "TASKS_CREATED":
+            self._project()
+            tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
+            queued = runtime.warmer.embed_new_tasks(self.project_id, tasks)
+            return {"status": "ignored", "detail": f"no retrain; {queued} new task(s) embedded in the background"}
+        if event == "TASKS_DELETED":
+            return {"status": "ignored", "detail": "no retrain needed"}
         if event not in TRAIN_EVENTS:
             return {"status": "ignored", "detail": f"event {event} is not used by labelloop"}
         self._project()

@@ -72,6 +72,26 @@ class CacheWarmer:
         threading.Thread(target=self._run, args=(project,), name=f"labelloop-warm-{project}", daemon=True).start()
         return True
 
+    def embed_new_tasks(self, project: str, tasks: list[dict[str, Any]]) -> int:
+        """Embed freshly imported tasks (a TASKS_CREATED payload) in the background; returns how many."""
+        tasks = [t for t in tasks if isinstance(t, dict) and isinstance(t.get("data"), dict) and "id" in t]
+        if not (self.runtime.settings.warm_cache and tasks):
+            return 0
+
+        def run() -> None:
+            try:
+                stored = self.runtime.store.get_project(project)
+                target = parse_label_config(stored.label_config)
+                embedder = self.runtime.embedders.get(stored.embedder)
+                for start in range(0, len(tasks), WARM_BATCH):
+                    self._embed(project, tasks[start:start + WARM_BATCH], target, embedder, count=False)
+            except Exception as exc:  # best effort, like warming: predict embeds whatever is missing
+                log.warning("project %s: embedding %d new tasks failed (%s: %s)", project, len(tasks),
+                            type(exc).__name__, exc)
+
+        threading.Thread(target=run, name=f"labelloop-new-tasks-{project}", daemon=True).start()
+        return len(tasks)
+
     def _update(self, project: str, **values: Any) -> None:
         with self._lock:
             self._status[project].update(values)
@@ -107,12 +127,14 @@ class CacheWarmer:
         finally:
             lock.release()
 
-    def _embed(self, project: str, tasks: list[dict[str, Any]], target, embedder) -> None:
+    def _embed(self, project: str, tasks: list[dict[str, Any]], target, embedder, count: bool = True) -> None:
         runtime = self.runtime
         result = embed_tasks(project, tasks, target.data_key, embedder, store=runtime.store, cache=runtime.cache,
                              media=runtime.media, threads=runtime.settings.threads,
                              batch_size=runtime.settings.embed_batch_size,
                              compute_lock=runtime.embedders.compute_locks.get(embedder.id))
+        if not count:
+            return
         with self._lock:
             entry = self._status[project]
             entry["tasks"] += len(tasks)

@@ -165,3 +165,18 @@ def test_taxonomy_project_predicts_paths_and_trains_multi_label(make_client, doc
         region = result["result"][0]
         assert region["type"] == "taxonomy" and region["from_name"] == "kind"
         assert paths[color] in region["value"]["taxonomy"]  # the trained sigmoid for its own path clears 0.5
+
+
+def test_imported_tasks_are_embedded_in_the_background(make_client, docroot):
+    tasks = [local_task(i + 1, f"imgs/{c}0.png") for i, c in enumerate(("red", "green", "blue"))]
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        setup_project(client)
+        resp = client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": tasks,
+                                             "project": {"id": 1, "label_config": CHOICES_XML}})
+        assert resp.status_code == 200 and "3 new task(s)" in resp.json()["detail"]
+        assert _wait(lambda: all(key for _, key in runtime.store.content_keys("1", [1, 2, 3]).values())
+                     and len(runtime.store.content_keys("1", [1, 2, 3])) == 3)
+        results = client.post("/predict", json={"tasks": tasks, "project": "1.1"}).json()["results"]
+        counters = client.get("/metrics").json()["counters"]
+    assert all(r["score"] is not None for r in results)
+    assert counters.get("images_fetched", 0) == 0  # everything came from the cache
