@@ -32,7 +32,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout>=2.3"],
-    "bench": [],
+    "bench": ["tabulate>=0.9"],
 }
 
 setup(

@@ -90,3 +90,19 @@ def test_cold_start_typical_picks_one_dense_point_per_cluster():
     assert sorted(picks // 50) == [0, 1, 2]
     for pick in picks:  # the pick is near its cluster's centre, not an outlier
         assert np.linalg.norm(features[pick] - centers[pick // 50]) < 1.0
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_pool_scoring_matches_reference_path(strategy):
+    from labelers.head import ClassifierHead
+    from labelers.pool_scoring import score_pool
+
+    rng = np.random.default_rng(0)
+    head = ClassifierHead([str(i) for i in range(7)]).init_from_text(rng.normal(size=(7, 16)), 3.0)
+    features = rng.normal(size=(1000, 16)).astype(np.float32)
+    keys = list(range(1000))
+    fast = score_pool(head, features, strategy, keys=keys, seed=5, chunk_size=128)
+    probs = head.predict_proba(features)
+    np.testing.assert_allclose(fast.score, prediction_score(probs, strategy, keys=keys, seed=5), atol=2e-5)
+    np.testing.assert_allclose(fast.uncertainty, uncertainty(probs, strategy, keys=keys, seed=5), atol=2e-5)
+    np.testing.assert_array_equal(fast.predicted, probs.argmax(axis=1))
