@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from labelers.formats.auto_labels import labels_to_indices, read_auto_labels
-from labelers.sample_data import CIFAR10_CLASSES, cifar10_subset
+from labelers.sample_data import cifar10_subset
 from labelers.vlm.inputs import read_inputs
 from labelers.vlm.quality import quality_report, wilson_interval
 from labelers.vlm.run import RunError, run_labeling
