@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.config import Settings, load_settings
 from backend.labels import LabelConfigError
-from backend.model import EmbedderMismatch, EventError, LabelloopModel
+from backend.model import EmbedderMismatch, EventError, LabelloopModel, PredictionDeferred
 from backend.runtime import Runtime
 from backend.schemas import PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent, project_id
 
@@ -221,6 +221,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
             raise ApiError(503, f"embedder unavailable: {exc}") from None
         except EmbedderMismatch as exc:
             raise ApiError(409, str(exc)) from None
+        except PredictionDeferred as exc:
+            raise ApiError(503, str(exc), {"Retry-After": "60"}) from None
         if len(response.predictions) != len(body.tasks):  # Label Studio would silently store nothing
             raise ApiError(500, f"model returned {len(response.predictions)} predictions for {len(body.tasks)} tasks")
         return PredictResponse(results=response.predictions)

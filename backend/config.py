@@ -43,6 +43,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "max_image_pixels": ("LABELLOOP_MAX_IMAGE_PIXELS",),
     "max_request_bytes": ("LABELLOOP_MAX_REQUEST_BYTES",),
     "fetch_timeout_seconds": ("LABELLOOP_FETCH_TIMEOUT",),
+    "predict_budget_seconds": ("LABELLOOP_PREDICT_BUDGET",),
 }
 CONFIG_ENV = "LABELLOOP_CONFIG"
 
@@ -80,6 +81,7 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_request_bytes: int = 100_000_000
     fetch_timeout_seconds: float = 20.0
+    predict_budget_seconds: float = 80.0
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -126,7 +128,7 @@ _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 _NON_NULLABLE = {"model_dir", "host", "port", "workers", "threads", "log_level", "embedder", "strategy",
                  "embed_batch_size", "warm_cache", "retrain", "retrain_debounce_seconds", "sync_project_version",
                  "verify_ssl", "url_allowlist", "max_image_bytes", "max_image_pixels", "max_request_bytes",
-                 "fetch_timeout_seconds"}
+                 "fetch_timeout_seconds", "predict_budget_seconds"}
 
 
 def default_config_text() -> str:

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -107,6 +108,7 @@ class TaskEmbeddings:
     keys: list[str | None]
     errors: dict[int, str] = field(default_factory=dict)
     fetched: int = 0   # images downloaded / read for this call (0 when everything came from the cache)
+    pending: list[int] = field(default_factory=list)  # rows left unembedded because the deadline passed
 
     @property
     def ok(self) -> np.ndarray:
@@ -115,12 +117,14 @@ class TaskEmbeddings:
 
 def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedder, *, store, cache,
                 media: MediaResolver, threads: int = 4, batch_size: int = 32,
-                compute_lock: threading.Lock | None = None) -> TaskEmbeddings:
+                compute_lock: threading.Lock | None = None, deadline: float | None = None) -> TaskEmbeddings:
     """Return embeddings for `tasks` (`task["data"][data_key]`), reading the cache first.
 
     A task whose content key is known (from an earlier predict, warm-up or training) and cached is never
     fetched again. Tasks that cannot be resolved or decoded get a NaN row and an error message; this
     function itself only raises for programming errors, so one bad image never sinks a batch.
+    With a `deadline` (time.monotonic()), no new chunk is started after it; the rows not reached are
+    listed in `pending` (NaN, no error).
     """
     from labelers.cache import embed_blobs
 
@@ -158,7 +162,11 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
         elif i not in errors:
             todo.append(i)
     fetched = 0
+    pending: list[int] = []
     for start in range(0, len(todo), FETCH_CHUNK):
+        if deadline is not None and time.monotonic() >= deadline:
+            pending = todo[start:]
+            break
         chunk = todo[start:start + FETCH_CHUNK]
         blobs: dict[int, bytes] = {}
 
@@ -196,4 +204,4 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
     for i, message in errors.items():
         if ids[i] is not None:
             store.set_task_error(project, ids[i], message)
-    return TaskEmbeddings(features, keys, errors, fetched)
+    return TaskEmbeddings(features, keys, errors, fetched, pending)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import uuid
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,10 @@ TRAIN_EVENTS = ANNOTATION_EVENTS + ("START_TRAINING",)
 
 class EventError(ValueError):
     """A webhook payload is missing what its action needs; the message names the key."""
+
+
+class PredictionDeferred(RuntimeError):
+    """The batch could not be embedded within the predict budget; the rest is being embedded in the background."""
 
 
 class EmbedderMismatch(RuntimeError):
@@ -165,10 +170,21 @@ class LabelloopModel:
         version = runtime.store.get_version(self.project_id, project.model_version)
         embedder = runtime.embedders.get(project.embedder)
         self._check_embedder(project, embedder)
+        budget = runtime.settings.predict_budget_seconds
         embedded = embed_tasks(self.project_id, tasks, target.data_key, embedder, store=runtime.store,
                                cache=runtime.cache, media=runtime.media, threads=runtime.settings.threads,
                                batch_size=runtime.settings.embed_batch_size,
-                               compute_lock=runtime.embedders.compute_locks.get(embedder.id))
+                               compute_lock=runtime.embedders.compute_locks.get(embedder.id),
+                               deadline=time.monotonic() + budget)
+        if embedded.pending:
+            # Label Studio stores nothing after 100 s anyway; answering with partial (empty) predictions would
+            # mark those tasks as predicted for this version. Keep embedding and let the user retry.
+            runtime.warmer.embed_new_tasks(self.project_id, [tasks[i] for i in embedded.pending])
+            runtime.counters.add(predict_deferred=1)
+            raise PredictionDeferred(
+                f"{len(tasks) - len(embedded.pending)} of {len(tasks)} task images embedded within the "
+                f"{budget:g} s budget (LABELLOOP_PREDICT_BUDGET); the other {len(embedded.pending)} are being "
+                "embedded in the background: run Retrieve Predictions again in a few minutes")
         head = runtime.heads.get(self.project_id, version, target, embedder)
         predictions = [PredictionValue(result=[], score=None, model_version=version.model_version) for _ in tasks]
         rows = np.flatnonzero(embedded.ok)
@@ -356,4 +372,4 @@ def _list(data: dict[str, Any], key: str) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-__all__ = ["LabelloopModel", "ModelResponse", "PredictionValue", "EventError", "EmbedderMismatch", "TRAIN_EVENTS"]
+__all__ = ["LabelloopModel", "ModelResponse", "PredictionValue", "EventError", "EmbedderMismatch", "PredictionDeferred", "TRAIN_EVENTS"]
