@@ -285,14 +285,15 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
         runs = store.runs(project.id, limit=1)
         last = runs[0] if runs else None
         failed = [r for r in store.runs(project.id, limit=50) if r["status"] == "failed"]
-        requested, trained = project.requested_seq, project.trained_seq
+        state = runtime.queue.status(project.id)
+        if state == "idle" and project.requested_seq > project.trained_seq:
+            state = "queued"  # requested, and not yet covered by a run in any worker
         projects[project.id] = {
             "model_version": project.model_version,
             "embedder": project.embedder,
             "annotations": store.count_annotations(project.id),
             "training": {
-                "state": runtime.queue.status(project.id) if requested <= trained
-                else ("running" if runtime.queue.status(project.id) == "running" else "queued"),
+                "state": state,
                 "runs": store.run_counts(project.id),
                 "last_run": last,
                 "last_failure": failed[0] if failed else None,
