@@ -1,7 +1,7 @@
 """Image embedders behind one small interface, and the factory that turns a spec string into one.
 
 Specs:
-  "auto"                                   CLIP when its weights are on disk (LABELLOOP_CLIP = a spec or a
+  "auto"                                   CLIP when its weights are on disk (LABELLOOP_CLIP or LABELLOOP_CLIP_WEIGHTS = a spec or a
                                            ViT-B-32 checkpoint path; or the default in the HF cache),
                                            else EfficientNet-Lite0
   "open_clip:<model>/<pretrained-tag>"     e.g. open_clip:ViT-B-32/laion2b_s34b_b79k (may download)
@@ -227,7 +227,7 @@ def cached_clip_weights(model_name: str = DEFAULT_CLIP[0], tag: str = DEFAULT_CL
 def _auto_embedder(device) -> Embedder:
     """CLIP when its weights can be had offline (LABELLOOP_CLIP, or the default model in the HF cache),
     else the packaged EfficientNet-Lite0. Says which in the log."""
-    override = os.environ.get("LABELLOOP_CLIP", "").strip()
+    override = (os.environ.get("LABELLOOP_CLIP") or os.environ.get("LABELLOOP_CLIP_WEIGHTS") or "").strip()
     candidates = []
     if override:
         candidates.append(override if override.startswith("open_clip:") else f"open_clip:{DEFAULT_CLIP[0]}/{override}")

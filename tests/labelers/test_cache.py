@@ -59,30 +59,26 @@ def test_keys_are_per_embedder(tmp_path, images):
     assert cache.count("counting@1") == 3 and cache.count("other@1") == 0
 
 
-def test_hit_across_processes(tmp_path, images):
+def _embed_in_subprocess(cache_path, images, wait=True):
+    """Run embed_files in a fresh Python process; returns the process (stdout = images computed)."""
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from tests.labelers.test_cache import CountingEmbedder;"
         "from labelers.cache import EmbeddingCache, embed_files;"
-        "r = embed_files(CountingEmbedder(), EmbeddingCache(sys.argv[2]), sys.argv[3:]);"
-        "print(r.computed)"
+        "print(embed_files(CountingEmbedder(), EmbeddingCache(sys.argv[2]), sys.argv[3:]).computed)"
     )
     root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
-    args = [sys.executable, "-c", script, root, str(tmp_path / "c.sqlite"), *map(str, images)]
-    assert subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip() == "3"
-    assert subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip() == "0"
+    return subprocess.Popen([sys.executable, "-c", script, root, str(cache_path), *map(str, images)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_hit_across_processes(tmp_path, images):
+    assert _embed_in_subprocess(tmp_path / "c.sqlite", images).communicate()[0].strip() == "3"
+    assert _embed_in_subprocess(tmp_path / "c.sqlite", images).communicate()[0].strip() == "0"
 
 
 def test_concurrent_writers_do_not_lose_or_duplicate(tmp_path, images):
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from tests.labelers.test_cache import CountingEmbedder;"
-        "from labelers.cache import EmbeddingCache, embed_files;"
-        "embed_files(CountingEmbedder(), EmbeddingCache(sys.argv[2]), sys.argv[3:])"
-    )
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
-    args = [sys.executable, "-c", script, root, str(tmp_path / "c.sqlite"), *map(str, images)]
-    procs = [subprocess.Popen(args) for _ in range(3)]
+    procs = [_embed_in_subprocess(tmp_path / "c.sqlite", images) for _ in range(3)]
     assert all(p.wait() == 0 for p in procs)
     assert EmbeddingCache(tmp_path / "c.sqlite").count() == 3
 
