@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.label_studio_server import LabelStudioServer, start_label_studio
+from tests.e2e.label_studio_server import LabelStudioServer, label_studio_bin, start_label_studio
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,14 @@ def e2e_dir(tmp_path_factory) -> Path:
 def label_studio(e2e_dir) -> LabelStudioServer:
     """A headless Label Studio for this module; a missing installation fails the test (CI must run it)."""
     try:
-        server = start_label_studio(e2e_dir)
+        binary = label_studio_bin()
     except FileNotFoundError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    else:
+        missing = None
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    server = start_label_studio(e2e_dir, binary)
     yield server
     server.stop()
 

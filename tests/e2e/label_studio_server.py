@@ -173,7 +173,7 @@ class LabelStudioServer:
         self.process.stop()
 
 
-def start_label_studio(workdir: Path) -> LabelStudioServer:
+def start_label_studio(workdir: Path, binary: Path | None = None) -> LabelStudioServer:
     """Start Label Studio headless on a free loopback port with a fresh data dir under `workdir`.
 
     Legacy API tokens are enabled with a random test token (set before the first start, when the
@@ -181,7 +181,7 @@ def start_label_studio(workdir: Path) -> LabelStudioServer:
     ML backend and its webhook) are allowed. Returns once GET /health answers 200; raises
     FileNotFoundError when Label Studio is not installed and ProcessFailed when it does not come up.
     """
-    binary = label_studio_bin()
+    binary = binary or label_studio_bin()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir, files_root = workdir / "ls-data", workdir / "files"
