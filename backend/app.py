@@ -225,6 +225,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
             raise ApiError(503, str(exc), {"Retry-After": "60"}) from None
         if len(response.predictions) != len(body.tasks):  # Label Studio would silently store nothing
             raise ApiError(500, f"model returned {len(response.predictions)} predictions for {len(body.tasks)} tasks")
+        # Label Studio stores these after we answer; then it accepts their version as the project's.
+        runtime.version_sync.schedule(pid)
         return PredictResponse(results=response.predictions)
 
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])

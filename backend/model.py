@@ -359,8 +359,8 @@ class LabelloopModel:
         staging.rename(final)
         store.publish_version(self.project_id, revision, version, str(final), n_annotations)
         log.info("project %s: published %s (%d annotations)", self.project_id, version, n_annotations)
-        if self.runtime.settings.sync_project_version and self.runtime.ls.configured:
-            self.runtime.ls.set_project_version(self.project_id, version)
+        # Label Studio accepts the new version once it has predictions of it; retried after each /predict.
+        self.runtime.version_sync.schedule(self.project_id)
         return version
 
 

@@ -15,7 +15,7 @@ from backend.embedding import EmbedderPool, describe_spec, embed_tasks, resolve_
 from backend.heads import HeadCache
 from backend.labels import LabelConfigError, parse_label_config
 from backend.ls_auth import LabelStudioAuth
-from backend.ls_client import LabelStudioClient
+from backend.ls_client import LabelStudioClient, VersionSync
 from backend.media import MediaResolver
 from backend.store import Store, _safe_name
 from backend.training import TrainingQueue
@@ -160,6 +160,7 @@ class Runtime:
         self.default_spec = resolve_spec(settings.embedder)
         self.heads = HeadCache()
         self.ls = LabelStudioClient(settings)
+        self.version_sync = VersionSync(self.store, self.ls, enabled=settings.sync_project_version)
         self.queue = TrainingQueue(self.store, self._train, settings.retrain_debounce_seconds)
         self.warmer = CacheWarmer(self)
         self.counters = Counters()
@@ -194,6 +195,7 @@ class Runtime:
 
     def close(self) -> None:
         self.queue.stop()
+        self.version_sync.stop()
         self.http.close()
         self.store.close()
 

@@ -87,6 +87,8 @@ class FakeLabelStudio:
     pat: str = ""
     access_tokens: set[str] = field(default_factory=set)
     reject_next_bearer: bool = False
+    # None: accept any model_version; a set: like Label Studio, only versions with stored predictions
+    versions_with_predictions: set[str] | None = None
 
     def __post_init__(self):
         self.pat = make_jwt({"token_type": "refresh", "exp": int(time.time()) + 86400, "jti": "pat"})
@@ -168,6 +170,12 @@ class FakeLabelStudio:
         async def update_project(pid: int, request: Request):
             body = await request.json()
             if "model_version" in body:
+                known = self.versions_with_predictions
+                if known is not None and body["model_version"] not in known:
+                    return JSONResponse({"status_code": 400, "detail": "Validation error", "validation_errors": {
+                        "model_version": ["Model version doesn't exist either as live model or as static "
+                                          "predictions."]}}, status_code=400,
+                                        headers={"Set-Cookie": "sessionid=fake-session; HttpOnly"})
                 self.project_versions[pid] = body["model_version"]
             return {"id": pid, "title": "fake project", "model_version": body.get("model_version", "")}
 

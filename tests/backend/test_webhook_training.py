@@ -1,6 +1,7 @@
 """Webhook events, the background retrain queue, version bumps, failures, restarts and several workers."""
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -274,3 +275,38 @@ def test_start_training_fetches_annotations_and_syncs_project_version(make_clien
     assert stored == [500 + t["id"] for t in TASKS]  # the cancelled one is not learnt from
     assert fake.project_versions == {1: version}
     assert any(r["path"] == "/api/tasks/" for r in fake.requests)
+
+
+def test_project_version_is_synced_once_label_studio_has_its_predictions(make_client, docroot, caplog):
+    from tests.backend.conftest import png
+
+    caplog.set_level(logging.INFO)
+    fake = FakeLabelStudio(image=png(), tasks=[], versions_with_predictions=set())
+    with ServerThread(fake.app()) as ls:
+        with make_client(local_files_document_root=docroot, label_studio_url=ls.url,
+                         label_studio_api_key=LEGACY_TOKEN, warm_cache=False) as (client, runtime):
+            runtime.version_sync.delays = (0.0,)  # one attempt per trigger keeps the test's order exact
+            setup_project(client)
+            annotate_all(client)
+            assert runtime.queue.wait_idle(120)
+            v1 = runtime.store.current_version("1")
+            assert _wait(lambda: any(r["method"] == "PATCH" for r in fake.requests))
+            assert fake.project_versions == {}  # refused: Label Studio has no v1 predictions yet
+            fake.versions_with_predictions.add(v1)  # Retrieve Predictions stores them...
+            predict(client)  # ...right after this call returns
+            assert _wait(lambda: fake.project_versions == {1: v1}), fake.requests[-3:]
+            patches = sum(r["method"] == "PATCH" for r in fake.requests)
+            predict(client)  # already in step: no further update
+            assert runtime.store.kv_get("1", "labelloop.label_studio_model_version") == v1
+    assert sum(r["method"] == "PATCH" for r in fake.requests) == patches
+    assert "did not take model_version" in caplog.text  # the refusal is logged...
+    assert "set-cookie" not in caplog.text.lower()  # ...without the SDK error's response headers
+
+
+def _wait(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
