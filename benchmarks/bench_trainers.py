@@ -7,8 +7,8 @@ validation split, as in libcll's scripts), seeds 1, 2, 3.
 - MNIST: a seeded random 20 000-image subset of the training split, 8 epochs, batch 256, lr 1e-3;
   tested on the full 10 000-image test split.
 - CIFAR-10: frozen EfficientNet-Lite0 features (128 px, mean-pooled, 1280-d, standardised) of the first
-  500 training images per class (5 000) and the first 200 test images per class (2 000); 40 epochs,
-  batch 128, lr 1e-3. Features are computed once through labelers.cache and stored in benchmarks/.work/.
+  500 training images per class (5 000) and the first 200 test images per class (2 000); 20 epochs,
+  batch 256, lr 1e-3. Features are computed once through labelers.cache and stored in benchmarks/.work/.
 
 T-aware strategies (FWD, URE, CPE) see the uniform matrix, which is the generating matrix of these
 synthetic CLs (an oracle by construction, marked in the table). URE-TNN/TGA instead use a matrix
@@ -32,7 +32,7 @@ STRATEGIES = [("Ord", None), ("SCL", "NL"), ("SCL", "EXP"), ("URE", "NN"), ("URE
               ("CPE", "T"), ("MCL", "MAE"), ("MCL", "EXP"), ("MCL", "LOG")]
 SETTINGS = {
     "mnist": dict(model="mlp", epoch=8, batch_size=256, lr=1e-3, max_train=20000),
-    "cifar10": dict(model="mlp", epoch=40, batch_size=128, lr=1e-3, max_train=None),
+    "cifar10": dict(model="mlp", epoch=20, batch_size=256, lr=1e-3, max_train=None),
 }
 GOLD = 500  # gold labels for the estimated matrix of URE-TNN/TGA
 
