@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend.embedding import embed_tasks, version_prefix
+from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids, usable
 from backend.heads import choose, label_probabilities, prior_head, scores
 from backend.labels import ImageClassification, LabelConfigError, parse_label_config
 from backend.schemas import ModelResponse, PredictionValue
@@ -29,15 +30,6 @@ if TYPE_CHECKING:
     from backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-# Events that change the training data. START_TRAINING always trains; the others only with retrain=on_submit.
-ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED")
-TRAIN_EVENTS = ANNOTATION_EVENTS + ("START_TRAINING",)
-
-
-class EventError(ValueError):
-    """A webhook payload is missing what its action needs; the message names the key."""
-
 
 class PredictionDeferred(RuntimeError):
     """The batch could not be embedded within the predict budget; the rest is being embedded in the background."""
@@ -50,11 +42,6 @@ class EmbedderMismatch(RuntimeError):
 def initial_version(embedder_spec: str, project: str) -> str:
     """Return the version a project starts with: "<model>-p<project>-r0"."""
     return f"{version_prefix(embedder_spec)}-p{project}-r0"
-
-
-def usable(annotation: dict[str, Any]) -> bool:
-    """True for an annotation worth learning from: not skipped (was_cancelled) and with a non-empty result."""
-    return not annotation.get("was_cancelled") and bool(annotation.get("result"))
 
 
 class LabelloopModel:
@@ -236,9 +223,7 @@ class LabelloopModel:
             runtime.queue.request(self.project_id, event, full_sync=runtime.ls.configured)
             return {"status": "queued", "detail": "training queued"}
         if event == "ANNOTATIONS_DELETED":
-            ids = [a.get("id") for a in _list(data, "annotations") if isinstance(a, dict)]
-            if any(i is None for i in ids):
-                raise EventError("ANNOTATIONS_DELETED: every item of 'annotations' needs an 'id'")
+            ids = deleted_ids(data)
             deleted = runtime.store.delete_annotations(self.project_id, ids)
             detail = f"{deleted} of {len(ids)} annotation(s) deleted"
         else:
@@ -249,33 +234,15 @@ class LabelloopModel:
         return {"status": "stored", "detail": detail + "; retrain policy is manual"}
 
     def _store_annotations(self, event: str, data: dict[str, Any]) -> str:
-        annotations = _list(data, "annotation")
-        tasks = {t.get("id"): t for t in _list(data, "task") if isinstance(t, dict)}
-        keep, drop, task_urls = [], [], []
-        data_key = self.target.data_key
-        for ann in annotations:
-            if not isinstance(ann, dict) or ann.get("id") is None:
-                raise EventError(f"{event}: 'annotation' needs objects with an 'id'")
-            task_id = ann.get("task")
-            task_id = task_id.get("id") if isinstance(task_id, dict) else task_id
-            if task_id is None and len(tasks) == 1:
-                task_id = next(iter(tasks))
-            if task_id is None:
-                raise EventError(f"{event}: annotation {ann['id']} names no task")
-            task = tasks.get(task_id)
-            if task is not None and isinstance(task.get("data"), dict):
-                url = task["data"].get(data_key)
-                task_urls.append((int(task_id), url if isinstance(url, str) else None))
-            if usable(ann):
-                keep.append(Annotation(int(ann["id"]), int(task_id), ann["result"]))
-            else:
-                drop.append(int(ann["id"]))  # a skipped or emptied annotation no longer teaches anything
-        if task_urls:
-            self.runtime.store.remember_tasks(self.project_id, task_urls)
-        stored = self.runtime.store.upsert_annotations(self.project_id, keep)
-        if drop:
-            self.runtime.store.delete_annotations(self.project_id, drop)
-        return f"{stored} annotation(s) stored" + (f", {len(drop)} cancelled/empty ignored" if drop else "")
+        store = self.runtime.store
+        changes = annotation_changes(event, data, self.target.data_key)
+        if changes.task_urls:
+            store.remember_tasks(self.project_id, changes.task_urls)
+        stored = store.upsert_annotations(self.project_id, changes.keep)
+        if changes.drop:
+            store.delete_annotations(self.project_id, changes.drop)
+        dropped = len(changes.drop)
+        return f"{stored} annotation(s) stored" + (f", {dropped} cancelled/empty ignored" if dropped else "")
 
     # -- training (runs in the background queue) ---------------------------------------------------------------
     def sync_annotations(self) -> int:
@@ -364,12 +331,5 @@ class LabelloopModel:
         return version
 
 
-def _list(data: dict[str, Any], key: str) -> list[Any]:
-    """Return data[key] as a list (singular events carry one dict, plural events a list)."""
-    value = data.get(key)
-    if value is None:
-        raise EventError(f"the payload has no {key!r}")
-    return value if isinstance(value, list) else [value]
-
-
-__all__ = ["LabelloopModel", "ModelResponse", "PredictionValue", "EventError", "EmbedderMismatch", "PredictionDeferred", "TRAIN_EVENTS"]
+__all__ = ["LabelloopModel", "ModelResponse", "PredictionValue", "EventError", "EmbedderMismatch",
+           "PredictionDeferred", "TRAIN_EVENTS"]
