@@ -189,3 +189,16 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path):
 def test_missing_data_key_names_the_task_and_key():
     with pytest.raises(MediaError, match=r"task 5: data has no image URL under key 'image'"):
         MediaResolver.media_url({"id": 5, "data": {"img": "x"}}, "image")
+
+
+def test_absolute_label_studio_urls_take_the_same_routes(tmp_path, servers):
+    fake, ls, _, _ = servers
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.png").write_bytes(IMAGE)
+    fake.uploads["upload/3/b.png"] = OTHER
+    media = resolver(tmp_path, ls.url, local_files_document_root=root)
+    assert media.fetch(f"{ls.url}/data/local-files/?d=a.png", 1) == IMAGE  # from disk, not over HTTP
+    assert not any(r["path"] == "/data/local-files/" for r in fake.requests)
+    assert media.fetch(f"{ls.url}/data/upload/3/b.png", 2) == OTHER
+    assert fake.requests[-1]["path"] == "/storage-data/uploaded/"
