@@ -20,7 +20,8 @@ from backend.media import MediaError, MediaResolver
 
 log = logging.getLogger(__name__)
 
-FETCH_CHUNK = 64  # tasks fetched and embedded together; bounds memory for huge /predict batches
+FETCH_CHUNK = 64
+RETRY_AFTER_FAILURE = 60.0  # seconds before a failed embedder load is attempted again  # tasks fetched and embedded together; bounds memory for huge /predict batches
 
 
 def resolve_spec(spec: str) -> str:
@@ -60,6 +61,7 @@ class EmbedderPool:
         self._loader = loader
         self._embedders: dict[str, Any] = {}
         self._errors: dict[str, str] = {}
+        self._failed_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._spec_locks: dict[str, threading.Lock] = {}
         self.compute_locks: dict[str, threading.Lock] = {}
@@ -72,18 +74,28 @@ class EmbedderPool:
         return make_embedder(spec)
 
     def get(self, spec: str):
-        """Return the loaded embedder for `spec`; raises EmbedderUnavailable / ValueError from the factory."""
+        """Return the loaded embedder for `spec`; raises EmbedderUnavailable / ValueError from the factory.
+
+        A failed load is not retried for RETRY_AFTER_FAILURE seconds, so a missing download (no network)
+        does not stall every request.
+        """
+        from labelers.embedders import EmbedderUnavailable
+
         with self._lock:
             if spec in self._embedders:
                 return self._embedders[spec]
             spec_lock = self._spec_locks.setdefault(spec, threading.Lock())
         with spec_lock:
             if spec not in self._embedders:
+                failed_at = self._failed_at.get(spec)
+                if failed_at is not None and time.monotonic() - failed_at < RETRY_AFTER_FAILURE:
+                    raise EmbedderUnavailable(self._errors[spec])
                 log.info("loading embedder %s", spec)
                 try:
                     embedder = self._load(spec)
                 except Exception as exc:
                     self._errors[spec] = f"{type(exc).__name__}: {exc}"
+                    self._failed_at[spec] = time.monotonic()
                     raise
                 self.compute_locks[embedder.id] = threading.Lock()
                 with self._lock:

@@ -180,3 +180,27 @@ def test_embedder_that_changed_under_a_project_is_a_409(make_client, docroot):
             db.execute("UPDATE projects SET embedder_id='open_clip:other-weights' WHERE id='1'")
         resp = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
     assert resp.status_code == 409 and "other-weights" in resp.json()["detail"]
+
+
+def test_unloadable_embedder_is_a_503_and_not_retried_on_every_request(make_settings, docroot):
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from labelers.embedders import EmbedderUnavailable
+
+    attempts = []
+
+    def offline(spec):
+        attempts.append(spec)
+        raise EmbedderUnavailable(f"cannot load open_clip {spec}: no network")
+
+    runtime = Runtime(make_settings(local_files_document_root=docroot), embedder_loader=offline)
+    with TestClient(create_app(runtime=runtime, preload=False)) as client:
+        setup_project(client)
+        answers = [client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
+                   for _ in range(3)]
+        health = client.get("/health").json()["embedder"]
+    assert [a.status_code for a in answers] == [503, 503, 503]
+    assert "no network" in answers[0].json()["detail"]
+    assert len(attempts) == 1
+    assert health["loaded"] is False and "no network" in health["error"]
