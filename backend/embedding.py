@@ -20,8 +20,8 @@ from backend.media import MediaError, MediaResolver
 
 log = logging.getLogger(__name__)
 
-FETCH_CHUNK = 64
-RETRY_AFTER_FAILURE = 60.0  # seconds before a failed embedder load is attempted again  # tasks fetched and embedded together; bounds memory for huge /predict batches
+FETCH_CHUNK = 64  # tasks fetched and embedded together; bounds memory for huge /predict batches
+RETRY_AFTER_FAILURE = 60.0  # seconds before a failed embedder load is attempted again
 
 
 def resolve_spec(spec: str) -> str:

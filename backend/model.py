@@ -280,12 +280,24 @@ class LabelloopModel:
         Raises on any failure, leaving the served version untouched.
         """
         runtime, target = self.runtime, self.target
+        notes = []
         if full_sync and runtime.ls.configured:
-            self.sync_annotations()
+            try:
+                self.sync_annotations()
+            except Exception as exc:  # Label Studio unreachable: train on what the webhooks delivered
+                log.warning("project %s: could not list annotations in Label Studio (%s); training on the %d "
+                            "stored ones", self.project_id, type(exc).__name__,
+                            runtime.store.count_annotations(self.project_id))
+                notes.append(f"annotations not re-read from Label Studio ({type(exc).__name__})")
         project, _ = self._project()
         task_ids, labels = self.training_set()
         if not task_ids:
-            return None, 0, "no usable annotations (none, all skipped, or no label from this config)"
+            if project.revision == 0:
+                return None, 0, "no usable annotations (none, all skipped, or no label from this config)"
+            # Every annotation was deleted: go back to the untrained prior rather than keep serving old labels.
+            embedder = runtime.embedders.get(project.embedder)
+            self._check_embedder(project, embedder)
+            return self._publish(prior_head(target, embedder), 0), 0, "no annotations left: back to the prior"
         embedder = runtime.embedders.get(project.embedder)
         self._check_embedder(project, embedder)
         urls = runtime.store.content_keys(self.project_id, task_ids)
@@ -308,8 +320,9 @@ class LabelloopModel:
             y = np.asarray([index[labels[i][0]] for i in rows])
         head.fit(embedded.features[rows], y)
         version = self._publish(head, len(rows))
-        note = f"{len(embedded.errors)} annotated image(s) unreadable" if embedded.errors else None
-        return version, int(len(rows)), note
+        if embedded.errors:
+            notes.append(f"{len(embedded.errors)} annotated image(s) unreadable")
+        return version, int(len(rows)), "; ".join(notes) or None
 
     def _publish(self, head, n_annotations: int) -> str:
         """Save the head to a fresh folder, then switch the project to it in one SQLite transaction."""

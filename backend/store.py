@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS training_runs(
     finished_at REAL,
     model_version TEXT,
     n_annotations INTEGER,
-    error TEXT,
+    error TEXT,                        -- why a run failed
+    note TEXT,                         -- remarks on a run that succeeded or was skipped
     pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS kv(
@@ -142,6 +143,7 @@ class Store:
         self._local = threading.local()
         try:
             self._conn().executescript(SCHEMA)  # executescript manages its own transaction
+            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {self.path}: {exc}") from None
 
@@ -174,6 +176,13 @@ class Store:
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         return self._conn().execute(sql, tuple(params)).fetchone()
+
+    def _migrate(self) -> None:
+        """Add columns introduced after a MODEL_DIR was created (older databases keep working)."""
+        columns = {r["name"] for r in self._conn().execute("PRAGMA table_info(training_runs)")}
+        if "note" not in columns:
+            with self._tx() as db:
+                db.execute("ALTER TABLE training_runs ADD COLUMN note TEXT")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -367,11 +376,11 @@ class Store:
             return int(cur.lastrowid)
 
     def finish_run(self, run_id: int, status: str, model_version: str | None = None,
-                   n_annotations: int | None = None, error: str | None = None) -> None:
+                   n_annotations: int | None = None, error: str | None = None, note: str | None = None) -> None:
         with self._tx() as db:
-            db.execute("UPDATE training_runs SET status=?, finished_at=?, model_version=?, n_annotations=?, error=?"
-                       " WHERE id=?", (status, time.time(), model_version, n_annotations,
-                                       error[:2000] if error else None, run_id))
+            db.execute("UPDATE training_runs SET status=?, finished_at=?, model_version=?, n_annotations=?, error=?,"
+                       " note=? WHERE id=?", (status, time.time(), model_version, n_annotations,
+                                             error[:2000] if error else None, note[:2000] if note else None, run_id))
 
     def runs(self, project: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Return the latest training runs, newest first."""

@@ -156,7 +156,7 @@ class TrainingQueue:
             else:
                 status = "succeeded" if version else "skipped"
                 self.store.finish_run(run_id, status, model_version=version, n_annotations=n_annotations,
-                                      error=note)
+                                      note=note)
                 log.info("project %s: training %s in %.2fs -> %s (%s annotations)%s", project, status,
                          time.monotonic() - started, version, n_annotations, f"; {note}" if note else "")
             # Failed or not, this run consumed every request up to `requested`; newer ones run again.

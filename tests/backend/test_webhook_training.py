@@ -310,3 +310,35 @@ def _wait(condition, timeout: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_deleting_every_annotation_returns_to_the_prior(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        v0 = setup_project(client)
+        prior = predict(client)
+        annotate_all(client)
+        assert runtime.queue.wait_idle(120)
+        trained = predict(client)
+        ids = [{"id": a.id} for a in runtime.store.list_annotations("1")]
+        client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": ids, "project": {"id": 1}})
+        assert runtime.queue.wait_idle(120)
+        back = predict(client)
+        last = runs(runtime)[0]
+    assert last["status"] == "succeeded" and last["n_annotations"] == 0
+    assert back[0]["model_version"] not in (v0, trained[0]["model_version"])  # a new version, never reused
+    assert [(r["result"], r["score"]) for r in back] == [(r["result"], r["score"]) for r in prior]
+
+
+def test_start_training_still_trains_when_label_studio_is_unreachable(make_client, docroot):
+    with make_client(local_files_document_root=docroot, label_studio_url="http://127.0.0.1:9",
+                     label_studio_api_key=LEGACY_TOKEN, warm_cache=False) as (client, runtime):
+        setup_project(client)
+        annotate_all(client)
+        assert runtime.queue.wait_idle(120)
+        before = runtime.store.current_version("1")
+        client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+        assert runtime.queue.wait_idle(120)
+        last = runs(runtime)[0]
+    assert last["status"] == "succeeded" and last["n_annotations"] == len(TASKS)
+    assert "not re-read from Label Studio" in last["note"] and last["error"] is None
+    assert runtime.store.current_version("1") != before
