@@ -34,6 +34,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "retrain": ("LABELLOOP_RETRAIN",),
     "retrain_debounce_seconds": ("LABELLOOP_RETRAIN_DEBOUNCE",),
     "sync_project_version": ("LABELLOOP_SYNC_PROJECT_VERSION",),
+    "push_predictions": ("LABELLOOP_PUSH_PREDICTIONS",),
     "basic_auth_user": ("BASIC_AUTH_USER",),
     "basic_auth_pass": ("BASIC_AUTH_PASS",),
     "webhook_secret": ("LABELLOOP_WEBHOOK_SECRET",),
@@ -72,6 +73,7 @@ class Settings:
     retrain: str = "on_submit"
     retrain_debounce_seconds: float = 1.0
     sync_project_version: bool = True
+    push_predictions: bool = False
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
@@ -127,6 +129,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 _NON_NULLABLE = {"model_dir", "host", "port", "workers", "threads", "log_level", "embedder", "strategy",
                  "embed_batch_size", "warm_cache", "retrain", "retrain_debounce_seconds", "sync_project_version",
+                 "push_predictions",
                  "verify_ssl", "url_allowlist", "max_image_bytes", "max_image_pixels", "max_request_bytes",
                  "fetch_timeout_seconds", "predict_budget_seconds"}
 

@@ -51,6 +51,10 @@ class LabelStudioClient:
         for task in self.sdk().tasks.list(project=int(project), fields="all"):
             yield _as_dict(task)
 
+    def import_predictions(self, project: str, predictions: list[dict[str, Any]]) -> None:
+        """Store predictions ({"task", "result", "score", "model_version"}) in Label Studio in one call."""
+        self.sdk().projects.import_predictions(id=int(project), request=predictions)
+
     def set_project_version(self, project: str, model_version: str) -> bool:
         """Set the project's model_version so Label Studio's score column and sort use our newest predictions.
 

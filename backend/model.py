@@ -152,17 +152,20 @@ class LabelloopModel:
                 **kwargs: Any) -> ModelResponse:
         """Return one prediction per task, in order. A task whose image cannot be read gets an empty result
         and score None; every prediction carries the version of the head that produced it."""
+        budget = self.runtime.settings.predict_budget_seconds
+        return self._predictions(tasks, deadline=time.monotonic() + budget, budget=budget)
+
+    def _predictions(self, tasks: list[dict[str, Any]], deadline: float | None = None,
+                     budget: float | None = None) -> ModelResponse:
         runtime, target = self.runtime, self.target
         project, _ = self._project()
         version = runtime.store.get_version(self.project_id, project.model_version)
         embedder = runtime.embedders.get(project.embedder)
         self._check_embedder(project, embedder)
-        budget = runtime.settings.predict_budget_seconds
         embedded = embed_tasks(self.project_id, tasks, target.data_key, embedder, store=runtime.store,
                                cache=runtime.cache, media=runtime.media, threads=runtime.settings.threads,
                                batch_size=runtime.settings.embed_batch_size,
-                               compute_lock=runtime.embedders.compute_locks.get(embedder.id),
-                               deadline=time.monotonic() + budget)
+                               compute_lock=runtime.embedders.compute_locks.get(embedder.id), deadline=deadline)
         if embedded.pending:
             # Label Studio stores nothing after 100 s anyway; answering with partial (empty) predictions would
             # mark those tasks as predicted for this version. Keep embedding and let the user retry.
@@ -322,7 +325,45 @@ class LabelloopModel:
         version = self._publish(head, len(rows))
         if embedded.errors:
             notes.append(f"{len(embedded.errors)} annotated image(s) unreadable")
+        if runtime.settings.push_predictions and runtime.ls.configured:
+            notes.append(self._push_after_publish())
         return version, int(len(rows)), "; ".join(notes) or None
+
+    def _push_after_publish(self) -> str:
+        try:
+            pushed = self.push_predictions()
+        except Exception as exc:  # the version is published either way; Retrieve Predictions still works
+            log.warning("project %s: pushing predictions to Label Studio failed (%s: %s)", self.project_id,
+                        type(exc).__name__, exc)
+            return f"predictions not pushed ({type(exc).__name__})"
+        return f"{pushed} prediction(s) pushed to Label Studio"
+
+    def push_predictions(self, chunk: int = 500) -> int:
+        """Predict every task of the project with the current version and store the predictions in Label
+        Studio (projects.import_predictions), then set the project's model_version to it.
+
+        Returns how many predictions were stored. Tasks whose image cannot be read are left out. Raises on
+        Label Studio errors. Used after a retrain when push_predictions is on, so the score column and
+        uncertainty sort refresh without anyone pressing Retrieve Predictions.
+        """
+        runtime, pushed, batch = self.runtime, 0, []
+        for task in runtime.ls.iter_tasks(self.project_id):
+            batch.append(task)
+            if len(batch) >= chunk:
+                pushed += self._push(batch)
+                batch = []
+        if batch:
+            pushed += self._push(batch)
+        runtime.version_sync.attempt(self.project_id)
+        return pushed
+
+    def _push(self, tasks: list[dict[str, Any]]) -> int:
+        response = self._predictions(tasks)
+        rows = [{"task": int(task["id"]), "result": p.result, "score": p.score, "model_version": p.model_version}
+                for task, p in zip(tasks, response.predictions) if p.result or p.score is not None]
+        if rows:
+            self.runtime.ls.import_predictions(self.project_id, rows)
+        return len(rows)
 
     def _publish(self, head, n_annotations: int) -> str:
         """Save the head to a fresh folder, then switch the project to it in one SQLite transaction."""

@@ -89,6 +89,7 @@ class FakeLabelStudio:
     reject_next_bearer: bool = False
     # None: accept any model_version; a set: like Label Studio, only versions with stored predictions
     versions_with_predictions: set[str] | None = None
+    imported_predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self):
         self.pat = make_jwt({"token_type": "refresh", "exp": int(time.time()) + 86400, "jti": "pat"})
@@ -165,6 +166,14 @@ class FakeLabelStudio:
                 return JSONResponse({"detail": "Invalid page."}, status_code=404)
             return {"tasks": mine[start:start + page_size], "total": len(mine), "total_annotations": 0,
                     "total_predictions": 0}
+
+        @app.post("/api/projects/{pid}/import/predictions")
+        async def import_predictions(pid: int, request: Request):
+            rows = await request.json()
+            self.imported_predictions.extend(rows)
+            if self.versions_with_predictions is not None:
+                self.versions_with_predictions.update(r["model_version"] for r in rows)
+            return {"created": len(rows)}
 
         @app.patch("/api/projects/{pid}/")
         async def update_project(pid: int, request: Request):

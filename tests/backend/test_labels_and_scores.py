@@ -26,7 +26,8 @@ def test_choices_single_and_multiple():
 
 def test_predicted_values_model_skip_and_threshold():
     xml = ('<View><Image name="image" value="$img"/>'
-           '<Choices name="quality" toName="image" model_skip="true"><Choice value="ok"/><Choice value="bad"/></Choices>'
+           '<Choices name="quality" toName="image" model_skip="true"><Choice value="ok"/><Choice value="bad"/>'
+           '</Choices>'
            '<Choices name="animal" toName="image" model_score_threshold="0.6">'
            '<Choice value="Cat" predicted_values="cat,kitty"/><Choice value="Dog"/></Choices></View>')
     target = parse_label_config(xml)

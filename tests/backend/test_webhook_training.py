@@ -342,3 +342,26 @@ def test_start_training_still_trains_when_label_studio_is_unreachable(make_clien
     assert last["status"] == "succeeded" and last["n_annotations"] == len(TASKS)
     assert "not re-read from Label Studio" in last["note"] and last["error"] is None
     assert runtime.store.current_version("1") != before
+
+
+def test_push_predictions_refreshes_label_studio_without_retrieve(make_client, docroot):
+    from tests.backend.conftest import png
+
+    broken = local_task(99, "imgs/broken.png")
+    fake = FakeLabelStudio(image=png(), tasks=TASKS + [broken], versions_with_predictions=set())
+    with ServerThread(fake.app()) as ls:
+        with make_client(local_files_document_root=docroot, label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN,
+                         warm_cache=False, push_predictions=True, retrain_debounce_seconds=2.0) as (client, runtime):
+            setup_project(client)
+            annotate_all(client)
+            assert runtime.queue.wait_idle(120)
+            v1 = runtime.store.current_version("1")
+            last = runs(runtime)[0]
+            counters = client.get("/metrics").json()["counters"]
+    assert counters.get("predict_requests", 0) == 0  # nobody asked for predictions
+    pushed = {row["task"]: row for row in fake.imported_predictions}  # the newest push per task
+    assert sorted(pushed) == [t["id"] for t in TASKS]  # the unreadable task is left out
+    assert all(row["model_version"] == v1 and 0 <= row["score"] <= 1 for row in pushed.values())
+    assert [pushed[t["id"]]["result"][0]["value"]["choices"][0] for t in TASKS] == [LABELS[t["id"]] for t in TASKS]
+    assert fake.project_versions == {1: v1}  # accepted at once: its predictions exist now
+    assert "9 prediction(s) pushed" in last["note"]
