@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.config import Settings, load_settings
 from backend.labels import LabelConfigError
+from backend.events import TRAIN_EVENTS
 from backend.model import EmbedderMismatch, EventError, LabelloopModel, PredictionDeferred
 from backend.runtime import Runtime
 from backend.schemas import PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent, project_id
@@ -28,6 +29,10 @@ log = logging.getLogger("backend.app")
 
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"
 LEGACY_ROUTES = ("/train", "/validate", "/duplicate_model", "/delete", "/job_status")
+KNOWN_ACTIONS = frozenset(TRAIN_EVENTS + (
+    "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "TASKS_CREATED", "TASKS_DELETED", "ANNOTATION_DELETED",
+    "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED", "REVIEW_CREATED", "REVIEW_UPDATED",
+    "REVIEWS_DELETED"))
 
 
 class ApiError(Exception):
@@ -238,7 +243,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
             else None
         if event is None:
             raise ApiError(422, "invalid webhook: 'action' (a non-empty string) is required")
-        runtime.counters.add(**{f"webhook_{event.action}": 1})
+        # Count only actions Label Studio defines: the action string comes from the caller.
+        known = event.action in KNOWN_ACTIONS
+        runtime.counters.add(**{f"webhook_{event.action if known else 'other'}": 1})
         project = data.get("project")
         pid = project_id(project)
         if pid is None:

@@ -138,7 +138,10 @@ def test_project_updated_and_unknown_events_never_train(make_client, docroot):
             assert resp.status_code == 200, resp.text
             assert resp.json()["status"] == "ignored"
         assert runtime.queue.wait_idle(10)
+        counters = client.get("/metrics").json()["counters"]
         assert runs(runtime) == [] and runtime.store.current_version("1") == v0
+    assert counters["webhook_PROJECT_UPDATED"] == 1 and counters["webhook_other"] == 1  # SOMETHING_NEW
+    assert not any("SOMETHING_NEW" in key for key in counters)
 
 
 @pytest.mark.parametrize("body, status, fragment", [
