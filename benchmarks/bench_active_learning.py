@@ -45,7 +45,7 @@ def run_schedule(name: str, seeds: int, l2: float) -> tuple:
     return summary, gaps
 
 
-def main(seeds: int = 10, l2: float = 0.1) -> None:
+def main(seeds: int = 10, l2: float = 100.0) -> None:
     for name in SCHEDULES:
         summary, gaps = run_schedule(name, seeds, l2)
         print(f"\n## schedule {name}\n")

@@ -49,7 +49,7 @@ def simulate(
     seeds: int = typer.Option(10, help="independent repetitions (95% CIs over these)"),
     test_fraction: float = typer.Option(0.2, help="held-out test share when the data has no test split"),
     init: str = typer.Option("random", help="initial pool: random | typical (k-means typicality)"),
-    l2: float = typer.Option(0.1, help="head L2 strength towards its prior"),
+    l2: float = typer.Option(100.0, help="head L2 strength towards its prior"),
     embedder: str = typer.Option("auto", help="embedder spec for image folders"),
     cache: Optional[Path] = typer.Option(None, help="embedding cache file (default: user cache)"),
     output_dir: Path = typer.Option(Path("runs/simulate"), "--output-dir"),

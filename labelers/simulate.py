@@ -27,7 +27,7 @@ class SimulationSettings:
     seeds: int = 10
     test_fraction: float = 0.2
     init: str = "random"  # how the initial pool is drawn: random | typical
-    l2: float = 0.1
+    l2: float = 100.0
 
 
 def parse_strategy(spec: str) -> tuple[str, dict]:
