@@ -58,9 +58,16 @@ def test_annotation_created_retrains_and_bumps_the_version(make_client, docroot)
 
 
 def test_burst_of_events_coalesces_into_one_run(make_client, docroot):
-    with make_client(local_files_document_root=docroot, retrain_debounce_seconds=2.0) as (client, runtime):
+    from filelock import FileLock
+
+    with make_client(local_files_document_root=docroot) as (client, runtime):
         setup_project(client)
-        annotate_all(client)  # 9 events, each well inside the 2 s debounce window of the previous one
+        # Hold the project's training lock, as a worker process in the middle of a run would: every event of
+        # the burst must wait and merge into one pending run, whatever the timing.
+        busy = FileLock(str(runtime.store.model_dir / "locks" / "train-1.lock"))
+        with busy:
+            annotate_all(client)
+            assert runs(runtime) == []  # nothing could start
         assert runtime.queue.wait_idle(120)
         finished = runs(runtime)
     assert len(finished) == 1 and finished[0]["status"] == "succeeded"
