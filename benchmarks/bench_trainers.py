@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.cifar_features import cifar_features
+
 WORK = Path(__file__).resolve().parent / ".work"
 
 STRATEGIES = [("Ord", None), ("SCL", "NL"), ("SCL", "EXP"), ("URE", "NN"), ("URE", "GA"), ("URE", "TNN"),
@@ -35,33 +37,6 @@ SETTINGS = {
     "cifar10": dict(model="mlp", epoch=20, batch_size=256, lr=1e-3, max_train=None),
 }
 GOLD = 500  # gold labels for the estimated matrix of URE-TNN/TGA
-
-
-def cifar_features(train_per_class: int = 500, test_per_class: int = 200, spec: str = "efficientnet-lite0@128") -> Path:
-    """Return an .npz (features, labels, test_features, test_labels, class_names) of frozen CIFAR-10 features.
-
-    Features go through the lead's persistent embedding cache (benchmarks/.work/embeddings.sqlite).
-    """
-    out = WORK / f"cifar10_{spec.replace('@', '_')}_{train_per_class}_{test_per_class}.npz"
-    if out.exists():
-        return out
-    from labelers.cache import EmbeddingCache, embed_files
-    from labelers.embedders import make_embedder
-    from labelers.sample_data import CIFAR10_CLASSES, cifar10_subset
-
-    embedder = make_embedder(spec, device="cpu")
-    cache = EmbeddingCache(WORK / "embeddings.sqlite")
-    arrays = {}
-    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        paths, labels = cifar10_subset(split, per_class)
-        result = embed_files(embedder, cache, paths, batch_size=50, progress=True)
-        if result.errors:
-            raise RuntimeError(f"could not embed {len(result.errors)} images, e.g. {next(iter(result.errors.values()))}")
-        arrays[split] = (result.features, labels)
-    WORK.mkdir(parents=True, exist_ok=True)
-    np.savez(out, features=arrays["train"][0], labels=arrays["train"][1], test_features=arrays["test"][0],
-             test_labels=arrays["test"][1], class_names=np.array(CIFAR10_CLASSES))
-    return out
 
 
 def run_one(dataset: str, data: str, strategy: str, kind: str | None, seed: int, epochs: int | None) -> dict:
@@ -113,7 +88,7 @@ def main() -> None:
     seeds, epochs = (args.seeds[:1], 2) if args.quick else (args.seeds, None)
     datasets = ["mnist", "cifar10"] if args.dataset == "both" else [args.dataset]
     for dataset in datasets:
-        data = "mnist" if dataset == "mnist" else str(cifar_features())
+        data = "mnist" if dataset == "mnist" else str(cifar_features(500, 200, 128))
         rows = []
         out = WORK / f"bench_trainers_{dataset}.json"
         run_one(dataset, data, "Ord", None, 0, 1)  # warm-up: imports and first-call costs stay out of timings

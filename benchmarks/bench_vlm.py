@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- bench_vlm:begin -->", "<!-- bench_vlm:end -->"
+from benchmarks.results_file import write_section
+
 
 
 def _time(fn) -> float:
@@ -55,7 +55,7 @@ def measure(model_dir: Path, images, class_names, repeats: int, batch_size: int)
 def markdown(results: dict, args) -> str:
     command = f"python -m benchmarks.bench_vlm --images {args.images} --repeats {args.repeats} " \
               f"--batch-size {args.batch_size}" + (" --write" if args.write else "")
-    lines = [BEGIN, "## VLM labelers (`benchmarks/bench_vlm.py`)", "",
+    lines = ["## VLM labelers (`benchmarks/bench_vlm.py`)", "",
              f"Command: `{command}` (torch threads: {args.threads}). Same tiny random checkpoint, same "
              f"{args.images} real CIFAR-10 test images, ordinary 10-class questions, batch size {args.batch_size}, "
              f"median of {args.repeats} interleaved repeats; the numbers are ratios measured side by side in one run.",
@@ -76,19 +76,8 @@ def markdown(results: dict, args) -> str:
               "A random tiny model almost never answers parseably, so the re-ask column is its worst case; "
               "a real 7B model with thousands of image tokens spends more of its time in the shared prefill, "
               "so expect smaller ratios there. Absolute images/s of a 0.3 M-parameter model say nothing about "
-              "real models and are not reported.", END]
+              "real models and are not reported."]
     return "\n".join(lines) + "\n"
-
-
-def write_section(text: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (or append it), leaving other sections untouched."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new, encoding="utf-8")
 
 
 def main() -> None:
@@ -119,7 +108,7 @@ def main() -> None:
     text = markdown(results, args)
     print(text)
     if args.write:
-        write_section(text)
+        write_section("bench_vlm", text)
 
 
 if __name__ == "__main__":
