@@ -20,10 +20,10 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch>=2.2,<2.15" "torchvision>=0.
 
 # Dependencies change less often than the code: install them from setup.py alone first (layer cache).
 COPY setup.py README.md ./
-RUN mkdir labelloop && touch labelloop/__init__.py \
+RUN for pkg in labelloop backend labelers trainers configs; do mkdir -p $pkg && touch $pkg/__init__.py; done \
     && pip install . \
     && pip uninstall -y labelloop \
-    && rm -rf labelloop build *.egg-info
+    && rm -rf labelloop backend labelers trainers configs build *.egg-info
 
 COPY labelloop ./labelloop
 COPY backend ./backend
