@@ -30,8 +30,13 @@ $(LS_VENV)/.installed:
 	$(LS_VENV)/bin/pip install 'label-studio==$(LS_VERSION)'
 	touch $@
 
+# Each benchmark rewrites its own section of benchmarks/RESULTS.md (slow: about an hour on 2 cores).
 bench: setup
-	$(VENV)/bin/python -m benchmarks.run_all
+	$(VENV)/bin/python -m benchmarks.bench_speed --write
+	$(VENV)/bin/python -m benchmarks.bench_active_learning --seeds 10 --write
+	$(VENV)/bin/python -m benchmarks.bench_trainers  # prints tables; paste into its RESULTS.md section
+	$(VENV)/bin/python -m benchmarks.bench_vlm --write
+	$(VENV)/bin/python -m benchmarks.bench_backend --write
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .pytest_cache

@@ -1,20 +1,22 @@
 """Active learning on real images: CIFAR-10, EfficientNet-Lite0 features, every strategy vs random.
 
-    python -m benchmarks.bench_active_learning [--seeds 10]
+    python -m benchmarks.bench_active_learning --seeds 10 --train-per-class 1000 --write
 
-Pool: the first 1000 training images per class (10 000); test: the first 300 test images per class
-(3 000, never queried, never re-drawn). Features: EfficientNet-Lite0 ImageNet weights at 128 px,
-mean-pooled, L2-normalised (benchmarks/cifar_features.py). Two schedules, both paired (each seed's
-initial pool is shared by all strategies):
+Pool: the first `train-per-class` training images per class; test: the first 300 test images per class
+(never queried, never re-drawn). Features: EfficientNet-Lite0 ImageNet weights at 128 px, mean-pooled,
+L2-normalised (benchmarks/cifar_features.py). Two schedules, both paired (each seed's initial pool is
+shared by all strategies):
   mid budget: 20 random initial labels, then 20 rounds of 40 (up to 820 labels);
   low budget: 10 initial labels, then 2 rounds of 5 (<= 2 labels per class).
-Writes benchmarks/results/al_<schedule>/{curves.csv,curves.png,summary.csv,paired_gaps.csv}.
+Writes benchmarks/results/al_<schedule>_<pool>/{curves.csv,curves.png,summary.csv,paired_gaps.csv}.
 """
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import typer
 
 from labelers.datasets import load_feature_npz
@@ -22,6 +24,7 @@ from labelers.learning_curves import paired_gaps, plot_curves, summarize
 from labelers.simulate import SimulationSettings, simulate
 
 from .cifar_features import cifar_features
+from .results_file import write_section
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("random", "margin", "entropy", "least", "margin+kmeans", "margin+balance")
@@ -31,29 +34,49 @@ SCHEDULES = {
 }
 
 
-def run_schedule(name: str, seeds: int, l2: float) -> tuple:
-    dataset = load_feature_npz(cifar_features(1000, 300, 128))
+def run_schedule(name: str, seeds: int, per_class: int, l2: float) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Simulate one schedule; return (summary, paired gaps, output folder)."""
+    dataset = load_feature_npz(cifar_features(per_class, 300, 128))
     settings = SimulationSettings(STRATEGIES, seeds=seeds, l2=l2, **SCHEDULES[name])
     curves = simulate(dataset, settings)
-    out = RESULTS / f"al_{name}"
+    out = RESULTS / f"al_{name}_{per_class * 10}"
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "curves.csv", index=False)
-    plot_curves(curves, out / "curves.png", title=f"CIFAR-10, EfficientNet-Lite0 features, {seeds} seeds")
+    plot_curves(curves, out / "curves.png",
+                title=f"CIFAR-10 ({per_class * 10} pool), EfficientNet-Lite0 features, {seeds} seeds")
     summary, gaps = summarize(curves), paired_gaps(curves)
     summary.to_csv(out / "summary.csv")
     gaps.to_csv(out / "paired_gaps.csv", index=False)
-    return summary, gaps
+    return summary, gaps, out
 
 
-def main(seeds: int = 10, l2: float = 100.0) -> None:
-    for name in SCHEDULES:
-        summary, gaps = run_schedule(name, seeds, l2)
-        print(f"\n## schedule {name}\n")
-        print(summary.round(4).to_markdown())
-        low = gaps[gaps["n_labeled"] <= 20]
-        print("\npaired accuracy gap to random at <= 2 labels per class:\n")
-        print(low.round(4).to_markdown(index=False))
-    np.set_printoptions(precision=4)
+def section(results: dict, command: str, seeds: int, per_class: int) -> str:
+    """Markdown for RESULTS.md from {schedule: (summary, gaps, folder)}."""
+    lines = [f"## Active learning on CIFAR-10 (`benchmarks/bench_active_learning.py`)", "",
+             f"Command: `{command}`. Pool {per_class * 10} training images, fixed test set 3000, "
+             f"EfficientNet-Lite0 @128 px features, linear head (`ClassifierHead`, l2 prior), {seeds} seeds, "
+             "paired initial pools. AULC is normalized (mean accuracy over the budget range); gains are "
+             "paired per seed with 95 % t-intervals. `label ratio at mid` = labels the strategy needs to reach "
+             "random's accuracy at the mid budget, divided by that budget (target <= 0.67).", ""]
+    for name, (summary, gaps, folder) in results.items():
+        rel = folder.relative_to(RESULTS.parent)
+        lines += [f"### {name} budget: {SCHEDULES[name]}", "", summary.round(4).to_markdown(), "",
+                  f"Curves: [{rel}/curves.png]({rel}/curves.png), data in `{rel}/`.", ""]
+        low = gaps[(gaps["n_labeled"] <= 20) & (gaps["strategy"] != "random")]
+        worst = low.assign(upper=low["gap"] + low["gap_ci"]).sort_values("upper").iloc[0]
+        lines += [f"At <= 2 labels per class the least favourable paired gap to random is "
+                  f"{worst['gap']:+.4f} ± {worst['gap_ci']:.4f} ({worst['strategy']}, {int(worst['n_labeled'])} labels).",
+                  ""]
+    return "\n".join(lines)
+
+
+def main(seeds: int = 10, train_per_class: int = 1000, l2: float = 100.0, write: bool = False) -> None:
+    results = {name: run_schedule(name, seeds, train_per_class, l2) for name in SCHEDULES}
+    command = "python -m benchmarks.bench_active_learning " + shlex.join(sys.argv[1:])
+    text = section(results, command, seeds, train_per_class)
+    print(text)
+    if write:
+        write_section(f"bench_active_learning_{train_per_class * 10}", text)
 
 
 if __name__ == "__main__":
