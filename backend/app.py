@@ -23,6 +23,7 @@ from backend.labels import LabelConfigError
 from backend.events import TRAIN_EVENTS
 from backend.model import EmbedderMismatch, EventError, LabelloopModel, PredictionDeferred
 from backend.runtime import Runtime
+from backend.vlm import VLMTooSlow, VLMUnavailable
 from backend.schemas import PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent, project_id
 
 log = logging.getLogger("backend.app")
@@ -187,7 +188,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         return _error(500, f"internal error ({type(exc).__name__}); see the backend log")
 
     def health_body() -> dict[str, Any]:
-        return {"status": "UP", "model_class": LabelloopModel.__name__, "embedder": runtime.embedder_status()}
+        return {"status": "UP", "model_class": LabelloopModel.__name__, "embedder": runtime.embedder_status(),
+                "vlm": runtime.vlms.status()}
 
     @app.get("/", dependencies=[Depends(require_auth)])
     def root() -> dict[str, Any]:
@@ -228,6 +230,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
             raise ApiError(409, str(exc)) from None
         except PredictionDeferred as exc:
             raise ApiError(503, str(exc), {"Retry-After": "60"}) from None
+        except VLMUnavailable as exc:
+            raise ApiError(503, f"VLM unavailable: {exc}") from None
+        except VLMTooSlow as exc:
+            raise ApiError(503, str(exc)) from None
         if len(response.predictions) != len(body.tasks):  # Label Studio would silently store nothing
             raise ApiError(500, f"model returned {len(response.predictions)} predictions for {len(body.tasks)} tasks")
         # Label Studio stores these after we answer; then it accepts their version as the project's.
@@ -308,5 +314,20 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
                 "last_failure": failed[0] if failed else None,
             },
             "warm_cache": runtime.warmer.status(project.id),
+            "predictor": _predictor_status(runtime, project.id),
         }
-    return {"worker_pid": os.getpid(), "projects": projects, "counters": runtime.counters.snapshot()}
+    return {"worker_pid": os.getpid(), "projects": projects, "vlm": runtime.vlms.status(),
+            "counters": runtime.counters.snapshot()}
+
+
+def _predictor_status(runtime: Runtime, project: str) -> dict[str, Any]:
+    """Return {"predictor", "model_version", ...} for /metrics: what pre-annotates the project (never loads)."""
+    model = runtime.model(project)
+    try:
+        choice = model.predictor
+    except LabelConfigError as exc:
+        return {"predictor": None, "error": str(exc)}
+    status: dict[str, Any] = {"predictor": choice.predictor, "model_version": model.model_version}
+    if choice.predictor == "vlm":
+        status.update(model=choice.model, mode=choice.mode, error=runtime.vlms.error(choice.model))
+    return status

@@ -10,7 +10,8 @@ import typer
 # CLI option -> the env variable each worker process reads (workers rebuild settings from the environment).
 _ENV_FOR_OPTION = {"host": "HOST", "port": "PORT", "workers": "WORKERS", "threads": "THREADS",
                    "model_dir": "MODEL_DIR", "log_level": "LOG_LEVEL", "embedder": "LABELLOOP_EMBEDDER",
-                   "strategy": "LABELLOOP_STRATEGY"}
+                   "strategy": "LABELLOOP_STRATEGY", "predictor": "LABELLOOP_PREDICTOR",
+                   "vlm_model": "LABELLOOP_VLM_MODEL"}
 
 
 def serve(
@@ -22,6 +23,9 @@ def serve(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file (env LABELLOOP_CONFIG)."),
     embedder: Optional[str] = typer.Option(None, help="Embedder spec (env LABELLOOP_EMBEDDER; default auto)."),
     strategy: Optional[str] = typer.Option(None, help="margin|entropy|least|random (env LABELLOOP_STRATEGY)."),
+    predictor: Optional[str] = typer.Option(None, help="head|vlm: what pre-annotates projects (env LABELLOOP_PREDICTOR)."),
+    vlm_model: Optional[str] = typer.Option(None, "--vlm-model",
+                                            help="VLM preset, hub name or folder (env LABELLOOP_VLM_MODEL)."),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="(env LOG_LEVEL; default INFO)."),
 ) -> None:
     """Start the Label Studio ML backend (connect it in Label Studio: Settings > Model > Connect Model)."""
@@ -29,7 +33,8 @@ def serve(
     from backend.store import StoreError, prepare_model_dir
 
     options = {"host": host, "port": port, "workers": workers, "threads": threads, "model_dir": model_dir,
-               "embedder": embedder, "strategy": strategy, "log_level": log_level}
+               "embedder": embedder, "strategy": strategy, "log_level": log_level, "predictor": predictor,
+               "vlm_model": vlm_model}
     try:
         settings = load_settings(config_path=config, **options)
         prepare_model_dir(settings.model_dir)

@@ -15,6 +15,8 @@ import yaml
 
 STRATEGIES = ("margin", "entropy", "least", "random")
 RETRAIN_POLICIES = ("on_submit", "manual")
+PREDICTORS = ("head", "vlm")
+VLM_MODES = ("auto", "ordinary", "complementary", "both")
 
 # setting name -> env names, first one set wins (LABEL_STUDIO_HOST is upstream's older name).
 ENV_NAMES: dict[str, tuple[str, ...]] = {
@@ -29,6 +31,12 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "log_level": ("LOG_LEVEL",),
     "embedder": ("LABELLOOP_EMBEDDER",),
     "strategy": ("LABELLOOP_STRATEGY",),
+    "predictor": ("LABELLOOP_PREDICTOR",),
+    "vlm_model": ("LABELLOOP_VLM_MODEL",),
+    "vlm_mode": ("LABELLOOP_VLM_MODE",),
+    "vlm_device": ("LABELLOOP_VLM_DEVICE",),
+    "vlm_dtype": ("LABELLOOP_VLM_DTYPE",),
+    "vlm_config": ("LABELLOOP_VLM_CONFIG",),
     "embed_batch_size": ("LABELLOOP_EMBED_BATCH_SIZE",),
     "warm_cache": ("LABELLOOP_WARM_CACHE",),
     "retrain": ("LABELLOOP_RETRAIN",),
@@ -68,6 +76,12 @@ class Settings:
     log_level: str = "INFO"
     embedder: str = "auto"
     strategy: str = "margin"
+    predictor: str = "head"
+    vlm_model: str = "llava-next"
+    vlm_mode: str = "auto"
+    vlm_device: str = "auto"
+    vlm_dtype: str = "auto"
+    vlm_config: str | None = None
     embed_batch_size: int = 32
     warm_cache: bool = True
     retrain: str = "on_submit"
@@ -128,6 +142,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 _NON_NULLABLE = {"model_dir", "host", "port", "workers", "threads", "log_level", "embedder", "strategy",
+                 "predictor", "vlm_model", "vlm_mode", "vlm_device", "vlm_dtype",
                  "embed_batch_size", "warm_cache", "retrain", "retrain_debounce_seconds", "sync_project_version",
                  "push_predictions",
                  "verify_ssl", "url_allowlist", "max_image_bytes", "max_image_pixels", "max_request_bytes",
@@ -190,6 +205,10 @@ def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] 
 def _validate(settings: Settings) -> None:
     if settings.strategy not in STRATEGIES:
         raise ConfigError(f"strategy {settings.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if settings.predictor not in PREDICTORS:
+        raise ConfigError(f"predictor {settings.predictor!r} is not one of {', '.join(PREDICTORS)}")
+    if settings.vlm_mode not in VLM_MODES:
+        raise ConfigError(f"vlm_mode {settings.vlm_mode!r} is not one of {', '.join(VLM_MODES)}")
     if settings.retrain not in RETRAIN_POLICIES:
         raise ConfigError(f"retrain policy {settings.retrain!r} is not one of {', '.join(RETRAIN_POLICIES)}")
     if settings.label_studio_url and not settings.label_studio_url.startswith(("http://", "https://")):

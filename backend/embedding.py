@@ -10,18 +10,17 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from backend.media import MediaError, MediaResolver
+from backend.loading import LoadOncePool
+from backend.media import MediaResolver
 
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 64  # tasks fetched and embedded together; bounds memory for huge /predict batches
-RETRY_AFTER_FAILURE = 60.0  # seconds before a failed embedder load is attempted again
 
 
 def resolve_spec(spec: str) -> str:
@@ -54,62 +53,28 @@ def version_prefix(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
-class EmbedderPool:
+class EmbedderPool(LoadOncePool):
     """Loads each embedder spec at most once per process (thread-safe) and serialises its forward passes."""
 
+    kind = "embedder"
+
     def __init__(self, loader: Callable[[str], Any] | None = None):
-        self._loader = loader
-        self._embedders: dict[str, Any] = {}
-        self._errors: dict[str, str] = {}
-        self._failed_at: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._spec_locks: dict[str, threading.Lock] = {}
+        super().__init__(loader)
         self.compute_locks: dict[str, threading.Lock] = {}
 
     def _load(self, spec: str):
-        if self._loader is not None:
-            return self._loader(spec)
         from labelers.embedders import make_embedder
 
         return make_embedder(spec)
 
-    def get(self, spec: str):
-        """Return the loaded embedder for `spec`; raises EmbedderUnavailable / ValueError from the factory.
-
-        A failed load is not retried for RETRY_AFTER_FAILURE seconds, so a missing download (no network)
-        does not stall every request.
-        """
+    def _unavailable(self, message: str) -> Exception:
         from labelers.embedders import EmbedderUnavailable
 
-        with self._lock:
-            if spec in self._embedders:
-                return self._embedders[spec]
-            spec_lock = self._spec_locks.setdefault(spec, threading.Lock())
-        with spec_lock:
-            if spec not in self._embedders:
-                failed_at = self._failed_at.get(spec)
-                if failed_at is not None and time.monotonic() - failed_at < RETRY_AFTER_FAILURE:
-                    raise EmbedderUnavailable(self._errors[spec])
-                log.info("loading embedder %s", spec)
-                try:
-                    embedder = self._load(spec)
-                except Exception as exc:
-                    self._errors[spec] = f"{type(exc).__name__}: {exc}"
-                    self._failed_at[spec] = time.monotonic()
-                    raise
-                self.compute_locks[embedder.id] = threading.Lock()
-                with self._lock:
-                    self._embedders[spec] = embedder
-                    self._errors.pop(spec, None)
-                log.info("embedder %s ready: id=%s dim=%s text=%s", spec, embedder.id, embedder.dim, embedder.has_text)
-        return self._embedders[spec]
+        return EmbedderUnavailable(message)
 
-    def loaded(self, spec: str):
-        """Return the embedder if already loaded, else None (never loads)."""
-        return self._embedders.get(spec)
-
-    def error(self, spec: str) -> str | None:
-        return self._errors.get(spec)
+    def _ready(self, spec: str, embedder) -> None:
+        self.compute_locks[embedder.id] = threading.Lock()
+        log.info("embedder %s ready: id=%s dim=%s text=%s", spec, embedder.id, embedder.dim, embedder.has_text)
 
 
 @dataclass
@@ -143,18 +108,7 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
     n = len(tasks)
     features = np.full((n, embedder.dim), np.nan, dtype=np.float32)
     keys: list[str | None] = [None] * n
-    errors: dict[int, str] = {}
-    urls: list[str | None] = [None] * n
-    ids: list[int | None] = [None] * n
-    for i, task in enumerate(tasks):
-        try:
-            ids[i] = int(task["id"]) if task.get("id") is not None else None
-        except (TypeError, ValueError):
-            ids[i] = None
-        try:
-            urls[i] = media.media_url(task, data_key)
-        except MediaError as exc:
-            errors[i] = str(exc)
+    ids, urls, errors = media.task_sources(tasks, data_key)
     known_ids = [(t, u) for t, u in zip(ids, urls) if t is not None]
     seen = store.content_keys(project, [t for t, _ in known_ids])
     changed = [(t, u) for t, u in known_ids if t not in seen or seen[t][0] != u]
@@ -180,20 +134,8 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
             pending = todo[start:]
             break
         chunk = todo[start:start + FETCH_CHUNK]
-        blobs: dict[int, bytes] = {}
-
-        def fetch(i: int) -> tuple[int, bytes | None, str | None]:
-            try:
-                return i, media.fetch(urls[i], ids[i]), None
-            except MediaError as exc:
-                return i, None, str(exc)
-
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for i, blob, error in pool.map(fetch, chunk):
-                if error is not None:
-                    errors[i] = error
-                else:
-                    blobs[i] = blob
+        blobs, fetch_errors = media.fetch_many({i: urls[i] for i in chunk}, {i: ids[i] for i in chunk}, threads)
+        errors.update(fetch_errors)
         fetched += len(blobs)
         order = sorted(blobs)
         if not order:

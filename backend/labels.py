@@ -4,11 +4,16 @@ Served: the first `<Choices>` (single or `choice="multiple"`) or `<Taxonomy>` co
 carries `model_skip="true"`. Honoured attributes (as upstream): `predicted_values="a,b"` on a `<Choice>` gives
 the names the model knows that label by (used for zero-shot prompts), `model_score_threshold` on the control
 drops choices whose probability is below it.
+
+Complementary labels: a `<Choices>` on the same image with `model_complementary="true"` receives the VLM's
+complementary labels ("the image does NOT show ..."); it is never the served control, and it must list every
+class of the served control. An explicit attribute, rather than "a second control with the same choices", so
+that a config with two ordinary fields of the same classes (e.g. a reviewer's) is never filled with negatives.
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 SEPARATOR = " / "  # joins a taxonomy path into one class name
@@ -31,6 +36,8 @@ class ImageClassification:
     score_threshold: float | None
     model_names: tuple[tuple[str, ...], ...]  # per label: names to prompt the model with
     paths: tuple[tuple[str, ...], ...] = ()  # taxonomy only: the path of each label
+    complementary_from: str | None = None    # the model_complementary="true" <Choices>, if any
+    complementary_multiple: bool = False
 
     def labels_in(self, result: list[dict[str, Any]] | None) -> list[str]:
         """Return the served labels chosen in an annotation `result` (unknown labels are dropped)."""
@@ -54,6 +61,13 @@ class ImageClassification:
             index = {label: path for label, path in zip(self.labels, self.paths)}
             value = {"taxonomy": [list(index[label]) for label in labels]}
         return {"from_name": self.from_name, "to_name": self.to_name, "type": self.kind, "value": value}
+
+    def complementary_region(self, labels: list[str]) -> dict[str, Any]:
+        """Return the result region putting complementary `labels` into the complementary control."""
+        if self.complementary_from is None:
+            raise LabelConfigError("the label config has no <Choices model_complementary=\"true\"> control")
+        return {"from_name": self.complementary_from, "to_name": self.to_name, "type": "choices",
+                "value": {"choices": list(labels)}}
 
 
 def _truthy(value: Any) -> bool:
@@ -82,10 +96,12 @@ def parse_label_config(xml: str | None) -> ImageClassification:
         to_name = (control.get("toName") or "").split(",")[0].strip()
         if to_name not in images:
             continue
+        if _truthy(control.get("model_complementary", "false")):
+            continue
         if _truthy(control.get("model_skip", "false")):
             skipped.append(control.get("name"))
             continue
-        return _build(control, images[to_name])
+        return _with_complementary(_build(control, images[to_name]), root)
     hint = f" (skipped by model_skip: {', '.join(map(str, skipped))})" if skipped else ""
     raise LabelConfigError("the label config has no <Choices> or <Taxonomy> control with toName pointing at an "
                            f"<Image>{hint}; labelloop serves image classification, e.g. <Image name=\"image\" "
@@ -128,6 +144,23 @@ def _build(control: ET.Element, image: ET.Element) -> ImageClassification:
     return ImageClassification(from_name=name, to_name=image.get("name"), data_key=value[1:],
                                kind=control.tag.lower(), labels=tuple(labels), multiple=multiple,
                                score_threshold=score_threshold, model_names=tuple(model_names), paths=tuple(paths))
+
+
+def _with_complementary(target: ImageClassification, root: ET.Element) -> ImageClassification:
+    """Return `target` with its complementary control (model_complementary="true" on its image), if any."""
+    for control in root.iter("Choices"):
+        to_name = (control.get("toName") or "").split(",")[0].strip()
+        if to_name != target.to_name or not _truthy(control.get("model_complementary", "false")):
+            continue
+        name = control.get("name")
+        values = {c.get("value") or c.get("alias") for c in control.iter("Choice")}
+        missing = [label for label in target.labels if label not in values]
+        if not name or missing:
+            raise LabelConfigError(f"the complementary control {name!r} (model_complementary=\"true\") must list "
+                                   f"every class of {target.from_name!r}; missing: {', '.join(missing) or 'name'}")
+        return replace(target, complementary_from=name,
+                       complementary_multiple=control.get("choice", "single").lower() == "multiple")
+    return target
 
 
 def _taxonomy_leaf_elements(control: ET.Element) -> list[ET.Element]:

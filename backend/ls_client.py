@@ -86,8 +86,10 @@ class VersionSync:
     STATE_KEY = "labelloop.label_studio_model_version"
 
     def __init__(self, store, client: LabelStudioClient, enabled: bool = True,
-                 delays: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0)):
+                 delays: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0), version_of=None):
         self.store, self.client = store, client
+        # The version the project's predictions carry: its head's by default, its VLM's for a VLM project.
+        self.version_of = version_of or store.current_version
         self.enabled = enabled and client.configured
         self.delays = delays
         self._due: dict[str, list[float]] = {}
@@ -99,7 +101,7 @@ class VersionSync:
         """Plan sync attempts for `project` (no-op when Label Studio is not configured or already in step)."""
         if not self.enabled:
             return
-        current = self.store.current_version(project)
+        current = self.version_of(project)
         if current is None or self.store.kv_get(project, self.STATE_KEY) == current:
             return
         now = time.monotonic()
@@ -117,7 +119,7 @@ class VersionSync:
 
     def attempt(self, project: str) -> bool:
         """Try once; returns True when Label Studio now has our current version."""
-        current = self.store.current_version(project)
+        current = self.version_of(project)
         if current is None or self.store.kv_get(project, self.STATE_KEY) == current:
             return True
         if self.client.set_project_version(project, current):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit
@@ -84,6 +85,43 @@ class MediaResolver:
         return data
 
     # -- kinds ----------------------------------------------------------------------------------------------------
+    def task_sources(self, tasks: list[dict[str, Any]], data_key: str
+                     ) -> tuple[list[int | None], list[str | None], dict[int, str]]:
+        """Return (task ids, media URLs, row -> error) for `task["data"][data_key]` of each task."""
+        ids: list[int | None] = [None] * len(tasks)
+        urls: list[str | None] = [None] * len(tasks)
+        errors: dict[int, str] = {}
+        for i, task in enumerate(tasks):
+            try:
+                ids[i] = int(task["id"]) if task.get("id") is not None else None
+            except (TypeError, ValueError):
+                ids[i] = None
+            try:
+                urls[i] = self.media_url(task, data_key)
+            except MediaError as exc:
+                errors[i] = str(exc)
+        return ids, urls, errors
+
+    def fetch_many(self, urls: dict[int, str], ids: dict[int, int | None], threads: int = 4
+                   ) -> tuple[dict[int, bytes], dict[int, str]]:
+        """Fetch `urls` (row -> url) in parallel; returns (row -> bytes, row -> error message).
+
+        Never raises for one bad image: a MediaError becomes that row's error."""
+        def one(i: int) -> tuple[int, bytes | None, str | None]:
+            try:
+                return i, self.fetch(urls[i], ids.get(i)), None
+            except MediaError as exc:
+                return i, None, str(exc)
+
+        blobs, errors = {}, {}
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for i, blob, error in pool.map(one, sorted(urls)):
+                if error is not None:
+                    errors[i] = error
+                else:
+                    blobs[i] = blob
+        return blobs, errors
+
     def _fetch(self, url: str, task_id: int | None) -> bytes:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()

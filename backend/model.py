@@ -25,6 +25,7 @@ from backend.heads import choose, label_probabilities, prior_head, scores
 from backend.labels import ImageClassification, LabelConfigError, parse_label_config
 from backend.schemas import ModelResponse, PredictionValue
 from backend.store import Annotation
+from backend.vlm import PredictorChoice, predict_with_vlm, predictor_choice, vlm_version
 
 if TYPE_CHECKING:
     from backend.runtime import Runtime
@@ -95,9 +96,19 @@ class LabelloopModel:
 
     @property
     def model_version(self) -> str:
-        """The project's current version, read from SQLite on every call (never stale across workers)."""
+        """The version predictions carry: the head's, read from SQLite on every call (never stale across
+        workers), or for a VLM project the VLM's (it names the model and its question, not a head revision)."""
+        choice = self.predictor
+        if choice.predictor == "vlm":
+            return vlm_version(choice, self.target, self.project_id, self.runtime.vlm_settings)
         version = self.runtime.store.current_version(self.project_id)
         return version or initial_version(self.runtime.default_spec, self.project_id)
+
+    @cached_property
+    def predictor(self) -> PredictorChoice:
+        """What pre-annotates this project: extra_params["predictor"] ("head" | "vlm"), else the configured one.
+        Raises LabelConfigError for values the project cannot use (see backend.vlm.predictor_choice)."""
+        return predictor_choice(self.runtime.settings, self.extra_params, self.target, self.runtime.vlm_settings)
 
     @property
     def strategy(self) -> str:
@@ -142,18 +153,26 @@ class LabelloopModel:
         tasks embedded in the background when Label Studio credentials are configured.
         """
         self.target  # validate before recording anything
-        _ = self.strategy
+        _ = self.strategy, self.predictor
         project, created = self._project()
         if created or not self.runtime.warmer.started(self.project_id):
-            self.runtime.warmer.warm(self.project_id)
-        return project.model_version
+            self.runtime.warmer.warm(self.project_id)  # the head still trains on embeddings, VLM or not
+        return self.model_version
 
     def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
                 **kwargs: Any) -> ModelResponse:
         """Return one prediction per task, in order. A task whose image cannot be read gets an empty result
         and score None; every prediction carries the version of the head that produced it."""
         budget = self.runtime.settings.predict_budget_seconds
-        return self._predictions(tasks, deadline=time.monotonic() + budget, budget=budget)
+        deadline = time.monotonic() + budget
+        choice = self.predictor
+        if choice.predictor == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
+            self._project()
+            version = self.model_version
+            predictions = predict_with_vlm(self.runtime, self.project_id, tasks, self.target, choice,
+                                           self.strategy, version, deadline=deadline)
+            return ModelResponse(model_version=version, predictions=predictions)
+        return self._predictions(tasks, deadline=deadline, budget=budget)
 
     def _predictions(self, tasks: list[dict[str, Any]], deadline: float | None = None,
                      budget: float | None = None) -> ModelResponse:
@@ -326,7 +345,8 @@ class LabelloopModel:
         if embedded.errors:
             notes.append(f"{len(embedded.errors)} annotated image(s) unreadable")
         if runtime.settings.push_predictions and runtime.ls.configured:
-            notes.append(self._push_after_publish())
+            notes.append(self._push_after_publish() if self.predictor.predictor == "head"
+                         else "predictions not pushed: the VLM pre-annotates this project")
         return version, int(len(rows)), "; ".join(notes) or None
 
     def _push_after_publish(self) -> str:

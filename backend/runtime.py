@@ -10,7 +10,7 @@ from typing import Any, Callable
 import httpx
 from filelock import FileLock, Timeout
 
-from backend.config import Settings
+from backend.config import ConfigError, Settings
 from backend.embedding import EmbedderPool, describe_spec, embed_tasks, resolve_spec
 from backend.heads import HeadCache
 from backend.labels import LabelConfigError, parse_label_config
@@ -19,10 +19,21 @@ from backend.ls_client import LabelStudioClient, VersionSync
 from backend.media import MediaResolver
 from backend.store import Store, _safe_name
 from backend.training import TrainingQueue
+from backend.vlm import VLMPool
 
 log = logging.getLogger(__name__)
 
 WARM_BATCH = 64
+
+
+def _vlm_settings(settings: Settings):
+    """Return the VLM settings (configs/vlm.yaml merged with vlm_config); raises ConfigError naming the file."""
+    from labelers.vlm.settings import SettingsError, load_settings as load_vlm_settings
+
+    try:
+        return load_vlm_settings(settings.vlm_config)
+    except (SettingsError, OSError) as exc:
+        raise ConfigError(f"vlm_config (LABELLOOP_VLM_CONFIG): {exc}") from None
 
 
 class Counters:
@@ -146,7 +157,7 @@ class Runtime:
     """Settings, store, embedding cache, embedders, heads, media, Label Studio client and training queue."""
 
     def __init__(self, settings: Settings, embedder_loader: Callable[[str], Any] | None = None,
-                 http_client: httpx.Client | None = None):
+                 http_client: httpx.Client | None = None, vlm_loader: Callable[[str], Any] | None = None):
         from labelers.cache import EmbeddingCache
 
         self.settings = settings
@@ -159,8 +170,11 @@ class Runtime:
         self.embedders = EmbedderPool(embedder_loader)
         self.default_spec = resolve_spec(settings.embedder)
         self.heads = HeadCache()
+        self.vlm_settings = _vlm_settings(settings)
+        self.vlms = VLMPool(settings, vlm_loader)  # loaded on a VLM project's first /predict, never before
         self.ls = LabelStudioClient(settings)
-        self.version_sync = VersionSync(self.store, self.ls, enabled=settings.sync_project_version)
+        self.version_sync = VersionSync(self.store, self.ls, enabled=settings.sync_project_version,
+                                        version_of=self.served_version)
         self.queue = TrainingQueue(self.store, self._train, settings.retrain_debounce_seconds)
         self.warmer = CacheWarmer(self)
         self.counters = Counters()
@@ -177,6 +191,15 @@ class Runtime:
         from backend.model import LabelloopModel
 
         return LabelloopModel(project, label_config=label_config, runtime=self, extra_params=extra_params)
+
+    def served_version(self, project: str) -> str | None:
+        """Return the version a project's predictions carry (its head's, or its VLM's); None if unknown."""
+        if self.store.get_project(project) is None:
+            return None
+        try:
+            return self.model(project).model_version
+        except LabelConfigError:  # a config we cannot serve still has its head's version
+            return self.store.current_version(project)
 
     def _train(self, project: str, full_sync: bool, reasons: set) -> tuple:
         return self.model(project).train(full_sync=full_sync)

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+
+# Tests never need the network: tiny models are built locally and loaded from folders. Without this
+# a mistyped model name would retry the Hugging Face hub for minutes before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TINY_CLIP_CFG = {
     "embed_dim": 32,
@@ -34,3 +39,12 @@ def build_tiny_clip(folder) -> str:
 def tiny_clip_spec(tmp_path_factory) -> str:
     """Embedder spec of a tiny random CLIP saved to a temp folder (loaded through the real local-dir path)."""
     return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dirs(tmp_path_factory):
+    """Return {"qwen2-vl": folder, "llava-next": folder} of freshly built tiny random checkpoints."""
+    from labelers.vlm.tiny import BUILDERS
+
+    root = tmp_path_factory.mktemp("tiny_vlms")
+    return {name: build(root / name) for name, build in BUILDERS.items()}

@@ -126,7 +126,7 @@ def test_versions_and_metrics_shapes(make_client, docroot):
         assert client.get("/versions", params={"project": "2"}).json() == {"versions": [v2]}
         client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
         metrics = client.get("/metrics").json()
-    assert set(metrics) == {"worker_pid", "projects", "counters"}
+    assert set(metrics) == {"worker_pid", "projects", "vlm", "counters"}
     project = metrics["projects"]["1"]
     assert project["model_version"] == v1
     assert project["training"]["state"] == "idle" and project["training"]["last_failure"] is None

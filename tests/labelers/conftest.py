@@ -1,21 +1,6 @@
-"""Shared fixtures for the labelers tests: tiny random VLMs built once per session, saved to tmp."""
-import os
-
+"""Shared fixtures for the labelers tests: tiny random VLM labelers (built by tests/conftest.py), CIFAR images."""
 import numpy as np
 import pytest
-
-# Tests never need the network: tiny models are built locally and loaded from folders. Without this
-# a mistyped model name would retry the Hugging Face hub for minutes before failing.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="session")
-def tiny_vlm_dirs(tmp_path_factory):
-    """Return {"qwen2-vl": folder, "llava-next": folder} of freshly built tiny random checkpoints."""
-    from labelers.vlm.tiny import BUILDERS
-
-    root = tmp_path_factory.mktemp("tiny_vlms")
-    return {name: build(root / name) for name, build in BUILDERS.items()}
 
 
 @pytest.fixture(scope="session")
