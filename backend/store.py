@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -381,6 +382,44 @@ class Store:
             db.execute("UPDATE training_runs SET status=?, finished_at=?, model_version=?, n_annotations=?, error=?,"
                        " note=? WHERE id=?", (status, time.time(), model_version, n_annotations,
                                              error[:2000] if error else None, note[:2000] if note else None, run_id))
+
+    def fail_abandoned_runs(self, project: str, error: str) -> list[dict[str, Any]]:
+        """Mark every `running` run of `project` as failed with `error`; returns those runs as they were.
+
+        Only for a caller holding the project's training lock: a live run always holds it, so while the caller
+        does, any run still `running` belongs to a process that died mid-run.
+        """
+        with self._tx() as db:
+            rows = [dict(r) for r in db.execute("SELECT * FROM training_runs WHERE project=? AND status='running'"
+                                                " ORDER BY id", (project,))]
+            db.executemany("UPDATE training_runs SET status='failed', finished_at=?, error=? WHERE id=?",
+                           [(time.time(), f"{error} (pid {r['pid']})"[:2000], r["id"]) for r in rows])
+        return rows
+
+    def projects_to_resume(self) -> list[str]:
+        """Return the projects with a retrain requested but not finished, or a run still marked `running`."""
+        rows = self._conn().execute(
+            "SELECT id FROM projects WHERE requested_seq > trained_seq"
+            " OR id IN (SELECT project FROM training_runs WHERE status='running') ORDER BY created_at")
+        return [r["id"] for r in rows]
+
+    def remove_unpublished_heads(self, project: str) -> list[Path]:
+        """Delete head folders no version points to: staging folders (".r<n>-<tag>") and "r<n>" folders a run
+        renamed but never published. Returns what was deleted. Only for a caller holding the training lock
+        (runs write head folders while holding it)."""
+        heads = self.heads_dir(project)
+        if not heads.is_dir():
+            return []
+        published = {Path(v.head_dir).name for v in self.list_versions(project) if v.head_dir}
+        removed = []
+        for folder in heads.iterdir():
+            name = folder.name
+            unpublished = name.startswith(".r") or (name.startswith("r") and name[1:].isdigit()
+                                                      and name not in published)
+            if unpublished and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
 
     def runs(self, project: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """Return the latest training runs, newest first."""

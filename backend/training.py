@@ -5,6 +5,10 @@
 - Across uvicorn workers, a per-project file lock lets only one process train a project at a time, and the
   request/trained sequence numbers in SQLite let a process skip a run that another process already covered.
 - A run that raises is recorded as failed (log + /metrics); the served version does not change.
+- A run whose process died (crash, OOM kill, power loss) is found by the next holder of the project's lock:
+  at start-up every process queues each project with an unfinished request or a run still marked `running`.
+  Whoever gets the lock marks those runs failed, deletes the head folders they left unpublished, and trains
+  if the requests are still not covered; the others then find nothing to do.
 """
 from __future__ import annotations
 
@@ -21,6 +25,11 @@ from backend.store import Store, _safe_name
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 0.5
+RESUME = "RESUME_AFTER_RESTART"  # the reason of a run queued at start-up for work a dead process left
+DIED = "process died during training"
+# Resume automatically unless this many runs in a row died: a run that kills its process every time (say an
+# out-of-memory kill) would otherwise restart-loop forever. A new event or START_TRAINING still trains.
+MAX_DEAD_RUNS_IN_A_ROW = 2
 
 
 @dataclass
@@ -52,8 +61,10 @@ class TrainingQueue:
 
     # -- control ----------------------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the worker thread, first queueing the work a process that died left unfinished."""
         if self._thread is None:
             self._stop = False
+            self._queue_unfinished()
             self._thread = threading.Thread(target=self._loop, name="labelloop-training", daemon=True)
             self._thread.start()
 
@@ -64,6 +75,17 @@ class TrainingQueue:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def _queue_unfinished(self) -> None:
+        """Queue (without a new request) every project a previous process left mid-run or with requests not
+        yet covered. Re-reading annotations from Label Studio (full_sync, when configured) also picks up the
+        webhooks sent while no backend was listening."""
+        now = time.monotonic()
+        with self._cond:
+            for project in self.store.projects_to_resume():
+                entry = self._pending.setdefault(project, _Pending(now, set(), True, now))
+                entry.reasons.add(RESUME)
+                entry.full_sync = True
 
     def request(self, project: str, reason: str, full_sync: bool = False) -> None:
         """Ask for a retrain of `project`; returns immediately."""
@@ -140,9 +162,16 @@ class TrainingQueue:
                 again.full_sync = again.full_sync or entry.full_sync
             return
         try:
+            self._clear_dead_runs(project)
             requested, trained = self.store.pending_seq(project)
             if requested <= trained:
-                log.info("project %s: retrain already covered by another worker", project)
+                if entry.reasons != {RESUME}:
+                    log.info("project %s: retrain already covered by another worker", project)
+                return
+            if entry.reasons == {RESUME} and self._keeps_dying(project):
+                log.error("project %s: not resuming training: the last %d runs died with their process; send "
+                          "START_TRAINING (or annotate) to try again", project, MAX_DEAD_RUNS_IN_A_ROW)
+                self.store.mark_trained(project, requested)
                 return
             reason = ",".join(sorted(entry.reasons))
             run_id = self.store.start_run(project, reason)
@@ -163,3 +192,15 @@ class TrainingQueue:
             self.store.mark_trained(project, requested)
         finally:
             lock.release()
+
+    def _clear_dead_runs(self, project: str) -> None:
+        """With the project's lock held: fail the runs of dead processes and delete their unpublished heads."""
+        for run in self.store.fail_abandoned_runs(project, DIED):
+            log.error("project %s: training run %d (pid %s, %s) died with its process; marked failed, the "
+                      "previous model keeps serving", project, run["id"], run["pid"], run["reason"])
+        for folder in self.store.remove_unpublished_heads(project):
+            log.info("project %s: deleted %s, left unpublished by a run that died", project, folder)
+
+    def _keeps_dying(self, project: str) -> bool:
+        recent = self.store.runs(project, limit=MAX_DEAD_RUNS_IN_A_ROW)
+        return len(recent) == MAX_DEAD_RUNS_IN_A_ROW and all((r["error"] or "").startswith(DIED) for r in recent)
