@@ -1,5 +1,6 @@
 """Which part of a Label Studio label config the backend serves, and how its results are read and written.
 
+Parsed with label-studio-sdk's `LabelInterface` (Taxonomy paths excepted, see `_taxonomy_leaves`).
 Served: the first `<Choices>` (single or `choice="multiple"`) or `<Taxonomy>` control on an `<Image>`, unless it
 carries `model_skip="true"`. Honoured attributes (as upstream): `predicted_values="a,b"` on a `<Choice>` gives
 the names the model knows that label by (used for zero-shot prompts), `model_score_threshold` on the control
@@ -78,30 +79,35 @@ def _split_names(text: str | None) -> tuple[str, ...]:
     return tuple(n.strip() for n in (text or "").split(",") if n.strip())
 
 
-def parse_label_config(xml: str | None) -> ImageClassification:
-    """Return the image-classification control to serve in `xml`; raises LabelConfigError explaining why not."""
+def _interface(xml: str | None):
+    """Return label-studio-sdk's LabelInterface for `xml`; raises LabelConfigError when it cannot be read."""
     if not xml or not xml.strip():
         raise LabelConfigError("the label config is empty; labelloop needs <Choices> on an <Image>")
+    from label_studio_sdk.label_interface import LabelInterface
+
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise LabelConfigError(f"the label config is not valid XML ({exc})") from None
-    images = {el.get("name"): el for el in root.iter("Image") if el.get("name")}
+        return LabelInterface(xml)
+    except Exception as exc:  # the SDK raises its own XML syntax error class, and others for broken tags
+        kind = "not valid XML" if "syntax" in type(exc).__name__.lower() else "unreadable"
+        raise LabelConfigError(f"the label config is {kind} ({exc})") from None
+
+
+def parse_label_config(xml: str | None) -> ImageClassification:
+    """Return the image-classification control to serve in `xml`; raises LabelConfigError explaining why not."""
+    interface = _interface(xml)
+    images = {obj.name: obj for obj in interface.objects if obj.tag == "Image" and obj.name}
     if not images:
         raise LabelConfigError("the label config has no <Image> object; labelloop classifies images")
     skipped = []
-    for control in root.iter():
-        if control.tag not in ("Choices", "Taxonomy"):
+    for control in interface.controls:  # document order: the first servable control wins
+        if control.tag not in ("Choices", "Taxonomy") or _image_of(control) not in images:
             continue
-        to_name = (control.get("toName") or "").split(",")[0].strip()
-        if to_name not in images:
+        if _truthy(control.attr.get("model_complementary", "false")):
             continue
-        if _truthy(control.get("model_complementary", "false")):
+        if _truthy(control.attr.get("model_skip", "false")):
+            skipped.append(control.name)
             continue
-        if _truthy(control.get("model_skip", "false")):
-            skipped.append(control.get("name"))
-            continue
-        return _with_complementary(_build(control, images[to_name]), root)
+        return _with_complementary(_build(control, images[_image_of(control)], xml), interface)
     hint = f" (skipped by model_skip: {', '.join(map(str, skipped))})" if skipped else ""
     raise LabelConfigError("the label config has no <Choices> or <Taxonomy> control with toName pointing at an "
                            f"<Image>{hint}; labelloop serves image classification, e.g. <Image name=\"image\" "
@@ -109,79 +115,72 @@ def parse_label_config(xml: str | None) -> ImageClassification:
                            "<Choice value=\"dog\"/></Choices>")
 
 
-def _build(control: ET.Element, image: ET.Element) -> ImageClassification:
-    name = control.get("name")
+def _image_of(control) -> str:
+    """Return the first object name in the control's toName."""
+    return control.to_name[0].strip() if control.to_name else ""
+
+
+def _build(control, image, xml: str) -> ImageClassification:
+    name = control.name
     if not name:
         raise LabelConfigError(f"<{control.tag}> without a name attribute")
-    value = image.get("value") or ""
+    value = image.value or ""
     if not value.startswith("$") or len(value) < 2:
-        raise LabelConfigError(f"<Image name={image.get('name')!r}> must read a task field, e.g. value=\"$image\"")
-    if control.get("value", "").startswith("$"):
+        raise LabelConfigError(f"<Image name={image.name!r}> must read a task field, e.g. value=\"$image\"")
+    if str(control.attr.get("value", "")).startswith("$"):
         raise LabelConfigError(f"<{control.tag} name={name!r}> takes its options from task data (value=\"$...\"); "
                                "labelloop needs the classes listed in the config")
     if control.tag == "Choices":
-        choices = [c for c in control.iter("Choice") if c.get("value") or c.get("alias")]
-        labels = [c.get("value") or c.get("alias") for c in choices]
-        model_names = [_split_names(c.get("predicted_values")) or (label,) for c, label in zip(choices, labels)]
+        # `labels` are what annotations store: a <Choice>'s alias when it has one, else its value.
+        labels = [label for label in control.labels or [] if label]
+        attrs = control.labels_attrs or {}
+        model_names = [_split_names(attrs[label].attr.get("predicted_values") if label in attrs else None)
+                       or (label,) for label in labels]
         paths: list[tuple[str, ...]] = []
-        multiple = control.get("choice", "single").lower() == "multiple"
+        multiple = str(control.attr.get("choice", "single")).lower() == "multiple"
     else:
-        paths = _taxonomy_leaves(control)
+        paths, leaves = _taxonomy_leaves(xml, name)
         labels = [SEPARATOR.join(p) for p in paths]
-        leaves = {SEPARATOR.join(p): leaf for p, leaf in zip(paths, _taxonomy_leaf_elements(control))}
-        model_names = [_split_names(leaves[label].get("predicted_values")) or (paths[i][-1],)
-                       for i, label in enumerate(labels)]
-        multiple = control.get("maxUsages") != "1"  # Taxonomy allows several picks unless limited to one
+        model_names = [_split_names(leaf.get("predicted_values")) or (path[-1],) for path, leaf in zip(paths, leaves)]
+        multiple = control.attr.get("maxUsages") != "1"  # Taxonomy allows several picks unless limited to one
     if len(set(labels)) != len(labels):
         raise LabelConfigError(f"<{control.tag} name={name!r}> lists a class twice")
     if len(labels) < (1 if multiple else 2):
         raise LabelConfigError(f"<{control.tag} name={name!r}> needs at least two classes to choose from")
-    threshold = control.get("model_score_threshold")
+    threshold = control.attr.get("model_score_threshold")
     try:
         score_threshold = float(threshold) if threshold not in (None, "") else None
     except ValueError:
         raise LabelConfigError(f"model_score_threshold={threshold!r} on {name!r} is not a number") from None
-    return ImageClassification(from_name=name, to_name=image.get("name"), data_key=value[1:],
+    return ImageClassification(from_name=name, to_name=image.name, data_key=value[1:],
                                kind=control.tag.lower(), labels=tuple(labels), multiple=multiple,
                                score_threshold=score_threshold, model_names=tuple(model_names), paths=tuple(paths))
 
 
-def _with_complementary(target: ImageClassification, root: ET.Element) -> ImageClassification:
+def _with_complementary(target: ImageClassification, interface) -> ImageClassification:
     """Return `target` with its complementary control (model_complementary="true" on its image), if any."""
-    for control in root.iter("Choices"):
-        to_name = (control.get("toName") or "").split(",")[0].strip()
-        if to_name != target.to_name or not _truthy(control.get("model_complementary", "false")):
+    for control in interface.controls:
+        if control.tag != "Choices" or _image_of(control) != target.to_name \
+                or not _truthy(control.attr.get("model_complementary", "false")):
             continue
-        name = control.get("name")
-        values = {c.get("value") or c.get("alias") for c in control.iter("Choice")}
-        missing = [label for label in target.labels if label not in values]
-        if not name or missing:
-            raise LabelConfigError(f"the complementary control {name!r} (model_complementary=\"true\") must list "
-                                   f"every class of {target.from_name!r}; missing: {', '.join(missing) or 'name'}")
-        return replace(target, complementary_from=name,
-                       complementary_multiple=control.get("choice", "single").lower() == "multiple")
+        missing = [label for label in target.labels if label not in set(control.labels or [])]
+        if missing:
+            raise LabelConfigError(f"the complementary control {control.name!r} (model_complementary=\"true\") "
+                                   f"must list every class of {target.from_name!r}; missing: {', '.join(missing)}")
+        return replace(target, complementary_from=control.name,
+                       complementary_multiple=str(control.attr.get("choice", "single")).lower() == "multiple")
     return target
 
 
-def _taxonomy_leaf_elements(control: ET.Element) -> list[ET.Element]:
-    out: list[ET.Element] = []
+def _taxonomy_leaves(xml: str, name: str) -> tuple[list[tuple[str, ...]], list[ET.Element]]:
+    """Return (path from root to leaf, leaf element) for every leaf of the <Taxonomy name=`name`>.
 
-    def walk(node: ET.Element) -> None:
-        for child in node:
-            if child.tag != "Choice":
-                continue
-            if any(grand.tag == "Choice" for grand in child):
-                walk(child)
-            else:
-                out.append(child)
-
-    walk(control)
-    return out
-
-
-def _taxonomy_leaves(control: ET.Element) -> list[tuple[str, ...]]:
-    """Return the path (root .. leaf values) of every leaf of a <Taxonomy>."""
+    The one place that reads the XML itself: LabelInterface flattens a Taxonomy's nested <Choice>s into one
+    label list (["Animal", "Cat", "Dog", "Vehicle"]), losing which ones are leaves and the path to each.
+    """
+    control = next(el for el in ET.fromstring(xml).iter("Taxonomy") if el.get("name") == name)
     paths: list[tuple[str, ...]] = []
+    leaves: list[ET.Element] = []
 
     def walk(node: ET.Element, prefix: tuple[str, ...]) -> None:
         for child in node:
@@ -192,6 +191,7 @@ def _taxonomy_leaves(control: ET.Element) -> list[tuple[str, ...]]:
                 walk(child, path)
             else:
                 paths.append(path)
+                leaves.append(child)
 
     walk(control, ())
-    return paths
+    return paths, leaves

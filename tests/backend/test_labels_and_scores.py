@@ -38,6 +38,15 @@ def test_predicted_values_model_skip_and_threshold():
     assert choose(np.array([0.30, 0.70]), target) == ["Dog"]
 
 
+def test_a_choice_alias_is_the_class_name_annotations_store():
+    # Label Studio writes a <Choice>'s alias (not its value) into results; LabelInterface reads it the same way.
+    xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+           '<Choice value="A cat" alias="cat"/><Choice value="dog"/></Choices></View>')
+    target = parse_label_config(xml)
+    assert target.labels == ("cat", "dog") and target.model_names == (("cat",), ("dog",))
+    assert target.labels_in([{"from_name": "label", "value": {"choices": ["cat"]}}]) == ["cat"]
+
+
 def test_taxonomy_leaves_become_classes():
     target = parse_label_config(TAXONOMY_XML)
     assert target.kind == "taxonomy" and target.data_key == "photo"
