@@ -24,15 +24,15 @@ FETCH_CHUNK = 64  # tasks fetched and embedded together; bounds memory for huge 
 
 
 def resolve_spec(spec: str) -> str:
-    """Return a concrete embedder spec for `spec` without loading weights ("auto" -> CLIP if on disk, else
-    EfficientNet-Lite0). Cheap enough for process start; never called inside /setup."""
+    """Return a concrete embedder spec for `spec` without loading weights: "auto" becomes
+    `labelers.embedders.resolve_auto_spec()` (CLIP when its weights are on disk, else EfficientNet-Lite0).
+    Cheap enough for process start; never called inside /setup."""
     spec = (spec or "auto").strip()
     if spec != "auto":
         return spec
-    from labelers.embedders import DEFAULT_CLIP, cached_clip_weights
+    from labelers.embedders import resolve_auto_spec
 
-    local = os.environ.get("LABELLOOP_CLIP_WEIGHTS") or cached_clip_weights()
-    return f"open_clip:{DEFAULT_CLIP[0]}/{local}" if local else "efficientnet-lite0@224"
+    return resolve_auto_spec()
 
 
 def describe_spec(spec: str) -> dict[str, Any]:

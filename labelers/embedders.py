@@ -224,24 +224,50 @@ def cached_clip_weights(model_name: str = DEFAULT_CLIP[0], tag: str = DEFAULT_CL
     return None
 
 
-def _auto_embedder(device) -> Embedder:
-    """CLIP when its weights can be had offline (LABELLOOP_CLIP, or the default model in the HF cache),
-    else the packaged EfficientNet-Lite0. Says which in the log."""
+AUTO_FALLBACK = "efficientnet-lite0@224"
+
+
+def _clip_on_disk(spec: str) -> bool:
+    """True when an open_clip spec's weights are local: a local-dir folder, a weights file, or a cached tag."""
+    rest = spec[len("open_clip:"):]
+    if rest.startswith("local-dir:"):
+        return os.path.isdir(rest[len("local-dir:"):])
+    model_name, _, pretrained = rest.partition("/")
+    if os.path.isfile(pretrained):
+        return True
+    return bool(pretrained) and cached_clip_weights(model_name, pretrained) is not None
+
+
+def resolve_auto_spec() -> str:
+    """Return the concrete spec "auto" stands for here, without loading any weights.
+
+    First LABELLOOP_CLIP (or LABELLOOP_CLIP_WEIGHTS): an open_clip spec, or a ViT-B-32 weights path; then the
+    default CLIP in the Hugging Face cache; each only when its weights are on disk. Otherwise the packaged
+    EfficientNet-Lite0 ("efficientnet-lite0@224"). Never raises.
+    """
     override = (os.environ.get("LABELLOOP_CLIP") or os.environ.get("LABELLOOP_CLIP_WEIGHTS") or "").strip()
-    candidates = []
     if override:
-        candidates.append(override if override.startswith("open_clip:") else f"open_clip:{DEFAULT_CLIP[0]}/{override}")
+        spec = override if override.startswith("open_clip:") else f"open_clip:{DEFAULT_CLIP[0]}/{override}"
+        if _clip_on_disk(spec):
+            return spec
+        log.warning("LABELLOOP_CLIP %s: no weights on disk there; ignoring it", override)
     cached = cached_clip_weights()
-    if cached:
-        candidates.append(f"open_clip:{DEFAULT_CLIP[0]}/{cached}")
-    for spec in candidates:
+    return f"open_clip:{DEFAULT_CLIP[0]}/{cached}" if cached else AUTO_FALLBACK
+
+
+def _auto_embedder(device) -> Embedder:
+    """The embedder `resolve_auto_spec()` names; EfficientNet-Lite0 when that CLIP fails to load. Says which
+    in the log."""
+    spec = resolve_auto_spec()
+    if spec != AUTO_FALLBACK:
         try:
             embedder = make_embedder(spec, device)
             log.info("embedder: CLIP %s", embedder.id)
             return embedder
         except (EmbedderUnavailable, ValueError) as exc:
-            log.warning("CLIP from %s unusable (%s); trying the next option", spec, exc)
-    log.info("embedder: no CLIP weights on disk; using packaged EfficientNet-Lite0 (image-only, no zero-shot)")
+            log.warning("CLIP from %s unusable (%s); using EfficientNet-Lite0", spec, exc)
+    else:
+        log.info("embedder: no CLIP weights on disk; using packaged EfficientNet-Lite0 (image-only, no zero-shot)")
     return EfficientNetLite0Embedder(224, device)
 
 

@@ -204,3 +204,12 @@ def test_unloadable_embedder_is_a_503_and_not_retried_on_every_request(make_sett
     assert "no network" in answers[0].json()["detail"]
     assert len(attempts) == 1
     assert health["loaded"] is False and "no network" in health["error"]
+
+
+def test_auto_embedder_follows_the_labelers_rule(make_client, monkeypatch, tiny_clip_spec):
+    # One rule for "auto" (labelers.embedders.resolve_auto_spec): LABELLOOP_CLIP, when on disk, is the CLIP used.
+    monkeypatch.setenv("LABELLOOP_CLIP", tiny_clip_spec)
+    with make_client(embedder="auto") as (client, runtime):
+        embedder = client.get("/health").json()["embedder"]
+    assert embedder["configured"] == "auto" and embedder["spec"] == tiny_clip_spec and embedder["zero_shot"]
+    assert runtime.default_spec == tiny_clip_spec

@@ -76,6 +76,25 @@ def test_auto_prefers_clip_when_weights_exist_else_efficientnet(monkeypatch, tmp
     assert isinstance(fallback, EfficientNetLite0Embedder) and fallback.id == "efficientnet-lite0@224"
 
 
+def test_resolve_auto_spec_names_clip_only_when_its_weights_are_on_disk(monkeypatch, tmp_path, tiny_clip_spec):
+    from labelers.embedders import resolve_auto_spec
+
+    monkeypatch.delenv("LABELLOOP_CLIP", raising=False)
+    monkeypatch.delenv("LABELLOOP_CLIP_WEIGHTS", raising=False)
+    assert resolve_auto_spec() == "efficientnet-lite0@224"  # this machine has no CLIP in the HF cache
+    monkeypatch.setenv("LABELLOOP_CLIP", tiny_clip_spec)
+    assert resolve_auto_spec() == tiny_clip_spec
+    monkeypatch.setenv("LABELLOOP_CLIP", f"open_clip:local-dir:{tmp_path / 'gone'}")
+    assert resolve_auto_spec() == "efficientnet-lite0@224"
+    weights = tmp_path / "vit-b-32.safetensors"
+    weights.write_bytes(b"not loaded here")
+    monkeypatch.delenv("LABELLOOP_CLIP")
+    monkeypatch.setenv("LABELLOOP_CLIP_WEIGHTS", str(weights))
+    assert resolve_auto_spec() == f"open_clip:ViT-B-32/{weights}"  # named, never loaded
+    monkeypatch.setenv("LABELLOOP_CLIP_WEIGHTS", str(tmp_path / "missing.safetensors"))
+    assert resolve_auto_spec() == "efficientnet-lite0@224"
+
+
 def test_efficientnet_tf_preprocessing_recognises_a_real_photo():
     # scikit-learn's china.jpg is a palace (ImageNet class 698) under TF-style (x-127)/128 preprocessing.
     from sklearn.datasets import load_sample_image
