@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from filelock import FileLock
 
 from tests.e2e import ls_steps as steps
 from tests.e2e.faulty_serve import CRASH_EXIT_CODE, FAULT_FILE_ENV
@@ -222,18 +223,31 @@ def test_failed_and_crashed_training_keep_the_old_model_serving(label_studio, ci
     steps.wait_until(lambda: not backend.process.alive(), "the backend process to crash")
     assert backend.process.popen.returncode == CRASH_EXIT_CODE
 
-    # Restarted on the same MODEL_DIR and port: v1 still serves, with the same scores.
+    # Restarted on the same MODEL_DIR and port while this test holds the project's training lock (as a worker
+    # in the middle of a run would): the retrain the crash interrupted must wait, so v1 serves, same scores.
     fault.write_text("")
     port = int(backend.url.rsplit(":", 1)[1])
-    restarted = backend_factory(label_studio, port=port, **faulty)
-    assert steps.served_version(restarted, project.id) == v1
-    results = predict_directly(restarted, project, tasks)
-    assert {r["model_version"] for r in results} == {v1}
-    assert [r["score"] for r in results] == pytest.approx([before[t["id"]] for t in tasks], abs=1e-5)
+    training_lock = FileLock(str(backend.model_dir / "locks" / f"train-{project.id}.lock"))
+    training_lock.acquire()
+    try:
+        restarted = backend_factory(label_studio, port=port, **faulty)
+        assert steps.served_version(restarted, project.id) == v1
+        results = predict_directly(restarted, project, tasks)
+        assert {r["model_version"] for r in results} == {v1}
+        assert [r["score"] for r in results] == pytest.approx([before[t["id"]] for t in tasks], abs=1e-5)
+        assert steps.project_metrics(restarted, project.id)["training"]["state"] == "queued"
+    finally:
+        training_lock.release()
 
-    # And the next training run succeeds over the debris of the crashed one; Label Studio re-predicts with it.
-    ls.ml.train(id=project.ml_id)
-    v2 = steps.wait_for_training(restarted, project.id, n_annotations=11)["model_version"]
-    assert v2 != v1
+    # Then, without any new event, the crashed run shows as failed in /metrics, its half-written head folders
+    # are gone, and the retrain it owed runs over them; Label Studio re-predicts with the new version.
+    entry = steps.wait_for_training(restarted, project.id, n_annotations=11)
+    v2 = entry["model_version"]
+    assert v2 != v1 and entry["training"]["last_run"]["reason"] == "RESUME_AFTER_RESTART"
+    assert entry["training"]["last_failure"]["error"].startswith("process died during training")
+    counters = steps.metrics(restarted)["counters"]
+    assert not [k for k in counters if k.startswith(("webhook_ANNOTATION", "webhook_START_TRAINING"))], counters
+    heads = backend.model_dir / "projects" / str(project.id) / "heads"
+    assert not [p.name for p in heads.iterdir() if p.name.startswith(".")]
     steps.retrieve_predictions(ls, project.id)
     check_predictions(steps.list_tasks(ls, project.id), v2)
