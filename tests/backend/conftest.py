@@ -1,15 +1,14 @@
-"""Fixtures for the backend's in-process API tests: a tiny random CLIP saved locally, images, apps, fake servers."""
+"""Fixtures for the backend's in-process API tests: images, apps, fake servers (the tiny random CLIP,
+`tiny_clip_spec`, and the tiny VLMs come from tests/conftest.py)."""
 from __future__ import annotations
 
 import io
-import json
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -32,26 +31,6 @@ def png(color=(200, 30, 30), size=(32, 32), noise: int = 0, seed: int = 0) -> by
     buf = io.BytesIO()
     Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="session")
-def tiny_clip_spec(tmp_path_factory) -> str:
-    """A tiny random open_clip model saved as an open_clip local-dir folder; returns its embedder spec.
-
-    vocab_size is the real tokenizer's (49408) so that open_clip's own tokenizer path is exercised
-    (a 1000-word vocabulary would index past the embedding table).
-    """
-    import open_clip
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    cfg = dict(embed_dim=32, vision_cfg=dict(layers=2, width=64, patch_size=8, image_size=32, head_width=32),
-               text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=2))
-    model = open_clip.CLIP(**cfg)
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    return f"open_clip:local-dir:{folder}"
 
 
 _EMBEDDERS: dict[str, object] = {}
