@@ -48,3 +48,14 @@ def tiny_vlm_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_vlms")
     return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with torch on one thread (the 2-core machine is shared), then restore the setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -24,14 +24,7 @@ NOT_LABEL = _choices("not_label", ' choice="multiple" model_complementary="true"
 TWO_CONTROLS_XML = f"<View>{IMAGE}{LABEL}{NOT_LABEL}</View>"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tasks(project: int = 1) -> list[dict]:
