@@ -74,7 +74,30 @@ def section(results: dict, command: str, seeds: int, per_class: int) -> str:
         lines += [f"At <= 2 labels per class the least favourable paired gap to random is "
                   f"{worst['gap']:+.4f} ± {worst['gap_ci']:.4f} ({worst['strategy']}, {int(worst['n_labeled'])} labels).",
                   ""]
+    lines += WHY
     return "\n".join(lines)
+
+
+# Measured while tuning (4 seeds, 20 + 12 x 40 labels, 10k pool; scripts in the commit history).
+WHY = ["### Why the 0.67x target is not reached, and what was changed", "",
+       "- The features cap what any query strategy can win: a linear head on all 10 000 pool images reaches "
+       "~77 % test accuracy, so about a quarter of CIFAR-10 is not linearly separable in this space "
+       "(cat/dog, automobile/truck, deer/horse). Margin sampling spends its labels on exactly those overlaps, "
+       "where one more label moves the boundary little; the gain over random stays ~1 pp from 100 labels on.",
+       "- Entropy and least-confidence are below random at every mid budget: with 10 classes they favour "
+       "images that are confused among many classes (outliers, clutter), which teach a linear head little. "
+       "Hence `margin` is the default strategy.",
+       "- Fixed in the method: the head let a class without examples collapse (its unpenalised bias went to "
+       "-inf, so no strategy could ever query it). Penalising the bias and scaling the prior with 1/N lifted "
+       "every strategy at the cold start (20 random labels: 37.0 % -> 42.3 % test accuracy).",
+       "- Tried, kept as options: k-means diversity over the top-10b candidates (`+kmeans`, best: 0.78-0.83x); "
+       "class-balanced picks (`+balance`, no measurable change). Tried and dropped: information-density "
+       "weighting (margin x typicality), which made margin far worse (1.75x the labels of random).",
+       "- Prior strength moves margin's ratio at 260 labels but never to 0.67x (4 seeds each, so +-0.1): "
+       "fixed l2 0.01 / 0.1 / 1.0 gave 0.87 / 0.82 / 0.73 before the bias fix; l2/N with l2 = 100 / 300 "
+       "after it gave 1.01 / 0.91, with random itself much stronger. The default (100) is the one that "
+       "gives the best accuracy and calibration across 20-8000 labels, not the one that flatters margin.",
+       ""]
 
 
 def main(seeds: int = 10, train_per_class: int = 1000, l2: float = 100.0, write: bool = False,
