@@ -21,11 +21,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def one_thread(one_torch_thread):
+    """Every training test here runs with one torch thread (shared fixture in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
