@@ -8,6 +8,7 @@ from backend.heads import choose, scores
 from backend.labels import LabelConfigError, parse_label_config
 from tests.backend.conftest import CHOICES_XML, local_task, png, setup_project
 from tests.backend.fakes import LEGACY_TOKEN, FakeLabelStudio, ServerThread
+from tests.waiting import eventually
 
 TAXONOMY_XML = ('<View><Image name="img" value="$photo"/><Taxonomy name="kind" toName="img">'
                 '<Choice value="Animal"><Choice value="Cat" predicted_values="kitten"/><Choice value="Dog"/></Choice>'
@@ -121,7 +122,7 @@ def test_connecting_a_project_warms_the_cache_so_predict_never_refetches(make_cl
         with make_client(local_files_document_root=docroot, label_studio_url=ls.url,
                          label_studio_api_key=LEGACY_TOKEN) as (client, runtime):
             setup_project(client)
-            deadline_ok = _wait(lambda: (runtime.warmer.status("1") or {}).get("state") == "done")
+            deadline_ok = eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "done")
             assert deadline_ok, runtime.warmer.status("1")
             status = runtime.warmer.status("1")
             # remove the files: a predict that still works cannot have read them again
@@ -132,17 +133,6 @@ def test_connecting_a_project_warms_the_cache_so_predict_never_refetches(make_cl
     assert status["tasks"] == len(ls_tasks) and status["embedded"] == len(ls_tasks)
     assert all(r["result"] and r["score"] is not None for r in results)
     assert counters["images_fetched"] == 0 and counters["tasks_predicted"] == len(ls_tasks)
-
-
-def _wait(condition, timeout: float = 120.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_taxonomy_project_predicts_paths_and_trains_multi_label(make_client, docroot):
@@ -184,7 +174,7 @@ def test_imported_tasks_are_embedded_in_the_background(make_client, docroot):
         resp = client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": tasks,
                                              "project": {"id": 1, "label_config": CHOICES_XML}})
         assert resp.status_code == 200 and "3 new task(s)" in resp.json()["detail"]
-        assert _wait(lambda: all(key for _, key in runtime.store.content_keys("1", [1, 2, 3]).values())
+        assert eventually(lambda: all(key for _, key in runtime.store.content_keys("1", [1, 2, 3]).values())
                      and len(runtime.store.content_keys("1", [1, 2, 3])) == 3)
         results = client.post("/predict", json={"tasks": tasks, "project": "1.1"}).json()["results"]
         counters = client.get("/metrics").json()["counters"]
@@ -202,7 +192,7 @@ def test_a_batch_that_cannot_be_embedded_in_budget_is_deferred_not_half_stored(m
         assert first.status_code == 503 and first.headers["retry-after"] == "60"
         assert "0 of 9" in first.json()["detail"] and "Retrieve Predictions again" in first.json()["detail"]
         ids = [t["id"] for t in tasks]
-        assert _wait(lambda: all(key for _, key in runtime.store.content_keys("1", ids).values()))
+        assert eventually(lambda: all(key for _, key in runtime.store.content_keys("1", ids).values()))
         second = client.post("/predict", json={"tasks": tasks, "project": "1.1"})
     assert second.status_code == 200
     assert all(r["score"] is not None for r in second.json()["results"])

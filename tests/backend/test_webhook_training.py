@@ -13,6 +13,7 @@ from backend.runtime import Runtime
 from tests.backend.conftest import (CHOICES_XML, annotation_event, choice_result, local_task, setup_project,
                                     shared_loader)
 from tests.backend.fakes import LEGACY_TOKEN, FakeLabelStudio, ServerThread
+from tests.waiting import eventually
 
 TASKS = [local_task(i + 1, f"imgs/{name}{k}.png") for i, (name, k) in
          enumerate([(n, k) for n in ("red", "green", "blue") for k in range(3)])]
@@ -300,26 +301,17 @@ def test_project_version_is_synced_once_label_studio_has_its_predictions(make_cl
             annotate_all(client)
             assert runtime.queue.wait_idle(120)
             v1 = runtime.store.current_version("1")
-            assert _wait(lambda: any(r["method"] == "PATCH" for r in fake.requests))
+            assert eventually(lambda: any(r["method"] == "PATCH" for r in fake.requests))
             assert fake.project_versions == {}  # refused: Label Studio has no v1 predictions yet
             fake.versions_with_predictions.add(v1)  # Retrieve Predictions stores them...
             predict(client)  # ...right after this call returns
-            assert _wait(lambda: fake.project_versions == {1: v1}), fake.requests[-3:]
+            assert eventually(lambda: fake.project_versions == {1: v1}), fake.requests[-3:]
             patches = sum(r["method"] == "PATCH" for r in fake.requests)
             predict(client)  # already in step: no further update
             assert runtime.store.kv_get("1", "labelloop.label_studio_model_version") == v1
     assert sum(r["method"] == "PATCH" for r in fake.requests) == patches
     assert "did not take model_version" in caplog.text  # the refusal is logged...
     assert "set-cookie" not in caplog.text.lower()  # ...without the SDK error's response headers
-
-
-def _wait(condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_deleting_every_annotation_returns_to_the_prior(make_client, docroot):
