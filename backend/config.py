@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from configs import read_mapping
 
 STRATEGIES = ("margin", "entropy", "least", "random")
 RETRAIN_POLICIES = ("on_submit", "manual")
@@ -155,12 +155,7 @@ def default_config_text() -> str:
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    data = read_mapping(text, source, ConfigError)
     unknown = sorted(set(data) - set(_DEFAULTS))
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_DEFAULTS))}")

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from configs import read_mapping
 
 
 class SettingsError(ValueError):
@@ -64,13 +64,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def _parse(text: str, source: str) -> dict:
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{source}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"{source}: expected a mapping at the top level")
-    return data
+    return read_mapping(text, source, SettingsError)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> VLMSettings:
