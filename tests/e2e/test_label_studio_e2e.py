@@ -60,6 +60,17 @@ def connected_project(label_studio, backend, files, title):
     return ls, project, v0
 
 
+def trained_project(label_studio, backend, files, title):
+    """A connected project trained on one annotation per class, with predictions of the new version
+    retrieved; returns (client, project, version r1, task dicts)."""
+    ls, project, _ = connected_project(label_studio, backend, files, title)
+    for task in project.tasks[::3]:  # one image per class
+        steps.annotate(ls, task.id, task.truth)
+    v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
+    steps.retrieve_predictions(ls, project.id)
+    return ls, project, v1, steps.list_tasks(ls, project.id)
+
+
 def two_per_class(project):
     return [t for t in project.tasks if sum(u.truth == t.truth for u in project.tasks if u.id <= t.id) <= 2]
 
@@ -111,12 +122,8 @@ def test_predictions_then_retrain_on_submit_then_new_predictions(label_studio, c
 
 def test_project_version_follows_retraining_so_score_sort_works(label_studio, cifar_files, backend_factory):
     backend = backend_factory(label_studio)
-    ls, project, v0 = connected_project(label_studio, backend, cifar_files, "e2e score sort")
-    for task in project.tasks[::3]:  # one image per class
-        steps.annotate(ls, task.id, task.truth)
-    v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
-    steps.retrieve_predictions(ls, project.id)
-    v1_scores = check_predictions(steps.list_tasks(ls, project.id), v1)
+    ls, project, v1, tasks = trained_project(label_studio, backend, cifar_files, "e2e score sort")
+    v1_scores = check_predictions(tasks, v1)
 
     # Label Studio's Data Manager scores and sorts only predictions of the project's model_version: the
     # backend must move it to v1 (ml.create left it at the backend's title).
@@ -167,12 +174,7 @@ def test_updates_deletions_and_start_training_retrain(label_studio, cifar_files,
 
 def test_restarted_backend_serves_the_same_version(label_studio, cifar_files, backend_factory):
     backend = backend_factory(label_studio)
-    ls, project, _ = connected_project(label_studio, backend, cifar_files, "e2e restart")
-    for task in project.tasks[::3]:  # one image per class
-        steps.annotate(ls, task.id, task.truth)
-    v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
-    steps.retrieve_predictions(ls, project.id)
-    tasks = steps.list_tasks(ls, project.id)
+    ls, project, v1, tasks = trained_project(label_studio, backend, cifar_files, "e2e restart")
     before = check_predictions(tasks, v1)
 
     port = int(backend.url.rsplit(":", 1)[1])
@@ -198,12 +200,8 @@ def test_failed_and_crashed_training_keep_the_old_model_serving(label_studio, ci
     faulty = dict(launcher=[sys.executable, "-m", "tests.e2e.faulty_serve"],
                   extra_env={FAULT_FILE_ENV: str(fault)})
     backend = backend_factory(label_studio, **faulty)
-    ls, project, _ = connected_project(label_studio, backend, cifar_files, "e2e crash")
-    for task in project.tasks[::3]:
-        steps.annotate(ls, task.id, task.truth)
-    v1 = steps.wait_for_training(backend, project.id, n_annotations=10)["model_version"]
-    steps.retrieve_predictions(ls, project.id)
-    before = check_predictions(steps.list_tasks(ls, project.id), v1)
+    ls, project, v1, tasks = trained_project(label_studio, backend, cifar_files, "e2e crash")
+    before = check_predictions(tasks, v1)
 
     # 1. A training run that raises: recorded as failed and visible in /metrics; v1 keeps serving.
     fault.write_text("raise")
