@@ -94,7 +94,8 @@ WHY = ["## Active learning: why the 0.67x target is not reached, and what was ch
        "random's labels at 420 (0.73-0.77x from 340 to 820 labels) against 0.78-0.84x with a 10 000 pool; "
        "closest to the target, still above it.",
        "- Tried, kept as options: k-means diversity over the top-10b candidates (`+kmeans`, best: 0.78-0.83x); "
-       "class-balanced picks (`+balance`, no measurable change). Tried and dropped: information-density "
+       "class-balanced picks (`+balance`, no measurable change). A wider k-means candidate set (30b instead of 10b, "
+       "50k pool, 4 seeds) was worse: 0.87-0.89x against 0.78-0.79x at 380-460 labels. Tried and dropped: information-density "
        "weighting (margin x typicality), which made margin far worse (1.75x the labels of random).",
        "- Prior strength moves margin's ratio at 260 labels but never to 0.67x (4 seeds each, so +-0.1): "
        "fixed l2 0.01 / 0.1 / 1.0 gave 0.87 / 0.82 / 0.73 before the bias fix; l2/N with l2 = 100 / 300 "
