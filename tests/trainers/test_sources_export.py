@@ -101,16 +101,19 @@ def test_export_image_folder_csv_image_folder(tmp_path, digit_folder):
     assert original.names == copy.names and np.array_equal(original.ord_labels, copy.ord_labels)
 
 
+def write_vlm_run(folder, records):
+    """Write a complementary VLM run directory (run.json + labels.jsonl) holding `records`; return it."""
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"mode": "complementary", "class_names": DIGITS}))
+    (folder / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
 def test_export_vlm_run_to_libcll(tmp_path, digit_folder):
     base = read_image_folder(digit_folder)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text(json.dumps({"mode": "complementary", "class_names": DIGITS}))
-    with open(run / "labels.jsonl", "w") as fh:
-        for name, path, y in zip(base.names, base.paths, base.ord_labels):
-            for r, k in enumerate((2, 4)):
-                fh.write(json.dumps({"image": name, "path": str(path), "round": r, "label": int((y + k) % 10),
-                                     "true_label": int(y)}) + "\n")
+    run = write_vlm_run(tmp_path / "run", [
+        {"image": name, "path": str(path), "round": r, "label": int((y + k) % 10), "true_label": int(y)}
+        for name, path, y in zip(base.names, base.paths, base.ord_labels) for r, k in enumerate((2, 4))])
     result = runner.invoke(app, ["export", str(run), str(tmp_path / "vlm.pkl")])
     assert result.exit_code == 0, result.output
     stored = read_libcll_pickle(tmp_path / "vlm.pkl")
@@ -141,12 +144,8 @@ def test_cli_bad_inputs_exit_2_with_a_message(tmp_path, digit_folder):
 
 def test_vlm_run_keys_with_a_longer_root_match_by_path_tail(tmp_path, digit_folder):
     base = read_image_folder(digit_folder)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "run.json").write_text(json.dumps({"mode": "complementary", "class_names": DIGITS}))
-    with open(run / "labels.jsonl", "w") as fh:
-        for name, y in zip(base.names, base.ord_labels):
-            fh.write(json.dumps({"image": f"digits/{name}", "round": 0, "label": int((y + 1) % 10)}) + "\n")
+    run = write_vlm_run(tmp_path / "run", [{"image": f"digits/{name}", "round": 0, "label": int((y + 1) % 10)}
+                                           for name, y in zip(base.names, base.ord_labels)])
     train = load_sources(str(digit_folder), str(run)).train
     assert len(train) == 60 and ((train.cl_labels[:, 0] - train.ord_labels) % 10 == 1).all()
 
