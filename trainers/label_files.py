@@ -1,0 +1,204 @@
+"""Attaching labels from a file (``--label-path``) to the images of a dataset.
+
+Label files: ``auto_labels.csv``, a VLM run (``labels.jsonl``), a Label Studio JSON export or a libcll
+pickle. Rows are matched to images by key (file name, relative path or path tail; see ``match_rows``),
+never by position: a label file whose keys match no image is refused.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from trainers.datasets import DataSourceError
+from trainers.labelset import LabelSet, majority_vote, pad_rows
+
+log = logging.getLogger(__name__)
+
+CL_CONTROL_HINTS = ("complement", "not", "neg", "cl")
+
+
+def _name_index(names: list[str]) -> dict[str, int]:
+    """Map full names, base names and stems to row numbers (ambiguous keys are dropped)."""
+    index: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    for i, name in enumerate(names):
+        for key in {name, Path(name).name, Path(name).stem}:
+            if key in index and index[key] != i:
+                ambiguous.add(key)
+            index.setdefault(key, i)
+    for key in ambiguous - set(names):
+        index.pop(key, None)
+    return index
+
+
+def _lookup(index: dict[str, int], key: str) -> int | None:
+    """Return the row of ``key``: exact, then ever shorter path tails ("run/3/a.png" -> "3/a.png" -> "a.png"), then stem."""
+    parts = Path(key).parts
+    for start in range(len(parts)):
+        hit = index.get(Path(*parts[start:]).as_posix())
+        if hit is not None:
+            return hit
+    return index.get(Path(key).stem)
+
+
+def _match_rows(base: LabelSet, keys: list[str], label_file: Path, allow_order: bool) -> np.ndarray:
+    """Return, per label row, the base row it labels. Raises DataSourceError naming the first unmatched row."""
+    index = _name_index(base.names)
+    hits = [_lookup(index, k) for k in keys]
+    missing = [i for i, h in enumerate(hits) if h is None]
+    if not missing:
+        return np.asarray(hits, dtype=np.int64)
+    if allow_order and len(missing) == len(keys) and len(keys) == len(base):
+        log.warning("%s: no file name matches the dataset; rows are taken in dataset order (seed layout)", label_file)
+        return np.arange(len(keys))
+    row = missing[0]
+    raise DataSourceError(f"{label_file}: row {row + 1} names image {keys[row]!r}, which is not in the dataset "
+                          f"({len(missing)} of {len(keys)} rows unmatched; e.g. dataset has {base.names[0]!r})")
+
+
+def _apply(base: LabelSet, rows: np.ndarray, label_rows: np.ndarray, ordinary: bool, source: Path) -> LabelSet:
+    """Return the base rows ``rows`` labelled with ``label_rows`` (CLs, or ordinary votes when ``ordinary``)."""
+    subset = base.subset(rows)
+    if ordinary:
+        subset = replace(subset, ord_labels=majority_vote(label_rows), cl_labels=np.full((len(rows), 1), -1))
+    else:
+        subset = replace(subset, cl_labels=label_rows)
+    dropped = len(base) - len(rows)
+    if dropped:
+        log.info("%s: %d dataset images have no labels and are left out", source, dropped)
+    subset.meta["labels"] = str(source)
+    return subset
+
+
+def _pick_controls(tasks, cl_control: str | None, label_control: str | None, path: Path):
+    controls = sorted({name for task in tasks for name in task.labels})
+    if not controls:
+        raise DataSourceError(f"{path}: no task has a non-cancelled annotation with chosen labels")
+    for given in (cl_control, label_control):
+        if given and given not in controls:
+            raise DataSourceError(f"{path}: no annotation uses control {given!r}; controls found: {', '.join(controls)}")
+    if cl_control is None and label_control is None:
+        hinted = [c for c in controls if any(h in c.lower() for h in CL_CONTROL_HINTS)]
+        cl_control = hinted[0] if hinted else None
+        others = [c for c in controls if c != cl_control]
+        label_control = others[0] if others else None
+    return cl_control, label_control
+
+
+def read_label_studio_labels(path: Path, base: LabelSet | None, roots: list[Path], classes: list[str] | None,
+                             cl_control: str | None, label_control: str | None, image_key: str | None) -> LabelSet:
+    """Return a LabelSet from a Label Studio JSON export: CLs from ``cl_control``, labels from ``label_control``.
+
+    Without a base dataset, images are resolved under ``roots``; an image that cannot be found is an
+    error naming the task. Class names: ``classes``, the base's, or the sorted labels seen.
+    """
+    from labelers.formats.label_studio import read_label_studio_export, resolve_image_path
+
+    tasks = read_label_studio_export(path, image_key)
+    cl_control, label_control = _pick_controls(tasks, cl_control, label_control, path)
+    names = classes or (base.class_names if base is not None and base.class_names else None) or sorted(
+        {label for t in tasks for c in (cl_control, label_control) if c for label in t.labels.get(c, [])})
+    index = {n: i for i, n in enumerate(names)}
+    cl_rows, ord_labels = [], []
+    for number, task in enumerate(tasks, start=1):
+        for control in (cl_control, label_control):
+            for label in task.labels.get(control, []) if control else []:
+                if label not in index:
+                    raise DataSourceError(f"{path}: task {number} (id {task.id}) has unknown class {label!r} in "
+                                          f"control {control!r}; known: {', '.join(names)}")
+        cl_rows.append([index[x] for x in task.labels.get(cl_control, [])] if cl_control else [])
+        chosen = task.labels.get(label_control, []) if label_control else []
+        ord_labels.append(index[chosen[0]] if chosen else -1)
+    refs = [task.image for task in tasks]
+    paths = []
+    if base is None:
+        for number, ref in enumerate(refs, start=1):
+            found = resolve_image_path(ref, roots)
+            if found is None:
+                raise DataSourceError(f"{path}: task {number} image {ref!r} not found under "
+                                      f"{', '.join(map(str, roots))} (pass --data <image root>)")
+            paths.append(found)
+    keys = [str(p) for p in paths] if paths else [_ref_name(r) for r in refs]
+    return LabelSet(names, keys, pad_rows(cl_rows), np.asarray(ord_labels), paths=paths or None,
+                    meta={"source": str(path), "cl_control": cl_control, "label_control": label_control,
+                          "refs": refs})
+
+
+def _ref_name(ref: str) -> str:
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    parsed = urlparse(ref)
+    query = parse_qs(parsed.query)
+    return unquote(query["d"][0]) if "d" in query else unquote(parsed.path or ref)
+
+
+def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool, long_label: bool = True,
+                  classes: list[str] | None = None, image_roots: list[Path] | None = None,
+                  cl_control: str | None = None, label_control: str | None = None,
+                  image_key: str | None = None) -> LabelSet:
+    """Return the LabelSet of ``base`` images labelled by ``label_path`` (or the label file's own images).
+
+    ``ordinary`` reads the file's label columns as ordinary labels (majority vote per image, as for the
+    seed's Ord runs) instead of complementary labels. Raises DataSourceError naming the row/key for
+    unknown class names and listed images that are missing.
+    """
+    from labelers.formats.auto_labels import AutoLabelsError, labels_to_indices, read_auto_labels
+    from trainers.formats.libcll_pickle import read_libcll_pickle
+    from trainers.formats.vlm_run import JSONL_NAME, read_vlm_run
+
+    path = Path(label_path)
+    if not path.exists():
+        raise FileNotFoundError(f"label file not found: {path}")
+    names = classes or (base.class_names if base is not None else None)
+    if path.suffix == ".json":
+        roots = list(image_roots or []) + [path.parent]
+        labels = read_label_studio_labels(path, base, roots, classes, cl_control, label_control, image_key)
+        if base is None:
+            return labels
+        rows = _match_rows(base, labels.names, path, allow_order=False)
+        matched = base.subset(rows)
+        if labels.has_cls:
+            matched = replace(matched, cl_labels=labels.cl_labels)
+        if labels.has_true_labels:
+            matched = replace(matched, ord_labels=np.where(labels.ord_labels >= 0, labels.ord_labels,
+                                                           matched.ord_labels))
+        matched.meta["labels"] = str(path)
+        return matched
+    if path.suffix == ".jsonl" or (path.is_dir() and (path / JSONL_NAME).exists()):
+        run = read_vlm_run(path)
+        if base is None:
+            return run
+        _check_same_classes(run.class_names, base.class_names, path)
+        rows = _match_rows(base, run.names, path, allow_order=False)
+        if run.meta.get("mode") == "ordinary":
+            return _apply(base, rows, run.ord_labels[:, None], True, path)
+        return _apply(base, rows, run.cl_labels, ordinary, path)
+    if path.suffix in (".pkl", ".pickle"):
+        stored = read_libcll_pickle(path, classes)
+        if base is None:
+            return stored
+        rows = _match_rows(base, stored.names, path, allow_order=True)
+        return _apply(base, rows, stored.ord_labels[:, None] if ordinary else stored.cl_labels, ordinary, path)
+    if base is None:
+        raise DataSourceError(f"{path}: an auto_labels.csv holds file names only; pass --data with the images")
+    if not names:
+        raise DataSourceError(f"{path}: class names are unknown; pass --classes (comma-separated or a file)")
+    try:
+        rows_named = read_auto_labels(path)
+        indexed = labels_to_indices(rows_named, list(names), long_label=long_label, path=path)
+    except AutoLabelsError as err:
+        raise DataSourceError(str(err)) from None
+    if base.class_names != list(names):
+        base = replace(base, class_names=list(names))
+    rows = _match_rows(base, [f for f, _ in indexed], path, allow_order=True)
+    return _apply(base, rows, pad_rows([labels for _, labels in indexed]), ordinary, path)
+
+
+def _check_same_classes(run_classes: list[str], base_classes: list[str], path: Path) -> None:
+    if base_classes and list(run_classes) != list(base_classes):
+        raise DataSourceError(f"{path}: the run's classes ({', '.join(run_classes)}) differ from the dataset's "
+                              f"({', '.join(base_classes)})")
+
