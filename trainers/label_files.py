@@ -20,12 +20,21 @@ log = logging.getLogger(__name__)
 CL_CONTROL_HINTS = ("complement", "not", "neg", "cl")
 
 
-def _name_index(names: list[str]) -> dict[str, int]:
-    """Map full names, base names and stems to row numbers (ambiguous keys are dropped)."""
+def _row_keys(name: str, path: Path | None) -> set[str]:
+    """Return the keys a label file may use for one image: its name, base name, stem and every tail of its path."""
+    keys = {name, Path(name).name, Path(name).stem}
+    if path is not None:
+        parts = Path(path).absolute().parts
+        keys.update(Path(*parts[start:]).as_posix() for start in range(len(parts)))
+    return keys
+
+
+def _name_index(names: list[str], paths: list[Path] | None = None) -> dict[str, int]:
+    """Map every key of ``_row_keys`` to its row number; a key shared by two rows is dropped (unless it is a name)."""
     index: dict[str, int] = {}
     ambiguous: set[str] = set()
     for i, name in enumerate(names):
-        for key in {name, Path(name).name, Path(name).stem}:
+        for key in _row_keys(name, paths[i] if paths is not None else None):
             if key in index and index[key] != i:
                 ambiguous.add(key)
             index.setdefault(key, i)
@@ -44,19 +53,30 @@ def _lookup(index: dict[str, int], key: str) -> int | None:
     return index.get(Path(key).stem)
 
 
-def _match_rows(base: LabelSet, keys: list[str], label_file: Path, allow_order: bool) -> np.ndarray:
-    """Return, per label row, the base row it labels. Raises DataSourceError naming the first unmatched row."""
-    index = _name_index(base.names)
+def match_rows(base: LabelSet, keys: list[str], label_file: Path) -> np.ndarray:
+    """Return, per label row, the base row it labels, matched by key (name, file name, path tail or stem).
+
+    Rows are never matched by position: the seed's trainer did, and a label file written for another
+    image order then puts most labels on the wrong image. Raises DataSourceError naming the first
+    unmatched row, or two rows that land on the same image.
+    """
+    index = _name_index(base.names, base.paths)
     hits = [_lookup(index, k) for k in keys]
     missing = [i for i, h in enumerate(hits) if h is None]
-    if not missing:
-        return np.asarray(hits, dtype=np.int64)
-    if allow_order and len(missing) == len(keys) and len(keys) == len(base):
-        log.warning("%s: no file name matches the dataset; rows are taken in dataset order (seed layout)", label_file)
-        return np.arange(len(keys))
-    row = missing[0]
-    raise DataSourceError(f"{label_file}: row {row + 1} names image {keys[row]!r}, which is not in the dataset "
-                          f"({len(missing)} of {len(keys)} rows unmatched; e.g. dataset has {base.names[0]!r})")
+    if missing:
+        row = missing[0]
+        example = base.names[0] if base.paths is None else f"{base.names[0]!r} ({base.paths[0]})"
+        what = "none of its rows" if len(missing) == len(keys) else f"{len(missing)} of {len(keys)} rows"
+        raise DataSourceError(f"{label_file}: {what} match an image of the dataset; row {row + 1} names image "
+                              f"{keys[row]!r}, the dataset's first image is {example}. Rows are matched by file "
+                              f"name or path, never by position")
+    first: dict[int, int] = {}
+    for row, hit in enumerate(hits):
+        if hit in first:
+            raise DataSourceError(f"{label_file}: rows {first[hit] + 1} ({keys[first[hit]]!r}) and {row + 1} "
+                                  f"({keys[row]!r}) both match image {base.names[hit]!r}; use full relative paths")
+        first[hit] = row
+    return np.asarray(hits, dtype=np.int64)
 
 
 def _apply(base: LabelSet, rows: np.ndarray, label_rows: np.ndarray, ordinary: bool, source: Path) -> LabelSet:
@@ -158,7 +178,7 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         labels = read_label_studio_labels(path, base, roots, classes, cl_control, label_control, image_key)
         if base is None:
             return labels
-        rows = _match_rows(base, labels.names, path, allow_order=False)
+        rows = match_rows(base, labels.names, path)
         matched = base.subset(rows)
         if labels.has_cls:
             matched = replace(matched, cl_labels=labels.cl_labels)
@@ -172,7 +192,7 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         if base is None:
             return run
         _check_same_classes(run.class_names, base.class_names, path)
-        rows = _match_rows(base, run.names, path, allow_order=False)
+        rows = match_rows(base, run.names, path)
         if run.meta.get("mode") == "ordinary":
             return _apply(base, rows, run.ord_labels[:, None], True, path)
         return _apply(base, rows, run.cl_labels, ordinary, path)
@@ -180,7 +200,7 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         stored = read_libcll_pickle(path, classes)
         if base is None:
             return stored
-        rows = _match_rows(base, stored.names, path, allow_order=True)
+        rows = match_rows(base, stored.names, path)
         return _apply(base, rows, stored.ord_labels[:, None] if ordinary else stored.cl_labels, ordinary, path)
     if base is None:
         raise DataSourceError(f"{path}: an auto_labels.csv holds file names only; pass --data with the images")
@@ -193,7 +213,7 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         raise DataSourceError(str(err)) from None
     if base.class_names != list(names):
         base = replace(base, class_names=list(names))
-    rows = _match_rows(base, [f for f, _ in indexed], path, allow_order=True)
+    rows = match_rows(base, [f for f, _ in indexed], path)
     return _apply(base, rows, pad_rows([labels for _, labels in indexed]), ordinary, path)
 
 

@@ -32,12 +32,13 @@ def test_auto_labels_attach_by_file_name(tmp_path, digit_folder):
     assert ((train.cl_labels - train.ord_labels[:, None]) % 10 == np.array([1, 2, 3])).all()
 
 
-def test_auto_labels_seed_layout_falls_back_to_dataset_order(tmp_path, digit_folder):
+def test_auto_labels_whose_names_match_nothing_are_refused(tmp_path, digit_folder):
+    """Same length as the dataset, no name matches: the rows are not taken in dataset order."""
     base, rows = cl_rows(digit_folder)
     renamed = [(f"cifar_style_{i}.png", labels) for i, (_, labels) in enumerate(rows)]
     path = write_auto_labels(tmp_path / "auto_labels.csv", renamed)
-    train = load_sources(str(digit_folder), str(path), long_label=True).train
-    assert ((train.cl_labels - train.ord_labels[:, None]) % 10 == np.array([1, 2, 3])).all()
+    with pytest.raises(DataSourceError, match="never by position"):
+        load_sources(str(digit_folder), str(path), long_label=True)
 
 
 def test_auto_labels_unknown_class_and_missing_image_name_the_row(tmp_path, digit_folder):
