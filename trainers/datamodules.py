@@ -63,11 +63,15 @@ def crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
 
 
 class CLDataModule(pl.LightningDataModule):
-    """Train/valid (from ``train``) and optional test LabelSets over input tensors (N, ...)."""
+    """Train/valid (from ``train``) and optional test LabelSets over input tensors (N, ...).
+
+    Training batches carry ``train.ord_labels`` (what Ord learns from); validation batches carry
+    ``valid_truth`` (default ``train.truth``), so an Ord run on a label file validates on the truth.
+    """
 
     def __init__(self, train: LabelSet, train_inputs: torch.Tensor, valid_index: np.ndarray,
                  test: LabelSet | None = None, test_inputs: torch.Tensor | None = None, batch_size: int = 256,
-                 augment=None, scale=None, seed: int = 0):
+                 augment=None, scale=None, seed: int = 0, valid_truth: np.ndarray | None = None):
         super().__init__()
         self.train_set, self.test_set = train, test
         self.batch_size, self.seed = batch_size, seed
@@ -75,9 +79,10 @@ class CLDataModule(pl.LightningDataModule):
         self.train_index, self.valid_index = train_index, valid_index
         self.train_data = BatchDataset(train_inputs[train_index], train.cl_labels[train_index],
                                        train.ord_labels[train_index], transform=augment, scale=scale)
+        valid_truth = train.truth if valid_truth is None else valid_truth
         self.valid_data = BatchDataset(train_inputs[valid_index], train.cl_labels[valid_index],
-                                       train.ord_labels[valid_index], scale=scale)
-        self.test_data = None if test is None else BatchDataset(test_inputs, test.cl_labels, test.ord_labels,
+                                       valid_truth[valid_index], scale=scale)
+        self.test_data = None if test is None else BatchDataset(test_inputs, test.cl_labels, test.truth,
                                                                 scale=scale)
 
     @property
@@ -140,12 +145,12 @@ class ImageDataModule(CLDataModule):
 
     def __init__(self, train: LabelSet, valid_index: np.ndarray, test: LabelSet | None = None,
                  batch_size: int = 256, image_size: int | None = None, augment: bool = False, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, valid_truth: np.ndarray | None = None):
         train_x = image_tensor(train, image_size, progress=progress)
         test_x = None if test is None else image_tensor(test, image_size or train_x.shape[-1],
                                                         channels=train_x.shape[1], progress=progress)
         super().__init__(train, train_x, valid_index, test, test_x, batch_size,
-                         augment=crop_flip if augment else None, scale=scale_uint8, seed=seed)
+                         augment=crop_flip if augment else None, scale=scale_uint8, seed=seed, valid_truth=valid_truth)
 
 
 class EmbeddingDataModule(CLDataModule):
@@ -156,7 +161,8 @@ class EmbeddingDataModule(CLDataModule):
     """
 
     def __init__(self, train: LabelSet, valid_index: np.ndarray, test: LabelSet | None = None,
-                 batch_size: int = 256, seed: int = 0, standardize: bool = True):
+                 batch_size: int = 256, seed: int = 0, standardize: bool = True,
+                 valid_truth: np.ndarray | None = None):
         if train.features is None or (test is not None and test.features is None):
             raise ValueError("EmbeddingDataModule needs features on every label set")
         x = torch.as_tensor(np.asarray(train.features), dtype=torch.float32)
@@ -166,4 +172,4 @@ class EmbeddingDataModule(CLDataModule):
             mean, std = x[fit].mean(0), x[fit].std(0).clamp(min=1e-6)
             x = (x - mean) / std
             test_x = None if test_x is None else (test_x - mean) / std
-        super().__init__(train, x, valid_index, test, test_x, batch_size, seed=seed)
+        super().__init__(train, x, valid_index, test, test_x, batch_size, seed=seed, valid_truth=valid_truth)

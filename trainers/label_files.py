@@ -82,8 +82,9 @@ def match_rows(base: LabelSet, keys: list[str], label_file: Path) -> np.ndarray:
 def _apply(base: LabelSet, rows: np.ndarray, label_rows: np.ndarray, ordinary: bool, source: Path) -> LabelSet:
     """Return the base rows ``rows`` labelled with ``label_rows`` (CLs, or ordinary votes when ``ordinary``)."""
     subset = base.subset(rows)
-    if ordinary:
-        subset = replace(subset, ord_labels=majority_vote(label_rows), cl_labels=np.full((len(rows), 1), -1))
+    if ordinary:  # train on the file's labels, keep the dataset's truth for validation
+        subset = replace(subset, ord_labels=majority_vote(label_rows), cl_labels=np.full((len(rows), 1), -1),
+                         true_labels=subset.truth)
     else:
         subset = replace(subset, cl_labels=label_rows)
     dropped = len(base) - len(rows)
@@ -180,6 +181,13 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
             return labels
         rows = match_rows(base, labels.names, path)
         matched = base.subset(rows)
+        if ordinary:
+            if not labels.has_true_labels:
+                raise DataSourceError(f"{path}: Ord trains on ordinary labels, and no task has one (control "
+                                      f"{labels.meta.get('label_control')!r}); complementary labels are not "
+                                      f"ordinary labels")
+            return replace(matched, ord_labels=labels.ord_labels, cl_labels=np.full((len(rows), 1), -1),
+                           true_labels=matched.truth, meta={**matched.meta, "labels": str(path)})
         if labels.has_cls:
             matched = replace(matched, cl_labels=labels.cl_labels)
         if labels.has_true_labels:
@@ -195,7 +203,10 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         rows = match_rows(base, run.names, path)
         if run.meta.get("mode") == "ordinary":
             return _apply(base, rows, run.ord_labels[:, None], True, path)
-        return _apply(base, rows, run.cl_labels, ordinary, path)
+        if ordinary:
+            raise DataSourceError(f"{path}: this VLM run holds complementary labels (classes the images are NOT); "
+                                  f"Ord trains on ordinary labels (label with --mode ordinary, or pick a CL strategy)")
+        return _apply(base, rows, run.cl_labels, False, path)
     if path.suffix in (".pkl", ".pickle"):
         stored = read_libcll_pickle(path, classes)
         if base is None:
@@ -213,8 +224,27 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         raise DataSourceError(str(err)) from None
     if base.class_names != list(names):
         base = replace(base, class_names=list(names))
+    if ordinary:
+        _check_ordinary_csv(path)
     rows = match_rows(base, [f for f, _ in indexed], path)
     return _apply(base, rows, pad_rows([labels for _, labels in indexed]), ordinary, path)
+
+
+def _check_ordinary_csv(path: Path) -> None:
+    """Refuse an auto_labels.csv of a complementary VLM run read as ordinary labels; warn when unknown.
+
+    The file itself does not say which kind its labels are; the run's ``run.json`` next to it does.
+    """
+    import json
+
+    meta = path.parent / "run.json"
+    mode = json.loads(meta.read_text(encoding="utf-8")).get("mode") if meta.exists() else None
+    if mode == "complementary":
+        raise DataSourceError(f"{path}: {meta} says these are complementary labels (classes the images are NOT); "
+                              f"Ord trains on ordinary labels (label with --mode ordinary, or pick a CL strategy)")
+    if mode is None:
+        log.warning("%s: its label columns are read as ORDINARY labels (majority vote per row) because the "
+                    "strategy is Ord; if they are complementary labels, pick a CL strategy instead", path)
 
 
 def _check_same_classes(run_classes: list[str], base_classes: list[str], path: Path) -> None:

@@ -22,6 +22,9 @@ class LabelSet:
     ``names``: one identifier per image (file name or relative path). ``cl_labels``: (N, R) int64,
     -1 = no label in that slot. ``ord_labels``: (N,) int64, -1 = unknown. ``images``: optional
     uint8 (N, H, W) or (N, H, W, C). ``paths``: optional image files. ``features``: optional (N, D).
+    ``true_labels``: (N,) ground truth when it differs from ``ord_labels`` (ordinary labels read from a
+    label file over a labelled folder: train on ``ord_labels``, validate on ``true_labels``); None means
+    ``ord_labels`` are the truth.
     """
 
     class_names: list[str]
@@ -31,14 +34,18 @@ class LabelSet:
     images: np.ndarray | None = None
     paths: list[Path] | None = None
     features: np.ndarray | None = None
+    true_labels: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.names)
         self.cl_labels = np.asarray(self.cl_labels, dtype=np.int64).reshape(n, -1)
         self.ord_labels = np.asarray(self.ord_labels, dtype=np.int64).reshape(n)
+        if self.true_labels is not None:
+            self.true_labels = np.asarray(self.true_labels, dtype=np.int64).reshape(n)
         K = len(self.class_names)
-        for what, values in (("cl_labels", self.cl_labels), ("ord_labels", self.ord_labels)):
+        checked = [("cl_labels", self.cl_labels), ("ord_labels", self.ord_labels), ("true_labels", self.truth)]
+        for what, values in checked:
             bad = np.argwhere((values < -1) | (values >= K))
             if len(bad):
                 row = int(bad[0][0])
@@ -60,6 +67,11 @@ class LabelSet:
         return bool((self.ord_labels >= 0).any())
 
     @property
+    def truth(self) -> np.ndarray:
+        """Return (N,) the ground truth: ``true_labels`` when set, else ``ord_labels`` (-1 = unknown)."""
+        return self.ord_labels if self.true_labels is None else self.true_labels
+
+    @property
     def has_cls(self) -> bool:
         return bool((self.cl_labels >= 0).any())
 
@@ -73,13 +85,28 @@ class LabelSet:
             ord_labels=self.ord_labels[index],
             images=None if self.images is None else self.images[index],
             paths=None if self.paths is None else [self.paths[i] for i in index],
-            features=None if self.features is None else self.features[index], meta=dict(self.meta))
+            features=None if self.features is None else self.features[index],
+            true_labels=None if self.true_labels is None else self.true_labels[index], meta=dict(self.meta))
 
     def keep_cls(self, num_cl: int | None) -> "LabelSet":
         """Return a copy keeping the first ``num_cl`` CL columns (all when None or 0)."""
         if not num_cl or num_cl >= self.cl_labels.shape[1]:
             return self
         return replace(self, cl_labels=self.cl_labels[:, :num_cl])
+
+
+def merge_repeated_cls(cl_labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Return (CL rows with each class kept once per image, first occurrence first; number of repeats dropped).
+
+    The one rule for an image given the same complementary label twice: a class is ruled out or it
+    is not, so it counts once, in every loss, metric and export that reads CL sets.
+    """
+    rows = [list(dict.fromkeys(int(c) for c in row if c >= 0)) for row in np.asarray(cl_labels)]
+    merged = pad_rows(rows) if len(rows) else np.asarray(cl_labels)
+    dropped = int((np.asarray(cl_labels) >= 0).sum() - (merged >= 0).sum())
+    if merged.shape[1] < np.asarray(cl_labels).shape[1]:  # keep the width, so --num-cl columns stay comparable
+        merged = np.pad(merged, ((0, 0), (0, np.asarray(cl_labels).shape[1] - merged.shape[1])), constant_values=-1)
+    return merged, dropped
 
 
 def pad_rows(rows: list[list[int]]) -> np.ndarray:

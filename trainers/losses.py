@@ -196,11 +196,20 @@ _UNTYPED = {strategy for strategy, kind in LOSSES if kind is None}
 
 
 def strategy_key(strategy: str, kind: str | None = None) -> tuple[str, str | None]:
-    """Return the registry key for (strategy, type), case-insensitive; raise ValueError listing choices."""
+    """Return the registry key for (strategy, type), case-insensitive; raise ValueError listing choices.
+
+    ``strategy`` may carry its type as listed by ``choices()`` ("CPE-F"); a different ``kind`` then conflicts.
+    """
     name = strategy.strip().upper()
     if name in _UNTYPED:
         return name, None
-    key = (name, kind.strip().upper() if kind else None)
+    named, _, named_kind = name.partition("-")
+    given = kind.strip().upper() if kind and kind.strip().upper() != "NONE" else None
+    if named_kind:
+        if given and given != named_kind:
+            raise ValueError(f"--strategy {strategy} names type {named_kind} but --type is {kind}; give one")
+        name, given = named, named_kind
+    key = (name, given)
     if key not in LOSSES:
         raise ValueError(f"unknown strategy/type {strategy}/{kind}; choose one of: {', '.join(choices())}")
     return key

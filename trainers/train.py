@@ -91,6 +91,7 @@ def prepare(cfg: TrainConfig) -> PreparedData:
     from trainers.synthetic import draw_complementary_labels
 
     spec = losses.get(cfg.strategy, cfg.type)
+    _check_gold_count(cfg, spec)
     sources = load_sources(cfg.data, cfg.label_path, ordinary=spec.ordinary, long_label=cfg.long_label,
                            classes=cfg.classes, test_data=cfg.test_data, cl_control=cfg.cl_control,
                            label_control=cfg.label_control, image_key=cfg.image_key)
@@ -119,7 +120,10 @@ def prepare(cfg: TrainConfig) -> PreparedData:
             train = replace(train, cl_labels=cl)
             synthetic = True
         train = train.keep_cls(SEED_NUM_CL if cfg.num_cl is None and not synthetic else cfg.num_cl)
+        train = _merge_repeats(train)
         train = train.subset((train.cl_labels >= 0).any(axis=1))
+        if cfg.gold_count is not None:
+            train = _keep_gold(train, cfg.gold_count, cfg.seed)
     if len(train) < 2:
         raise TrainError(f"only {len(train)} labelled training images")
     valid_index = split_indices(len(train), cfg.valid_split, cfg.seed)[1]
@@ -128,22 +132,73 @@ def prepare(cfg: TrainConfig) -> PreparedData:
     return PreparedData(train, test, sources.kind, valid_index, T, info, synthetic)
 
 
+def _check_gold_count(cfg: TrainConfig, spec: losses.LossSpec) -> None:
+    """``--gold-count`` limits the true labels an empirical T is estimated from; anything else is refused."""
+    if cfg.gold_count is None:
+        return
+    if spec.ordinary:
+        raise TrainError("--gold-count limits the gold labels of an empirical transition matrix; Ord uses no "
+                         "matrix (drop --gold-count)")
+    if cfg.transition_matrix.split(":")[0] != "empirical":
+        raise TrainError(f"--gold-count only applies to --transition-matrix empirical (got "
+                         f"{cfg.transition_matrix!r}); drop it or estimate T from the gold labels")
+    if cfg.gold_count < 1:
+        raise TrainError(f"--gold-count must be at least 1, got {cfg.gold_count}")
+
+
+def _merge_repeats(train: LabelSet) -> LabelSet:
+    """Return ``train`` with each image's repeated CLs counted once (``labelset.merge_repeated_cls``)."""
+    from trainers.labelset import merge_repeated_cls
+
+    merged, dropped = merge_repeated_cls(train.cl_labels)
+    if dropped:
+        log.warning("%d repeated complementary labels (the same class twice for one image) count once", dropped)
+    out = replace(train, cl_labels=merged)
+    out.meta["repeated_cls_merged"] = dropped
+    return out
+
+
+def _keep_gold(train: LabelSet, gold_count: int, seed: int) -> LabelSet:
+    """Return ``train`` with true labels kept on ``gold_count`` seeded random images only (the gold set).
+
+    Everything after this (the empirical T on the fit rows, Accuracy on the validation rows) sees no
+    more true labels than the run says it used.
+    """
+    known = np.flatnonzero(train.ord_labels >= 0)
+    keep = np.random.default_rng(seed).permutation(known)[:gold_count]
+    masked = np.full(len(train), -1, dtype=np.int64)
+    masked[keep] = train.ord_labels[keep]
+    out = replace(train, ord_labels=masked)
+    out.meta["gold_count"] = int(len(keep))
+    return out
+
+
 def _matrix(cfg: TrainConfig, train: LabelSet, fit_rows: np.ndarray, K: int, synthetic: bool):
     """Resolve the run's T on the training rows (never the validation rows)."""
     true = train.ord_labels[fit_rows]
     cl = train.cl_labels[fit_rows]
-    if cfg.gold_count is not None:
-        gold = np.flatnonzero(true >= 0)
-        keep = np.random.default_rng(cfg.seed).permutation(gold)[:cfg.gold_count]
-        masked = np.full_like(true, -1)
-        masked[keep] = true[keep]
-        true = masked
     all_true = bool((true >= 0).all())
     T, info = matrices.resolve(cfg.transition_matrix, K, seed=cfg.seed, true_labels=true, cl_labels=cl,
                                all_true=all_true)
     if synthetic and (cfg.synthetic_matrix or cfg.transition_matrix) == cfg.transition_matrix:
         info = replace(info, source=info.source + ", the generating matrix of the synthetic CLs", oracle=True)
     return T, info
+
+
+def validation_labels(train: LabelSet, valid_index: np.ndarray, ordinary: bool) -> tuple[np.ndarray, str]:
+    """Return ((N,) the labels validation Accuracy compares with, what they are), for the rows of ``train``.
+
+    The ground truth when the validation rows have any; an Ord run over a folder without truth falls
+    back to its label file's labels (agreement with the labeler, not accuracy: said in results.json).
+    """
+    truth = train.truth
+    rows = truth[valid_index]
+    if (rows >= 0).any():
+        kind = "gold labels" if "gold_count" in train.meta else "true labels"
+        return truth, kind
+    if ordinary and train.true_labels is not None:
+        return train.ord_labels, "label-file labels (no ground truth on the validation split)"
+    return truth, "none"
 
 
 def _loggers(output: Path):
@@ -158,6 +213,26 @@ def _loggers(output: Path):
     except ImportError:
         pass
     return loggers
+
+
+def save_last_callback(path: Path):
+    """Return a Lightning callback that saves the state at the end of every training epoch to ``path``."""
+    from pytorch_lightning.callbacks import Callback
+
+    class SaveLast(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):  # after that epoch's validation
+            trainer.save_checkpoint(path)
+
+    return SaveLast()
+
+
+def _checkpoint_epoch(path: str | None) -> int | None:
+    """Return the (0-based) epoch a Lightning checkpoint was saved in, or None without a checkpoint."""
+    if not path:
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -190,21 +265,27 @@ def run(cfg: TrainConfig) -> dict:
         kind = "features"
     else:
         kind = data.kind
-    valid_rows = train.subset(data.valid_index)
+    spec = losses.get(cfg.strategy, cfg.type)
+    valid_truth, valid_labels = validation_labels(train, data.valid_index, spec.ordinary)
+    has_valid_truth = bool((valid_truth[data.valid_index] >= 0).any())
+    has_valid_cls = bool((train.cl_labels[data.valid_index] >= 0).any())
     valid_type = cfg.valid_type
     if valid_type.lower() == "auto":
-        valid_type = "Accuracy" if valid_rows.has_true_labels else "SCEL"
+        valid_type = "Accuracy" if has_valid_truth else "SCEL"
     valid_type = canonical_valid_type(valid_type)
-    if valid_type == "Accuracy" and not valid_rows.has_true_labels:
+    if valid_type == "Accuracy" and not has_valid_truth:
         raise TrainError("--valid-type Accuracy needs true labels on the validation split; use SCEL or URE")
-    spec = losses.get(cfg.strategy, cfg.type)
-    if valid_type in ("SCEL", "URE") and spec.ordinary and not valid_rows.has_cls:
+    if valid_type in ("SCEL", "URE") and spec.ordinary and not has_valid_cls:
         raise TrainError(f"--valid-type {valid_type} needs complementary labels; Ord data has none (use Accuracy)")
+    if valid_type != "Accuracy":
+        valid_labels = "complementary labels"
+    valid_count = int((valid_truth[data.valid_index] >= 0).sum() if valid_type == "Accuracy"
+                      else has_valid_cls and (train.cl_labels[data.valid_index] >= 0).any(axis=1).sum())
     if kind == "features":
-        dm = EmbeddingDataModule(train, data.valid_index, test, cfg.batch_size, cfg.seed)
+        dm = EmbeddingDataModule(train, data.valid_index, test, cfg.batch_size, cfg.seed, valid_truth=valid_truth)
     else:
         dm = ImageDataModule(train, data.valid_index, test, cfg.batch_size, cfg.image_size, cfg.augment, cfg.seed,
-                             progress=cfg.progress)
+                             progress=cfg.progress, valid_truth=valid_truth)
     fit_cl = train.cl_labels[dm.train_index]
     counts = np.bincount(fit_cl[fit_cl >= 0], minlength=train.num_classes).astype(np.float64)
     prior = counts / counts.sum() if counts.sum() else None
@@ -214,10 +295,13 @@ def run(cfg: TrainConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     matrices.save(data.T, output / "transition_matrix.csv")
     mode = VALID_TYPES[valid_type]
+    last = output / "checkpoints" / "last.ckpt"
+    # save_last is not used: Lightning >= 2.6 writes last.ckpt only together with a new best, so it
+    # would be a copy of best.ckpt. SaveLast writes it at the end of every epoch instead.
     checkpoint = ModelCheckpoint(dirpath=output / "checkpoints", filename="best", monitor=f"valid_{valid_type}",
-                                 mode=mode, save_last=True)
+                                 mode=mode, save_last=False)
     trainer = pl.Trainer(max_epochs=cfg.epoch, accelerator=cfg.accelerator, devices=1, deterministic=True,
-                         logger=_loggers(output), callbacks=[checkpoint], check_val_every_n_epoch=cfg.eval_every,
+                         logger=_loggers(output), callbacks=[checkpoint, save_last_callback(last)], check_val_every_n_epoch=cfg.eval_every,
                          enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
                          log_every_n_steps=10)
     trainer.fit(module, datamodule=dm)
@@ -226,7 +310,9 @@ def run(cfg: TrainConfig) -> dict:
         "strategy": module.strategy_name, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epoch,
         "lr": cfg.lr, "batch_size": cfg.batch_size, "valid_type": valid_type,
         "best_valid": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
-        "best_checkpoint": best, "classes": train.class_names, "train_images": len(dm.train_index),
+        "best_checkpoint": best, "best_epoch": _checkpoint_epoch(best), "last_checkpoint": str(last),
+        "last_epoch": _checkpoint_epoch(str(last)), "valid_labels": valid_labels, "valid_label_count": valid_count,
+        "repeated_cls_merged": int(train.meta.get("repeated_cls_merged", 0)), "classes": train.class_names, "train_images": len(dm.train_index),
         "valid_images": len(data.valid_index), "num_cl": int(train.cl_labels.shape[1]),
         "synthetic_cls": data.synthetic, "transition_matrix": data.info.describe(),
         "matrix_oracle": data.info.oracle, "gold_labels": data.info.gold_labels, "inputs": kind,

@@ -61,5 +61,5 @@ def read_vlm_run(path: str | Path) -> LabelSet:
                 "model_id": meta.get("model_id")}
     if mode == "ordinary":
         return LabelSet(class_names, keys, np.full((len(keys), 1), -1), majority_vote(labels),
-                        paths=paths if all(paths) else None, meta={**meta_out, "true_labels": truth})
+                        paths=paths if all(paths) else None, true_labels=truth, meta=meta_out)
     return LabelSet(class_names, keys, labels, truth, paths=paths if all(paths) else None, meta=meta_out)
