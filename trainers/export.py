@@ -144,13 +144,16 @@ def export(labels: LabelSet, target: str | Path, fmt: str | None = None, long_la
         return write_classification_csv(target, labels, paths)
     if fmt == "imagefolder":
         return write_image_folder_tree(target, labels, link=link)
+    from trainers.labelset import merge_repeated_cls
+
     tasks = []
     refs = labels.meta.get("refs")
+    cl_sets, _ = merge_repeated_cls(labels.cl_labels)
     for i, name in enumerate(labels.names):
         chosen = {}
         if labels.ord_labels[i] >= 0:
             chosen[label_control] = [labels.class_names[labels.ord_labels[i]]]
-        cls = [labels.class_names[c] for c in dict.fromkeys(labels.cl_labels[i].tolist()) if c >= 0]
+        cls = [labels.class_names[c] for c in cl_sets[i] if c >= 0]
         if cls:
             chosen[cl_control] = cls
         image = refs[i] if refs else str(labels.paths[i]) if labels.paths is not None else name

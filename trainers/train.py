@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 # The seed's trainer kept the first 3 label columns of auto_labels.csv unless told otherwise.
 SEED_NUM_CL = 3
+GOLD_STREAM = 1  # the random stream (next to the run's seed) that picks the --gold-count images
 
 
 class TrainError(ValueError):
@@ -165,7 +166,9 @@ def _keep_gold(train: LabelSet, gold_count: int, seed: int) -> LabelSet:
     more true labels than the run says it used.
     """
     known = np.flatnonzero(train.ord_labels >= 0)
-    keep = np.random.default_rng(seed).permutation(known)[:gold_count]
+    # Its own random stream: the validation split draws default_rng(seed).permutation too, and the same
+    # stream would put every gold image into the validation split.
+    keep = np.random.default_rng([seed, GOLD_STREAM]).permutation(known)[:gold_count]
     masked = np.full(len(train), -1, dtype=np.int64)
     masked[keep] = train.ord_labels[keep]
     out = replace(train, ord_labels=masked)

@@ -166,14 +166,44 @@ def test_ure_is_unbiased_on_synthetic_data(kind):
     assert abs(losses.scl_nl(z.repeat_interleave(draws, 0), cl).item() - truth) > 40 * stderr
 
 
-def test_registry_covers_every_strategy_and_rejects_unknown():
-    for name in ["SCL-NL", "SCL-EXP", "URE-NN", "URE-GA", "URE-TNN", "URE-TGA", "FWD", "DM",
-                 "CPE-I", "CPE-F", "CPE-T", "MCL-MAE", "MCL-EXP", "MCL-LOG", "ORD"]:
+REGISTRY = {  # name as listed by choices() -> (loss, which T it sees, decoding)
+    "ORD": (losses.ordinary_ce, "none", "argmax"), "SCL-NL": (losses.scl_nl, "none", "argmax"),
+    "SCL-EXP": (losses.scl_exp, "none", "argmax"), "SCL-FWD": (losses.forward_correction, "given", "argmax"),
+    "FWD": (losses.forward_correction, "given", "argmax"), "URE-NN": (losses.ure_nn, "uniform", "argmax"),
+    "URE-GA": (losses.ure_ga, "uniform", "argmax"), "URE-TNN": (losses.ure_nn, "given", "argmax"),
+    "URE-TGA": (losses.ure_ga, "given", "argmax"), "DM": (losses.dm, "none", "argmax"),
+    "PC": (losses.pc, "none", "argmax"), "OP": (losses.op, "none", "argmax"),
+    "CPE-I": (losses.cpe_identity, "given", "nearest_row"),
+    "CPE-F": (losses.forward_correction, "given", "nearest_row"),
+    "CPE-T": (losses.forward_correction, "learned", "nearest_row"),
+    "MCL-MAE": (losses.mcl_mae, "none", "argmax"), "MCL-EXP": (losses.mcl_exp, "none", "argmax"),
+    "MCL-LOG": (losses.mcl_log, "none", "argmax"),
+}
+
+
+def test_registry_wires_each_strategy_to_its_loss_matrix_and_decoding():
+    assert sorted(losses.choices()) == sorted(REGISTRY)
+    for name, (loss, matrix, decode) in REGISTRY.items():
         strategy, _, kind = name.partition("-")
-        assert losses.get(strategy, kind or None).loss is not None
+        spec = losses.get(strategy, kind or None)
+        assert (spec.loss, spec.matrix, spec.decode) == (loss, matrix, decode), name
+        assert spec.ordinary == (name == "ORD") and spec.multi_hot == name.startswith("MCL"), name
     assert losses.get("fwd", "None") is losses.get("FWD")  # the seed passes --type for untyped strategies
     with pytest.raises(ValueError, match="SCL-NL"):
         losses.get("SCL", "XYZ")
+
+
+def test_every_name_the_error_lists_is_accepted_as_a_strategy():
+    """`--strategy CPE-F` was listed by the unknown-strategy message and then rejected."""
+    with pytest.raises(ValueError, match="choose one of: (.*)") as err:
+        losses.get("NOPE")
+    listed = err.value.args[0].split("choose one of: ")[1].split(", ")
+    for name in listed:
+        strategy, _, kind = name.partition("-")
+        assert losses.get(name) is losses.get(strategy, kind or None), name
+    assert losses.get("cpe-f") is losses.get("CPE", "F")
+    with pytest.raises(ValueError, match="names type F but --type is T"):
+        losses.get("CPE-F", "T")
 
 
 def test_cpe_decodes_to_nearest_row():
