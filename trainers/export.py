@@ -140,8 +140,7 @@ def export(labels: LabelSet, target: str | Path, fmt: str | None = None, long_la
     if fmt == "auto-labels":
         return write_auto_labels(target, _auto_label_rows(labels, long_label, num_cl))
     if fmt == "csv":
-        paths = [str(p) for p in labels.paths] if labels.paths is not None else None
-        return write_classification_csv(target, labels, paths)
+        return write_classification_csv(target, labels)
     if fmt == "imagefolder":
         return write_image_folder_tree(target, labels, link=link)
     from trainers.labelset import merge_repeated_cls

@@ -54,12 +54,18 @@ class RunSummary:
     quality: dict | None = None
 
 
-def answer_record(key: str, path: str, round_index: int, answer, names: Sequence[str], run: RunSettings,
-                  true_label: int | None) -> dict:
-    """Return the JSONL record of one image and round (see docs/vlm-labeling.md for the fields)."""
+def answer_record(key: str, path: str | Path, round_index: int, answer, names: Sequence[str], run: RunSettings,
+                  true_label: int | None, index: int | None = None) -> dict:
+    """Return the JSONL record of one image and round (see docs/vlm-labeling.md for the fields).
+
+    ``path`` is stored absolute, so the run can be read from any working directory; ``index`` is the
+    image's position in the input, so readers can restore the input order (the JSONL is written in
+    processing order, which -R balancing shuffles).
+    """
     q = answer.question
     return {
-        "schema": SCHEMA, "image": key, "path": path, "round": round_index, "mode": run.mode,
+        "schema": SCHEMA, "image": key, "index": index, "path": str(Path(path).absolute()), "round": round_index,
+        "mode": run.mode,
         "method": answer.method, "candidates": list(q.shown), "candidate_names": list(q.names),
         "letters": q.letters, "raw_answers": answer.raw, "attempts": answer.attempts,
         "status": answer.status, "label": answer.choice,
@@ -155,6 +161,7 @@ def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: 
     order = sampler.processing_order([i.key for i in items]) if sampler else list(range(len(items)))
     todo = [items[i] for i in order if items[i].key not in done]
     index = {name: i for i, name in enumerate(class_names)}
+    position = {item.key: i for i, item in enumerate(items)}
     summary = RunSummary(out_dir, skipped=len(items) - len(todo))
     bar = tqdm(total=len(items), initial=summary.skipped, unit="img", desc=f"{mode} labels", disable=not progress)
     with open(out_dir / JSONL_NAME, "a", encoding="utf-8") as fh:
@@ -174,7 +181,7 @@ def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: 
                     answers = labeler.ordinary(images, class_names, keys, rounds, long_label, method, batch_size)
                 for item, per_round in zip(batch, answers):
                     truth = index.get(item.label) if item.label is not None else None
-                    records = [answer_record(item.key, str(item.path), r, a, names, run, truth)
+                    records = [answer_record(item.key, item.path, r, a, names, run, truth, position[item.key])
                                for r, a in enumerate(per_round)]
                     fh.writelines(json.dumps(rec) + "\n" for rec in records)
                     done[item.key] = records

@@ -162,3 +162,47 @@ def test_label_file_keeps_the_first_three_cls_by_default_like_the_seed(tmp_path,
     assert one.train.cl_labels.shape[1] == 1
     synthetic = prepare(TrainConfig(data=str(digit_folder)))
     assert synthetic.synthetic and synthetic.train.cl_labels.shape[1] == 1 and synthetic.info.oracle
+
+
+def test_classification_csv_round_trip_from_another_working_directory(tmp_path, digit_folder, monkeypatch):
+    """Export with relative paths from one folder, read back from another: one rule (relative to the CSV)."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    relative_data = f"../{digit_folder.relative_to(tmp_path).as_posix()}"
+    result = runner.invoke(app, ["export", relative_data, "out/labels.csv"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    back = read_any(tmp_path / "work" / "out" / "labels.csv", classes=DIGITS)
+    original = read_image_folder(digit_folder)
+    assert [p.resolve() for p in back.paths] == [p.resolve() for p in original.paths]
+    assert np.array_equal(back.ord_labels, original.ord_labels)
+
+
+def test_image_folder_export_keeps_same_named_files_of_two_folders(tmp_path, digit_folder):
+    """`airplane/0000.png` and `automobile/0000.png` both labelled airplane: both survive, under distinct names."""
+    import shutil
+
+    from trainers.export import export
+
+    source = read_image_folder(digit_folder)
+    for folder, image in (("airplane", source.paths[0]), ("automobile", source.paths[1])):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        shutil.copyfile(image, tmp_path / "in" / folder / "0000.png")
+    labels = read_image_folder(tmp_path / "in")
+    labels.ord_labels[:] = 0
+    root = export(labels, tmp_path / "tree")
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
+        "airplane/airplane_0000.png", "airplane/automobile_0000.png"]
+    assert (root / "airplane" / "automobile_0000.png").read_bytes() == source.paths[1].read_bytes()
+
+
+def test_image_folder_export_checks_every_name_before_copying(tmp_path, digit_folder):
+    from trainers.export import export
+    from trainers.formats.image_folder import ImageFolderError
+
+    labels = read_image_folder(digit_folder).subset([0, 1, 2])
+    labels.names[:] = ["a/b_c.png", "a_b/c.png", "x/c.png"]  # flattened, the first two are both a_b_c.png
+    with pytest.raises(ImageFolderError, match="nothing was written"):
+        export(labels, tmp_path / "tree")
+    assert not (tmp_path / "tree").exists()

@@ -1,7 +1,12 @@
-"""Classification CSV: a header ``path,label`` and one row per image with its class name."""
+"""Classification CSV: a header ``path,label`` and one row per image with its class name.
+
+One rule for the path column, both ways: a relative path is relative to the CSV's own folder (not to
+the working directory), so the CSV can be read from anywhere and moved together with its images.
+"""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +18,16 @@ class ClassificationCsvError(ValueError):
     """The CSV lacks its header columns or names an unknown class."""
 
 
-def write_classification_csv(path: str | Path, labels: LabelSet, paths: list[str] | None = None) -> Path:
+def write_classification_csv(path: str | Path, labels: LabelSet) -> Path:
     """Write one ``path,label`` row per image with a known ordinary label; return the CSV path.
 
-    ``paths`` overrides what goes in the path column (default: the LabelSet names). Raises
-    ClassificationCsvError when no row has an ordinary label (complementary labels do not fit this format).
+    The path column holds each image file relative to the CSV's folder (``labels.paths``; without
+    files, the LabelSet names). Raises ClassificationCsvError when no row has an ordinary label
+    (complementary labels do not fit this format).
     """
-    paths = paths if paths is not None else list(labels.names)
+    folder = Path(path).absolute().parent
+    paths = [os.path.relpath(Path(p).absolute(), folder) for p in labels.paths] if labels.paths is not None \
+        else list(labels.names)
     known = np.flatnonzero(labels.ord_labels >= 0)
     if not len(known):
         raise ClassificationCsvError(f"{path}: no image has an ordinary label; a classification CSV cannot hold "

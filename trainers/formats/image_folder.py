@@ -54,35 +54,57 @@ def read_image_folder(root: str | Path, class_names: list[str] | None = None) ->
 
 
 def write_image_folder_tree(root: str | Path, labels: LabelSet, link: bool = False) -> Path:
-    """Copy (or symlink) each image with an ordinary label to ``root/<class>/<file name>``; return root.
+    """Copy (or symlink) each image with an ordinary label to ``root/<class>/<file>``; return root.
 
-    Needs ``labels.paths`` or ``labels.images``. Rows without an ordinary label are left out. Raises
-    ImageFolderError when no row has an ordinary label or two images would land on the same file.
+    Files keep their bare file name when that is unique in the export; otherwise every file is named
+    after its whole name with "/" replaced by "_" (``airplane/0000.jpg`` -> ``airplane_0000.jpg``), so
+    ``airplane/0000.jpg`` and ``automobile/0000.jpg`` both survive. Every target is decided and checked
+    before the first file is written. Needs ``labels.paths`` or ``labels.images``; rows without an
+    ordinary label are left out. Raises ImageFolderError when no row has an ordinary label or two
+    images would still land on the same file.
     """
-    from PIL import Image
-
     root = Path(root)
     known = np.flatnonzero(labels.ord_labels >= 0)
     if not len(known):
         raise ImageFolderError(f"{root}: no image has an ordinary label; an ImageFolder tree sorts images by class")
-    seen: dict[Path, str] = {}
-    for i in known:
-        folder = root / labels.class_names[labels.ord_labels[i]]
-        source = labels.paths[i] if labels.paths is not None else None
-        file_name = Path(labels.names[i]).name
-        if source is None and Path(file_name).suffix.lower() not in IMAGE_SUFFIXES:
-            file_name += ".png"
-        target = folder / file_name
-        if target in seen:
-            raise ImageFolderError(f"{root}: images {seen[target]!r} and {labels.names[i]!r} would both be {target}")
-        seen[target] = labels.names[i]
-        folder.mkdir(parents=True, exist_ok=True)
-        if source is not None:
-            if link:
-                target.unlink(missing_ok=True)
-                target.symlink_to(Path(source).resolve())
-            else:
-                shutil.copyfile(source, target)
-        else:
-            Image.fromarray(np.asarray(labels.images[i]).squeeze()).save(target)
+    targets = _targets(root, labels, known)
+    for i, target in zip(known, targets):
+        _place(labels, i, target, link)
     return root
+
+
+def _file_names(labels: LabelSet, rows: np.ndarray) -> list[str]:
+    """Return one file name per row: the bare name when unique across ``rows``, else the flattened whole name."""
+    bare = [Path(labels.names[i]).name for i in rows]
+    if len(set(bare)) < len(bare):
+        bare = ["_".join(part for part in Path(labels.names[i]).parts if part not in ("/", "..", "."))
+                for i in rows]
+    if labels.paths is None:  # pixels from arrays are written as PNG
+        bare = [name if Path(name).suffix.lower() in IMAGE_SUFFIXES else name + ".png" for name in bare]
+    return bare
+
+
+def _targets(root: Path, labels: LabelSet, rows: np.ndarray) -> list[Path]:
+    """Return the target file of every row; raise ImageFolderError before any copy when two coincide."""
+    targets = [root / labels.class_names[labels.ord_labels[i]] / name
+               for i, name in zip(rows, _file_names(labels, rows))]
+    seen: dict[Path, str] = {}
+    for i, target in zip(rows, targets):
+        if target in seen:
+            raise ImageFolderError(f"{root}: images {seen[target]!r} and {labels.names[i]!r} would both be "
+                                   f"{target}; nothing was written")
+        seen[target] = labels.names[i]
+    return targets
+
+
+def _place(labels: LabelSet, i: int, target: Path, link: bool) -> None:
+    from PIL import Image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if labels.paths is None:
+        Image.fromarray(np.asarray(labels.images[i]).squeeze()).save(target)
+    elif link:
+        target.unlink(missing_ok=True)
+        target.symlink_to(Path(labels.paths[i]).resolve())
+    else:
+        shutil.copyfile(labels.paths[i], target)
