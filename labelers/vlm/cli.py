@@ -33,23 +33,34 @@ def _class_list(classes: Optional[str]) -> Optional[list[str]]:
 
 
 def label(
-    source: Path = typer.Argument(..., help="Image folder (ImageFolder tree or flat), CSV (image[,label]) "
-                                            "or Label Studio JSON export."),
-    mode: Mode = typer.Option(Mode.complementary, help="ordinary: pick the class; complementary: pick a "
-                                                       "candidate the image does NOT show."),
-    model: Optional[str] = typer.Option(None, help="Preset (llava-next, qwen2-vl), hub name or local folder."),
-    rounds: Optional[int] = typer.Option(None, min=1, help="Labels per image (default: 1 ordinary, "
-                                                            "the config's rounds (3) complementary)."),
-    num_options: Optional[int] = typer.Option(None, min=2, help="Candidates shown per complementary round."),
-    long_label: bool = typer.Option(False, "--long-label", help="Full class names (default: last word, "
-                                                                "refused if that merges classes)."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Images per forward pass."),
+    source: Optional[Path] = typer.Argument(None, help="Image folder (ImageFolder tree or flat), CSV (image[,label]), "
+                                                       "Label Studio JSON export, or cifar10 (the training set)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "--data", help="The same as SOURCE (the seed's "
+                                                                             "spelling)."),
+    mode: Optional[Mode] = typer.Option(None, help="ordinary: pick the class; complementary: pick a candidate the "
+                                                   "image does NOT show. Default: ordinary, complementary with "
+                                                   "--auto_cl (as the seed)."),
+    auto_cl: bool = typer.Option(False, "--auto-cl", "--auto_cl", help="Complementary labels (= --mode "
+                                                                       "complementary; the seed's flag)."),
+    model: Optional[str] = typer.Option(None, help="Preset (llava-next, its seed alias llava, qwen2-vl), hub name "
+                                                   "or local folder."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", "--num-rounds", "--num_rounds", min=1,
+                                         help="Labels per image (default: 1 ordinary, the config's rounds (3) "
+                                              "complementary)."),
+    num_options: Optional[int] = typer.Option(None, "--num-options", "--num_options", min=2,
+                                              help="Candidates shown per complementary round."),
+    long_label: bool = typer.Option(False, "--long-label", "--long_label", help="Full class names (default: last "
+                                                                                "word, refused if that merges "
+                                                                                "classes)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1,
+                                             help="Images per forward pass (a resume must use the same)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output-dir, skipping "
                                                         "finished images."),
-    output_dir: Path = typer.Option(Path("vlm_run"), help="Run directory."),
+    output_dir: Path = typer.Option(Path("vlm_run"), "--output-dir", "--output_dir", help="Run directory."),
     method: Optional[Method] = typer.Option(None, help="score (option log-likelihoods) or generate "
                                                        "(free text + strict parser)."),
-    max_retries: Optional[int] = typer.Option(None, min=0, help="Re-asks of an unparseable answer."),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", "--max_retries", min=0,
+                                              help="Re-asks of an unparseable answer."),
     classes: Optional[str] = typer.Option(None, help="Class names, comma-separated or a file with one per "
                                                      "line (default: from the input)."),
     distinct: Optional[bool] = typer.Option(None, "--distinct/--no-distinct", help="Distinct CLs per image."),
@@ -58,33 +69,34 @@ def label(
     config: Optional[Path] = typer.Option(None, help="YAML merged over configs/vlm.yaml."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("auto", help="auto, bf16, fp16, fp32."),
-    local_files_root: Optional[Path] = typer.Option(None, help="Label Studio local-files/media root for "
-                                                               "JSON exports."),
+    local_files_root: Optional[Path] = typer.Option(None, "--local-files-root", "--local_files_root",
+                                                    help="Label Studio local-files/media root for JSON exports."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Label images with a vision-language model into OUTPUT_DIR (auto_labels.csv + labels.jsonl)."""
+    """Label images with a vision-language model into OUTPUT_DIR (auto_labels.csv + labels.jsonl).
+
+    The seed's commands run by renaming the program: `labelloop label --model llava --dataset cifar10
+    --batch_size 8 --seed 1126 --num_rounds 3 --output_dir logs/ [--auto_cl] [--long_label]`.
+    """
     from labelers.formats.class_names import ShortNameCollision
     from labelers.vlm.inputs import InputError, read_inputs
-    from labelers.vlm.loading import VLMLoadError
-    from labelers.vlm.run import RunError
+    from labelers.vlm.loading import VLMLoadError, resolve_model
+    from labelers.vlm.run import RunError, check_run_dir, run_settings
     from labelers.vlm.settings import SettingsError, load_settings
 
     try:
+        source = _one_source(source, dataset)
+        mode = _mode(mode, auto_cl)
         complementary = {key: value for key, value in dict(num_options=num_options, distinct=distinct,
                                                            balance=balance, seed=seed).items() if value is not None}
         settings = load_settings(config, method=method.value if method else None, max_retries=max_retries,
                                  batch_size=batch_size, complementary=complementary or None)
         items, class_names = read_inputs(source, _class_list(classes), local_files_root)
-        from labelers.formats.class_names import display_names
-
-        display_names(class_names, long_label)  # fail on merging short names before loading a model
-        if mode == Mode.complementary:  # and on impossible candidate settings
-            from labelers.vlm.sampling import CandidateSampler
-
-            cfg = settings.complementary
-            CandidateSampler(len(class_names), cfg.num_options, rounds or cfg.rounds, len(items), cfg.distinct,
-                             cfg.balance, cfg.quota_floor, cfg.seed)
-    except (InputError, SettingsError, ShortNameCollision, FileNotFoundError, ValueError) as exc:
+        _check_before_loading(settings, mode, class_names, rounds, len(items), long_label)
+        # the run directory too: a refused resume must not cost a model load
+        check_run_dir(output_dir, run_settings(settings, mode.value, class_names, long_label, rounds, None,
+                                               settings.batch_size, resolve_model(model, settings), None), resume)
+    except (InputError, SettingsError, ShortNameCollision, RunError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     try:
         from labelers.vlm.labeler import VLMLabeler
@@ -106,6 +118,38 @@ def label(
     typer.echo(f"labeled {summary.labeled} images ({summary.skipped} already done) -> {summary.out_dir}")
     if summary.quality:
         typer.echo(f"quality report: {summary.out_dir / 'quality.md'}")
+
+
+def _one_source(source: Optional[Path], dataset: Optional[Path]) -> Path:
+    """Return the input given as SOURCE or --dataset; raise ValueError for none or two different ones."""
+    if source is None and dataset is None:
+        raise ValueError("give the images to label: SOURCE or --dataset")
+    if source is not None and dataset is not None and source != dataset:
+        raise ValueError(f"two inputs given: SOURCE {source} and --dataset {dataset}; give one")
+    return source if source is not None else dataset
+
+
+def _mode(mode: Optional[Mode], auto_cl: bool) -> Mode:
+    """Return the labeling mode: --mode, else complementary with --auto_cl, else ordinary (the seed's rule)."""
+    if auto_cl and mode == Mode.ordinary:
+        raise ValueError("--auto_cl asks for complementary labels but --mode is ordinary; give one")
+    if auto_cl:
+        return Mode.complementary
+    return mode or Mode.ordinary
+
+
+def _check_before_loading(settings, mode: Mode, class_names: list[str], rounds: Optional[int], count: int,
+                          long_label: bool) -> None:
+    """Raise on short names that merge classes and on impossible candidate settings, before a model loads."""
+    from labelers.formats.class_names import display_names
+
+    display_names(class_names, long_label)
+    if mode == Mode.complementary:
+        from labelers.vlm.sampling import CandidateSampler
+
+        cfg = settings.complementary
+        CandidateSampler(len(class_names), cfg.num_options, rounds or cfg.rounds, count, cfg.distinct,
+                         cfg.balance, cfg.quota_floor, cfg.seed)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,25 @@ PATH_COLUMNS = ("image", "path", "filename", "file", "image_path")
 LABEL_COLUMNS = ("label", "class", "choice")
 
 
+def _cifar10_train() -> tuple[list["ImageItem"], list[str]]:
+    """The 50 000 CIFAR-10 training images in the original batch order, keyed by their original file names.
+
+    That is what the seed labeled and wrote to auto_labels.csv, so `labelloop train --dataset cifar10`
+    matches these rows by name.
+    """
+    from labelers.sample_data import CIFAR10_CLASSES, cifar10_root, sample_data_dir
+
+    root = cifar10_root()
+    with open(sample_data_dir() / "cifar10" / "train_order.csv", newline="", encoding="utf-8") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: int(r["cifar_index"]))
+    return ([ImageItem(r["cifar_filename"], root / r["path"], CIFAR10_CLASSES[int(r["label"])]) for r in rows],
+            list(CIFAR10_CLASSES))
+
+
+# Built-in datasets by name (the seed's --dataset values that have images here).
+BUILTIN = {"cifar10": _cifar10_train}
+
+
 class InputError(ValueError):
     """The input source is malformed; the message names the file and the row, task or key."""
 
@@ -37,7 +56,9 @@ def read_inputs(source: str | Path, class_names: list[str] | None = None,
     no images, names an unknown class or gives no way to know the classes.
     """
     source = Path(source)
-    if source.is_dir():
+    if str(source).lower() in BUILTIN and not source.exists():
+        items, found = BUILTIN[str(source).lower()]()
+    elif source.is_dir():
         items, found = _read_folder(source)
     elif source.suffix.lower() == ".csv":
         items, found = _read_csv(source)

@@ -118,6 +118,8 @@ class VLMLabeler:
             firsts = [self._first_letter_ids(p, current[i]) for p, i in zip(prompts, pending)]
             texts, first_logprobs = self.generate(self.vlm, [images[i] for i in pending], prompts,
                                                   self.settings.max_new_tokens, batch_size, firsts)
+            first_logprobs = self._fill_shared_first_tokens(images, pending, prompts, current, firsts,
+                                                            first_logprobs, batch_size)
             still = []
             for i, text, logprobs in zip(pending, texts, first_logprobs):
                 answer, question = answers[i], current[i]
@@ -136,6 +138,23 @@ class VLMLabeler:
             for i in pending:  # re-ask with the same classes in a new, seeded order
                 current[i] = _reshuffled(current[i], keys[i], attempt + 1)
         return answers
+
+    def _fill_shared_first_tokens(self, images, pending, prompts, questions, firsts, logprobs, batch_size):
+        """Return ``logprobs`` with the rows whose options share a first token scored in full instead.
+
+        The first generated step tells options apart only when their first tokens differ (an answer
+        prefix that tokenizes alone, " A" -> " ", "A", makes them all start alike); those rows get the
+        whole answer's log-likelihood from ``score_options``, so every answer carries probabilities.
+        """
+        shared = [row for row, ids in enumerate(firsts) if ids is None]
+        if not shared:
+            return logprobs
+        scores = score_options(self.vlm, [images[pending[row]] for row in shared], [prompts[row] for row in shared],
+                               [self._answers(questions[pending[row]]) for row in shared], batch_size)
+        logprobs = list(logprobs)
+        for row, score in zip(shared, scores):
+            logprobs[row] = score
+        return logprobs
 
     # -- ordinary labels --------------------------------------------------------------------------
 

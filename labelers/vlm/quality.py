@@ -49,16 +49,17 @@ def quality_report(records: Sequence[dict], class_names: Sequence[str], mode: st
         counts[r["true_label"], r["label"]] += 1
     row_totals = counts.sum(1, keepdims=True)
     transition = np.divide(counts, row_totals, out=np.zeros((k, k)), where=row_totals > 0)
-    share = counts.sum(0) / max(1, counts.sum())
+    share = counts.sum(0) / counts.sum() if counts.sum() else None  # no parsed answer: no shares at all
     report = {
         "mode": mode, "images": len({r["image"] for r in records}), "answers": len(records),
         "num_classes": k, "class_names": list(class_names), "num_options": num_options,
         "reask_rate": _rate(attempts - len(records), attempts),
         "unparseable_rate": _rate(len(records) - len(parsed), len(records)),
-        "label_share": dict(zip(class_names, share.round(6).tolist())),
-        "max_label_share": {"class": class_names[int(share.argmax())], "value": float(share.max())},
+        "label_share": None if share is None else dict(zip(class_names, share.round(6).tolist())),
+        "max_label_share": None if share is None else {"class": class_names[int(share.argmax())],
+                                                       "value": float(share.max())},
         "transition_matrix": transition.round(6).tolist(), "transition_counts": counts.tolist(),
-        "transition_row_entropy": [float(-(row[row > 0] * np.log(row[row > 0])).sum()) for row in transition],
+        "transition_row_entropy": [_entropy(row) if total else None for row, total in zip(transition, row_totals[:, 0])],
         "oracle_note": "computed from the ground truth given with the images (an oracle on this set)",
     }
     if mode == "ordinary":
@@ -66,6 +67,12 @@ def quality_report(records: Sequence[dict], class_names: Sequence[str], mode: st
     else:
         report.update(_complementary_metrics(records))
     return report
+
+
+def _entropy(row: np.ndarray) -> float:
+    """Return the entropy (nats) of a probability row; 0.0, never -0.0, for a row with one class."""
+    p = row[row > 0]
+    return max(0.0, float(-(p * np.log(p)).sum()))
 
 
 def _ordinary_metrics(records: Sequence[dict]) -> dict:
@@ -110,11 +117,14 @@ def report_markdown(report: dict) -> str:
             else ["cl_noise", "cl_error_when_true_shown", "images_with_duplicate_cls"])
     lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {key.replace('_', ' ')} | {_fmt(report[key])} |" for key in keys + ["reask_rate", "unparseable_rate"]]
+    if report["max_label_share"] is None:
+        lines += ["", "No answer could be parsed, so there are no label shares and no transition matrix."]
+        return "\n".join(lines) + "\n"
     lines += ["", f"Largest label share: {report['max_label_share']['class']} "
                   f"({100 * report['max_label_share']['value']:.1f} %; uniform = {100 / report['num_classes']:.1f} %).",
               "", "| class | share of labels | row entropy of T |", "|---|---|---|"]
     for (name, share), entropy in zip(report["label_share"].items(), report["transition_row_entropy"]):
-        lines.append(f"| {name} | {100 * share:.1f} % | {entropy:.3f} |")
+        lines.append(f"| {name} | {100 * share:.1f} % | {'n/a' if entropy is None else f'{entropy:.3f}'} |")
     lines += ["", "Empirical transition matrix T[true, label] (rows: true class): see `confusion.png` and "
                   "`quality.json` (`transition_matrix`)."]
     return "\n".join(lines) + "\n"

@@ -20,8 +20,10 @@ from labelers.vlm.sampling import CandidateSampler
 SCHEMA = "labelloop.vlm-labels/1"
 JSONL_NAME, RUN_NAME, CSV_NAME, SET_NAME = "labels.jsonl", "run.json", "auto_labels.csv", "label_set.csv"
 # Settings that must match for a resume to mix old and new answers.
+# batch_size is one: padding a batch changes the scores in the last digits, so a resumed run with
+# another batch size would not give the answers the first part would have given.
 RESUME_KEYS = ("mode", "method", "model_id", "prompt_hash", "class_names", "long_label", "rounds",
-               "num_options", "distinct", "balance", "seed", "max_retries")
+               "num_options", "distinct", "balance", "seed", "max_retries", "batch_size")
 
 
 class RunError(RuntimeError):
@@ -42,7 +44,46 @@ class RunSettings:
     balance: bool | None
     seed: int | None
     max_retries: int
+    batch_size: int | None = None
     schema: str = SCHEMA
+
+
+def run_settings(settings, mode: str, class_names: Sequence[str], long_label: bool, rounds: int | None,
+                 method: str | None, batch_size: int | None, model_id: str,
+                 prompt_hash: str | None) -> RunSettings:
+    """Return the RunSettings of a run (what ``run.json`` records and a resume must match).
+
+    ``prompt_hash`` is None before the model is loaded (the chat template is part of it).
+    """
+    cfg = settings.complementary
+    cl = mode == "complementary"  # candidate settings mean nothing for ordinary labels
+    return RunSettings(mode, method or settings.method, model_id, prompt_hash, list(class_names), long_label,
+                       rounds or (cfg.rounds if cl else 1), cfg.num_options if cl else None,
+                       cfg.distinct if cl else None, cfg.balance if cl else None, cfg.seed if cl else None,
+                       settings.max_retries, batch_size or settings.batch_size)
+
+
+def check_run_dir(out_dir: str | Path, run: RunSettings, resume: bool) -> None:
+    """Raise RunError when ``out_dir`` cannot take this run: it holds a run and ``resume`` is off, or
+    ``resume`` is on and a setting differs from the earlier run's ``run.json``.
+
+    Settings that are None here (the prompt hash before the model is loaded) are not compared; the
+    CLI calls this before loading the model, and the run calls it again with every setting known.
+    """
+    out_dir = Path(out_dir)
+    jsonl, meta = out_dir / JSONL_NAME, out_dir / RUN_NAME
+    if not resume:
+        if jsonl.exists() or meta.exists():
+            raise RunError(f"{out_dir} already holds a run; pass --resume to continue it or choose another "
+                           f"--output-dir")
+        return
+    if not meta.exists():
+        return
+    old, new = json.loads(meta.read_text(encoding="utf-8")), asdict(run)
+    diff = [k for k in RESUME_KEYS if new.get(k) is not None and old.get(k) != new.get(k)]
+    if diff:
+        raise RunError(f"cannot resume {out_dir}: {', '.join(diff)} differ from the earlier run "
+                       f"({'; '.join(f'{k}: earlier {old.get(k)!r}, now {new.get(k)!r}' for k in diff)})")
 
 
 @dataclass
@@ -93,23 +134,13 @@ def _load_records(path: Path, rounds: int) -> dict[str, list[dict]]:
 
 
 def _prepare_dir(out_dir: Path, run: RunSettings, resume: bool) -> dict[str, list[dict]]:
+    check_run_dir(out_dir, run, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, meta = out_dir / JSONL_NAME, out_dir / RUN_NAME
+    if not resume or not meta.exists():
+        meta.write_text(json.dumps(asdict(run), indent=2), encoding="utf-8")
     if not resume:
-        if jsonl.exists() or meta.exists():
-            raise RunError(f"{out_dir} already holds a run; pass --resume to continue it or choose another "
-                           f"--output-dir")
-        meta.write_text(json.dumps(asdict(run), indent=2), encoding="utf-8")
         return {}
-    if meta.exists():
-        old = json.loads(meta.read_text(encoding="utf-8"))
-        new = asdict(run)
-        diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
-        if diff:
-            raise RunError(f"cannot resume {out_dir}: {', '.join(diff)} differ from the earlier run "
-                           f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)})")
-    else:
-        meta.write_text(json.dumps(asdict(run), indent=2), encoding="utf-8")
     done = _load_records(jsonl, run.rounds)
     # Rewrite with complete images only, so partial images and torn lines do not linger.
     tmp = jsonl.with_name(JSONL_NAME + ".tmp")
@@ -145,10 +176,8 @@ def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: 
         raise ValueError(f"a class may not be called {UNPARSEABLE!r}: auto_labels.csv uses that word for "
                          f"answers that could not be parsed")
     out_dir = Path(out_dir)
-    cl = mode == "complementary"  # candidate settings mean nothing for ordinary labels
-    run = RunSettings(mode, method, labeler.model_id, labeler.prompt_hash(method), list(class_names), long_label,
-                      rounds, cfg.num_options if cl else None, cfg.distinct if cl else None,
-                      cfg.balance if cl else None, cfg.seed if cl else None, settings.max_retries)
+    run = run_settings(settings, mode, class_names, long_label, rounds, method, batch_size, labeler.model_id,
+                       labeler.prompt_hash(method))
     sampler = None
     if mode == "complementary":
         sampler = CandidateSampler(len(names), cfg.num_options, rounds, len(items), cfg.distinct, cfg.balance,

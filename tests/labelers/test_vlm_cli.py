@@ -78,8 +78,8 @@ def test_csv_and_label_studio_inputs_give_the_same_labels(app, cifar_sources, ti
 
 def test_generate_method_and_options_from_the_cli(app, cifar_sources, tiny_vlm_dirs, tmp_path):
     out = tmp_path / "gen"
-    result = _invoke(app, cifar_sources / "folder", "--model", tiny_vlm_dirs["llava-next"], "--output-dir", out,
-                     "--method", "generate", "--max-retries", 1, "--rounds", 2, "--num-options", 3,
+    result = _invoke(app, cifar_sources / "folder", "--mode", "complementary", "--model", tiny_vlm_dirs["llava-next"],
+                     "--output-dir", out, "--method", "generate", "--max-retries", 1, "--rounds", 2, "--num-options", 3,
                      "--no-distinct", "--no-balance", "--long-label", "--device", "cpu", "--no-progress")
     assert result.exit_code == 0, result.output
     records = [json.loads(l) for l in (out / "labels.jsonl").read_text().splitlines()]
@@ -96,7 +96,7 @@ def test_generate_method_and_options_from_the_cli(app, cifar_sources, tiny_vlm_d
     (["{flat}", "--classes", "aquatic mammals,small mammals,fish"], "merge classes"),
     (["{flat}"], "--classes"),
     (["{folder}", "--model", "{missing}"], "does not exist"),
-    (["{folder}", "--num-options", "11"], "num_options"),
+    (["{folder}", "--num-options", "11", "--auto_cl"], "num_options"),
 ])
 def test_bad_input_exits_2_with_a_message(app, cifar_sources, tmp_path, args, message):
     flat = tmp_path / "flat"

@@ -92,3 +92,19 @@ def test_real_tiny_model_generation_is_bounded_and_recorded(tiny_labelers, cifar
         assert (answer.choice is None) == (answer.status == "unparseable")
         # first-token letter distribution is recorded alongside the text
         assert len(answer.option_probs) == 10 and abs(sum(answer.option_probs) - 1) < 1e-9
+
+
+def test_options_sharing_a_first_token_still_get_probabilities(tiny_labelers, cifar_images):
+    """An answer prefix that tokenizes alone ("option A", "option B", ...) gives every option the same first token."""
+    from labelers.vlm.prompting import chat_prompt
+    from labelers.vlm.scoring import score_options, softmax
+
+    images, _ = cifar_images
+    base = tiny_labelers["qwen2-vl"]
+    labeler = VLMLabeler(base.vlm, load_settings(max_retries=0, method="generate", max_new_tokens=2,
+                                                 answer_prefix={"default": "option "}))
+    answer = labeler.ordinary(images[:1], CIFAR10_CLASSES[:4])[0][0]
+    prompt = chat_prompt(base.vlm.processor, answer.question, labeler.settings.prompts)
+    assert labeler._first_letter_ids(prompt, answer.question) is None  # the case under test
+    expected = score_options(base.vlm, images[:1], [prompt], [labeler._answers(answer.question)])[0]
+    np.testing.assert_allclose(answer.option_probs, softmax(expected), rtol=1e-5)

@@ -13,7 +13,7 @@ import pytest
 from labelers.formats.auto_labels import labels_to_indices, read_auto_labels
 from labelers.sample_data import cifar10_subset
 from labelers.vlm.inputs import read_inputs
-from labelers.vlm.quality import quality_report, wilson_interval
+from labelers.vlm.quality import quality_report, report_markdown, wilson_interval
 from labelers.vlm.run import RunError, run_labeling
 
 
@@ -147,7 +147,7 @@ def test_resume_after_sigkill_of_the_cli(tiny_vlm_dirs, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-c", "from labelloop.cli import main; main()", "label", str(folder), "--model",
            str(tiny_vlm_dirs["qwen2-vl"]), "--output-dir", str(out), "--batch-size", "1", "--no-progress",
-           "--device", "cpu"]
+           "--device", "cpu", "--auto_cl"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     jsonl = out / "labels.jsonl"
@@ -191,3 +191,17 @@ def test_a_class_named_unparseable_is_refused(tiny_labelers, tmp_path, image_fol
     with pytest.raises(ValueError, match="unparseable"):
         run_labeling(tiny_labelers["qwen2-vl"], [i.__class__(i.key, i.path) for i in items[:2]],
                      ["cat", "Unparseable", "dog"], tmp_path / "run", "ordinary", progress=False)
+
+
+def test_quality_report_when_nothing_parsed_has_no_shares_and_no_negative_zero():
+    names = ["a", "b", "c"]
+    records = [{"image": f"i{k}", "round": 0, "label": None, "true_label": k % 3, "candidates": [0, 1, 2],
+                "attempts": 3} for k in range(6)]
+    report = quality_report(records, names, "complementary", 3)
+    assert report["max_label_share"] is None and report["label_share"] is None
+    assert report["transition_row_entropy"] == [None, None, None]
+    text = report_markdown(report)
+    assert "Largest label share" not in text and "-0.000" not in text and "No answer could be parsed" in text
+    one_class = [{"image": "x", "round": 0, "label": 1, "true_label": 0, "candidates": [0, 1], "attempts": 1}]
+    single = quality_report(one_class, names, "complementary", 2)
+    assert single["transition_row_entropy"][0] == 0.0 and "-0.000" not in report_markdown(single)
