@@ -20,11 +20,20 @@ def _fail(message: str) -> None:
 
 def _load_dataset(data: Path, embedder_spec: str, cache_path: Optional[Path], batch_size: int):
     """Return a FeatureDataset from an .npz or an embedded image folder."""
-    from .datasets import FeatureDataset, list_image_folder, load_feature_npz
+    from .datasets import load_feature_npz
 
     if data.suffix == ".npz":
         return load_feature_npz(data)
+    return _embed_folder(data, embedder_spec, cache_path, batch_size)[0]
+
+
+def _embed_folder(data: Path, embedder_spec: str, cache_path: Optional[Path], batch_size: int):
+    """Return (FeatureDataset, the image files it holds, in its row order) of an embedded image folder.
+
+    Unreadable images are reported and left out, so the files returned are the ones embedded.
+    """
     from .cache import EmbeddingCache, embed_files
+    from .datasets import FeatureDataset, list_image_folder
     from .embedders import make_embedder
     from .sample_data import cache_dir
 
@@ -36,7 +45,7 @@ def _load_dataset(data: Path, embedder_spec: str, cache_path: Optional[Path], ba
     for message in list(result.errors.values())[:10]:
         typer.secho(f"skipped: {message}", fg="yellow", err=True)
     ok = result.ok
-    return FeatureDataset(result.features[ok], labels[ok], names)
+    return FeatureDataset(result.features[ok], labels[ok], names), [p for p, keep in zip(paths, ok) if keep]
 
 
 def simulate(
@@ -80,21 +89,27 @@ def simulate(
 
 def embed(
     folder: Path = typer.Argument(..., help="image folder (flat, or root/<class>/ for labels)"),
-    output: Path = typer.Option(..., "--output", "-o", help=".npz to write (features, labels, class_names)"),
+    output: Path = typer.Option(..., "--output", "-o", help=".npz to write (features, labels, class_names, names)"),
     embedder: str = typer.Option("auto", help="embedder spec"),
     cache: Optional[Path] = typer.Option(None, help="embedding cache file (default: user cache)"),
     batch_size: int = typer.Option(64, "--batch-size"),
 ) -> None:
-    """Embed a labeled image folder once (through the cache) into a features .npz."""
+    """Embed a labeled image folder once (through the cache) into a features .npz.
+
+    ``names`` holds each row's image as ``<class>/<file>`` under FOLDER, the key `labelloop label`
+    writes, so `labelloop train --data <npz> --label-path auto_labels.csv` matches rows to features.
+    """
     import numpy as np
 
     from .datasets import DatasetError
 
     try:
-        dataset = _load_dataset(folder, embedder, cache, batch_size)
+        dataset, paths = _embed_folder(folder, embedder, cache, batch_size)
     except (DatasetError, ValueError) as exc:
         _fail(str(exc))
-    np.savez(output, features=dataset.features, labels=dataset.labels, class_names=np.asarray(dataset.class_names))
+    names = np.asarray([p.relative_to(folder).as_posix() for p in paths])
+    np.savez(output, features=dataset.features, labels=dataset.labels, class_names=np.asarray(dataset.class_names),
+             names=names)
     typer.echo(f"wrote {output}: {dataset.features.shape}")
 
 

@@ -56,3 +56,24 @@ def test_two_rows_on_one_image_are_refused(tmp_path, digit_folder):
     path = write_auto_labels(tmp_path / "auto_labels.csv", [(f"x/{base.names[0]}", ["1"]), (f"y/{base.names[0]}", ["2"])])
     with pytest.raises(DataSourceError, match=r"rows 1 .* and 2 .* both match image"):
         load_sources(str(digit_folder), str(path), long_label=True)
+
+
+def test_an_embedded_folder_matches_the_label_file_of_the_same_images(tmp_path, digit_folder, tiny_clip_spec):
+    """`labelloop embed` writes image names, so a label file keyed `<class>/<file>` attaches to the features."""
+    from typer.testing import CliRunner
+
+    from labelloop.cli import app
+    from trainers.formats.image_folder import read_image_folder
+
+    from .conftest import DIGITS
+
+    npz = tmp_path / "features.npz"
+    result = CliRunner().invoke(app, ["embed", str(digit_folder), "-o", str(npz), "--embedder", tiny_clip_spec,
+                                      "--cache", str(tmp_path / "cache.sqlite")])
+    assert result.exit_code == 0, result.output
+    base = read_image_folder(digit_folder)
+    assert np.load(npz)["names"].tolist() == base.names
+    rows = [(name, [DIGITS[(y + 1) % 10]]) for name, y in zip(base.names, base.ord_labels)][::-1]
+    train = load_sources(str(npz), str(write_auto_labels(tmp_path / "auto_labels.csv", rows)), long_label=True).train
+    assert train.features is not None and len(train) == 60
+    assert (train.cl_labels[:, 0] == (train.ord_labels + 1) % 10).all()
