@@ -56,8 +56,9 @@ def train(
     augment: bool = typer.Option(False, "--augment", "--do-transform", "--do_transform",
                                  help="Random crop + flip (natural images)."),
     valid_split: float = typer.Option(0.1, "--valid-split", "--valid_split"),
-    gold_count: Optional[int] = typer.Option(None, "--gold-count", help="Estimate an empirical T from at most "
-                                             "this many gold labels."),
+    gold_count: Optional[int] = typer.Option(None, "--gold-count", help="With --transition-matrix empirical: "
+                                             "keep true labels on only this many images; T and validation see "
+                                             "no others."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Use a seeded random subset of training images."),
     eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs."),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),

@@ -154,9 +154,7 @@ def _merge_repeats(train: LabelSet) -> LabelSet:
     merged, dropped = merge_repeated_cls(train.cl_labels)
     if dropped:
         log.warning("%d repeated complementary labels (the same class twice for one image) count once", dropped)
-    out = replace(train, cl_labels=merged)
-    out.meta["repeated_cls_merged"] = dropped
-    return out
+    return replace(train, cl_labels=merged, meta={**train.meta, "repeated_cls_merged": dropped})
 
 
 def _keep_gold(train: LabelSet, gold_count: int, seed: int) -> LabelSet:
@@ -171,9 +169,7 @@ def _keep_gold(train: LabelSet, gold_count: int, seed: int) -> LabelSet:
     keep = np.random.default_rng([seed, GOLD_STREAM]).permutation(known)[:gold_count]
     masked = np.full(len(train), -1, dtype=np.int64)
     masked[keep] = train.ord_labels[keep]
-    out = replace(train, ord_labels=masked)
-    out.meta["gold_count"] = int(len(keep))
-    return out
+    return replace(train, ord_labels=masked, meta={**train.meta, "gold_count": int(len(keep))})
 
 
 def _matrix(cfg: TrainConfig, train: LabelSet, fit_rows: np.ndarray, K: int, synthetic: bool):
@@ -229,6 +225,31 @@ def save_last_callback(path: Path):
     return SaveLast()
 
 
+def _choose_validation(cfg: TrainConfig, train: LabelSet, valid_index: np.ndarray):
+    """Return (metric, (N,) labels Accuracy compares with, what they are, how many validation rows have them).
+
+    ``auto`` picks Accuracy when the validation rows have labels to compare with, else SCEL. Raises
+    TrainError when the asked metric cannot be computed on this split.
+    """
+    from trainers.metrics import canonical_valid_type
+
+    spec = losses.get(cfg.strategy, cfg.type)
+    truth, kind = validation_labels(train, valid_index, spec.ordinary)
+    with_truth = int((truth[valid_index] >= 0).sum())
+    with_cls = int((train.cl_labels[valid_index] >= 0).any(axis=1).sum())
+    valid_type = cfg.valid_type
+    if valid_type.lower() == "auto":
+        valid_type = "Accuracy" if with_truth else "SCEL"
+    valid_type = canonical_valid_type(valid_type)
+    if valid_type == "Accuracy" and not with_truth:
+        raise TrainError("--valid-type Accuracy needs true labels on the validation split; use SCEL or URE")
+    if valid_type in ("SCEL", "URE") and spec.ordinary and not with_cls:
+        raise TrainError(f"--valid-type {valid_type} needs complementary labels; Ord data has none (use Accuracy)")
+    if valid_type != "Accuracy":
+        return valid_type, truth, "complementary labels", with_cls
+    return valid_type, truth, kind, with_truth
+
+
 def _checkpoint_epoch(path: str | None) -> int | None:
     """Return the (0-based) epoch a Lightning checkpoint was saved in, or None without a checkpoint."""
     if not path:
@@ -250,7 +271,7 @@ def run(cfg: TrainConfig) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from trainers.datamodules import EmbeddingDataModule, ImageDataModule
-    from trainers.metrics import VALID_TYPES, canonical_valid_type
+    from trainers.metrics import VALID_TYPES
     from trainers.models import build_model
     from trainers.module import CLLModule
 
@@ -268,22 +289,7 @@ def run(cfg: TrainConfig) -> dict:
         kind = "features"
     else:
         kind = data.kind
-    spec = losses.get(cfg.strategy, cfg.type)
-    valid_truth, valid_labels = validation_labels(train, data.valid_index, spec.ordinary)
-    has_valid_truth = bool((valid_truth[data.valid_index] >= 0).any())
-    has_valid_cls = bool((train.cl_labels[data.valid_index] >= 0).any())
-    valid_type = cfg.valid_type
-    if valid_type.lower() == "auto":
-        valid_type = "Accuracy" if has_valid_truth else "SCEL"
-    valid_type = canonical_valid_type(valid_type)
-    if valid_type == "Accuracy" and not has_valid_truth:
-        raise TrainError("--valid-type Accuracy needs true labels on the validation split; use SCEL or URE")
-    if valid_type in ("SCEL", "URE") and spec.ordinary and not has_valid_cls:
-        raise TrainError(f"--valid-type {valid_type} needs complementary labels; Ord data has none (use Accuracy)")
-    if valid_type != "Accuracy":
-        valid_labels = "complementary labels"
-    valid_count = int((valid_truth[data.valid_index] >= 0).sum() if valid_type == "Accuracy"
-                      else has_valid_cls and (train.cl_labels[data.valid_index] >= 0).any(axis=1).sum())
+    valid_type, valid_truth, valid_labels, valid_count = _choose_validation(cfg, train, data.valid_index)
     if kind == "features":
         dm = EmbeddingDataModule(train, data.valid_index, test, cfg.batch_size, cfg.seed, valid_truth=valid_truth)
     else:
@@ -300,11 +306,12 @@ def run(cfg: TrainConfig) -> dict:
     mode = VALID_TYPES[valid_type]
     last = output / "checkpoints" / "last.ckpt"
     # save_last is not used: Lightning >= 2.6 writes last.ckpt only together with a new best, so it
-    # would be a copy of best.ckpt. SaveLast writes it at the end of every epoch instead.
+    # would be a copy of best.ckpt. save_last_callback writes it at the end of every epoch instead.
     checkpoint = ModelCheckpoint(dirpath=output / "checkpoints", filename="best", monitor=f"valid_{valid_type}",
                                  mode=mode, save_last=False)
     trainer = pl.Trainer(max_epochs=cfg.epoch, accelerator=cfg.accelerator, devices=1, deterministic=True,
-                         logger=_loggers(output), callbacks=[checkpoint, save_last_callback(last)], check_val_every_n_epoch=cfg.eval_every,
+                         logger=_loggers(output), callbacks=[checkpoint, save_last_callback(last)],
+                         check_val_every_n_epoch=cfg.eval_every,
                          enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
                          log_every_n_steps=10)
     trainer.fit(module, datamodule=dm)
@@ -315,7 +322,8 @@ def run(cfg: TrainConfig) -> dict:
         "best_valid": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
         "best_checkpoint": best, "best_epoch": _checkpoint_epoch(best), "last_checkpoint": str(last),
         "last_epoch": _checkpoint_epoch(str(last)), "valid_labels": valid_labels, "valid_label_count": valid_count,
-        "repeated_cls_merged": int(train.meta.get("repeated_cls_merged", 0)), "classes": train.class_names, "train_images": len(dm.train_index),
+        "repeated_cls_merged": int(train.meta.get("repeated_cls_merged", 0)), "classes": train.class_names,
+        "train_images": len(dm.train_index),
         "valid_images": len(data.valid_index), "num_cl": int(train.cl_labels.shape[1]),
         "synthetic_cls": data.synthetic, "transition_matrix": data.info.describe(),
         "matrix_oracle": data.info.oracle, "gold_labels": data.info.gold_labels, "inputs": kind,

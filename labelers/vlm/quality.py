@@ -59,7 +59,8 @@ def quality_report(records: Sequence[dict], class_names: Sequence[str], mode: st
         "max_label_share": None if share is None else {"class": class_names[int(share.argmax())],
                                                        "value": float(share.max())},
         "transition_matrix": transition.round(6).tolist(), "transition_counts": counts.tolist(),
-        "transition_row_entropy": [_entropy(row) if total else None for row, total in zip(transition, row_totals[:, 0])],
+        "transition_row_entropy": [_entropy(row) if total else None
+                                   for row, total in zip(transition, row_totals[:, 0])],
         "oracle_note": "computed from the ground truth given with the images (an oracle on this set)",
     }
     if mode == "ordinary":

@@ -20,8 +20,8 @@ from labelers.vlm.sampling import CandidateSampler
 SCHEMA = "labelloop.vlm-labels/1"
 JSONL_NAME, RUN_NAME, CSV_NAME, SET_NAME = "labels.jsonl", "run.json", "auto_labels.csv", "label_set.csv"
 # Settings that must match for a resume to mix old and new answers.
-# batch_size is one: padding a batch changes the scores in the last digits, so a resumed run with
-# another batch size would not give the answers the first part would have given.
+# batch_size is one: -R quotas are updated once per batch (so the candidate draws depend on it), and
+# padding changes scores in their last digits.
 RESUME_KEYS = ("mode", "method", "model_id", "prompt_hash", "class_names", "long_label", "rounds",
                "num_options", "distinct", "balance", "seed", "max_retries", "batch_size")
 

@@ -53,7 +53,8 @@ def test_two_rows_on_one_image_are_refused(tmp_path, digit_folder):
     from trainers.formats.image_folder import read_image_folder
 
     base = read_image_folder(digit_folder)
-    path = write_auto_labels(tmp_path / "auto_labels.csv", [(f"x/{base.names[0]}", ["1"]), (f"y/{base.names[0]}", ["2"])])
+    rows = [(f"x/{base.names[0]}", ["1"]), (f"y/{base.names[0]}", ["2"])]
+    path = write_auto_labels(tmp_path / "auto_labels.csv", rows)
     with pytest.raises(DataSourceError, match=r"rows 1 .* and 2 .* both match image"):
         load_sources(str(digit_folder), str(path), long_label=True)
 
