@@ -204,8 +204,9 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         if run.meta.get("mode") == "ordinary":
             return _apply(base, rows, run.ord_labels[:, None], True, path)
         if ordinary:
-            raise DataSourceError(f"{path}: this VLM run holds complementary labels (classes the images are NOT); "
-                                  f"Ord trains on ordinary labels (label with --mode ordinary, or pick a CL strategy)")
+            raise DataSourceError(f"{path}: this VLM run holds complementary labels (classes the images are NOT), "
+                                  f"which cannot be read as ordinary labels (--strategy Ord, export --ordinary); "
+                                  f"label with --mode ordinary, or pick a CL strategy")
         return _apply(base, rows, run.cl_labels, False, path)
     if path.suffix in (".pkl", ".pickle"):
         stored = read_libcll_pickle(path, classes)
@@ -240,11 +241,12 @@ def _check_ordinary_csv(path: Path) -> None:
     meta = path.parent / "run.json"
     mode = json.loads(meta.read_text(encoding="utf-8")).get("mode") if meta.exists() else None
     if mode == "complementary":
-        raise DataSourceError(f"{path}: {meta} says these are complementary labels (classes the images are NOT); "
-                              f"Ord trains on ordinary labels (label with --mode ordinary, or pick a CL strategy)")
+        raise DataSourceError(f"{path}: {meta} says these are complementary labels (classes the images are NOT), "
+                              f"which cannot be read as ordinary labels (--strategy Ord, export --ordinary); "
+                              f"label with --mode ordinary, or pick a CL strategy")
     if mode is None:
-        log.warning("%s: its label columns are read as ORDINARY labels (majority vote per row) because the "
-                    "strategy is Ord; if they are complementary labels, pick a CL strategy instead", path)
+        log.warning("%s: its label columns are read as ORDINARY labels (majority vote per row: --strategy Ord or "
+                    "export --ordinary); if they are complementary labels, pick a CL strategy instead", path)
 
 
 def _check_same_classes(run_classes: list[str], base_classes: list[str], path: Path) -> None:

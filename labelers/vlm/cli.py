@@ -98,6 +98,11 @@ def label(
                                                settings.batch_size, resolve_model(model, settings), None), resume)
     except (InputError, SettingsError, ShortNameCollision, RunError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    ignored = [flag for flag, value in (("--num-options", num_options), ("--distinct/--no-distinct", distinct),
+                                        ("--balance/--no-balance", balance)) if value is not None]
+    if mode == Mode.ordinary and ignored:
+        typer.echo(f"warning: {', '.join(ignored)} only apply to complementary labels (--auto_cl); ignored",
+                   err=True)
     try:
         from labelers.vlm.labeler import VLMLabeler
         from labelers.vlm.run import run_labeling

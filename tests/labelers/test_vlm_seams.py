@@ -106,3 +106,15 @@ def test_label_export_train_from_other_working_directories(folder, tiny_vlm_dirs
         saved = json.loads((tmp_path / "train" / name / "results.json").read_text())["results"]
         assert saved["train_images"] + saved["valid_images"] == 20 and saved["num_cl"] == 3
         assert saved["valid_labels"] == "true labels"  # the folder's classes, carried by the run as gold
+
+
+def test_candidate_options_with_ordinary_labels_are_named_as_ignored(folder, tmp_path, monkeypatch):
+    from labelers.vlm.labeler import VLMLabeler
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stop before loading")
+
+    monkeypatch.setattr(VLMLabeler, "from_pretrained", stop)
+    result = _invoke("label", folder, "--num_options", 3, "--no-balance", "--output-dir", tmp_path / "run")
+    assert isinstance(result.exception, RuntimeError)
+    assert "--num-options, --balance/--no-balance only apply to complementary labels" in result.output

@@ -205,7 +205,7 @@ def test_ord_refuses_complementary_labels_and_warns_on_a_bare_csv(tmp_path, mnis
     write_auto_labels(run_dir / "auto_labels.csv", rows)
     (run_dir / "run.json").write_text(json.dumps({"mode": "complementary", "class_names": DIGITS}))
     cfg = dict(strategy="Ord", model="linear", data=str(mnist_small_npz), long_label=True, epoch=1, progress=False)
-    with pytest.raises(ValueError, match="complementary labels .*Ord trains on ordinary labels"):
+    with pytest.raises(ValueError, match="complementary labels .*cannot be read as ordinary labels"):
         run(TrainConfig(label_path=str(run_dir / "auto_labels.csv"), output_dir=str(tmp_path / "a"), **cfg))
     bare = write_auto_labels(tmp_path / "auto_labels.csv", rows)
     with caplog.at_level("WARNING"):
