@@ -163,64 +163,83 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
     """Return the LabelSet of ``base`` images labelled by ``label_path`` (or the label file's own images).
 
     ``ordinary`` reads the file's label columns as ordinary labels (majority vote per image, as for the
-    seed's Ord runs) instead of complementary labels. Raises DataSourceError naming the row/key for
-    unknown class names and listed images that are missing.
+    seed's Ord runs) instead of complementary labels; the dataset's truth is kept for validation.
+    Raises DataSourceError naming the row/key for unknown class names, images that are missing, and
+    complementary labels asked for as ordinary ones.
     """
-    from labelers.formats.auto_labels import AutoLabelsError, labels_to_indices, read_auto_labels
-    from trainers.formats.libcll_pickle import read_libcll_pickle
-    from trainers.formats.vlm_run import JSONL_NAME, read_vlm_run
+    from trainers.formats.vlm_run import JSONL_NAME
 
     path = Path(label_path)
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
-    names = classes or (base.class_names if base is not None else None)
     if path.suffix == ".json":
         roots = list(image_roots or []) + [path.parent]
         labels = read_label_studio_labels(path, base, roots, classes, cl_control, label_control, image_key)
-        if base is None:
-            return labels
-        rows = match_rows(base, labels.names, path)
-        matched = base.subset(rows)
-        if ordinary:
-            if not labels.has_true_labels:
-                raise DataSourceError(f"{path}: Ord trains on ordinary labels, and no task has one (control "
-                                      f"{labels.meta.get('label_control')!r}); complementary labels are not "
-                                      f"ordinary labels")
-            return replace(matched, ord_labels=labels.ord_labels, cl_labels=np.full((len(rows), 1), -1),
-                           true_labels=matched.truth, meta={**matched.meta, "labels": str(path)})
-        if labels.has_cls:
-            matched = replace(matched, cl_labels=labels.cl_labels)
-        if labels.has_true_labels:
-            matched = replace(matched, ord_labels=np.where(labels.ord_labels >= 0, labels.ord_labels,
-                                                           matched.ord_labels))
-        matched.meta["labels"] = str(path)
-        return matched
+        return labels if base is None else _attach_label_studio(base, labels, ordinary, path)
     if path.suffix == ".jsonl" or (path.is_dir() and (path / JSONL_NAME).exists()):
-        run = read_vlm_run(path)
-        if base is None:
-            return run
-        _check_same_classes(run.class_names, base.class_names, path)
-        rows = match_rows(base, run.names, path)
-        if run.meta.get("mode") == "ordinary":
-            return _apply(base, rows, run.ord_labels[:, None], True, path)
-        if ordinary:
-            raise DataSourceError(f"{path}: this VLM run holds complementary labels (classes the images are NOT), "
-                                  f"which cannot be read as ordinary labels (--strategy Ord, export --ordinary); "
-                                  f"label with --mode ordinary, or pick a CL strategy")
-        return _apply(base, rows, run.cl_labels, False, path)
+        return _attach_vlm_run(base, path, ordinary)
     if path.suffix in (".pkl", ".pickle"):
-        stored = read_libcll_pickle(path, classes)
-        if base is None:
-            return stored
-        rows = match_rows(base, stored.names, path)
-        return _apply(base, rows, stored.ord_labels[:, None] if ordinary else stored.cl_labels, ordinary, path)
+        return _attach_pickle(base, path, ordinary, classes)
+    return _attach_auto_labels(base, path, ordinary, long_label, classes)
+
+
+def _attach_label_studio(base: LabelSet, labels: LabelSet, ordinary: bool, path: Path) -> LabelSet:
+    rows = match_rows(base, labels.names, path)
+    matched = base.subset(rows)
+    matched.meta["labels"] = str(path)
+    if ordinary:
+        if not labels.has_true_labels:
+            raise DataSourceError(f"{path}: no task has an ordinary label (control "
+                                  f"{labels.meta.get('label_control')!r}), and complementary labels cannot be "
+                                  f"read as ordinary labels (--strategy Ord, export --ordinary)")
+        return replace(matched, ord_labels=labels.ord_labels, cl_labels=np.full((len(rows), 1), -1),
+                       true_labels=matched.truth)
+    if labels.has_cls:
+        matched = replace(matched, cl_labels=labels.cl_labels)
+    if labels.has_true_labels:  # a gold subset labelled in Label Studio
+        matched = replace(matched, ord_labels=np.where(labels.ord_labels >= 0, labels.ord_labels,
+                                                       matched.ord_labels))
+    return matched
+
+
+def _attach_vlm_run(base: LabelSet | None, path: Path, ordinary: bool) -> LabelSet:
+    from trainers.formats.vlm_run import read_vlm_run
+
+    run = read_vlm_run(path)
+    if base is None:
+        return run
+    _check_same_classes(run.class_names, base.class_names, path)
+    rows = match_rows(base, run.names, path)
+    if run.meta.get("mode") == "ordinary":
+        return _apply(base, rows, run.ord_labels[:, None], True, path)
+    if ordinary:
+        raise DataSourceError(f"{path}: this VLM run holds complementary labels (classes the images are NOT), "
+                              f"which cannot be read as ordinary labels (--strategy Ord, export --ordinary); "
+                              f"label with --mode ordinary, or pick a CL strategy")
+    return _apply(base, rows, run.cl_labels, False, path)
+
+
+def _attach_pickle(base: LabelSet | None, path: Path, ordinary: bool, classes: list[str] | None) -> LabelSet:
+    from trainers.formats.libcll_pickle import read_libcll_pickle
+
+    stored = read_libcll_pickle(path, classes)
+    if base is None:
+        return stored
+    rows = match_rows(base, stored.names, path)
+    return _apply(base, rows, stored.ord_labels[:, None] if ordinary else stored.cl_labels, ordinary, path)
+
+
+def _attach_auto_labels(base: LabelSet | None, path: Path, ordinary: bool, long_label: bool,
+                        classes: list[str] | None) -> LabelSet:
+    from labelers.formats.auto_labels import AutoLabelsError, labels_to_indices, read_auto_labels
+
     if base is None:
         raise DataSourceError(f"{path}: an auto_labels.csv holds file names only; pass --data with the images")
+    names = classes or base.class_names
     if not names:
         raise DataSourceError(f"{path}: class names are unknown; pass --classes (comma-separated or a file)")
     try:
-        rows_named = read_auto_labels(path)
-        indexed = labels_to_indices(rows_named, list(names), long_label=long_label, path=path)
+        indexed = labels_to_indices(read_auto_labels(path), list(names), long_label=long_label, path=path)
     except AutoLabelsError as err:
         raise DataSourceError(str(err)) from None
     if base.class_names != list(names):

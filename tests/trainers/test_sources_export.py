@@ -206,3 +206,19 @@ def test_image_folder_export_checks_every_name_before_copying(tmp_path, digit_fo
     with pytest.raises(ImageFolderError, match="nothing was written"):
         export(labels, tmp_path / "tree")
     assert not (tmp_path / "tree").exists()
+
+
+def test_ord_on_a_label_studio_export_trains_on_its_labels_and_refuses_cl_only_exports(tmp_path, digit_folder):
+    base, path = ls_export(digit_folder, tmp_path / "export.json")
+    tasks = json.loads(path.read_text())
+    for task in tasks[::2]:  # the gold half says every digit is a "0": Ord must learn that, not the folder
+        next(r for r in task["annotations"][0]["result"] if r["from_name"] == "label")["value"]["choices"] = ["0"]
+    path.write_text(json.dumps(tasks))
+    train = load_sources(str(digit_folder), str(path), ordinary=True).train
+    assert (train.ord_labels[::2] == 0).all() and (train.ord_labels[1::2] == -1).all()
+    assert (train.truth == base.ord_labels).all()  # validation still sees the folder's classes
+    for task in tasks:
+        task["annotations"][0]["result"] = [r for r in task["annotations"][0]["result"] if r["from_name"] != "label"]
+    path.write_text(json.dumps(tasks))
+    with pytest.raises(DataSourceError, match="no task has an ordinary label"):
+        load_sources(str(digit_folder), str(path), ordinary=True)
