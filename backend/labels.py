@@ -186,7 +186,8 @@ def _taxonomy_leaves(xml: str, name: str) -> tuple[list[tuple[str, ...]], list[E
         for child in node:
             if child.tag != "Choice":
                 continue
-            path = prefix + (child.get("value") or child.get("alias") or "",)
+            # Label Studio stores a choice's alias (when it has one) in result paths, as for <Choices>.
+            path = prefix + (child.get("alias") or child.get("value") or "",)
             if any(grand.tag == "Choice" for grand in child):
                 walk(child, path)
             else:

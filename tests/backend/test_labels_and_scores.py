@@ -58,6 +58,19 @@ def test_taxonomy_leaves_become_classes():
     assert target.labels_in(result) == ["Animal / Cat"]  # a non-leaf pick teaches nothing
 
 
+def test_a_taxonomy_alias_is_the_path_part_annotations_store():
+    # Label Studio writes a taxonomy <Choice>'s alias (not its value) into each path of a result.
+    xml = ('<View><Image name="img" value="$photo"/><Taxonomy name="kind" toName="img">'
+           '<Choice value="Animal" alias="A"><Choice value="A cat" alias="cat"/><Choice value="Dog"/></Choice>'
+           '<Choice value="Vehicle" alias="V"/></Taxonomy></View>')
+    target = parse_label_config(xml)
+    assert target.labels == ("A / cat", "A / Dog", "V")
+    assert target.model_names == (("cat",), ("Dog",), ("V",))
+    result = [{"from_name": "kind", "type": "taxonomy", "value": {"taxonomy": [["A", "cat"], ["V"]]}}]
+    assert target.labels_in(result) == ["A / cat", "V"]
+    assert target.region(["A / cat"])["value"] == {"taxonomy": [["A", "cat"]]}
+
+
 @pytest.mark.parametrize("xml, fragment", [
     ("", "empty"),
     ("<View><Image name='i' value='$i'>", "not valid XML"),
