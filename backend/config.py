@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from configs import read_mapping
-
-STRATEGIES = ("margin", "entropy", "least", "random")
+from labelers.strategies import STRATEGIES  # the one list of strategy names (re-exported for backend.model)
 RETRAIN_POLICIES = ("on_submit", "manual")
 PREDICTORS = ("head", "vlm")
 VLM_MODES = ("auto", "ordinary", "complementary", "both")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.store import Annotation
+from labelers.formats.label_studio import usable_annotation as usable  # one rule with the export reader
 
 # Events that change the training data. START_TRAINING always trains; the others only with retrain=on_submit.
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED")
@@ -26,11 +27,6 @@ class AnnotationChanges:
     keep: list[Annotation] = field(default_factory=list)      # store or replace
     drop: list[int] = field(default_factory=list)             # annotation ids to forget
     task_urls: list[tuple[int, str | None]] = field(default_factory=list)  # (task id, media URL) seen
-
-
-def usable(annotation: dict[str, Any]) -> bool:
-    """True for an annotation worth learning from: not skipped (was_cancelled) and with a non-empty result."""
-    return not annotation.get("was_cancelled") and bool(annotation.get("result"))
 
 
 def as_list(data: dict[str, Any], key: str) -> list[Any]:

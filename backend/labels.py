@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from typing import Any
 
-SEPARATOR = " / "  # joins a taxonomy path into one class name
+from labelers.formats.label_studio import TAXONOMY_SEPARATOR, labels_by_control
 
 
 class LabelConfigError(ValueError):
@@ -42,17 +42,7 @@ class ImageClassification:
 
     def labels_in(self, result: list[dict[str, Any]] | None) -> list[str]:
         """Return the served labels chosen in an annotation `result` (unknown labels are dropped)."""
-        chosen: list[str] = []
-        for region in result or []:
-            if not isinstance(region, dict) or region.get("from_name") != self.from_name:
-                continue
-            value = region.get("value") or {}
-            if self.kind == "choices":
-                names = value.get("choices") or []
-            else:
-                names = [SEPARATOR.join(path) for path in value.get("taxonomy") or [] if isinstance(path, list)]
-            chosen.extend(n for n in names if n in self.labels and n not in chosen)
-        return chosen
+        return [n for n in labels_by_control(result).get(self.from_name, []) if n in self.labels]
 
     def region(self, labels: list[str]) -> dict[str, Any]:
         """Return the Label Studio result region choosing `labels`."""
@@ -140,7 +130,7 @@ def _build(control, image, xml: str) -> ImageClassification:
         multiple = str(control.attr.get("choice", "single")).lower() == "multiple"
     else:
         paths, leaves = _taxonomy_leaves(xml, name)
-        labels = [SEPARATOR.join(p) for p in paths]
+        labels = [TAXONOMY_SEPARATOR.join(p) for p in paths]
         model_names = [_split_names(leaf.get("predicted_values")) or (path[-1],) for path, leaf in zip(paths, leaves)]
         multiple = control.attr.get("maxUsages") != "1"  # Taxonomy allows several picks unless limited to one
     if len(set(labels)) != len(labels):

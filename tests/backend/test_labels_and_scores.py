@@ -71,6 +71,29 @@ def test_a_taxonomy_alias_is_the_path_part_annotations_store():
     assert target.region(["A / cat"])["value"] == {"taxonomy": [["A", "cat"]]}
 
 
+def test_backend_and_export_read_one_result_the_same_way(tmp_path):
+    # One parser (labelers.formats.label_studio) for webhooks and exports; odd path items must not crash either.
+    import json
+
+    from backend.events import usable
+    from labelers.formats.label_studio import read_label_studio_export
+
+    target = parse_label_config(TAXONOMY_XML)
+    result = [{"from_name": "kind", "type": "taxonomy", "value": {"taxonomy": [["Vehicle"], ["Animal", 7],
+                                                                              ["Animal", "Cat"], ["Vehicle"]]}},
+              {"from_name": "other", "type": "choices", "value": {"choices": ["x"]}}, "not a region"]
+    annotations = [{"id": 1, "result": result, "was_cancelled": False},
+                   {"id": 2, "result": [{"from_name": "kind", "value": {"taxonomy": [["Animal", "Dog"]]}}],
+                    "was_cancelled": True}]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"id": 9, "data": {"photo": "a.png"}, "annotations": annotations}]))
+    exported = read_label_studio_export(export, image_key="photo")[0].labels
+    served = [label for ann in annotations if usable(ann) for label in target.labels_in(ann["result"])]
+    assert served == ["Vehicle", "Animal / Cat"]
+    assert exported["kind"] == ["Vehicle", "Animal / 7", "Animal / Cat"] and exported["other"] == ["x"]
+    assert [label for label in exported["kind"] if label in target.labels] == served
+
+
 @pytest.mark.parametrize("xml, fragment", [
     ("", "empty"),
     ("<View><Image name='i' value='$i'>", "not valid XML"),
