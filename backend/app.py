@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.config import Settings, load_settings
@@ -24,7 +25,8 @@ from backend.events import TRAIN_EVENTS
 from backend.model import EmbedderMismatch, EventError, LabelloopModel, PredictionDeferred
 from backend.runtime import Runtime
 from backend.vlm import VLMTooSlow, VLMUnavailable
-from backend.schemas import PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent, project_id
+from backend.schemas import (PayloadError, PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent,
+                             project_id)
 
 log = logging.getLogger("backend.app")
 
@@ -133,11 +135,11 @@ def require_webhook_auth(request: Request, token: str | None = Query(default=Non
     require_auth(request)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def _validation_message(exc: RequestValidationError | ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        parts.append(f"{where}: {err.get('msg', 'invalid').removeprefix('Value error, ')}")
     return "invalid request: " + "; ".join(parts)
 
 
@@ -181,6 +183,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         return _error(422, _validation_message(exc))
+
+    @app.exception_handler(ValidationError)  # a payload checked inside a route (webhook shapes)
+    async def _invalid_payload(request: Request, exc: ValidationError):
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(PayloadError)  # e.g. a project id that is not a whole number
+    async def _bad_value(request: Request, exc: PayloadError):
+        return _error(422, f"invalid request: {exc}")
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
