@@ -1,6 +1,7 @@
 """Which part of a Label Studio label config the backend serves, and how its results are read and written.
 
-Parsed with label-studio-sdk's `LabelInterface` (Taxonomy paths excepted, see `_taxonomy_leaves`).
+Parsed with label-studio-sdk's `LabelInterface` (Taxonomy paths excepted, see `_taxonomy_leaves`), after
+defusedxml has checked the XML (`read_xml`: no DTD, no entities).
 Served: the first `<Choices>` (single or `choice="multiple"`) or `<Taxonomy>` control on an `<Image>`, unless it
 carries `model_skip="true"`. Honoured attributes (as upstream): `predicted_values="a,b"` on a `<Choice>` gives
 the names the model knows that label by (used for zero-shot prompts), `model_score_threshold` on the control
@@ -16,6 +17,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from typing import Any
+
+import defusedxml
+import defusedxml.ElementTree as SafeET
 
 from labelers.formats.label_studio import TAXONOMY_SEPARATOR, labels_by_control
 
@@ -69,10 +73,27 @@ def _split_names(text: str | None) -> tuple[str, ...]:
     return tuple(n.strip() for n in (text or "").split(",") if n.strip())
 
 
-def _interface(xml: str | None):
-    """Return label-studio-sdk's LabelInterface for `xml`; raises LabelConfigError when it cannot be read."""
-    if not xml or not xml.strip():
+def read_xml(xml: str | None) -> ET.Element:
+    """Return the root element of a label config, parsed with defusedxml.
+
+    Raises LabelConfigError for empty or invalid XML and for any DTD (<!DOCTYPE>, <!ENTITY>): a label config
+    never needs one, and entities are how "billion laughs" and external-file configs attack a parser."""
+    if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("the label config is empty; labelloop needs <Choices> on an <Image>")
+    try:
+        return SafeET.fromstring(xml, forbid_dtd=True)
+    except defusedxml.DefusedXmlException:
+        raise LabelConfigError("the label config declares a DTD or entities (<!DOCTYPE ...>/<!ENTITY ...>), "
+                               "which labelloop refuses; remove them (Label Studio configs never need one)") from None
+    except ET.ParseError as exc:
+        raise LabelConfigError(f"the label config is not valid XML ({exc})") from None
+
+
+def label_interface(xml: str | None):
+    """Return label-studio-sdk's LabelInterface for `xml`, after `read_xml` has found it safe to parse.
+
+    Raises LabelConfigError when it cannot be read (see `read_xml`)."""
+    read_xml(xml)  # the SDK's lxml parser expands entities: never hand it a DTD
     from label_studio_sdk.label_interface import LabelInterface
 
     try:
@@ -84,7 +105,7 @@ def _interface(xml: str | None):
 
 def parse_label_config(xml: str | None) -> ImageClassification:
     """Return the image-classification control to serve in `xml`; raises LabelConfigError explaining why not."""
-    interface = _interface(xml)
+    interface = label_interface(xml)
     images = {obj.name: obj for obj in interface.objects if obj.tag == "Image" and obj.name}
     if not images:
         raise LabelConfigError("the label config has no <Image> object; labelloop classifies images")
@@ -168,7 +189,7 @@ def _taxonomy_leaves(xml: str, name: str) -> tuple[list[tuple[str, ...]], list[E
     The one place that reads the XML itself: LabelInterface flattens a Taxonomy's nested <Choice>s into one
     label list (["Animal", "Cat", "Dog", "Vehicle"]), losing which ones are leaves and the path to each.
     """
-    control = next(el for el in ET.fromstring(xml).iter("Taxonomy") if el.get("name") == name)
+    control = next(el for el in read_xml(xml).iter("Taxonomy") if el.get("name") == name)
     paths: list[tuple[str, ...]] = []
     leaves: list[ET.Element] = []
 

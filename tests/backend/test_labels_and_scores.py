@@ -114,6 +114,26 @@ def test_unservable_configs_explain_why(xml, fragment):
         parse_label_config(xml)
 
 
+LAUGHS_XML = ('<?xml version="1.0"?><!DOCTYPE View [<!ENTITY a "cat"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
+              '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">]><View><Image name="image" value="$image"/>'
+              '<Choices name="label" toName="image"><Choice value="&c;"/><Choice value="dog"/></Choices></View>')
+EXTERNAL_XML = ('<?xml version="1.0"?><!DOCTYPE View [<!ENTITY x SYSTEM "file:///etc/hostname">]>'
+                '<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+                '<Choice value="&x;"/><Choice value="dog"/></Choices></View>')
+
+
+@pytest.mark.parametrize("xml", [LAUGHS_XML, EXTERNAL_XML, LAUGHS_XML.replace("Choices name", "Taxonomy name")
+                                 .replace("</Choices>", "</Taxonomy>")])
+def test_configs_with_entities_are_refused_before_any_parser_expands_them(make_client, xml):
+    with pytest.raises(LabelConfigError, match="DTD"):
+        parse_label_config(xml)
+    with make_client() as (client, runtime):
+        resp = client.post("/setup", json={"project": "5.1", "schema": xml})
+        assert resp.status_code == 422 and "<!DOCTYPE" in resp.json()["detail"]
+        with pytest.raises(LabelConfigError, match="DTD"):
+            runtime.model("5", label_config=xml).label_interface
+
+
 def test_scores_are_confidence_low_for_uncertain_rows():
     probs = np.array([[0.98, 0.01, 0.01], [0.40, 0.35, 0.25]])
     for strategy in ("margin", "entropy", "least"):
