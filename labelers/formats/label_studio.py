@@ -13,11 +13,21 @@ give the same labels for the same annotation.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 TAXONOMY_SEPARATOR = " / "  # joins a taxonomy path ["Animal", "Cat"] into one class name "Animal / Cat"
+# The folder /data/local-files/?d=<path> is relative to: upstream ML backends' name, then Label Studio's own.
+LOCAL_FILES_ROOT_ENV = ("LOCAL_FILES_DOCUMENT_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+
+
+def local_files_root_from_env(env=None) -> str | None:
+    """Return the local-files document root named by the first of ``LOCAL_FILES_ROOT_ENV`` that is set
+    (in ``env``, default ``os.environ``), or None."""
+    env = os.environ if env is None else env
+    return next((env[name] for name in LOCAL_FILES_ROOT_ENV if env.get(name)), None)
 
 
 class LabelStudioExportError(ValueError):

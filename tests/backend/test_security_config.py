@@ -102,6 +102,42 @@ def test_bad_settings_are_clear_errors(env, fragment):
         load_settings(env=env)
 
 
+def test_every_bad_setting_is_named_with_where_it_came_from(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("threads: many\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_path=config, env={"LABELLOOP_STRATEGY": "bald", "WORKERS": "0"})
+    message = str(info.value)
+    assert "'strategy' from env LABELLOOP_STRATEGY" in message and "'margin'" in message
+    assert "'workers' from env WORKERS" in message and f"'threads' from {config}" in message
+
+
+def test_label_studio_names_for_the_document_root_and_clip_are_settings(tmp_path, monkeypatch):
+    from backend.config import Settings
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir(), theirs.mkdir()
+    # Label Studio's own name works, and the upstream ML-backend name wins when both are set.
+    assert load_settings(env={"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs)}).local_files_document_root \
+        == theirs
+    assert load_settings(env={"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs),
+                              "LOCAL_FILES_DOCUMENT_ROOT": str(ours)}).local_files_document_root == ours
+    assert load_settings(env={"LABELLOOP_CLIP": "open_clip:local-dir:/m"}).clip == "open_clip:local-dir:/m"
+    assert load_settings(env={"LABELLOOP_CLIP_WEIGHTS": "/w/clip.safetensors"}).clip == "/w/clip.safetensors"
+    assert load_settings(env={}).clip is None
+    # pydantic-settings' own entry point reads the process environment the same way.
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(theirs))
+    monkeypatch.setenv("LABELLOOP_STRATEGY", "entropy")
+    assert Settings() == load_settings()
+    assert (Settings().local_files_document_root, Settings().strategy) == (theirs, "entropy")
+
+
+def test_a_wrong_document_root_is_refused_at_start_naming_it(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(ConfigError, match=f"LOCAL_FILES_DOCUMENT_ROOT: {missing} is not an existing directory"):
+        load_settings(env={"LOCAL_FILES_DOCUMENT_ROOT": str(missing)})
+
+
 def test_unknown_key_in_config_file(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("stratgy: margin\n")
