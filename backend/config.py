@@ -8,6 +8,7 @@ document root also answers to Label Studio's own LABEL_STUDIO_LOCAL_FILES_DOCUME
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from importlib import resources
 from pathlib import Path
@@ -112,6 +113,11 @@ class Settings(BaseSettings):
     def _auth_pair(self) -> "Settings":
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        # HTTP basic auth carries "user:password" as ASCII: anything else could never log in.
+        if self.basic_auth_user and (not self.basic_auth_user.isascii() or ":" in self.basic_auth_user):
+            raise ValueError("BASIC_AUTH_USER must be ASCII without ':'")
+        if self.basic_auth_pass and not self.basic_auth_pass.isascii():
+            raise ValueError("BASIC_AUTH_PASS must be ASCII")
         return self
 
     @property
@@ -221,3 +227,26 @@ def _env_name(name: str, env: Mapping[str, str]) -> str:
     alias = Settings.model_fields[name].validation_alias
     names = alias.choices if isinstance(alias, AliasChoices) else [str(alias)]
     return next((n for n in names if env.get(n)), names[0])
+def startup_warnings(settings: Settings) -> list[str]:
+    """Return what an operator must hear at start: an exposed server without auth, an unreachable webhook."""
+    warnings = []
+    if not settings.basic_auth_enabled and not _is_loopback(settings.host):
+        warnings.append(
+            f"listening on {settings.host}:{settings.port}, beyond this machine, WITHOUT basic auth: anyone who "
+            "can reach the port can read /metrics, run predictions and post webhooks. Set BASIC_AUTH_USER and "
+            "BASIC_AUTH_PASS (and the same on the model in Label Studio), or HOST=127.0.0.1")
+    if settings.basic_auth_enabled and not settings.webhook_secret:
+        warnings.append(
+            "basic auth is on but LABELLOOP_WEBHOOK_SECRET is not set: Label Studio's auto-created webhook sends "
+            "no credentials, so its annotation events will be refused (401) and nothing retrains on submit. "
+            "Set LABELLOOP_WEBHOOK_SECRET and add the header X-Labelloop-Secret to that webhook (docs/backend.md §7)")
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: only "localhost" is known to stay on this machine
+        return False
