@@ -203,7 +203,7 @@ def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] 
 
 def _explain(exc: ValidationError, layers: list[tuple[str, dict[str, Any]]], env: Mapping[str, str]) -> str:
     """Return one line per error: the setting, where its value came from, and what is wrong with it."""
-    by_key = {_first_alias(name): name for name in Settings.model_fields}
+    by_key = {env_name(name): name for name in Settings.model_fields}
     lines = []
     for err in exc.errors():
         key = str(err["loc"][0]) if err.get("loc") else ""
@@ -217,7 +217,8 @@ def _explain(exc: ValidationError, layers: list[tuple[str, dict[str, Any]]], env
     return "; ".join(lines)
 
 
-def _first_alias(name: str) -> str:
+def env_name(name: str) -> str:
+    """Return the (first) environment variable of setting `name`, e.g. "MODEL_DIR" for "model_dir"."""
     alias = Settings.model_fields[name].validation_alias
     return alias.choices[0] if isinstance(alias, AliasChoices) else str(alias)
 
