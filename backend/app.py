@@ -160,7 +160,7 @@ def redact_query(path: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
     if not any(key.lower() in SECRET_QUERY_KEYS for key, _ in pairs):
         return path
-    return base + "?" + urlencode([(k, "***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs])
+    return base + "?" + urlencode([(k, "***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
 
 
 def _install_log_redaction() -> None:

@@ -89,7 +89,7 @@ def test_access_log_masks_secrets_in_query_strings():
                                ("127.0.0.1:5", "POST", "/webhook?token=s3cret-value&x=1", "1.1", 401), None)
     assert RedactQuerySecrets().filter(record)
     line = record.getMessage()
-    assert "s3cret" not in line and "/webhook?token=%2A%2A%2A&x=1" in line
+    assert "s3cret" not in line and "/webhook?token=***&x=1" in line
     plain = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
                               ("127.0.0.1:5", "GET", "/versions?project=3", "1.1", 200), None)
     RedactQuerySecrets().filter(plain)
