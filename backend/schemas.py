@@ -46,7 +46,7 @@ class _Open(BaseModel):
 
 
 class SetupRequest(_Open):
-    project: str | int = Field(description='"<id>.<created unix ts>" as Label Studio sends it, or a bare id')
+    project: str | LabelStudioId = Field(description='"<id>.<created unix ts>" as Label Studio sends it, or an id')
     label_config: str | None = Field(default=None, alias="schema")
     hostname: str | None = None
     access_token: str | None = Field(default=None, repr=False)
@@ -65,7 +65,7 @@ class PredictParams(_Open):
 
 class PredictRequest(_Open):
     tasks: list[dict[str, Any]] = Field(min_length=1)
-    project: str | int | None = None
+    project: str | LabelStudioId | None = None
     label_config: str | None = None
     params: PredictParams | None = None
 

@@ -82,6 +82,14 @@ def test_unservable_label_config_is_a_clear_error_at_setup(make_client):
     assert body["status"] == 422 and "<Image>" in body["detail"]
 
 
+@pytest.mark.parametrize("project", ["abc.1700000000", "1e3", {"id": 1}, True])
+def test_setup_with_a_malformed_project_id_is_a_422_and_connects_nothing(make_client, project):
+    with make_client() as (client, runtime):
+        resp = client.post("/setup", json={"project": project, "schema": CHOICES_XML})
+        assert resp.status_code == 422 and "project" in resp.json()["detail"]
+        assert runtime.store.list_projects() == []
+
+
 def test_unknown_strategy_in_extra_params_is_rejected_at_setup(make_client):
     with make_client() as (client, _):
         resp = client.post("/setup", json={"project": "3.1", "schema": CHOICES_XML,
@@ -94,6 +102,8 @@ def test_unknown_strategy_in_extra_params_is_rejected_at_setup(make_client):
     ({"tasks": [], "project": "1.1"}, "tasks"),
     ({"tasks": "nope", "project": "1.1"}, "tasks"),
     ({"tasks": [{"id": 1, "data": {}}]}, "project"),
+    ({"tasks": [{"id": 1, "data": {}}], "project": "abc.1700000000"}, "project id must be a whole number"),
+    ({"tasks": [{"id": 1, "data": {}, "project": {"id": "x"}}]}, "project id must be a whole number"),
 ])
 def test_malformed_predict_requests_get_json_errors(make_client, body, fragment):
     with make_client() as (client, _):
