@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0, validation_alias="LABELLOOP_MAX_IMAGE_PIXELS")
     max_request_bytes: int = Field(100_000_000, gt=0, validation_alias="LABELLOOP_MAX_REQUEST_BYTES")
     fetch_timeout_seconds: float = Field(20.0, gt=0, validation_alias="LABELLOOP_FETCH_TIMEOUT")
-    predict_budget_seconds: float = Field(80.0, gt=0, validation_alias="LABELLOOP_PREDICT_BUDGET")
+    predict_budget_seconds: float = Field(80.0, ge=0, validation_alias="LABELLOOP_PREDICT_BUDGET")
 
     @field_validator("label_studio_url")
     @classmethod
