@@ -197,8 +197,13 @@ def test_label_studio_names_for_the_document_root_and_clip_are_settings(tmp_path
     # Label Studio's own name works, and the upstream ML-backend name wins when both are set.
     assert load_settings(env={"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs)}).local_files_document_root \
         == theirs
-    assert load_settings(env={"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs),
-                              "LOCAL_FILES_DOCUMENT_ROOT": str(ours)}).local_files_document_root == ours
+    both = {"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs), "LOCAL_FILES_DOCUMENT_ROOT": str(ours)}
+    assert load_settings(env=both).local_files_document_root == ours
+    # ... by the same rule `labelloop label` uses for Label Studio exports (one definition of the names)
+    from labelers.formats.label_studio import local_files_root_from_env
+
+    assert local_files_root_from_env(both) == str(ours)
+    assert local_files_root_from_env({"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs)}) == str(theirs)
     assert load_settings(env={"LABELLOOP_CLIP": "open_clip:local-dir:/m"}).clip == "open_clip:local-dir:/m"
     assert load_settings(env={"LABELLOOP_CLIP_WEIGHTS": "/w/clip.safetensors"}).clip == "/w/clip.safetensors"
     assert load_settings(env={}).clip is None
