@@ -137,7 +137,7 @@ class Settings(BaseSettings):
 
 
 class _MappingEnv(EnvSettingsSource):
-    """Environment variables from a given mapping (os.environ by default), so tests can pass their own."""
+    """Environment variables read from `env` rather than always os.environ, so callers (tests) can pass their own."""
 
     def __init__(self, env: Mapping[str, str]):
         self._mapping = env
@@ -202,7 +202,7 @@ def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] 
 
 
 def _explain(exc: ValidationError, layers: list[tuple[str, dict[str, Any]]], env: Mapping[str, str]) -> str:
-    """Return one line per error: the setting, where its value came from, and what is wrong with it."""
+    """Return every error, "; "-separated: the setting, where its value came from, and what is wrong with it."""
     by_key = {env_name(name): name for name in Settings.model_fields}
     lines = []
     for err in exc.errors():
@@ -212,7 +212,7 @@ def _explain(exc: ValidationError, layers: list[tuple[str, dict[str, Any]]], env
             lines.append(message)
             continue
         origin = next((label for label, values in layers if key in values), "defaults")
-        where = f"env {_env_name(by_key[key], env)}" if origin == "env" else origin
+        where = f"env {_env_name_used(by_key[key], env)}" if origin == "env" else origin
         lines.append(f"setting {by_key[key]!r} from {where}: {message}")
     return "; ".join(lines)
 
@@ -223,11 +223,13 @@ def env_name(name: str) -> str:
     return alias.choices[0] if isinstance(alias, AliasChoices) else str(alias)
 
 
-def _env_name(name: str, env: Mapping[str, str]) -> str:
+def _env_name_used(name: str, env: Mapping[str, str]) -> str:
     """Return the env variable setting `name` was read from (the first of its names that is set)."""
     alias = Settings.model_fields[name].validation_alias
     names = alias.choices if isinstance(alias, AliasChoices) else [str(alias)]
     return next((n for n in names if env.get(n)), names[0])
+
+
 def startup_warnings(settings: Settings) -> list[str]:
     """Return what an operator must hear at start: an exposed server without auth, an unreachable webhook."""
     warnings = []
