@@ -30,6 +30,7 @@ def whole_id(value: Any, what: str = "id") -> int:
 
 
 def _id_field(value: Any) -> int:
+    # A one-argument wrapper: given whole_id itself, pydantic would pass its ValidationInfo as `what`.
     return whole_id(value)
 
 
