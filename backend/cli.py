@@ -7,13 +7,6 @@ from typing import Optional
 
 import typer
 
-# CLI option -> the env variable each worker process reads (workers rebuild settings from the environment).
-_ENV_FOR_OPTION = {"host": "HOST", "port": "PORT", "workers": "WORKERS", "threads": "THREADS",
-                   "model_dir": "MODEL_DIR", "log_level": "LOG_LEVEL", "embedder": "LABELLOOP_EMBEDDER",
-                   "strategy": "LABELLOOP_STRATEGY", "predictor": "LABELLOOP_PREDICTOR",
-                   "vlm_model": "LABELLOOP_VLM_MODEL"}
-
-
 def serve(
     host: Optional[str] = typer.Option(None, help="Interface to bind (env HOST; default 0.0.0.0)."),
     port: Optional[int] = typer.Option(None, help="Port (env PORT; default 9090)."),
@@ -29,7 +22,7 @@ def serve(
     log_level: Optional[str] = typer.Option(None, "--log-level", help="(env LOG_LEVEL; default INFO)."),
 ) -> None:
     """Start the Label Studio ML backend (connect it in Label Studio: Settings > Model > Connect Model)."""
-    from backend.config import CONFIG_ENV, ConfigError, load_settings
+    from backend.config import CONFIG_ENV, ConfigError, env_name, load_settings
     from backend.store import StoreError, prepare_model_dir
 
     options = {"host": host, "port": port, "workers": workers, "threads": threads, "model_dir": model_dir,
@@ -44,7 +37,7 @@ def serve(
     # Worker processes build their app from the environment: hand them exactly what we resolved here.
     for name, value in options.items():
         if value is not None:
-            os.environ[_ENV_FOR_OPTION[name]] = str(value)
+            os.environ[env_name(name)] = str(value)
     os.environ["MODEL_DIR"] = str(Path(settings.model_dir).absolute())
     if config is not None:
         os.environ[CONFIG_ENV] = str(Path(config).absolute())

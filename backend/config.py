@@ -1,59 +1,30 @@
-"""Backend settings: YAML defaults (configs/backend.yaml), an optional YAML file, env vars, then explicit overrides.
+"""Backend settings (pydantic-settings): packaged defaults (configs/backend.yaml), then a YAML file
+(--config / $LABELLOOP_CONFIG), then environment variables, then explicit overrides (CLI options).
 
 Env names follow upstream label-studio-ml-backend (LABEL_STUDIO_URL, MODEL_DIR, BASIC_AUTH_USER, ...) so that
-existing deployments keep working; ours carry a LABELLOOP_ prefix.
+existing deployments keep working; ours carry a LABELLOOP_ prefix. Each field's `validation_alias` lists its
+env names, first one set wins (LABEL_STUDIO_HOST is upstream's older name for LABEL_STUDIO_URL, and the
+document root also answers to Label Studio's own LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT).
 """
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from configs import read_mapping
+from labelers.formats.label_studio import LOCAL_FILES_ROOT_ENV
+from labelers.strategies import STRATEGIES  # the one list of strategy names (re-exported for backend.model)
 
-STRATEGIES = ("margin", "entropy", "least", "random")
 RETRAIN_POLICIES = ("on_submit", "manual")
 PREDICTORS = ("head", "vlm")
 VLM_MODES = ("auto", "ordinary", "complementary", "both")
-
-# setting name -> env names, first one set wins (LABEL_STUDIO_HOST is upstream's older name).
-ENV_NAMES: dict[str, tuple[str, ...]] = {
-    "label_studio_url": ("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"),
-    "label_studio_api_key": ("LABEL_STUDIO_API_KEY",),
-    "verify_ssl": ("VERIFY_SSL",),
-    "model_dir": ("MODEL_DIR",),
-    "host": ("HOST",),
-    "port": ("PORT",),
-    "workers": ("WORKERS",),
-    "threads": ("THREADS",),
-    "log_level": ("LOG_LEVEL",),
-    "embedder": ("LABELLOOP_EMBEDDER",),
-    "strategy": ("LABELLOOP_STRATEGY",),
-    "predictor": ("LABELLOOP_PREDICTOR",),
-    "vlm_model": ("LABELLOOP_VLM_MODEL",),
-    "vlm_mode": ("LABELLOOP_VLM_MODE",),
-    "vlm_device": ("LABELLOOP_VLM_DEVICE",),
-    "vlm_dtype": ("LABELLOOP_VLM_DTYPE",),
-    "vlm_config": ("LABELLOOP_VLM_CONFIG",),
-    "embed_batch_size": ("LABELLOOP_EMBED_BATCH_SIZE",),
-    "warm_cache": ("LABELLOOP_WARM_CACHE",),
-    "retrain": ("LABELLOOP_RETRAIN",),
-    "retrain_debounce_seconds": ("LABELLOOP_RETRAIN_DEBOUNCE",),
-    "sync_project_version": ("LABELLOOP_SYNC_PROJECT_VERSION",),
-    "push_predictions": ("LABELLOOP_PUSH_PREDICTIONS",),
-    "basic_auth_user": ("BASIC_AUTH_USER",),
-    "basic_auth_pass": ("BASIC_AUTH_PASS",),
-    "webhook_secret": ("LABELLOOP_WEBHOOK_SECRET",),
-    "local_files_document_root": ("LOCAL_FILES_DOCUMENT_ROOT",),
-    "url_allowlist": ("LABELLOOP_URL_ALLOWLIST",),
-    "max_image_bytes": ("LABELLOOP_MAX_IMAGE_BYTES",),
-    "max_image_pixels": ("LABELLOOP_MAX_IMAGE_PIXELS",),
-    "max_request_bytes": ("LABELLOOP_MAX_REQUEST_BYTES",),
-    "fetch_timeout_seconds": ("LABELLOOP_FETCH_TIMEOUT",),
-    "predict_budget_seconds": ("LABELLOOP_PREDICT_BUDGET",),
-}
 CONFIG_ENV = "LABELLOOP_CONFIG"
 
 
@@ -61,43 +32,93 @@ class ConfigError(ValueError):
     """A setting has an unusable value; the message names the setting and where it came from."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the backend reads from its environment. Build with `load_settings()`."""
+def _env(default: Any, *names: str, secret: bool = False) -> Any:
+    """A field whose env names are `names` (first set wins); YAML files and overrides use the field name."""
+    return Field(default, validation_alias=AliasChoices(*names), repr=not secret)
 
-    label_studio_url: str | None = None
-    label_studio_api_key: str | None = field(default=None, repr=False)
-    verify_ssl: bool = True
-    model_dir: Path = Path("./model_dir")
-    host: str = "0.0.0.0"
-    port: int = 9090
-    workers: int = 1
-    threads: int = 4
-    log_level: str = "INFO"
-    embedder: str = "auto"
-    strategy: str = "margin"
-    predictor: str = "head"
-    vlm_model: str = "llava-next"
-    vlm_mode: str = "auto"
-    vlm_device: str = "auto"
-    vlm_dtype: str = "auto"
-    vlm_config: str | None = None
-    embed_batch_size: int = 32
-    warm_cache: bool = True
-    retrain: str = "on_submit"
-    retrain_debounce_seconds: float = 1.0
-    sync_project_version: bool = True
-    push_predictions: bool = False
-    basic_auth_user: str | None = None
-    basic_auth_pass: str | None = field(default=None, repr=False)
-    webhook_secret: str | None = field(default=None, repr=False)
-    local_files_document_root: Path | None = None
-    url_allowlist: tuple[str, ...] = ()
-    max_image_bytes: int = 20_000_000
-    max_image_pixels: int = 40_000_000
-    max_request_bytes: int = 100_000_000
-    fetch_timeout_seconds: float = 20.0
-    predict_budget_seconds: float = 80.0
+
+class Settings(BaseSettings):
+    """Everything the backend reads from its environment. Build with `load_settings()` (or `Settings()`)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_by_name=True, case_sensitive=True,
+                                      env_ignore_empty=True)
+
+    label_studio_url: str | None = _env(None, "LABEL_STUDIO_URL", "LABEL_STUDIO_HOST")
+    label_studio_api_key: str | None = _env(None, "LABEL_STUDIO_API_KEY", secret=True)
+    verify_ssl: bool = _env(True, "VERIFY_SSL")
+    model_dir: Path = _env(Path("./model_dir"), "MODEL_DIR")
+    host: str = _env("0.0.0.0", "HOST")
+    port: int = Field(9090, gt=0, lt=65536, validation_alias="PORT")
+    workers: int = Field(1, gt=0, validation_alias="WORKERS")
+    threads: int = Field(4, gt=0, validation_alias="THREADS")
+    log_level: str = _env("INFO", "LOG_LEVEL")
+    embedder: str = _env("auto", "LABELLOOP_EMBEDDER")
+    clip: str | None = _env(None, "LABELLOOP_CLIP", "LABELLOOP_CLIP_WEIGHTS")  # for embedder "auto"
+    strategy: Literal[STRATEGIES] = _env("margin", "LABELLOOP_STRATEGY")
+    predictor: Literal[PREDICTORS] = _env("head", "LABELLOOP_PREDICTOR")
+    vlm_model: str = _env("llava-next", "LABELLOOP_VLM_MODEL")
+    vlm_mode: Literal[VLM_MODES] = _env("auto", "LABELLOOP_VLM_MODE")
+    vlm_device: str = _env("auto", "LABELLOOP_VLM_DEVICE")
+    vlm_dtype: str = _env("auto", "LABELLOOP_VLM_DTYPE")
+    vlm_config: str | None = _env(None, "LABELLOOP_VLM_CONFIG")
+    embed_batch_size: int = Field(32, gt=0, validation_alias="LABELLOOP_EMBED_BATCH_SIZE")
+    warm_cache: bool = _env(True, "LABELLOOP_WARM_CACHE")
+    retrain: Literal[RETRAIN_POLICIES] = _env("on_submit", "LABELLOOP_RETRAIN")
+    retrain_debounce_seconds: float = Field(1.0, ge=0, validation_alias="LABELLOOP_RETRAIN_DEBOUNCE")
+    sync_project_version: bool = _env(True, "LABELLOOP_SYNC_PROJECT_VERSION")
+    push_predictions: bool = _env(False, "LABELLOOP_PUSH_PREDICTIONS")
+    basic_auth_user: str | None = _env(None, "BASIC_AUTH_USER")
+    basic_auth_pass: str | None = _env(None, "BASIC_AUTH_PASS", secret=True)
+    webhook_secret: str | None = _env(None, "LABELLOOP_WEBHOOK_SECRET", secret=True)
+    local_files_document_root: Path | None = _env(None, *LOCAL_FILES_ROOT_ENV)
+    url_allowlist: Annotated[tuple[str, ...], NoDecode] = _env((), "LABELLOOP_URL_ALLOWLIST")
+    max_image_bytes: int = Field(20_000_000, gt=0, validation_alias="LABELLOOP_MAX_IMAGE_BYTES")
+    max_image_pixels: int = Field(40_000_000, gt=0, validation_alias="LABELLOOP_MAX_IMAGE_PIXELS")
+    max_request_bytes: int = Field(100_000_000, gt=0, validation_alias="LABELLOOP_MAX_REQUEST_BYTES")
+    fetch_timeout_seconds: float = Field(20.0, gt=0, validation_alias="LABELLOOP_FETCH_TIMEOUT")
+    predict_budget_seconds: float = Field(80.0, ge=0, validation_alias="LABELLOOP_PREDICT_BUDGET")
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("model_dir", "local_files_document_root", mode="before")
+    @classmethod
+    def _expand_user(cls, value: Any) -> Any:
+        return Path(str(value)).expanduser() if isinstance(value, (str, Path)) else value
+
+    @field_validator("local_files_document_root")
+    @classmethod
+    def _existing_root(cls, value: Path | None) -> Path | None:
+        # A wrong root would otherwise only show as "not found" on every image, one task at a time.
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not an existing directory; it must be the folder Label Studio serves "
+                             "/data/local-files/ from (its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), as seen here")
+        return value
+
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)):
+            return tuple(str(item).strip().lower() for item in items if str(item).strip())
+        return value
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> "Settings":
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        # HTTP basic auth carries "user:password" as ASCII: anything else could never log in.
+        if self.basic_auth_user and (not self.basic_auth_user.isascii() or ":" in self.basic_auth_user):
+            raise ValueError("BASIC_AUTH_USER must be ASCII without ':'")
+        if self.basic_auth_pass and not self.basic_auth_pass.isascii():
+            raise ValueError("BASIC_AUTH_PASS must be ASCII")
+        return self
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -108,45 +129,22 @@ class Settings:
         """True when both the Label Studio URL and an API key are configured."""
         return bool(self.label_studio_url and self.label_studio_api_key)
 
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Return `value` converted to the type of setting `name`; raises ConfigError naming the source."""
-    if value is None or (isinstance(value, str) and value.strip() == "" and name != "host"):
-        return None if name not in _NON_NULLABLE else _DEFAULTS[name]
-    kind = type(_DEFAULTS[name]) if _DEFAULTS[name] is not None else str
-    try:
-        if name == "url_allowlist":
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(item.strip().lower() for item in items if str(item).strip())
-        if name in ("model_dir", "local_files_document_root"):
-            return Path(str(value)).expanduser()
-        if name == "label_studio_url":
-            return str(value).rstrip("/")
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"expected true/false, got {value!r}")
-        if kind is int:
-            return int(value)
-        if kind is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name!r} from {source}: {exc}") from None
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """`Settings()` reads what `load_settings()` reads: overrides, env, $LABELLOOP_CONFIG, packaged defaults."""
+        return init_settings, env_settings, *(source for _, source in _yaml_sources(os.environ.get(CONFIG_ENV)))
 
 
-_DEFAULTS = {f.name: f.default for f in fields(Settings)}
-_NON_NULLABLE = {"model_dir", "host", "port", "workers", "threads", "log_level", "embedder", "strategy",
-                 "predictor", "vlm_model", "vlm_mode", "vlm_device", "vlm_dtype",
-                 "embed_batch_size", "warm_cache", "retrain", "retrain_debounce_seconds", "sync_project_version",
-                 "push_predictions",
-                 "verify_ssl", "url_allowlist", "max_image_bytes", "max_image_pixels", "max_request_bytes",
-                 "fetch_timeout_seconds", "predict_budget_seconds"}
+class _MappingEnv(EnvSettingsSource):
+    """Environment variables read from `env` rather than always os.environ, so callers (tests) can pass their own."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self._mapping = env
+        super().__init__(Settings)
+
+    def _load_env_vars(self):
+        return parse_env_vars(self._mapping, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
 def default_config_text() -> str:
@@ -154,63 +152,104 @@ def default_config_text() -> str:
     return resources.files("configs").joinpath("backend.yaml").read_text(encoding="utf-8")
 
 
-def _read_yaml(text: str, source: str) -> dict[str, Any]:
+def _yaml_values(text: str, source: str) -> dict[str, Any]:
+    """Return the settings in a YAML text (nulls dropped: they mean "the default"); raises ConfigError."""
     data = read_mapping(text, source, ConfigError)
-    unknown = sorted(set(data) - set(_DEFAULTS))
+    known = set(Settings.model_fields)
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_DEFAULTS))}")
-    return data
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return {name: value for name, value in data.items() if value is not None}
 
 
-def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None,
-                  **overrides: Any) -> Settings:
-    """Return Settings from packaged defaults, then `config_path` (or $LABELLOOP_CONFIG), env, then `overrides`.
-
-    Overrides whose value is None are ignored (so CLI options left unset fall through).
-    Raises ConfigError for unknown keys, unparsable values, or an unknown strategy / retrain policy.
-    """
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    for name, value in _read_yaml(default_config_text(), "configs/backend.yaml").items():
-        values[name] = _coerce(name, value, "configs/backend.yaml")
-    config_path = config_path or env.get(CONFIG_ENV) or None
+def _yaml_sources(config_path: str | Path | None) -> list[tuple[str, InitSettingsSource]]:
+    """Return (label, source) for the YAML file at `config_path` (if any), then the packaged defaults."""
+    layers = []
     if config_path:
         path = Path(config_path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"config file {path}: cannot read ({exc.strerror or exc})") from None
-        for name, value in _read_yaml(text, str(path)).items():
-            values[name] = _coerce(name, value, str(path))
-    for name, env_names in ENV_NAMES.items():
-        for env_name in env_names:
-            if env.get(env_name) not in (None, ""):
-                values[name] = _coerce(name, env[env_name], f"env {env_name}")
-                break
-    for name, value in overrides.items():
-        if name not in _DEFAULTS:
-            raise ConfigError(f"unknown setting {name!r}")
-        if value is not None:
-            values[name] = _coerce(name, value, "command line")
-    settings = replace(Settings(), **values)
-    _validate(settings)
-    return settings
+        layers.append((str(path), _yaml_values(text, str(path))))
+    layers.append(("configs/backend.yaml", _yaml_values(default_config_text(), "configs/backend.yaml")))
+    return [(label, InitSettingsSource(Settings, values)) for label, values in layers]
 
 
-def _validate(settings: Settings) -> None:
-    if settings.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy {settings.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if settings.predictor not in PREDICTORS:
-        raise ConfigError(f"predictor {settings.predictor!r} is not one of {', '.join(PREDICTORS)}")
-    if settings.vlm_mode not in VLM_MODES:
-        raise ConfigError(f"vlm_mode {settings.vlm_mode!r} is not one of {', '.join(VLM_MODES)}")
-    if settings.retrain not in RETRAIN_POLICIES:
-        raise ConfigError(f"retrain policy {settings.retrain!r} is not one of {', '.join(RETRAIN_POLICIES)}")
-    if settings.label_studio_url and not settings.label_studio_url.startswith(("http://", "https://")):
-        raise ConfigError(f"LABEL_STUDIO_URL {settings.label_studio_url!r} must start with http:// or https://")
-    for name in ("port", "workers", "threads", "embed_batch_size", "max_image_bytes", "max_image_pixels",
-                 "max_request_bytes"):
-        if getattr(settings, name) <= 0:
-            raise ConfigError(f"setting {name!r} must be positive, got {getattr(settings, name)}")
-    if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
-        raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Return Settings from packaged defaults, then `config_path` (or $LABELLOOP_CONFIG), `env` (default
+    os.environ), then `overrides`; overrides whose value is None are ignored (CLI options left unset).
+
+    Raises ConfigError naming the setting and where its value came from, for unknown keys, unparsable values,
+    unknown choices (strategy, retrain policy, ...), or a document root that is not a directory.
+    """
+    env = os.environ if env is None else env
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(map(repr, unknown))}")
+    given = {name: value for name, value in overrides.items() if value is not None}
+    sources = [("command line", InitSettingsSource(Settings, given)), ("env", _MappingEnv(env)),
+               *_yaml_sources(config_path or env.get(CONFIG_ENV))]
+    layers = [(label, source()) for label, source in sources]
+    merged: dict[str, Any] = {}
+    for _, values in reversed(layers):  # lowest precedence first; settings are flat, so no deep merge
+        merged.update(values)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, layers, env)) from None
+
+
+def _explain(exc: ValidationError, layers: list[tuple[str, dict[str, Any]]], env: Mapping[str, str]) -> str:
+    """Return every error, "; "-separated: the setting, where its value came from, and what is wrong with it."""
+    by_key = {env_name(name): name for name in Settings.model_fields}
+    lines = []
+    for err in exc.errors():
+        key = str(err["loc"][0]) if err.get("loc") else ""
+        message = err["msg"].removeprefix("Value error, ")
+        if key not in by_key:
+            lines.append(message)
+            continue
+        origin = next((label for label, values in layers if key in values), "defaults")
+        where = f"env {_env_name_used(by_key[key], env)}" if origin == "env" else origin
+        lines.append(f"setting {by_key[key]!r} from {where}: {message}")
+    return "; ".join(lines)
+
+
+def env_name(name: str) -> str:
+    """Return the (first) environment variable of setting `name`, e.g. "MODEL_DIR" for "model_dir"."""
+    alias = Settings.model_fields[name].validation_alias
+    return alias.choices[0] if isinstance(alias, AliasChoices) else str(alias)
+
+
+def _env_name_used(name: str, env: Mapping[str, str]) -> str:
+    """Return the env variable setting `name` was read from (the first of its names that is set)."""
+    alias = Settings.model_fields[name].validation_alias
+    names = alias.choices if isinstance(alias, AliasChoices) else [str(alias)]
+    return next((n for n in names if env.get(n)), names[0])
+
+
+def startup_warnings(settings: Settings) -> list[str]:
+    """Return what an operator must hear at start: an exposed server without auth, an unreachable webhook."""
+    warnings = []
+    if not settings.basic_auth_enabled and not _is_loopback(settings.host):
+        warnings.append(
+            f"listening on {settings.host}:{settings.port}, beyond this machine, WITHOUT basic auth: anyone who "
+            "can reach the port can read /metrics, run predictions and post webhooks. Set BASIC_AUTH_USER and "
+            "BASIC_AUTH_PASS (and the same on the model in Label Studio), or HOST=127.0.0.1")
+    if settings.basic_auth_enabled and not settings.webhook_secret:
+        warnings.append(
+            "basic auth is on but LABELLOOP_WEBHOOK_SECRET is not set: Label Studio's auto-created webhook sends "
+            "no credentials, so its annotation events will be refused (401) and nothing retrains on submit. "
+            "Set LABELLOOP_WEBHOOK_SECRET and add the header X-Labelloop-Secret to that webhook (docs/backend.md §7)")
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: only "localhost" is known to stay on this machine
+        return False

@@ -8,15 +8,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.schemas import PayloadError, whole_id
 from backend.store import Annotation
+from labelers.formats.label_studio import usable_annotation as usable  # one rule with the export reader
 
 # Events that change the training data. START_TRAINING always trains; the others only with retrain=on_submit.
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED")
 TRAIN_EVENTS = ANNOTATION_EVENTS + ("START_TRAINING",)
 
 
-class EventError(ValueError):
-    """A webhook payload is missing what its action needs; the message names the key."""
+class EventError(PayloadError):
+    """A webhook payload is missing what its action needs, or holds a malformed id; the message names the key."""
+
+
+def _id(value: Any, what: str) -> int:
+    try:
+        return whole_id(value, what)
+    except PayloadError as exc:
+        raise EventError(str(exc)) from None
 
 
 @dataclass
@@ -26,11 +35,6 @@ class AnnotationChanges:
     keep: list[Annotation] = field(default_factory=list)      # store or replace
     drop: list[int] = field(default_factory=list)             # annotation ids to forget
     task_urls: list[tuple[int, str | None]] = field(default_factory=list)  # (task id, media URL) seen
-
-
-def usable(annotation: dict[str, Any]) -> bool:
-    """True for an annotation worth learning from: not skipped (was_cancelled) and with a non-empty result."""
-    return not annotation.get("was_cancelled") and bool(annotation.get("result"))
 
 
 def as_list(data: dict[str, Any], key: str) -> list[Any]:
@@ -46,7 +50,7 @@ def deleted_ids(data: dict[str, Any]) -> list[int]:
     ids = [a.get("id") if isinstance(a, dict) else None for a in as_list(data, "annotations")]
     if any(i is None for i in ids):
         raise EventError("ANNOTATIONS_DELETED: every item of 'annotations' needs an 'id'")
-    return [int(i) for i in ids]
+    return [_id(i, "ANNOTATIONS_DELETED: annotation id") for i in ids]
 
 
 def annotation_changes(event: str, data: dict[str, Any], data_key: str) -> AnnotationChanges:
@@ -54,24 +58,28 @@ def annotation_changes(event: str, data: dict[str, Any], data_key: str) -> Annot
     and the image URL (`task.data[data_key]`) of every task it includes. Raises EventError when malformed."""
     annotations = as_list(data, "annotation")
     task_items = data.get("task") or []  # optional: each annotation also names its task id
-    tasks = {t.get("id"): t for t in (task_items if isinstance(task_items, list) else [task_items])
-             if isinstance(t, dict)}
-    changes = AnnotationChanges()
+    tasks = {_id(t.get("id"), f"{event}: task id"): t
+             for t in (task_items if isinstance(task_items, list) else [task_items]) if isinstance(t, dict)}
+    changes = AnnotationChanges()  # filled completely before anything is stored: one bad item stores nothing
     for ann in annotations:
         if not isinstance(ann, dict) or ann.get("id") is None:
             raise EventError(f"{event}: 'annotation' needs objects with an 'id'")
+        ann_id = _id(ann["id"], f"{event}: annotation id")
         task_id = ann.get("task")
         task_id = task_id.get("id") if isinstance(task_id, dict) else task_id
         if task_id is None and len(tasks) == 1:
             task_id = next(iter(tasks))
         if task_id is None:
-            raise EventError(f"{event}: annotation {ann['id']} names no task")
+            raise EventError(f"{event}: annotation {ann_id} names no task")
+        task_id = _id(task_id, f"{event}: task id of annotation {ann_id}")
+        if ann.get("result") is not None and not isinstance(ann["result"], list):
+            raise EventError(f"{event}: annotation {ann_id}: 'result' must be a list of regions")
         task = tasks.get(task_id)
         if task is not None and isinstance(task.get("data"), dict):
             url = task["data"].get(data_key)
-            changes.task_urls.append((int(task_id), url if isinstance(url, str) else None))
+            changes.task_urls.append((task_id, url if isinstance(url, str) else None))
         if usable(ann):
-            changes.keep.append(Annotation(int(ann["id"]), int(task_id), ann["result"]))
+            changes.keep.append(Annotation(ann_id, task_id, ann["result"]))
         else:
-            changes.drop.append(int(ann["id"]))  # a skipped or emptied annotation no longer teaches anything
+            changes.drop.append(ann_id)  # a skipped or emptied annotation no longer teaches anything
     return changes

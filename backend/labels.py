@@ -1,6 +1,7 @@
 """Which part of a Label Studio label config the backend serves, and how its results are read and written.
 
-Parsed with label-studio-sdk's `LabelInterface` (Taxonomy paths excepted, see `_taxonomy_leaves`).
+Parsed with label-studio-sdk's `LabelInterface` (Taxonomy paths excepted, see `_taxonomy_leaves`), after
+defusedxml has checked the XML (`read_xml`: no DTD, no entities).
 Served: the first `<Choices>` (single or `choice="multiple"`) or `<Taxonomy>` control on an `<Image>`, unless it
 carries `model_skip="true"`. Honoured attributes (as upstream): `predicted_values="a,b"` on a `<Choice>` gives
 the names the model knows that label by (used for zero-shot prompts), `model_score_threshold` on the control
@@ -17,7 +18,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from typing import Any
 
-SEPARATOR = " / "  # joins a taxonomy path into one class name
+import defusedxml
+import defusedxml.ElementTree as SafeET
+
+from labelers.formats.label_studio import TAXONOMY_SEPARATOR, labels_by_control
 
 
 class LabelConfigError(ValueError):
@@ -42,17 +46,7 @@ class ImageClassification:
 
     def labels_in(self, result: list[dict[str, Any]] | None) -> list[str]:
         """Return the served labels chosen in an annotation `result` (unknown labels are dropped)."""
-        chosen: list[str] = []
-        for region in result or []:
-            if not isinstance(region, dict) or region.get("from_name") != self.from_name:
-                continue
-            value = region.get("value") or {}
-            if self.kind == "choices":
-                names = value.get("choices") or []
-            else:
-                names = [SEPARATOR.join(path) for path in value.get("taxonomy") or [] if isinstance(path, list)]
-            chosen.extend(n for n in names if n in self.labels and n not in chosen)
-        return chosen
+        return [n for n in labels_by_control(result).get(self.from_name, []) if n in self.labels]
 
     def region(self, labels: list[str]) -> dict[str, Any]:
         """Return the Label Studio result region choosing `labels`."""
@@ -79,10 +73,27 @@ def _split_names(text: str | None) -> tuple[str, ...]:
     return tuple(n.strip() for n in (text or "").split(",") if n.strip())
 
 
-def _interface(xml: str | None):
-    """Return label-studio-sdk's LabelInterface for `xml`; raises LabelConfigError when it cannot be read."""
-    if not xml or not xml.strip():
+def read_xml(xml: str | None) -> ET.Element:
+    """Return the root element of a label config, parsed with defusedxml.
+
+    Raises LabelConfigError for empty or invalid XML and for any DTD (<!DOCTYPE>, <!ENTITY>): a label config
+    never needs one, and entities are how "billion laughs" and external-file configs attack a parser."""
+    if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("the label config is empty; labelloop needs <Choices> on an <Image>")
+    try:
+        return SafeET.fromstring(xml, forbid_dtd=True)
+    except defusedxml.DefusedXmlException:
+        raise LabelConfigError("the label config declares a DTD or entities (<!DOCTYPE ...>/<!ENTITY ...>), "
+                               "which labelloop refuses; remove them (Label Studio configs never need one)") from None
+    except ET.ParseError as exc:
+        raise LabelConfigError(f"the label config is not valid XML ({exc})") from None
+
+
+def label_interface(xml: str | None):
+    """Return label-studio-sdk's LabelInterface for `xml`, after `read_xml` has found it safe to parse.
+
+    Raises LabelConfigError when it cannot be read (see `read_xml`)."""
+    read_xml(xml)  # the SDK's lxml parser expands entities: never hand it a DTD
     from label_studio_sdk.label_interface import LabelInterface
 
     try:
@@ -94,7 +105,7 @@ def _interface(xml: str | None):
 
 def parse_label_config(xml: str | None) -> ImageClassification:
     """Return the image-classification control to serve in `xml`; raises LabelConfigError explaining why not."""
-    interface = _interface(xml)
+    interface = label_interface(xml)
     images = {obj.name: obj for obj in interface.objects if obj.tag == "Image" and obj.name}
     if not images:
         raise LabelConfigError("the label config has no <Image> object; labelloop classifies images")
@@ -140,7 +151,7 @@ def _build(control, image, xml: str) -> ImageClassification:
         multiple = str(control.attr.get("choice", "single")).lower() == "multiple"
     else:
         paths, leaves = _taxonomy_leaves(xml, name)
-        labels = [SEPARATOR.join(p) for p in paths]
+        labels = [TAXONOMY_SEPARATOR.join(p) for p in paths]
         model_names = [_split_names(leaf.get("predicted_values")) or (path[-1],) for path, leaf in zip(paths, leaves)]
         multiple = control.attr.get("maxUsages") != "1"  # Taxonomy allows several picks unless limited to one
     if len(set(labels)) != len(labels):
@@ -178,7 +189,7 @@ def _taxonomy_leaves(xml: str, name: str) -> tuple[list[tuple[str, ...]], list[E
     The one place that reads the XML itself: LabelInterface flattens a Taxonomy's nested <Choice>s into one
     label list (["Animal", "Cat", "Dog", "Vehicle"]), losing which ones are leaves and the path to each.
     """
-    control = next(el for el in ET.fromstring(xml).iter("Taxonomy") if el.get("name") == name)
+    control = next(el for el in read_xml(xml).iter("Taxonomy") if el.get("name") == name)
     paths: list[tuple[str, ...]] = []
     leaves: list[ET.Element] = []
 
@@ -186,7 +197,8 @@ def _taxonomy_leaves(xml: str, name: str) -> tuple[list[tuple[str, ...]], list[E
         for child in node:
             if child.tag != "Choice":
                 continue
-            path = prefix + (child.get("value") or child.get("alias") or "",)
+            # Label Studio stores a choice's alias (when it has one) in result paths, as for <Choices>.
+            path = prefix + (child.get("alias") or child.get("value") or "",)
             if any(grand.tag == "Choice" for grand in child):
                 walk(child, path)
             else:

@@ -156,9 +156,10 @@ class MediaResolver:
             # resolve() follows symlinks, so a link pointing outside the root is caught as well as '../'.
             resolved = candidate.resolve(strict=True)
         except (OSError, RuntimeError):
-            raise MediaError(f"local file {rel!r} not found under LOCAL_FILES_DOCUMENT_ROOT") from None
+            raise MediaError(f"local file {rel!r} not found under LOCAL_FILES_DOCUMENT_ROOT {self.document_root} "
+                             "(is it the root Label Studio serves /data/local-files/ from?)") from None
         if not resolved.is_relative_to(self.document_root):
-            raise MediaError(f"local file {rel!r} is outside LOCAL_FILES_DOCUMENT_ROOT; refused")
+            raise MediaError(f"local file {rel!r} is outside LOCAL_FILES_DOCUMENT_ROOT {self.document_root}; refused")
         if not resolved.is_file():
             raise MediaError(f"local file {rel!r} is not a regular file")
         size = resolved.stat().st_size

@@ -22,7 +22,7 @@ import numpy as np
 from backend.embedding import embed_tasks, version_prefix
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids, usable
 from backend.heads import choose, label_probabilities, prior_head, scores
-from backend.labels import ImageClassification, LabelConfigError, parse_label_config
+from backend.labels import ImageClassification, LabelConfigError, label_interface, parse_label_config
 from backend.schemas import ModelResponse, PredictionValue
 from backend.store import Annotation
 from backend.vlm import PredictorChoice, predict_with_vlm, predictor_choice, vlm_version
@@ -70,10 +70,8 @@ class LabelloopModel:
 
     @cached_property
     def label_interface(self):
-        """`label_studio_sdk.label_interface.LabelInterface` for the label config."""
-        from label_studio_sdk.label_interface import LabelInterface
-
-        return LabelInterface(self.label_config)
+        """`label_studio_sdk.label_interface.LabelInterface` for the label config (checked by defusedxml)."""
+        return label_interface(self.label_config)
 
     @property
     def parsed_label_config(self) -> dict[str, Any]:

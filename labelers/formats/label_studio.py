@@ -3,17 +3,31 @@
 Each task becomes an ``LSTask`` holding the task id, the image reference (``data[<image key>]``) and,
 per control name (``from_name``), the labels chosen in its non-cancelled annotations, in order and
 without repeats. Cancelled (skipped) annotations are ignored. Choices and Taxonomy results are read;
-a Taxonomy path is joined with " / " as the backend does. Local-storage / uploaded-file references
+a Taxonomy path is joined with ``TAXONOMY_SEPARATOR``. Local-storage / uploaded-file references
 are mapped back to files by ``resolve_image_path``.
+
+This module is the one reader of Label Studio annotation results: the backend (``backend.labels``,
+``backend.events``) uses ``usable_annotation`` and ``labels_by_control`` too, so an export and a webhook
+give the same labels for the same annotation.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-TAXONOMY_SEPARATOR = " / "
+TAXONOMY_SEPARATOR = " / "  # joins a taxonomy path ["Animal", "Cat"] into one class name "Animal / Cat"
+# The folder /data/local-files/?d=<path> is relative to: upstream ML backends' name, then Label Studio's own.
+LOCAL_FILES_ROOT_ENV = ("LOCAL_FILES_DOCUMENT_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+
+
+def local_files_root_from_env(env=None) -> str | None:
+    """Return the local-files document root named by the first of ``LOCAL_FILES_ROOT_ENV`` that is set
+    (in ``env``, default ``os.environ``), or None."""
+    env = os.environ if env is None else env
+    return next((env[name] for name in LOCAL_FILES_ROOT_ENV if env.get(name)), None)
 
 
 class LabelStudioExportError(ValueError):
@@ -30,13 +44,36 @@ class LSTask:
     data: dict = field(default_factory=dict)
 
 
-def _chosen(value: dict) -> list[str]:
-    if "choices" in value:
-        return [str(c) for c in value.get("choices") or []]
-    if "taxonomy" in value:
-        return [TAXONOMY_SEPARATOR.join(map(str, path)) for path in value.get("taxonomy") or []
-                if isinstance(path, list)]
+def usable_annotation(annotation: dict) -> bool:
+    """Return True for an annotation worth learning from: not skipped (``was_cancelled``), non-empty result."""
+    return not annotation.get("was_cancelled") and bool(annotation.get("result"))
+
+
+def region_labels(region: dict) -> list[str]:
+    """Return the labels one result region chooses: its ``choices``, or its ``taxonomy`` paths joined with
+    ``TAXONOMY_SEPARATOR``. Other region types and malformed values give []."""
+    value = region.get("value") if isinstance(region, dict) else None
+    if not isinstance(value, dict):
+        return []
+    if isinstance(value.get("choices"), list):
+        return [str(c) for c in value["choices"] if c is not None]
+    if isinstance(value.get("taxonomy"), list):
+        return [TAXONOMY_SEPARATOR.join(map(str, path)) for path in value["taxonomy"]
+                if isinstance(path, list) and path]
     return []
+
+
+def labels_by_control(result: list | None) -> dict[str, list[str]]:
+    """Return control name (``from_name``) -> labels chosen in an annotation ``result``, in order, no repeats.
+
+    Regions without a ``from_name`` or that are not objects are skipped."""
+    labels: dict[str, list[str]] = {}
+    for region in result if isinstance(result, list) else []:
+        if not isinstance(region, dict) or not isinstance(region.get("from_name"), str):
+            continue
+        chosen = labels.setdefault(region["from_name"], [])
+        chosen.extend(c for c in region_labels(region) if c not in chosen)
+    return labels
 
 
 def _image_of(task: dict, number: int, path: Path, image_key: str | None) -> str:
@@ -80,13 +117,11 @@ def read_label_studio_export(path: str | Path, image_key: str | None = None) -> 
             raise LabelStudioExportError(f"{path}: task {number} is not an object")
         labels: dict[str, list[str]] = {}
         for annotation in task.get("annotations") or []:
-            if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+            if not isinstance(annotation, dict) or not usable_annotation(annotation):
                 continue
-            for region in annotation.get("result") or []:
-                if not isinstance(region, dict) or not region.get("from_name"):
-                    continue
-                chosen = labels.setdefault(region["from_name"], [])
-                chosen.extend(c for c in _chosen(region.get("value") or {}) if c not in chosen)
+            for name, chosen in labels_by_control(annotation["result"]).items():
+                known = labels.setdefault(name, [])
+                known.extend(c for c in chosen if c not in known)
         tasks.append(LSTask(task.get("id"), _image_of(task, number, path, image_key), labels,
                             task.get("data") or {}))
     return tasks

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -126,13 +125,14 @@ def _unique(item: ImageItem, seen: set, where: str) -> ImageItem:
 
 def _read_label_studio(path: Path, local_files_root: str | Path | None) -> tuple[list[ImageItem], list[str]]:
     """Tasks via labelers.formats.label_studio; images resolved under the local-files root or the export's folder."""
-    from labelers.formats.label_studio import LabelStudioExportError, read_label_studio_export, resolve_image_path
+    from labelers.formats.label_studio import (LabelStudioExportError, local_files_root_from_env,
+                                               read_label_studio_export, resolve_image_path)
 
     try:
         tasks = read_label_studio_export(path)
     except LabelStudioExportError as exc:
         raise InputError(str(exc)) from None
-    root = local_files_root or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    root = local_files_root or local_files_root_from_env()
     roots = [Path(root)] if root else []
     items, seen, labels = [], set(), []
     for number, task in enumerate(tasks, start=1):
@@ -141,7 +141,7 @@ def _read_label_studio(path: Path, local_files_root: str | Path | None) -> tuple
             raise InputError(f"{where}: {task.image} is remote; export with local files or download the images first")
         image = resolve_image_path(task.image, roots + [path.parent])
         if image is None:
-            hint = "" if root else " (set --local-files-root or LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)"
+            hint = f" under {root}" if root else " (set --local-files-root or LOCAL_FILES_DOCUMENT_ROOT)"
             raise InputError(f"{where}: image {task.image} not found{hint}")
         # ground truth: the first label of the first control that has one (Choices or Taxonomy)
         label = next((chosen[0] for chosen in task.labels.values() if chosen), None)

@@ -58,6 +58,42 @@ def test_taxonomy_leaves_become_classes():
     assert target.labels_in(result) == ["Animal / Cat"]  # a non-leaf pick teaches nothing
 
 
+def test_a_taxonomy_alias_is_the_path_part_annotations_store():
+    # Label Studio writes a taxonomy <Choice>'s alias (not its value) into each path of a result.
+    xml = ('<View><Image name="img" value="$photo"/><Taxonomy name="kind" toName="img">'
+           '<Choice value="Animal" alias="A"><Choice value="A cat" alias="cat"/><Choice value="Dog"/></Choice>'
+           '<Choice value="Vehicle" alias="V"/></Taxonomy></View>')
+    target = parse_label_config(xml)
+    assert target.labels == ("A / cat", "A / Dog", "V")
+    assert target.model_names == (("cat",), ("Dog",), ("V",))
+    result = [{"from_name": "kind", "type": "taxonomy", "value": {"taxonomy": [["A", "cat"], ["V"]]}}]
+    assert target.labels_in(result) == ["A / cat", "V"]
+    assert target.region(["A / cat"])["value"] == {"taxonomy": [["A", "cat"]]}
+
+
+def test_backend_and_export_read_one_result_the_same_way(tmp_path):
+    # One parser (labelers.formats.label_studio) for webhooks and exports; odd path items must not crash either.
+    import json
+
+    from backend.events import usable
+    from labelers.formats.label_studio import read_label_studio_export
+
+    target = parse_label_config(TAXONOMY_XML)
+    result = [{"from_name": "kind", "type": "taxonomy", "value": {"taxonomy": [["Vehicle"], ["Animal", 7],
+                                                                              ["Animal", "Cat"], ["Vehicle"]]}},
+              {"from_name": "other", "type": "choices", "value": {"choices": ["x"]}}, "not a region"]
+    annotations = [{"id": 1, "result": result, "was_cancelled": False},
+                   {"id": 2, "result": [{"from_name": "kind", "value": {"taxonomy": [["Animal", "Dog"]]}}],
+                    "was_cancelled": True}]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"id": 9, "data": {"photo": "a.png"}, "annotations": annotations}]))
+    exported = read_label_studio_export(export, image_key="photo")[0].labels
+    served = [label for ann in annotations if usable(ann) for label in target.labels_in(ann["result"])]
+    assert served == ["Vehicle", "Animal / Cat"]
+    assert exported["kind"] == ["Vehicle", "Animal / 7", "Animal / Cat"] and exported["other"] == ["x"]
+    assert [label for label in exported["kind"] if label in target.labels] == served
+
+
 @pytest.mark.parametrize("xml, fragment", [
     ("", "empty"),
     ("<View><Image name='i' value='$i'>", "not valid XML"),
@@ -76,6 +112,26 @@ def test_taxonomy_leaves_become_classes():
 def test_unservable_configs_explain_why(xml, fragment):
     with pytest.raises(LabelConfigError, match=fragment):
         parse_label_config(xml)
+
+
+LAUGHS_XML = ('<?xml version="1.0"?><!DOCTYPE View [<!ENTITY a "cat"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
+              '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">]><View><Image name="image" value="$image"/>'
+              '<Choices name="label" toName="image"><Choice value="&c;"/><Choice value="dog"/></Choices></View>')
+EXTERNAL_XML = ('<?xml version="1.0"?><!DOCTYPE View [<!ENTITY x SYSTEM "file:///etc/hostname">]>'
+                '<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+                '<Choice value="&x;"/><Choice value="dog"/></Choices></View>')
+
+
+@pytest.mark.parametrize("xml", [LAUGHS_XML, EXTERNAL_XML, LAUGHS_XML.replace("Choices name", "Taxonomy name")
+                                 .replace("</Choices>", "</Taxonomy>")])
+def test_configs_with_entities_are_refused_before_any_parser_expands_them(make_client, xml):
+    with pytest.raises(LabelConfigError, match="DTD"):
+        parse_label_config(xml)
+    with make_client() as (client, runtime):
+        resp = client.post("/setup", json={"project": "5.1", "schema": xml})
+        assert resp.status_code == 422 and "<!DOCTYPE" in resp.json()["detail"]
+        with pytest.raises(LabelConfigError, match="DTD"):
+            runtime.model("5", label_config=xml).label_interface
 
 
 def test_scores_are_confidence_low_for_uncertain_rows():

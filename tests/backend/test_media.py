@@ -44,6 +44,15 @@ def test_local_files_are_read_from_the_document_root(tmp_path):
     assert media.fetch("/data/local-files/?d=a b/x.png", 1) == IMAGE
 
 
+def test_a_file_missing_under_the_document_root_names_the_root(tmp_path):
+    # The usual cause is a root that differs from Label Studio's: the message must show which root was searched.
+    root = tmp_path / "not-the-ls-root"
+    root.mkdir()
+    media = resolver(tmp_path, local_files_document_root=root)
+    with pytest.raises(MediaError, match=f"'cats/1.png' not found under LOCAL_FILES_DOCUMENT_ROOT {root}"):
+        media.fetch("/data/local-files/?d=cats/1.png", 3)
+
+
 @pytest.mark.parametrize("rel", ["../secret.png", "a/../../secret.png", "/etc/passwd", "%2e%2e/secret.png",
                                  "link/secret.png"])
 def test_local_files_cannot_escape_the_document_root(tmp_path, rel):

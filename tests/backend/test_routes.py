@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from backend.runtime import Runtime
-from tests.backend.conftest import CHOICES_XML, MULTI_XML, local_task, setup_project, shared_loader
+from tests.backend.conftest import CHOICES_XML, MULTI_XML, choice_result, local_task, setup_project, shared_loader
 
 
 def test_health_and_root_report_model_class_and_embedder(make_client, docroot):
@@ -82,6 +82,14 @@ def test_unservable_label_config_is_a_clear_error_at_setup(make_client):
     assert body["status"] == 422 and "<Image>" in body["detail"]
 
 
+@pytest.mark.parametrize("project", ["abc.1700000000", "1e3", {"id": 1}, True])
+def test_setup_with_a_malformed_project_id_is_a_422_and_connects_nothing(make_client, project):
+    with make_client() as (client, runtime):
+        resp = client.post("/setup", json={"project": project, "schema": CHOICES_XML})
+        assert resp.status_code == 422 and "project" in resp.json()["detail"]
+        assert runtime.store.list_projects() == []
+
+
 def test_unknown_strategy_in_extra_params_is_rejected_at_setup(make_client):
     with make_client() as (client, _):
         resp = client.post("/setup", json={"project": "3.1", "schema": CHOICES_XML,
@@ -94,6 +102,8 @@ def test_unknown_strategy_in_extra_params_is_rejected_at_setup(make_client):
     ({"tasks": [], "project": "1.1"}, "tasks"),
     ({"tasks": "nope", "project": "1.1"}, "tasks"),
     ({"tasks": [{"id": 1, "data": {}}]}, "project"),
+    ({"tasks": [{"id": 1, "data": {}}], "project": "abc.1700000000"}, "project id must be a whole number"),
+    ({"tasks": [{"id": 1, "data": {}, "project": {"id": "x"}}]}, "project id must be a whole number"),
 ])
 def test_malformed_predict_requests_get_json_errors(make_client, body, fragment):
     with make_client() as (client, _):
@@ -213,3 +223,65 @@ def test_auto_embedder_follows_the_labelers_rule(make_client, monkeypatch, tiny_
         embedder = client.get("/health").json()["embedder"]
     assert embedder["configured"] == "auto" and embedder["spec"] == tiny_clip_spec and embedder["zero_shot"]
     assert runtime.default_spec == tiny_clip_spec
+
+
+def _ann(ann_id=1, task=1, result=None, **extra) -> dict:
+    return {"id": ann_id, "task": task, "result": result if result is not None else choice_result("red"),
+            "was_cancelled": False, **extra}
+
+
+def _event(action="ANNOTATION_CREATED", project=None, **keys) -> dict:
+    return {"action": action, "project": project or {"id": 1, "label_config": CHOICES_XML}, **keys}
+
+
+MALFORMED_WEBHOOKS = {
+    "string annotation id": _event(annotation=_ann("abc")),
+    "nested annotation id": _event(annotation=_ann({"nested": None})),
+    "fractional annotation id": _event(annotation=_ann(1.5)),
+    "boolean annotation id": _event(annotation=_ann(True)),
+    "annotation id past SQLite": _event(annotation=_ann(10 ** 30)),
+    "negative annotation id": _event(annotation=_ann(-4)),
+    "string task id": _event(annotation=_ann(task="abc")),
+    "nested task id": _event(annotation=_ann(task={"id": "x"})),
+    "task object without id": _event(annotation=_ann(task=None), task={"id": None, "data": {}}),
+    "null annotation": _event(annotation=None),
+    "null inside the annotation list": _event(action="ANNOTATIONS_CREATED", annotation=[None]),
+    "result is not a list": _event(annotation=_ann(result="red")),
+    "one bad annotation in a bulk event": _event(action="ANNOTATIONS_CREATED",
+                                                 annotation=[_ann(7), _ann("eight")]),
+    "string id in a deletion": _event(action="ANNOTATIONS_DELETED", annotations=[{"id": 99}, {"id": "x"}]),
+    "null id in a deletion": _event(action="ANNOTATIONS_DELETED", annotations=[{"id": None}]),
+    "deletion without ids": _event(action="ANNOTATIONS_DELETED"),
+    "string project id": _event(project={"id": "abc", "label_config": CHOICES_XML}, annotation=_ann()),
+    "nested project id": _event(project={"id": {"id": 1}}, annotation=_ann()),
+    "project id with a timestamp that is not one": _event(project="abc.123", annotation=_ann()),
+    "label config that is not text": _event(action="PROJECT_UPDATED", project={"id": 1, "label_config": 5}),
+    "string task id in an import": _event(action="TASKS_CREATED", tasks=[{"id": "abc", "data": {"image": "x"}}]),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_WEBHOOKS))
+def test_malformed_webhook_payloads_are_4xx_json_and_store_nothing(make_client, name):
+    with make_client(retrain="manual") as (client, runtime):
+        setup_project(client)
+        kept = _event(annotation=_ann(99), task=local_task(1, "imgs/red0.png"))
+        assert client.post("/webhook", json=kept).status_code == 201
+        resp = client.post("/webhook", json=MALFORMED_WEBHOOKS[name])
+        assert 400 <= resp.status_code < 500, resp.text
+        body = resp.json()
+        assert body["status"] == resp.status_code and body["detail"].startswith("invalid")
+        assert runtime.store.count_annotations("1") == 1                  # nothing stored, nothing lost
+        assert [p.id for p in runtime.store.list_projects()] == ["1"]      # no project under a malformed id
+        assert runtime.store.get_project("1").label_config == CHOICES_XML
+
+
+@pytest.mark.parametrize("data", [
+    {"annotation": _ann("abc")}, {"annotation": _ann(task=[3])}, {"annotation": _ann(result="red")},
+    {"annotation": _ann(), "task": {"id": "x", "data": {}}},
+])
+def test_the_event_reader_refuses_malformed_ids_without_the_route(data):
+    # backend.events is also called outside /webhook (LabelloopModel.fit): it checks ids itself.
+    from backend.events import EventError, annotation_changes
+
+    with pytest.raises(EventError, match="ANNOTATION_CREATED"):
+        annotation_changes("ANNOTATION_CREATED", data, "image")

@@ -3,35 +3,67 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 
 import pytest
+from fastapi.routing import APIRoute
 from typer.testing import CliRunner
 
 from backend.config import ConfigError, load_settings
 from backend.store import Store, StoreError
-from tests.backend.conftest import CHOICES_XML, annotation_event, local_task, setup_project
+from tests.backend.conftest import annotation_event, local_task, setup_project
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"ls:pa55word").decode()}
 WRONG = {"Authorization": "Basic " + base64.b64encode(b"ls:guess").decode()}
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("get", "/", None), ("get", "/health", None), ("post", "/setup", {"project": "1.1", "schema": CHOICES_XML}),
-    ("post", "/predict", {"tasks": [{"id": 1, "data": {}}], "project": "1.1", "label_config": CHOICES_XML}),
-    ("get", "/versions", None),
-    ("get", "/metrics", None), ("post", "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": 1}}),
-])
-def test_basic_auth_guards_every_route(make_client, method, path, body):
+# docs/backend.md §7: with basic auth on, every route needs it (the webhook also takes its shared secret).
+PUBLIC_ROUTES: set[tuple[str, str]] = set()
+
+
+def unguarded_routes(client) -> list[tuple[str, str]]:
+    """Return (method, path) of every route of the app that answers a request without credentials with
+    anything but 401, or cannot be checked (a route kind this helper does not know)."""
+    found = []
+    for route in client.app.routes:
+        methods = sorted(getattr(route, "methods", None) or ["?"])
+        path = re.sub(r"{[^}]+}", "1", getattr(route, "path", "?"))
+        for method in methods:
+            if (method, route.path) in PUBLIC_ROUTES:
+                continue
+            if method == "?" or not isinstance(route, APIRoute):
+                found.append((method, getattr(route, "path", repr(route))))
+                continue
+            for headers in ({}, WRONG, {"Authorization": "Basic !!notbase64"}, {"Authorization": "Token abc"}):
+                resp = client.request(method, path, headers=headers, json={} if method == "POST" else None)
+                if resp.status_code != 401 or not resp.headers.get("www-authenticate", "").startswith("Basic") \
+                        or resp.json()["status"] != 401:
+                    found.append((method, route.path))
+                    break
+    return found
+
+
+def test_basic_auth_guards_every_route_of_the_app(make_client):
     with make_client(basic_auth_user="ls", basic_auth_pass="pa55word") as (client, _):
-        kwargs = {"json": body} if body is not None else {}
-        for headers in ({}, WRONG, {"Authorization": "Basic !!notbase64"}, {"Authorization": "Token abc"}):
-            resp = getattr(client, method)(path, headers=headers, **kwargs)
-            assert resp.status_code == 401
-            assert resp.json()["status"] == 401 and resp.headers["www-authenticate"].startswith("Basic")
-        assert getattr(client, method)(path, headers=AUTH, **kwargs).status_code < 400
+        routes = {(m, r.path) for r in client.app.routes for m in getattr(r, "methods", ())}
+        assert {("GET", "/health"), ("POST", "/predict"), ("POST", "/webhook"), ("GET", "/metrics")} <= routes
+        assert unguarded_routes(client) == []
+        # with the right credentials each route answers (a 422 for an empty body is fine), never 401
+        for method, path in routes:
+            resp = client.request(method, path, headers=AUTH, json={} if method == "POST" else None)
+            assert resp.status_code != 401, (method, path)
 
 
-def test_webhook_accepts_the_shared_secret_by_header_or_query(make_client, docroot):
+def test_a_route_added_without_auth_is_caught(make_client):
+    with make_client(basic_auth_user="ls", basic_auth_pass="pa55word") as (client, _):
+        @client.app.get("/debug/{item}")
+        def leak(item: str) -> dict:
+            return {"item": item}
+
+        assert unguarded_routes(client) == [("GET", "/debug/{item}")]
+
+
+def test_webhook_accepts_the_shared_secret_by_header_only(make_client, docroot):
     event = annotation_event(1, local_task(1, "imgs/red0.png"), "red")
     with make_client(basic_auth_user="ls", basic_auth_pass="pa55word", webhook_secret="s3cret-value",
                      local_files_document_root=docroot, retrain="manual") as (client, runtime):
@@ -39,10 +71,53 @@ def test_webhook_accepts_the_shared_secret_by_header_or_query(make_client, docro
         assert client.post("/webhook", json=event, headers={"X-Labelloop-Secret": "wrong"}).status_code == 401
         assert client.post("/webhook?token=wrong", json=event).status_code == 401
         assert client.post("/webhook", json=event, headers={"X-Labelloop-Secret": "s3cret-value"}).status_code == 201
-        assert client.post("/webhook?token=s3cret-value", json=event).status_code == 201
+        # URLs land in access and proxy logs: the secret is refused there, even when it is right
+        in_url = client.post("/webhook?token=s3cret-value", json=event)
+        assert in_url.status_code == 401 and "X-Labelloop-Secret header" in in_url.json()["detail"]
         assert client.post("/webhook", json=event, headers=AUTH).status_code == 201  # LS's START_TRAINING path
         # the secret opens /webhook only
         assert client.get("/health", headers={"X-Labelloop-Secret": "s3cret-value"}).status_code == 401
+    assert runtime.store.count_annotations("1") == 1
+
+
+def test_access_log_masks_secrets_in_query_strings():
+    import logging
+
+    from backend.app import RedactQuerySecrets
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "POST", "/webhook?token=s3cret-value&x=1", "1.1", 401), None)
+    assert RedactQuerySecrets().filter(record)
+    line = record.getMessage()
+    assert "s3cret" not in line and "/webhook?token=***&x=1" in line
+    plain = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                              ("127.0.0.1:5", "GET", "/versions?project=3", "1.1", 200), None)
+    RedactQuerySecrets().filter(plain)
+    assert plain.getMessage().endswith('"GET /versions?project=3 HTTP/1.1" 200')
+
+
+@pytest.mark.parametrize("overrides, warned", [
+    ({"host": "0.0.0.0"}, ["WITHOUT basic auth"]),
+    ({"host": "::"}, ["WITHOUT basic auth"]),
+    ({"host": "192.168.1.20"}, ["WITHOUT basic auth"]),
+    ({"host": "127.0.0.1"}, []),
+    ({"host": "localhost"}, []),
+    ({"host": "::1"}, []),
+    ({"host": "0.0.0.0", "basic_auth_user": "u", "basic_auth_pass": "p"}, ["LABELLOOP_WEBHOOK_SECRET is not set"]),
+    ({"host": "0.0.0.0", "basic_auth_user": "u", "basic_auth_pass": "p", "webhook_secret": "s"}, []),
+])
+def test_an_exposed_server_without_auth_warns_loudly_at_start(make_settings, caplog, overrides, warned):
+    import logging
+
+    from backend.app import create_app
+    from backend.runtime import Runtime
+
+    with caplog.at_level(logging.WARNING, logger="backend.app"):
+        create_app(runtime=Runtime(make_settings(**overrides)), start=False)
+    security = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SECURITY:")]
+    assert len(security) == len(warned)
+    assert all(fragment in message for fragment, message in zip(warned, security))
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.getMessage().startswith("SECURITY:"))
 
 
 def test_webhook_secret_without_basic_auth(make_client):
@@ -95,11 +170,54 @@ def test_settings_precedence_yaml_env_overrides(tmp_path):
     ({"VERIFY_SSL": "maybe"}, "VERIFY_SSL"),
     ({"LABEL_STUDIO_URL": "localhost:8080"}, "http"),
     ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_PASS"),
+    ({"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "pässword"}, "ASCII"),
+    ({"BASIC_AUTH_USER": "a:b", "BASIC_AUTH_PASS": "p"}, "without ':'"),
     ({"WORKERS": "0"}, "workers"),
 ])
 def test_bad_settings_are_clear_errors(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_settings(env=env)
+
+
+def test_every_bad_setting_is_named_with_where_it_came_from(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("threads: many\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_path=config, env={"LABELLOOP_STRATEGY": "bald", "WORKERS": "0"})
+    message = str(info.value)
+    assert "'strategy' from env LABELLOOP_STRATEGY" in message and "'margin'" in message
+    assert "'workers' from env WORKERS" in message and f"'threads' from {config}" in message
+
+
+def test_label_studio_names_for_the_document_root_and_clip_are_settings(tmp_path, monkeypatch):
+    from backend.config import Settings
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir(), theirs.mkdir()
+    # Label Studio's own name works, and the upstream ML-backend name wins when both are set.
+    assert load_settings(env={"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs)}).local_files_document_root \
+        == theirs
+    both = {"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs), "LOCAL_FILES_DOCUMENT_ROOT": str(ours)}
+    assert load_settings(env=both).local_files_document_root == ours
+    # ... by the same rule `labelloop label` uses for Label Studio exports (one definition of the names)
+    from labelers.formats.label_studio import local_files_root_from_env
+
+    assert local_files_root_from_env(both) == str(ours)
+    assert local_files_root_from_env({"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(theirs)}) == str(theirs)
+    assert load_settings(env={"LABELLOOP_CLIP": "open_clip:local-dir:/m"}).clip == "open_clip:local-dir:/m"
+    assert load_settings(env={"LABELLOOP_CLIP_WEIGHTS": "/w/clip.safetensors"}).clip == "/w/clip.safetensors"
+    assert load_settings(env={}).clip is None
+    # pydantic-settings' own entry point reads the process environment the same way.
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(theirs))
+    monkeypatch.setenv("LABELLOOP_STRATEGY", "entropy")
+    assert Settings() == load_settings()
+    assert (Settings().local_files_document_root, Settings().strategy) == (theirs, "entropy")
+
+
+def test_a_wrong_document_root_is_refused_at_start_naming_it(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(ConfigError, match=f"LOCAL_FILES_DOCUMENT_ROOT: {missing} is not an existing directory"):
+        load_settings(env={"LOCAL_FILES_DOCUMENT_ROOT": str(missing)})
 
 
 def test_unknown_key_in_config_file(tmp_path):
