@@ -71,3 +71,12 @@ class OnceLog:
             self._seen.add(key)
         self.logger.warning(message, *args)
         return True
+
+
+def quiet_http_loggers() -> None:
+    """Keep httpx/httpcore below WARNING: at INFO httpx logs every URL (a presigned one carries its signature
+    in the query), at DEBUG httpcore logs every response header (Label Studio's `set-cookie: sessionid=...`)."""
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)

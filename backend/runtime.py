@@ -18,7 +18,7 @@ from backend.embedding import EmbeddingService
 from backend.fetching import Fetcher
 from backend.head_trainer import HeadTrainer
 from backend.heads import HeadCache
-from backend.logs import OnceLog, Redactor
+from backend.logs import OnceLog, Redactor, quiet_http_loggers
 from backend.ls_auth import LabelStudioAuth
 from backend.ls_client import LabelStudioClient
 from backend.media import MediaResolver
@@ -53,6 +53,7 @@ class Runtime:
         from labelers.cache import EmbeddingCache
 
         self.settings = settings
+        quiet_http_loggers()
         self.redactor = Redactor([settings.label_studio_api_key, settings.basic_auth_pass, settings.webhook_secret])
         self.once = OnceLog(log)
         self.store = Store(settings.model_dir)
