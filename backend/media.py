@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import io
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit
@@ -101,26 +100,6 @@ class MediaResolver:
             except MediaError as exc:
                 errors[i] = str(exc)
         return ids, urls, errors
-
-    def fetch_many(self, urls: dict[int, str], ids: dict[int, int | None], threads: int = 4
-                   ) -> tuple[dict[int, bytes], dict[int, str]]:
-        """Fetch `urls` (row -> url) in parallel; returns (row -> bytes, row -> error message).
-
-        Never raises for one bad image: a MediaError becomes that row's error."""
-        def one(i: int) -> tuple[int, bytes | None, str | None]:
-            try:
-                return i, self.fetch(urls[i], ids.get(i)), None
-            except MediaError as exc:
-                return i, None, str(exc)
-
-        blobs, errors = {}, {}
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for i, blob, error in pool.map(one, sorted(urls)):
-                if error is not None:
-                    errors[i] = error
-                else:
-                    blobs[i] = blob
-        return blobs, errors
 
     def _fetch(self, url: str, task_id: int | None) -> bytes:
         parts = urlsplit(url)
