@@ -147,3 +147,37 @@ def test_label_studio_calls_use_one_auth_stack_for_a_personal_access_token(make_
     assert retried.startswith("Bearer ") and retried[7:] in fake.access_tokens
     assert fake.refreshes == 2  # the first exchange, and one after the 401: our stack, not the SDK's
     assert not any("labelloop-auth" in (r["authorization"] or "") for r in fake.requests)
+
+
+def test_the_vlm_starts_no_download_after_the_fetch_deadline(make_client, make_settings, docroot):
+    import numpy as np
+
+    from backend.runtime import Runtime
+    from tests.backend.conftest import shared_loader
+
+    class FakeVLM:  # answers "red" for every image; counts the images it was shown
+        seen = 0
+
+        def classify(self, images, names):
+            FakeVLM.seen += len(images)
+            return np.tile(np.asarray([[0.8, 0.1, 0.1]]), (len(images), 1))
+
+    settings = make_settings(local_files_document_root=docroot, predictor="vlm", vlm_model="fake",
+                             predict_budget_seconds=30, fetch_timeout_seconds=10, threads=1, warm_cache=False)
+    runtime = Runtime(settings, embedder_loader=shared_loader, vlm_loader=lambda spec: FakeVLM())
+    with make_client(runtime=runtime) as (client, _):
+        now, starts = [0.0], []
+        real_fetch = runtime.media.fetch
+
+        def slow_fetch(url, task_id=None):
+            starts.append(now[0])
+            now[0] += 7.0
+            return real_fetch(url, task_id)
+
+        runtime.fetcher.clock = lambda: now[0]
+        runtime.media.fetch = slow_fetch
+        setup_project(client)
+        results = client.post("/predict", json={"tasks": NINE, "project": "1.1"}).json()["results"]
+    assert starts == [0.0, 7.0, 14.0] and FakeVLM.seen == 3
+    assert [r["result"][0]["value"]["choices"] for r in results[:3]] == [["red"]] * 3
+    assert results[3:] == [[]] * 6
