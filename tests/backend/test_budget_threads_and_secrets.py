@@ -181,3 +181,22 @@ def test_the_vlm_starts_no_download_after_the_fetch_deadline(make_client, make_s
     assert starts == [0.0, 7.0, 14.0] and FakeVLM.seen == 3
     assert [r["result"][0]["value"]["choices"] for r in results[:3]] == [["red"]] * 3
     assert results[3:] == [[]] * 6
+
+
+def test_a_failed_training_run_is_recorded_without_secrets(make_client, docroot):
+    from tests.backend.conftest import annotation_event
+
+    with make_client(local_files_document_root=docroot, label_studio_url="http://127.0.0.1:9",
+                     label_studio_api_key=LEGACY_TOKEN, warm_cache=False) as (client, runtime):
+        def leaky(project, full_sync, reasons):
+            raise RuntimeError(f"GET http://127.0.0.1:9/api/x?token=q-secret-1 with key {LEGACY_TOKEN} "
+                               "sessionid=s-secret-2")
+
+        runtime.queue.train_fn = leaky
+        setup_project(client)
+        client.post("/webhook", json=annotation_event(1, NINE[0], "red"))
+        assert runtime.queue.wait_idle(60)
+        failure = client.get("/metrics").json()["projects"]["1"]["training"]["last_failure"]
+    assert failure["error"].startswith("RuntimeError: GET http://127.0.0.1:9/api/x?…")
+    for secret in ("q-secret-1", LEGACY_TOKEN, "s-secret-2"):
+        assert secret not in failure["error"]
