@@ -63,8 +63,10 @@ class VersionSync:
         return False
 
     def stop(self) -> None:
+        """Cancel planned attempts and wait for one in flight (bounded by the HTTP timeout): the HTTP client
+        it uses is closed right after."""
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _in_step(self, project: str) -> bool:
         current = self.version_of(project)

@@ -37,13 +37,15 @@ class CacheWarmer:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="labelloop-background")
         self._status: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # checked between batches: a long warm-up ends soon after close()
 
     def started(self, project: str) -> bool:
         with self._lock:
             return project in self._status
 
     def status(self, project: str) -> dict[str, Any] | None:
-        """Return {"state": "running" | "done" | "failed" | "skipped", "tasks", "embedded", "failed", ...}."""
+        """Return {"state": "running" | "done" | "failed" | "skipped" | "stopped", "tasks", "embedded",
+        "failed", ...}, or None when the project was never warmed here."""
         with self._lock:
             entry = self._status.get(project)
             return dict(entry) if entry else None
@@ -74,6 +76,8 @@ class CacheWarmer:
         self._pool.submit(fn, *args)
 
     def close(self) -> None:
+        """Cancel queued work; running work stops at its next batch."""
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _embed_new(self, project: str, tasks: list[dict[str, Any]]) -> None:
@@ -81,6 +85,8 @@ class CacheWarmer:
             stored = self.store.get_project(project)
             data_key = parse_label_config(stored.label_config).data_key
             for start in range(0, len(tasks), WARM_BATCH):
+                if self._closing.is_set():
+                    return
                 self.embeddings.embed(stored, tasks[start:start + WARM_BATCH], data_key)
         except Exception as exc:  # best effort, like warming: predict embeds whatever is missing
             log.warning("project %s: embedding %d new tasks failed (%s)", project, len(tasks),
@@ -102,6 +108,9 @@ class CacheWarmer:
             data_key = parse_label_config(stored.label_config).data_key
             batch: list[dict[str, Any]] = []
             for task in self.ls.iter_tasks(project):
+                if self._closing.is_set():
+                    self._update(project, state="stopped", detail="the backend is shutting down")
+                    return
                 batch.append(task)
                 if len(batch) >= WARM_BATCH:
                     self._embed_counted(stored, batch, data_key)
