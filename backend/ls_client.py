@@ -1,14 +1,51 @@
-"""The few Label Studio API calls the backend makes, through label-studio-sdk 2.x (legacy tokens and PATs)."""
+"""The few Label Studio API calls the backend makes, through label-studio-sdk 2.x.
+
+Authentication is backend.ls_auth's (legacy tokens and PATs), carried by the shared httpx client; the SDK
+only builds requests. Transient failures (connection errors, timeouts, 429, 5xx) are retried with tenacity;
+401/403 are not transient and raise LabelStudioRejected at once.
+"""
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any, Iterator
 
+import httpx
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
 from backend.config import Settings
+from backend.logs import Redactor
 
 log = logging.getLogger(__name__)
+
+# The SDK insists on an API key and would refresh a PAT itself. It gets this placeholder instead: its
+# Authorization header is replaced on every request by LabelStudioAuth (the httpx client's auth), so Label
+# Studio tokens are handled in one place.
+SDK_KEY_PLACEHOLDER = "labelloop-auth-by-httpx"
+NO_SDK_RETRIES = {"max_retries": 0}  # tenacity retries below; the SDK's own retries would multiply them
+
+
+class LabelStudioRejected(RuntimeError):
+    """Label Studio answered 401/403: the API key is wrong or lacks permission; retrying cannot help."""
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None and isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+    return status
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying: no connection, a timeout, 408/429 or a 5xx answer."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    status = _status(exc)
+    return status is not None and (status in (408, 429) or status >= 500)
+
+
+_retry_transient = retry(retry=retry_if_exception(is_transient), stop=stop_after_attempt(3),
+                         wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
 
 
 def _as_dict(item: Any) -> dict[str, Any]:
@@ -21,10 +58,13 @@ def _as_dict(item: Any) -> dict[str, Any]:
 
 
 class LabelStudioClient:
-    """Lists tasks and keeps the project's model_version in step. Needs LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY."""
+    """Lists tasks, stores predictions and sets the project's model_version. Needs LABEL_STUDIO_URL +
+    LABEL_STUDIO_API_KEY (`configured`)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, http: httpx.Client, redactor: Redactor | None = None):
         self.settings = settings
+        self.http = http
+        self.redactor = redactor or Redactor()
         self._sdk = None
         self._lock = threading.Lock()
 
@@ -38,116 +78,52 @@ class LabelStudioClient:
             raise RuntimeError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to call Label Studio")
         with self._lock:
             if self._sdk is None:
-                import httpx
                 from label_studio_sdk.client import LabelStudio
 
-                self._sdk = LabelStudio(base_url=self.settings.label_studio_url,
-                                        api_key=self.settings.label_studio_api_key,
-                                        httpx_client=httpx.Client(verify=self.settings.verify_ssl, timeout=60.0))
+                self._sdk = LabelStudio(base_url=self.settings.label_studio_url, api_key=SDK_KEY_PLACEHOLDER,
+                                        httpx_client=self.http)
         return self._sdk
 
     def iter_tasks(self, project: str) -> Iterator[dict[str, Any]]:
-        """Yield every task of `project` as a dict (id, data, annotations, ...)."""
-        for task in self.sdk().tasks.list(project=int(project), fields="all"):
+        """Yield every task of `project` as a dict (id, data, annotations, ...). The first page is retried
+        when the failure is transient; raises LabelStudioRejected on 401/403."""
+        pages = self._call(self._first_page, project)
+        for task in pages:
             yield _as_dict(task)
 
     def import_predictions(self, project: str, predictions: list[dict[str, Any]]) -> None:
         """Store predictions ({"task", "result", "score", "model_version"}) in Label Studio in one call."""
-        self.sdk().projects.import_predictions(id=int(project), request=predictions)
+        self._call(lambda: self.sdk().projects.import_predictions(id=int(project), request=predictions,
+                                                                  request_options=NO_SDK_RETRIES))
 
     def set_project_version(self, project: str, model_version: str) -> bool:
         """Set the project's model_version so Label Studio's score column and sort use our newest predictions.
 
-        Returns False when Label Studio refuses. It refuses a version that has no predictions stored yet
-        ("doesn't exist either as live model or as static predictions"), so callers retry after a predict.
+        Returns False when Label Studio does not take it yet: it refuses a version that has no predictions
+        stored ("doesn't exist either as live model or as static predictions"), so callers retry after a
+        predict; also False while it is unreachable. Raises LabelStudioRejected on 401/403.
         """
         try:
-            self.sdk().projects.update(id=int(project), model_version=model_version)
+            self._call(lambda: self.sdk().projects.update(id=int(project), model_version=model_version,
+                                                          request_options=NO_SDK_RETRIES))
             return True
-        except Exception as exc:  # network, auth, validation: all mean "not synced yet", none may fail training
-            status = getattr(exc, "status_code", None)
-            body = getattr(exc, "body", None)
-            detail = (body.get("validation_errors") or body.get("detail")) if isinstance(body, dict) else None
-            # Never log the exception itself: the SDK's message embeds response headers (session cookies).
-            log.info("project %s: Label Studio did not take model_version %s yet (%s%s)", project, model_version,
-                     f"HTTP {status}" if status else type(exc).__name__, f": {detail}" if detail else "")
+        except LabelStudioRejected:
+            raise
+        except Exception as exc:  # network, validation: "not synced yet", never a reason to fail training
+            log.info("project %s: Label Studio did not take model_version %s yet (%s)", project, model_version,
+                     self.redactor.error(exc))
             return False
 
+    def _first_page(self, project: str):
+        pager = self.sdk().tasks.list(project=int(project), fields="all", request_options=NO_SDK_RETRIES)
+        return iter(pager)
 
-class VersionSync:
-    """Keeps each project's model_version in Label Studio equal to the version we serve.
-
-    Label Studio only accepts a version that already has predictions stored, so after a retrain the update
-    usually succeeds only once Label Studio has fetched predictions of the new version (Retrieve Predictions,
-    or an annotator opening a task). Each `schedule()` therefore plans a few attempts with growing delays;
-    the first success ends them. The last version set is remembered in the project's key-value state.
-    """
-
-    STATE_KEY = "labelloop.label_studio_model_version"
-
-    def __init__(self, store, client: LabelStudioClient, enabled: bool = True,
-                 delays: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0), version_of=None):
-        self.store, self.client = store, client
-        # The version the project's predictions carry: its head's by default, its VLM's for a VLM project.
-        self.version_of = version_of or store.current_version
-        self.enabled = enabled and client.configured
-        self.delays = delays
-        self._due: dict[str, list[float]] = {}
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stop = False
-
-    def schedule(self, project: str) -> None:
-        """Plan sync attempts for `project` (no-op when Label Studio is not configured or already in step)."""
-        if not self.enabled:
-            return
-        current = self.version_of(project)
-        if current is None or self.store.kv_get(project, self.STATE_KEY) == current:
-            return
-        now = time.monotonic()
-        with self._cond:
-            self._due[project] = [now + d for d in self.delays]
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="labelloop-version-sync", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-
-    def attempt(self, project: str) -> bool:
-        """Try once; returns True when Label Studio now has our current version."""
-        current = self.version_of(project)
-        if current is None or self.store.kv_get(project, self.STATE_KEY) == current:
-            return True
-        if self.client.set_project_version(project, current):
-            self.store.kv_set(project, self.STATE_KEY, current)
-            log.info("project %s: Label Studio's model_version is now %s", project, current)
-            return True
-        return False
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stop:
-                    now = time.monotonic()
-                    ready = [p for p, times in self._due.items() if times and times[0] <= now]
-                    if ready:
-                        break
-                    upcoming = [times[0] for times in self._due.values() if times]
-                    self._cond.wait(max(0.01, min(upcoming) - now) if upcoming else None)
-                if self._stop:
-                    return
-                for project in ready:
-                    self._due[project].pop(0)
-            for project in ready:
-                try:
-                    done = self.attempt(project)
-                except Exception as exc:  # the store or SDK failing must not kill the sync thread
-                    log.warning("project %s: model_version sync failed (%s)", project, type(exc).__name__)
-                    done = False
-                if done:
-                    with self._cond:
-                        self._due.pop(project, None)
+    def _call(self, fn, *args):
+        """Run `fn` with tenacity retries of transient failures; 401/403 become LabelStudioRejected."""
+        try:
+            return _retry_transient(fn)(*args)
+        except Exception as exc:
+            if _status(exc) in (401, 403):
+                raise LabelStudioRejected(f"Label Studio refused LABEL_STUDIO_API_KEY (HTTP {_status(exc)})") \
+                    from None
+            raise

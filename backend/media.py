@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import io
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit
@@ -102,26 +101,6 @@ class MediaResolver:
                 errors[i] = str(exc)
         return ids, urls, errors
 
-    def fetch_many(self, urls: dict[int, str], ids: dict[int, int | None], threads: int = 4
-                   ) -> tuple[dict[int, bytes], dict[int, str]]:
-        """Fetch `urls` (row -> url) in parallel; returns (row -> bytes, row -> error message).
-
-        Never raises for one bad image: a MediaError becomes that row's error."""
-        def one(i: int) -> tuple[int, bytes | None, str | None]:
-            try:
-                return i, self.fetch(urls[i], ids.get(i)), None
-            except MediaError as exc:
-                return i, None, str(exc)
-
-        blobs, errors = {}, {}
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for i, blob, error in pool.map(one, sorted(urls)):
-                if error is not None:
-                    errors[i] = error
-                else:
-                    blobs[i] = blob
-        return blobs, errors
-
     def _fetch(self, url: str, task_id: int | None) -> bytes:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -194,14 +173,11 @@ class MediaResolver:
             if not parts.hostname or not (self._is_ls_host(parts) or self._allowlisted(parts)):
                 raise MediaError(f"host {parts.hostname!r} is neither the Label Studio host nor in "
                                  "LABELLOOP_URL_ALLOWLIST; refused")
-            headers = self._auth_headers() if self._is_ls_host(parts) else {}
-            status, location, body = self._download(url, headers, follow_redirects=False)
+            # self.auth (LabelStudioAuth, given to every download) signs requests to the Label Studio host only.
+            status, location, body = self._download(url, follow_redirects=False)
             if status in (301, 302, 303, 307, 308) and location:
                 url = urljoin(url, location)
                 continue
-            if status == 401 and headers and self.auth.kind == "personal-access-token":
-                self.auth.invalidate()
-                status, _, body = self._download(url, self._auth_headers(), follow_redirects=False)
             if status != 200:
                 raise MediaError(f"HTTP {status}")
             return body
@@ -209,21 +185,16 @@ class MediaResolver:
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _get_from_ls(self, url: str, follow_redirects: bool = False) -> bytes:
-        status, _, body = self._download(url, self._auth_headers(), follow_redirects)
-        if status == 401 and self.auth.kind == "personal-access-token":
-            self.auth.invalidate()
-            status, _, body = self._download(url, self._auth_headers(), follow_redirects)
+        status, _, body = self._download(url, follow_redirects)
         if status != 200:
             raise _NotServed(f"Label Studio answered HTTP {status} for {_redact(url)}")
         return body
 
-    def _auth_headers(self) -> dict[str, str]:
-        return self.auth.headers()
-
-    def _download(self, url: str, headers: dict[str, str], follow_redirects: bool) -> tuple[int, str | None, bytes]:
-        """Return (status, Location header, body) reading at most max_image_bytes; raises MediaError if larger."""
+    def _download(self, url: str, follow_redirects: bool) -> tuple[int, str | None, bytes]:
+        """Return (status, Location header, body) reading at most max_image_bytes; raises MediaError if larger.
+        Authentication, and a PAT's refresh after a 401, is `self.auth`'s (backend.ls_auth)."""
         limit = self.settings.max_image_bytes
-        with self.client.stream("GET", url, headers=headers, follow_redirects=follow_redirects,
+        with self.client.stream("GET", url, auth=self.auth, follow_redirects=follow_redirects,
                                 timeout=self.settings.fetch_timeout_seconds) as resp:
             if resp.status_code != 200:
                 return resp.status_code, resp.headers.get("location"), b""

@@ -80,14 +80,15 @@ class PredictionValue(BaseModel):
 
 
 class ModelResponse(BaseModel):
-    """What `LabelloopModel.predict` returns: one prediction per task, in task order."""
+    """What `LabelloopModel.predict` returns: one item per task, in task order. An item is a prediction, or
+    an empty list for a task not predicted in time (Label Studio stores nothing for it and asks again)."""
 
     model_version: str | None = None
-    predictions: list[PredictionValue]
+    predictions: list[PredictionValue | list[PredictionValue]]
 
 
 class PredictResponse(BaseModel):
-    results: list[PredictionValue]
+    results: list[PredictionValue | list[PredictionValue]]
 
 
 class TaskRef(_Open):

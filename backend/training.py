@@ -47,9 +47,12 @@ TrainFn = Callable[[str, bool, set], tuple]
 class TrainingQueue:
     """One worker thread per process; see the module docstring for the guarantees."""
 
-    def __init__(self, store: Store, train_fn: TrainFn, debounce: float = 1.0):
+    def __init__(self, store: Store, train_fn: TrainFn, debounce: float = 1.0,
+                 describe_error: Callable[[BaseException], str] | None = None):
         self.store = store
         self.train_fn = train_fn
+        # A failure is stored in SQLite and shown by /metrics: say it without secrets (backend.logs.Redactor).
+        self.describe_error = describe_error or (lambda exc: f"{type(exc).__name__}: {exc}")
         self.debounce = max(0.0, float(debounce))
         self._pending: dict[str, _Pending] = {}
         self._running: str | None = None
@@ -179,9 +182,9 @@ class TrainingQueue:
             try:
                 version, n_annotations, note = self.train_fn(project, entry.full_sync, entry.reasons)
             except Exception as exc:
-                log.error("project %s: training failed (%s: %s); the previous model keeps serving",
-                          project, type(exc).__name__, exc)
-                self.store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+                error = self.describe_error(exc)
+                log.error("project %s: training failed (%s); the previous model keeps serving", project, error)
+                self.store.finish_run(run_id, "failed", error=error)
             else:
                 status = "succeeded" if version else "skipped"
                 self.store.finish_run(run_id, status, model_version=version, n_annotations=n_annotations,

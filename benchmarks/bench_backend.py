@@ -1,7 +1,7 @@
 """Backend benchmarks: /predict latency under concurrent clients, and annotation webhook -> new version served.
 
 Each figure is measured side by side, in one run, against the upstream pattern implemented here on the same
-model class: `LabelloopModel.fit()` followed by `train()` *inside* the webhook request (label-studio-ml-backend
+model class: `LabelloopModel.fit()` followed by the head trainer's `train()` *inside* the webhook request (label-studio-ml-backend
 trains synchronously in `/webhook`, with no queue). Ours answers the webhook at once and trains in the
 background queue (debounced, coalesced).
 
@@ -70,7 +70,7 @@ def upstream_app():
         model = runtime.model(pid, label_config=(data.get("project") or {}).get("label_config"))
         outcome = model.fit(data["action"], data)
         if data["action"] in TRAIN_EVENTS:
-            version, n_annotations, _ = model.train()
+            version, n_annotations, _ = runtime.trainer.train(pid)
             outcome["detail"] = f"trained {version} on {n_annotations}"
         return JSONResponse({"status": outcome["status"], "detail": outcome["detail"]}, status_code=201)
 

@@ -90,6 +90,8 @@ class FakeLabelStudio:
     # None: accept any model_version; a set: like Label Studio, only versions with stored predictions
     versions_with_predictions: set[str] | None = None
     imported_predictions: list[dict[str, Any]] = field(default_factory=list)
+    # answers given by /api/tasks/ before it lists tasks: (status, JSON body, headers), one per call
+    task_list_failures: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
 
     def __post_init__(self):
         self.pat = make_jwt({"token_type": "refresh", "exp": int(time.time()) + 86400, "jti": "pat"})
@@ -160,6 +162,9 @@ class FakeLabelStudio:
 
         @app.get("/api/tasks/")
         async def list_tasks(project: int, page: int = 1, page_size: int = 100):
+            if self.task_list_failures:
+                status, body, headers = self.task_list_failures.pop(0)
+                return JSONResponse(body, status_code=status, headers=headers)
             mine = [t for t in self.tasks if t.get("project", project) == project]
             start = (page - 1) * page_size
             if start >= len(mine) and page > 1:

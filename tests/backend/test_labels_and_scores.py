@@ -238,17 +238,20 @@ def test_imported_tasks_are_embedded_in_the_background(make_client, docroot):
     assert counters.get("images_fetched", 0) == 0  # everything came from the cache
 
 
-def test_a_batch_that_cannot_be_embedded_in_budget_is_deferred_not_half_stored(make_client, docroot):
+def test_tasks_not_reached_in_budget_get_no_prediction_and_are_embedded_for_the_next_call(make_client, docroot):
     tasks = [local_task(i + 1, f"imgs/{c}{k}.png") for i, (c, k) in
              enumerate([(c, k) for c in ("red", "green", "blue") for k in range(3)])]
-    # budget 0: no image may be fetched inside the request, so the answer must be "retry later"
+    # budget 0: no image may be fetched inside the request
     with make_client(local_files_document_root=docroot, predict_budget_seconds=0) as (client, runtime):
         setup_project(client)
         first = client.post("/predict", json={"tasks": tasks, "project": "1.1"})
-        assert first.status_code == 503 and first.headers["retry-after"] == "60"
-        assert "0 of 9" in first.json()["detail"] and "Retrieve Predictions again" in first.json()["detail"]
         ids = [t["id"] for t in tasks]
         assert eventually(lambda: all(key for _, key in runtime.store.content_keys("1", ids).values()))
         second = client.post("/predict", json={"tasks": tasks, "project": "1.1"})
+        counters = client.get("/metrics").json()["counters"]
+    # One item per task (Label Studio's count rule), each an empty list: Label Studio stores nothing for
+    # them, so they are not marked predicted for this version and the next Retrieve asks again.
+    assert first.status_code == 200 and first.json()["results"] == [[] for _ in tasks]
     assert second.status_code == 200
     assert all(r["score"] is not None for r in second.json()["results"])
+    assert counters["tasks_not_predicted"] == 9 and counters["tasks_predicted"] == 9

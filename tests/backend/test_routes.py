@@ -144,12 +144,12 @@ def test_versions_and_metrics_shapes(make_client, docroot):
 
 
 def test_internal_errors_are_json_without_traceback(make_client, docroot, monkeypatch):
-    from backend import model as model_module
+    from backend import embedding as embedding_module
 
     def explode(*args, **kwargs):
         raise RuntimeError("token=supersecret something broke")
 
-    monkeypatch.setattr(model_module, "embed_tasks", explode)
+    monkeypatch.setattr(embedding_module, "embed_tasks", explode)
     with make_client(local_files_document_root=docroot, raise_server_exceptions=False) as (client, _):
         resp = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1",
                                              "label_config": CHOICES_XML})

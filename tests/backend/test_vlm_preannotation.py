@@ -27,6 +27,15 @@ TWO_CONTROLS_XML = f"<View>{IMAGE}{LABEL}{NOT_LABEL}</View>"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _preset_config(tmp_path, presets: dict) -> str:
+    """Write a VLM config whose presets name local folders; returns its path."""
+    import yaml
+
+    path = tmp_path / "vlm.yaml"
+    path.write_text(yaml.safe_dump({"presets": {name: {"model": str(folder)} for name, folder in presets.items()}}))
+    return str(path)
+
+
 def _tasks(project: int = 1) -> list[dict]:
     tasks = [local_task(i + 1, f"imgs/{c}{k}.png", project) for i, (c, k) in
              enumerate([(c, k) for c in COLORS for k in range(2)])]
@@ -83,11 +92,12 @@ def test_vlm_ordinary_choices_and_scores_are_the_vlms_option_probabilities(make_
 
 
 @pytest.mark.parametrize("model, mode", [("qwen2-vl", "auto"), ("llava-next", "complementary")])
-def test_complementary_labels_go_to_the_second_control(make_client, docroot, tiny_vlm_dirs, model, mode):
-    folder = str(tiny_vlm_dirs[model])
+def test_complementary_labels_go_to_the_second_control(make_client, docroot, tiny_vlm_dirs, model, mode, tmp_path):
+    # The project picks a preset the operator configured (extra_params may not name arbitrary models).
+    config = _preset_config(tmp_path, {"tiny": tiny_vlm_dirs[model]})
     tasks = _tasks()
-    extra = {"predictor": "vlm", "vlm_model": folder, "vlm_mode": mode, "vlm_rounds": 3, "vlm_num_options": 2}
-    with make_client(local_files_document_root=docroot, vlm_device="cpu") as (client, runtime):
+    extra = {"predictor": "vlm", "vlm_model": "tiny", "vlm_mode": mode, "vlm_rounds": 3, "vlm_num_options": 2}
+    with make_client(local_files_document_root=docroot, vlm_device="cpu", vlm_config=config) as (client, runtime):
         version = setup_project(client, xml=TWO_CONTROLS_XML, **extra)
         resp = _predict(client, tasks, xml=TWO_CONTROLS_XML)
     assert resp.status_code == 200, resp.text
@@ -164,3 +174,35 @@ def test_unusable_predictor_settings_are_refused_at_setup(make_client, extra, fr
                 "extra_params": extra}
         resp = client.post("/setup", json=body)
     assert resp.status_code == 422 and fragment in resp.json()["detail"]
+
+
+def test_extra_params_may_only_choose_a_vlm_the_operator_configured(make_client, tmp_path):
+    loads = []
+    with make_client() as (client, runtime):
+        runtime.vlms._loader = lambda spec: loads.append(spec)
+        for model in ("some-org/any-hub-model", str(tmp_path)):
+            body = {"project": "1.1", "schema": TWO_CONTROLS_XML.replace(' model_complementary="true"', ""),
+                    "extra_params": {"predictor": "vlm", "vlm_model": model}}
+            resp = client.post("/setup", json=body)
+            assert resp.status_code == 422, resp.text
+            assert f"vlm_model {model!r} is not a VLM this backend offers" in resp.json()["detail"]
+            assert "llava-next" in resp.json()["detail"]  # the message lists what may be chosen
+            predict = client.post("/predict", json={"tasks": _tasks(), "project": "1.1",
+                                                    "label_config": body["schema"]})
+            assert predict.status_code == 200  # the stored project was never switched to that model
+    assert loads == []
+
+
+def test_loaded_vlms_are_bounded_least_recently_used_first():
+    from backend.config import load_settings
+    from backend.vlm_models import VLMPool
+
+    loads = []
+    pool = VLMPool(load_settings(env={}), None, loader=lambda spec: loads.append(spec) or object(), capacity=2)
+    first = pool.get("a")
+    pool.get("b")
+    assert pool.get("a") is first  # cached: no second load
+    pool.get("c")  # evicts "b", the least recently used
+    assert pool.loaded_specs() == ["a", "c"] and pool.loaded("b") is None
+    pool.get("b")
+    assert loads == ["a", "b", "c", "b"] and pool.loaded_specs() == ["c", "b"]

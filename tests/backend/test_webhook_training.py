@@ -282,6 +282,8 @@ def test_start_training_fetches_annotations_and_syncs_project_version(make_clien
             assert echo.json()["status"] == "ignored"
             assert runtime.queue.wait_idle(10)
             assert len(runs(runtime)) == 1
+            # the sync runs after the publish, on its own worker: wait for it before the backend stops
+            assert eventually(lambda: fake.project_versions == {1: version}), fake.requests[-3:]
     assert version.endswith("-p1-r1")
     assert stored == [500 + t["id"] for t in TASKS]  # the cancelled one is not learnt from
     assert fake.project_versions == {1: version}

@@ -116,8 +116,10 @@ def test_predictions_then_retrain_on_submit_then_new_predictions(label_studio, c
     assert len(set(v0_scores.values())) == 1, "r0 (uniform prior, no text tower) gives every task the same score"
     assert len(set(v1_scores.values())) > 1 and v1_scores != v0_scores
     by_id = {t["id"]: t for t in tasks}
-    fitted = sum(steps.predicted_label(steps.predictions_of(by_id[t.id], v1)[0]) == t.truth for t in labelled)
-    assert fitted >= len(labelled) // 2, f"the v1 head reproduces only {fitted}/20 of its own training labels"
+    # 20 labels, 10 classes, 1280-dim features: the head fits every training label (measured in process with
+    # the same embedder and head, 20/20), so each labelled task's v1 prediction is its own label.
+    predicted = {t.id: steps.predicted_label(steps.predictions_of(by_id[t.id], v1)[0]) for t in labelled}
+    assert predicted == {t.id: t.truth for t in labelled}
 
 
 def test_project_version_follows_retraining_so_score_sort_works(label_studio, cifar_files, backend_factory):

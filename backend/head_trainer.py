@@ -1,0 +1,185 @@
+"""Training a project's head on its annotations, and publishing it as the next model_version.
+
+Run by the background queue (backend.training.TrainingQueue), one project at a time. A run that raises changes
+nothing that is served; a new head is saved to a fresh folder and switched to in one SQLite transaction.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+
+from backend.events import usable
+from backend.heads import HeadCache, head_predictions, prior_head
+from backend.labels import ImageClassification, parse_label_config
+from backend.logs import Redactor
+from backend.predictor import PredictorRules
+from backend.store import Annotation, Store
+from backend.versions import head_version
+
+log = logging.getLogger(__name__)
+
+PUSH_CHUNK = 500  # tasks predicted and sent to Label Studio per import_predictions call
+
+
+def training_set(store: Store, project: str, target: ImageClassification) -> tuple[list[int], list[list[str]]]:
+    """Return (task ids, labels per task) from the stored annotations: the newest annotation of each task
+    wins; labels the config does not list are dropped, and tasks left without a label are skipped."""
+    latest: dict[int, Annotation] = {}
+    for ann in store.list_annotations(project):
+        latest[ann.task_id] = ann  # ordered by id, so the newest wins
+    task_ids, labels = [], []
+    for task_id, ann in sorted(latest.items()):
+        chosen = target.labels_in(ann.result)
+        if chosen:
+            task_ids.append(task_id)
+            labels.append(chosen if target.multiple else chosen[:1])
+    return task_ids, labels
+
+
+class HeadTrainer:
+    """Trains and publishes heads; owns the re-read of annotations and the optional push of predictions."""
+
+    def __init__(self, store: Store, embeddings, heads: HeadCache, ls, version_sync, rules: PredictorRules,
+                 push_predictions: bool = False, redactor: Redactor | None = None):
+        self.store, self.embeddings, self.heads, self.ls = store, embeddings, heads, ls
+        self.version_sync, self.rules = version_sync, rules
+        self.push_enabled = push_predictions
+        self.redactor = redactor or Redactor()
+
+    def __call__(self, project: str, full_sync: bool, reasons: set) -> tuple[str | None, int, str | None]:
+        """The queue's train function: `train(project, full_sync)`."""
+        return self.train(project, full_sync=full_sync)
+
+    def train(self, project_id: str, full_sync: bool = False) -> tuple[str | None, int, str | None]:
+        """Fit a new head on the stored annotations and publish it as the next version.
+
+        Returns (new model_version or None when there is nothing to learn from, annotations used, note).
+        Raises on any failure, leaving the served version untouched.
+        """
+        notes = []
+        if full_sync and self.ls.configured:
+            try:
+                self.sync_annotations(project_id)
+            except Exception as exc:  # Label Studio unreachable: train on what the webhooks delivered
+                log.warning("project %s: could not list annotations in Label Studio (%s); training on the %d "
+                            "stored ones", project_id, self.redactor.error(exc),
+                            self.store.count_annotations(project_id))
+                notes.append(f"annotations not re-read from Label Studio ({type(exc).__name__})")
+        project = self.store.get_project(project_id)
+        target = parse_label_config(project.label_config)
+        task_ids, labels = training_set(self.store, project_id, target)
+        if not task_ids:
+            if project.revision == 0:
+                return None, 0, "no usable annotations (none, all skipped, or no label from this config)"
+            # Every annotation was deleted: go back to the untrained prior rather than keep serving old labels.
+            prior = prior_head(target, self.embeddings.embedder(project))
+            return self.publish(project_id, prior, 0), 0, "no annotations left: back to the prior"
+        urls = self.store.content_keys(project_id, task_ids)
+        tasks = [{"id": t, "data": {target.data_key: urls.get(t, (None, None))[0]}} for t in task_ids]
+        embedded = self.embeddings.embed(project, tasks, target.data_key)
+        rows = np.flatnonzero(embedded.ok)
+        if not len(rows):
+            raise RuntimeError(f"none of the {len(task_ids)} annotated images could be read: "
+                               + "; ".join(list(embedded.errors.values())[:3]))
+        head = prior_head(target, embedded.embedder)
+        head.fit(embedded.features[rows], _targets(target, [labels[i] for i in rows]))
+        version = self.publish(project_id, head, len(rows))
+        if embedded.errors:
+            notes.append(f"{len(embedded.errors)} annotated image(s) unreadable")
+        if self.push_enabled and self.ls.configured:
+            notes.append(self._push_after_publish(project_id))
+        return version, int(len(rows)), "; ".join(notes) or None
+
+    def sync_annotations(self, project_id: str) -> int:
+        """Replace the stored annotations with the project's annotations in Label Studio; returns the count."""
+        data_key = parse_label_config(self.store.get_project(project_id).label_config).data_key
+        annotations, task_urls = [], []
+        for task in self.ls.iter_tasks(project_id):
+            url = (task.get("data") or {}).get(data_key)
+            task_urls.append((int(task["id"]), url if isinstance(url, str) else None))
+            for ann in task.get("annotations") or []:
+                ann = ann if isinstance(ann, dict) else dict(ann)
+                if usable(ann):
+                    annotations.append(Annotation(int(ann["id"]), int(task["id"]), ann["result"]))
+        self.store.remember_tasks(project_id, task_urls)
+        return self.store.replace_annotations(project_id, annotations)
+
+    def publish(self, project_id: str, head, n_annotations: int) -> str:
+        """Save `head` to a fresh folder, then switch the project to it in one SQLite transaction; returns
+        the new version. Label Studio's project version follows once it has predictions of it."""
+        store = self.store
+        project = store.get_project(project_id)
+        revision = store.next_revision(project_id)
+        version = head_version(project.embedder, project_id, revision)
+        heads_dir = store.heads_dir(project_id)
+        final = heads_dir / f"r{revision}"
+        staging = heads_dir / f".r{revision}-{uuid.uuid4().hex[:8]}"
+        head.save(staging)
+        if final.exists():  # left behind by a run that crashed after saving but before publishing
+            shutil.rmtree(final)
+        staging.rename(final)
+        store.publish_version(project_id, revision, version, str(final), n_annotations)
+        log.info("project %s: published %s (%d annotations)", project_id, version, n_annotations)
+        self.version_sync.schedule(project_id)  # retried after each /predict too
+        return version
+
+    # -- pushing predictions after a retrain -------------------------------------------------------------------
+    def _push_after_publish(self, project_id: str) -> str:
+        project = self.store.get_project(project_id)
+        target = parse_label_config(project.label_config)
+        if self.rules.choice(project.extra_params, target).predictor != "head":
+            return "predictions not pushed: the VLM pre-annotates this project"
+        try:
+            pushed = self.push_predictions(project_id)
+        except Exception as exc:  # the version is published either way; Retrieve Predictions still works
+            log.warning("project %s: pushing predictions to Label Studio failed (%s)", project_id,
+                        self.redactor.error(exc))
+            return f"predictions not pushed ({type(exc).__name__})"
+        return f"{pushed} prediction(s) pushed to Label Studio"
+
+    def push_predictions(self, project_id: str) -> int:
+        """Predict every task of the project with the current head and store the predictions in Label Studio
+        (projects.import_predictions), then set the project's model_version to it.
+
+        Returns how many predictions were stored; tasks whose image cannot be read are left out. Raises on
+        Label Studio errors. Lets the score column and uncertainty sort refresh without a Retrieve Predictions.
+        """
+        pushed, batch = 0, []
+        for task in self.ls.iter_tasks(project_id):
+            batch.append(task)
+            if len(batch) >= PUSH_CHUNK:
+                pushed += self._push(project_id, batch)
+                batch = []
+        if batch:
+            pushed += self._push(project_id, batch)
+        self.version_sync.attempt(project_id)
+        return pushed
+
+    def _push(self, project_id: str, tasks: list[dict[str, Any]]) -> int:
+        project = self.store.get_project(project_id)
+        target = parse_label_config(project.label_config)
+        version = self.store.get_version(project_id, project.model_version)
+        embedded = self.embeddings.embed(project, tasks, target.data_key)
+        head = self.heads.get(project_id, version, target, embedded.embedder)
+        items = head_predictions(head, target, embedded, self.rules.strategy(project.extra_params),
+                                 version.model_version)
+        rows = [{"task": int(task["id"]), "result": p.result, "score": p.score, "model_version": p.model_version}
+                for task, p in zip(tasks, items) if p and (p.result or p.score is not None)]
+        if rows:
+            self.ls.import_predictions(project_id, rows)
+        return len(rows)
+
+
+def _targets(target: ImageClassification, labels: list[list[str]]) -> np.ndarray:
+    """Return class indices (single choice) or a 0/1 matrix (multiple choice) in the label config's order."""
+    index = {label: k for k, label in enumerate(target.labels)}
+    if not target.multiple:
+        return np.asarray([index[chosen[0]] for chosen in labels])
+    y = np.zeros((len(labels), len(target.labels)), np.float32)
+    for j, chosen in enumerate(labels):
+        y[j, [index[label] for label in chosen]] = 1.0
+    return y

@@ -1,0 +1,44 @@
+"""The version a project's predictions carry: "<model>-p<project>-r<n>" for its head, or its VLM's version.
+
+`ServedVersion` is the one function that names it; the model, /metrics and the Label Studio version sync all
+call it, so they never disagree.
+"""
+from __future__ import annotations
+
+from backend.embedders import version_prefix
+from backend.labels import LabelConfigError, parse_label_config
+from backend.predictor import PredictorRules
+
+
+def head_version(embedder_spec: str, project: str, revision: int) -> str:
+    """Return "<model>-p<project>-r<revision>", the version of a project's head revision."""
+    return f"{version_prefix(embedder_spec)}-p{project}-r{revision}"
+
+
+def initial_version(embedder_spec: str, project: str) -> str:
+    """Return the version a project starts with: "<model>-p<project>-r0"."""
+    return head_version(embedder_spec, project, 0)
+
+
+class ServedVersion:
+    """`served(project)` -> the version its predictions carry now, or None for a project never connected."""
+
+    def __init__(self, store, rules: PredictorRules):
+        self.store, self.rules = store, rules
+
+    def __call__(self, project: str, label_config: str | None = None, extra_params: dict | None = None
+                 ) -> str | None:
+        """Read from SQLite on every call (never stale across workers). `label_config`/`extra_params` override
+        the stored ones. A project whose config cannot be served keeps its head's version."""
+        stored = self.store.get_project(project)
+        if stored is None:
+            return None
+        extra = stored.extra_params if extra_params is None else extra_params
+        try:
+            target = parse_label_config(label_config or stored.label_config)
+            choice = self.rules.choice(extra, target)
+        except LabelConfigError:
+            return stored.model_version
+        if choice.predictor == "vlm":
+            return self.rules.vlm_version(choice, target, project)
+        return stored.model_version
