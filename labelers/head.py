@@ -80,22 +80,27 @@ class ClassifierHead:
         log_norm = np.log(np.exp(shifted).sum(axis=1))
         return float(np.mean(log_norm - shifted[np.arange(len(y)), y]))
 
-    def _solve(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """L-BFGS on mean NLL + l2/(2N) * ||(W, b) - prior||^2, analytic gradient (convex, deterministic).
+    def _training_problem(self, x: np.ndarray, y: np.ndarray):
+        """Return (objective, start, to_raw): the exact problem `_solve` hands to L-BFGS.
 
-        The problem is solved on centred features divided by their per-coordinate RMS: mean-pooled CNN
+        `objective(theta)` returns (loss, gradient) of mean NLL + l2/(2N) * ||(W, b) - prior||^2 for the
+        flat parameter vector theta = (W.ravel(), b); `start` is the prior; `to_raw(theta)` maps a solution
+        back to (weight, bias) acting on raw features. Kept apart from `_solve` so the gradient can be
+        checked against the loss by finite differences.
+
+        The problem is posed on centred features divided by their per-coordinate RMS: mean-pooled CNN
         features share a large common direction that makes the raw problem ill-conditioned (3-10x more
-        iterations), and in these units one `l2` suits 10 or 10 000 labels (measured on CIFAR-10). The solution is mapped
-        back, so `weight` and `bias` always act on raw features. NumPy + SciPy, not autograd: for a
-        linear head the per-step overhead dominates.
+        iterations), and in these units one `l2` suits 10 or 10 000 labels (measured on CIFAR-10).
         """
-        from scipy.optimize import minimize
-
+        self._ensure_init(x.shape[1])
         x = x.astype(np.float64)
         center = x.mean(axis=0)
         scale = float(np.sqrt(((x - center) ** 2).mean())) or 1.0  # per-coordinate RMS
         x = (x - center) / scale
         prior = self.prior_weight.numpy().astype(np.float64) * scale  # same function in the new units
+        # The bias is penalised too: otherwise a class with no example yet has its bias driven to -inf,
+        # its probability to ~0, and uncertainty sampling can never discover it.
+        prior_bias = prior @ center / scale
         k, d = prior.shape
         target = y if self.multi_label else np.eye(k)[y]
         strength = self.l2 / len(x)  # a fixed prior against a summed likelihood: fades as labels grow
@@ -103,26 +108,35 @@ class ClassifierHead:
         def objective(theta):
             weight, bias = theta[:k * d].reshape(k, d), theta[k * d:]
             logits = x @ weight.T + bias
+            # d(mean NLL)/d(logits) is (p - target) / N in both modes: for multi-label `_nll` sums the K
+            # per-class losses, so no extra factor K belongs here.
             residual = (self._probabilities(logits) - target) / len(x)
-            if self.multi_label:
-                residual = residual * k  # matches the per-class sum in _nll
             delta, bias_delta = weight - prior, bias - prior_bias
             loss = self._nll(logits, y) + 0.5 * strength * float((delta ** 2).sum() + (bias_delta ** 2).sum())
             grad = np.concatenate([(residual.T @ x + strength * delta).ravel(),
                                    residual.sum(axis=0) + strength * bias_delta])
             return loss, grad
 
-        # The bias is penalised too: otherwise a class with no example yet has its bias driven to -inf,
-        # its probability to ~0, and uncertainty sampling can never discover it.
-        prior_bias = prior @ center / scale
-        start = np.concatenate([prior.ravel(), prior_bias])
+        def to_raw(theta):
+            weight = theta[:k * d].reshape(k, d) / scale
+            return weight, theta[k * d:] - weight @ center
+
+        return objective, np.concatenate([prior.ravel(), prior_bias]), to_raw
+
+    def _solve(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fit (weight, bias) by L-BFGS with the analytic gradient (convex, deterministic); float32 arrays.
+
+        NumPy + SciPy, not autograd: for a linear head the per-step overhead dominates.
+        """
+        from scipy.optimize import minimize
+
+        objective, start, to_raw = self._training_problem(x, y)
         # One BLAS thread: training runs beside request serving, and multi-threaded BLAS spinning on
         # small products made a 100-label fit 50x slower on a busy 2-core machine.
         with threadpool_limits(1):
             result = minimize(objective, start, jac=True, method="L-BFGS-B",
                               options={"maxiter": self.max_iter, "gtol": 1e-6})
-        weight, bias = result.x[:k * d].reshape(k, d) / scale, result.x[k * d:]
-        bias = bias - weight @ center
+        weight, bias = to_raw(result.x)
         return weight.astype(np.float32), bias.astype(np.float32)
 
     def fit(self, features: np.ndarray, labels) -> "ClassifierHead":

@@ -49,11 +49,44 @@ def test_untrained_head_without_prior_is_uniform():
     np.testing.assert_allclose(head.predict_proba(np.ones((2, 5))), 0.5)
 
 
-def test_multi_label_head_returns_independent_probabilities():
-    x = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 20, dtype=np.float32)
-    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 20)
-    probs = ClassifierHead(["a", "b"], multi_label=True).fit(x, y).predict_proba(x[:4])
-    assert (probs[2] > 0.5).all() and (probs[3] < 0.5).all()
+def overlapping_multi_label(n=300, k=3, d=6, seed=0):
+    """Features and multi-hot targets drawn from independent logistic models: overlapping, not separable."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, d)).astype(np.float32)
+    true_logits = x @ rng.normal(0, 1.5, (d, k)) + rng.normal(0, 0.5, k)
+    y = (rng.random((n, k)) < 1 / (1 + np.exp(-true_logits))).astype(int)
+    return x, y
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["softmax", "sigmoid"])
+def test_gradient_matches_the_loss_lbfgs_minimises(multi_label):
+    from scipy.optimize import check_grad
+
+    x, y = overlapping_multi_label()
+    if not multi_label:
+        y = y.argmax(axis=1)
+    head = ClassifierHead(["a", "b", "c"], multi_label=multi_label, l2=5.0)
+    head.init_from_text(np.random.default_rng(1).normal(size=(3, x.shape[1])), logit_scale=2.0)
+    objective, start, _ = head._training_problem(x, y)
+    rng = np.random.default_rng(2)
+    for theta in (start, start + rng.normal(0, 1, start.shape)):
+        gradient_norm = np.linalg.norm(objective(theta)[1])
+        error = check_grad(lambda t: objective(t)[0], lambda t: objective(t)[1], theta, epsilon=1e-6)
+        assert error < 1e-5 * max(gradient_norm, 1.0)
+
+
+def test_multi_label_head_equals_independent_per_class_heads():
+    # With sigmoid outputs the objective separates over classes, so fitting K classes jointly must give the
+    # same weights as K one-class fits. A gradient K times too large for the joint fit breaks this.
+    x, y = overlapping_multi_label()
+    names = ["a", "b", "c"]
+    joint = ClassifierHead(names, multi_label=True, calibrate=False, max_iter=500).fit(x, y)
+    for c, name in enumerate(names):
+        alone = ClassifierHead([name], multi_label=True, calibrate=False, max_iter=500).fit(x, y[:, [c]])
+        np.testing.assert_allclose(joint.weight[c].numpy(), alone.weight[0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(joint.bias[c].numpy(), alone.bias[0].numpy(), atol=1e-4)
+    probs = joint.predict_proba(x)
+    assert not np.allclose(probs.sum(axis=1), 1.0)  # independent outputs, not a softmax
 
 
 def test_save_load_round_trip_without_pickle(tmp_path):
