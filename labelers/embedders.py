@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .fingerprints import file_digest
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -188,7 +190,8 @@ class EfficientNetLite0Embedder(Embedder):
 
 
 def _weights_fingerprint(model_name: str, pretrained: str | None) -> str:
-    """Return a stable cache-key part for the weights: the tag, or a hash of local config + weights files."""
+    """Return a stable cache-key part for the weights: the tag, or a hash of the whole local config + weights
+    files (memoised per path, size and mtime, see `labelers.fingerprints`)."""
     if model_name.startswith("local-dir:"):
         folder = Path(model_name.split(":", 1)[1])
         files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -197,11 +200,9 @@ def _weights_fingerprint(model_name: str, pretrained: str | None) -> str:
     else:
         return pretrained or "random-init"
     digest = hashlib.sha256()
-    for path in files:
+    for path in files:  # every byte of every file: two checkpoints differing anywhere get different ids
         digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            digest.update(fh.read(8 << 20))  # the first 8 MB and the size identify a checkpoint
-        digest.update(str(path.stat().st_size).encode())
+        digest.update(file_digest(path).encode())
     return digest.hexdigest()[:16]
 
 
