@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from labelers.head import ClassifierHead
+from labelers.priors import ClassifierPrior
 
 
 def blobs(n_per_class=60, k=3, d=16, seed=0, spread=0.6):
@@ -73,6 +74,69 @@ def test_gradient_matches_the_loss_lbfgs_minimises(multi_label):
         gradient_norm = np.linalg.norm(objective(theta)[1])
         error = check_grad(lambda t: objective(t)[0], lambda t: objective(t)[1], theta, epsilon=1e-6)
         assert error < 1e-5 * max(gradient_norm, 1.0)
+
+
+def axis_prior(names, d, scale=4.0, matched=None):
+    """A source classifier with one class per axis; source class c belongs to label c (if in `matched`)."""
+    k = len(names)
+    aggregation = np.zeros((k, d))
+    for c in (range(k) if matched is None else matched):
+        aggregation[c, c] = 1.0
+    return ClassifierPrior(names, np.eye(d), np.zeros(d), aggregation, feature_scale=scale)
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["softmax", "sigmoid"])
+def test_gradient_with_a_probability_prior_matches_the_loss(multi_label):
+    from scipy.optimize import check_grad
+
+    x, y = overlapping_multi_label()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if not multi_label:
+        y = y.argmax(axis=1)
+    head = ClassifierHead(["a", "b", "c"], multi_label=multi_label, l2=5.0)
+    head.init_from_prior(axis_prior(["a", "b", "c"], x.shape[1], matched=[0, 1]))
+    objective, start, _ = head._training_problem(x, y)
+    assert len(start) == 3 * x.shape[1] + 3 + 1  # W, b and the prior's gain
+    for theta in (start, start + np.random.default_rng(3).normal(0, 1, start.shape)):
+        gradient_norm = np.linalg.norm(objective(theta)[1])
+        error = check_grad(lambda t: objective(t)[0], lambda t: objective(t)[1], theta, epsilon=1e-6)
+        assert error < 1e-5 * max(gradient_norm, 1.0)
+
+
+def test_untrained_head_with_a_probability_prior_predicts_the_prior():
+    prior = axis_prior(["a", "b", "c"], 4, matched=[0, 1])
+    head = ClassifierHead(["a", "b", "c"]).init_from_prior(prior)
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(head.predict_proba(x), prior.proba(x), rtol=1e-4)
+
+
+def test_probability_prior_keeps_an_unseen_class_and_survives_save_load(tmp_path):
+    # The prior knows all three classes; labels exist only for the first two.
+    head = ClassifierHead(["a", "b", "c"]).init_from_prior(axis_prior(["a", "b", "c"], 3))
+    x = np.eye(3, dtype=np.float32)
+    head.fit(np.repeat(x[:2], 5, axis=0), np.repeat([0, 1], 5))
+    assert list(head.predict(x)) == [0, 1, 2]
+    again = ClassifierHead.load(head.save(tmp_path / "head"))
+    np.testing.assert_allclose(again.predict_proba(x), head.predict_proba(x), rtol=1e-5)
+    assert again.prior.matched == ["a", "b", "c"] and again.prior_gain == head.prior_gain
+
+
+def test_labels_turn_down_a_wrong_prior():
+    # The prior swaps a and b; 400 labels say otherwise, so the learned gain of the prior drops well below 1.
+    names = ["a", "b"]
+    wrong = ClassifierPrior(names, np.eye(2), np.zeros(2), [[0, 1], [1, 0]], feature_scale=4.0)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    x = np.eye(2)[y] + rng.normal(0, 0.3, (400, 2))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    head = ClassifierHead(names, calibrate=False).init_from_prior(wrong).fit(x, y)
+    assert head.prior_gain < 0.5 and (head.predict(x) == y).mean() > 0.9
+
+
+def test_prior_for_other_labels_is_refused():
+    with pytest.raises(ValueError, match="the prior is for labels"):
+        ClassifierHead(["b", "a", "c"]).init_from_prior(axis_prior(["a", "b", "c"], 3))
 
 
 def test_multi_label_head_equals_independent_per_class_heads():
