@@ -1,16 +1,19 @@
-"""A prior over a project's labels computed from another classifier: source classes summed into labels.
+"""A prior over a project's labels computed from another classifier: its source classes pooled into labels.
 
 An image embedder may end in a classifier over a fixed source label space (EfficientNet-Lite0: the 1000
-ImageNet classes). An aggregation matrix A (K labels x C source classes; column c says which label class c
-belongs to, all zeros for a class that belongs to none) turns its probabilities q (N, C) into zero-shot
-label probabilities:
+ImageNet classes). An aggregation matrix A (K labels x C source classes; A[k, c] > 0 when class c belongs to
+label k, a column of zeros for a class of no label) turns its probabilities q (N, C) into zero-shot label
+probabilities. For a label k with source classes, and U labels without any:
 
-    p_k = sum_c A[k, c] q_c                     for a label with source classes ("matched"),
-    p_j = (1 - sum_k p_k) / U                   for each of the U labels without any,
+    r_k = sum_c A[k, c] q_c / sum_c A[k, c]       (the mean over the label's classes)
+    p_k = (1 - U/K) r_k / sum_(matched j) r_j
+    p_j = 1/K                                     for each label without classes: it keeps the uniform prior.
 
-so an unmatched label shares the mass of the source classes that belong to no label (a deer photo, which has
-no ImageNet class, lands on antelopes; that mass goes to "deer" rather than to "dog"). With no unmatched
-label, the matched masses are renormalised; with no matched label, p is uniform.
+Why the mean and not the sum: the source classifier was trained on balanced classes, so q_c is proportional
+to the likelihood p(x | c); a label whose classes are equally likely has p(x | k) = the mean over them, and
+with equally likely labels p(k | x) is proportional to that. The sum favours labels with many classes ("dog":
+118) whenever the classifier is unsure, which on small upsampled images it nearly always is (on CIFAR-10 the
+sum is far less accurate, benchmarks/bench_zero_shot_prior.py).
 """
 from __future__ import annotations
 
@@ -31,16 +34,15 @@ def label_probabilities(source_probs: np.ndarray, aggregation: np.ndarray) -> np
         raise ValueError(f"source probabilities {q.shape} and aggregation {a.shape} do not match (N, C), (K, C)")
     if (a.sum(axis=0) > 1 + 1e-6).any():
         raise ValueError("each source class may belong to at most one label in total (columns of A sum to <= 1)")
-    mass = q @ a.T
-    unmatched = a.sum(axis=1) == 0
-    if unmatched.all():
-        return np.full(mass.shape, 1.0 / len(a))
-    if unmatched.any():
-        rest = np.clip(1.0 - mass.sum(axis=1, keepdims=True), 0.0, None)
-        mass[:, unmatched] = rest / unmatched.sum()
-    else:
-        mass = mass / np.clip(mass.sum(axis=1, keepdims=True), 1e-300, None)
-    return mass
+    k = len(a)
+    size = a.sum(axis=1)
+    matched = size > 0
+    out = np.full((len(q), k), 1.0 / k)
+    if matched.any():
+        mean = (q @ a[matched].T) / size[matched]
+        share = matched.sum() / k  # what the matched labels hold together; the others keep 1/K each
+        out[:, matched] = share * mean / np.clip(mean.sum(axis=1, keepdims=True), 1e-300, None)
+    return out
 
 
 class ClassifierPrior:

@@ -4,13 +4,14 @@ import pytest
 from labelers.priors import FLOOR, ClassifierPrior, label_probabilities
 
 
-def test_matched_labels_sum_their_classes_and_unmatched_share_the_rest():
+def test_matched_labels_take_the_mean_of_their_classes_and_unmatched_keep_one_kth():
     q = np.array([[0.5, 0.2, 0.1, 0.2]])  # four source classes
-    a = np.array([[1, 0, 1, 0],            # label 0 <- classes 0 and 2
-                  [0, 1, 0, 0],            # label 1 <- class 1
+    a = np.array([[1, 0, 1, 0],            # label 0 <- classes 0 and 2: mean 0.3
+                  [0, 1, 0, 0],            # label 1 <- class 1: mean 0.2
                   [0, 0, 0, 0],            # label 2: no class
                   [0, 0, 0, 0]])           # label 3: no class
-    np.testing.assert_allclose(label_probabilities(q, a), [[0.6, 0.2, 0.1, 0.1]])
+    # matched labels share 1 - 2/4 = 0.5 in proportion 0.3 : 0.2; the others keep 1/4
+    np.testing.assert_allclose(label_probabilities(q, a), [[0.3, 0.2, 0.25, 0.25]])
 
 
 def test_all_matched_is_renormalised_and_none_matched_is_uniform():
@@ -21,7 +22,9 @@ def test_all_matched_is_renormalised_and_none_matched_is_uniform():
 
 def test_shared_class_splits_and_overfull_column_is_refused():
     q = np.array([[0.4, 0.6]])
-    np.testing.assert_allclose(label_probabilities(q, [[1, 0.5], [0, 0.5]]), [[0.7, 0.3]])
+    # label 0: (0.4 + 0.3) / 1.5; label 1: 0.3 / 0.5
+    means = np.array([0.7 / 1.5, 0.6])
+    np.testing.assert_allclose(label_probabilities(q, [[1, 0.5], [0, 0.5]]), [means / means.sum()])
     with pytest.raises(ValueError, match="at most one label"):
         label_probabilities(q, [[1, 1], [0, 1]])
     with pytest.raises(ValueError, match="do not match"):
