@@ -157,10 +157,17 @@ def _most_specific(matched: dict[int, set]) -> list[int]:
             if not any(j != k and refines(theirs, mine) for j, theirs in matched.items())]
 
 
-def map_labels_to_imagenet(label_names: Sequence[str], wordnet_dir: str | Path = WORDNET_DIR) -> LabelMapping:
-    """Return the LabelMapping of `label_names` (see the module docstring). Raises WordNetMissing."""
+def map_labels_to_imagenet(label_names: Sequence[str], wordnet_dir: str | Path = WORDNET_DIR,
+                           model_names: Sequence[Sequence[str]] | None = None) -> LabelMapping:
+    """Return the LabelMapping of `label_names` (see the module docstring). Raises WordNetMissing.
+
+    `model_names[k]`: the words to look up for label k (synonyms, all senses pooled); default the label itself.
+    """
     wordnet = open_wordnet(wordnet_dir)
-    senses = [set(label_senses(name, wordnet)) for name in label_names]
+    words = model_names if model_names is not None else [[name] for name in label_names]
+    if len(words) != len(label_names):
+        raise ValueError(f"{len(words)} model-name lists for {len(label_names)} labels")
+    senses = [set().union(*(label_senses(word, wordnet) for word in group)) for group in words]
     aggregation = np.zeros((len(label_names), 1000), np.float32)
     for c, wnid in enumerate(imagenet_wnids()):
         ancestors = _ancestors(wordnet.synset_from_pos_and_offset("n", int(wnid[1:])))
@@ -172,22 +179,23 @@ def map_labels_to_imagenet(label_names: Sequence[str], wordnet_dir: str | Path =
     return LabelMapping(list(label_names), aggregation, classes, names)
 
 
-def imagenet_prior(label_names: Sequence[str], embedder, wordnet_dir: str | Path = WORDNET_DIR,
-                   feature_scale: float | None = None) -> ClassifierPrior:
+def imagenet_prior(label_names: Sequence[str], embedder, model_names: Sequence[Sequence[str]] | None = None,
+                   wordnet_dir: str | Path = WORDNET_DIR, feature_scale: float | None = None) -> ClassifierPrior:
     """Return the zero-shot ClassifierPrior of `label_names` for an EfficientNet-Lite0 embedder.
 
-    Feed it to `ClassifierHead.init_from_prior`. Logs which labels got a prior; `prior.matched` lists them.
+    Feed it to `ClassifierHead.init_from_prior`. `model_names`: see `map_labels_to_imagenet`. Logs which
+    labels got a prior; `prior.matched` lists them and `prior.details` says, per label, which classes.
     Raises ValueError for an embedder without the ImageNet classifier, WordNetMissing without WordNet.
     """
     fc = getattr(getattr(embedder, "model", None), "_fc", None)
     if fc is None or fc.out_features != 1000:
         raise ValueError(f"embedder {getattr(embedder, 'id', embedder)!r} has no ImageNet-1k classifier")
-    mapping = map_labels_to_imagenet(label_names, wordnet_dir)
+    mapping = map_labels_to_imagenet(label_names, wordnet_dir, model_names)
+    described = mapping.describe()
     prior = ClassifierPrior(mapping.label_names, fc.weight.detach().float().cpu().numpy(),
                             fc.bias.detach().float().cpu().numpy(), mapping.aggregation,
                             FEATURE_SCALE if feature_scale is None else feature_scale,
-                            source=f"imagenet-1k via wordnet ({embedder.id})")
-    described = mapping.describe()
+                            source=f"imagenet-1k via wordnet ({embedder.id})", details=described)
     log.info("ImageNet prior for %d of %d labels: %s", len(mapping.matched), len(label_names),
              "; ".join(f"{k}: {v}" for k, v in described.items()))
     if not mapping.matched:

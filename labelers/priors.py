@@ -50,15 +50,17 @@ class ClassifierPrior:
 
     `weight` (C, D) and `bias` (C) are the source classifier; it saw un-normalised features, the embedder
     hands out unit vectors, so features are multiplied by `feature_scale` (the typical norm) first.
-    `label_names`: the K labels, in the head's order; `aggregation`: A (K, C).
+    `label_names`: the K labels, in the head's order; `aggregation`: A (K, C). `source` and `details`
+    ({label: text}) say where the prior comes from, for logs and /health.
     """
 
-    def __init__(self, label_names, weight, bias, aggregation, feature_scale: float = 1.0, source: str = ""):
+    def __init__(self, label_names, weight, bias, aggregation, feature_scale: float = 1.0, source: str = "",
+                 details: dict[str, str] | None = None):
         self.label_names = list(label_names)
         self.weight = np.asarray(weight, np.float32)
         self.bias = np.asarray(bias, np.float32)
         self.aggregation = np.asarray(aggregation, np.float32)
-        self.feature_scale, self.source = float(feature_scale), source
+        self.feature_scale, self.source, self.details = float(feature_scale), source, dict(details or {})
         if self.aggregation.shape != (len(self.label_names), len(self.weight)) or self.bias.shape != (len(self.weight),):
             raise ValueError(f"prior shapes disagree: {len(self.label_names)} labels, weight {self.weight.shape}, "
                              f"bias {self.bias.shape}, aggregation {self.aggregation.shape}")
@@ -88,10 +90,12 @@ class ClassifierPrior:
                 "aggregation": torch.from_numpy(self.aggregation)}
 
     def meta(self) -> dict:
-        return {"label_names": self.label_names, "feature_scale": self.feature_scale, "source": self.source}
+        return {"label_names": self.label_names, "feature_scale": self.feature_scale, "source": self.source,
+                "details": self.details}
 
     @classmethod
     def from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "ClassifierPrior":
         """Rebuild a prior from `tensors()` and `meta()`."""
         return cls(meta["label_names"], tensors["weight"].numpy(), tensors["bias"].numpy(),
-                   tensors["aggregation"].numpy(), meta["feature_scale"], meta.get("source", ""))
+                   tensors["aggregation"].numpy(), meta["feature_scale"], meta.get("source", ""),
+                   meta.get("details"))

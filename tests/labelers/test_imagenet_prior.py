@@ -36,6 +36,11 @@ def test_the_more_specific_label_wins_and_unrelated_labels_share(wordnet):
     assert mapping.aggregation[3, minivan] == mapping.aggregation[4, minivan] == 0.5  # a car and a van
 
 
+def test_model_names_pool_the_senses_of_synonyms(wordnet):
+    mapping = map_labels_to_imagenet(["pets", "other"], model_names=[["dog", "cat"], ["xyzzy"]])
+    assert mapping.classes == {"pets": sorted(DOGS + CATS), "other": []}
+
+
 def test_wnids_are_imagenet_1k_in_classifier_order(wordnet):
     from labelers.imagenet_prior import imagenet_class_name, imagenet_wnids
 
@@ -71,6 +76,7 @@ def test_imagenet_prior_beats_uniform_on_real_cifar_images(wordnet, cifar_effnet
     embedder, features, labels = cifar_effnet
     prior = imagenet_prior(CIFAR10_CLASSES, embedder)
     assert prior.matched == [c for c in CIFAR10_CLASSES if c != "deer"]  # ImageNet-1k has no deer
+    assert prior.details["deer"] == "no ImageNet class: uniform prior"
     probs = ClassifierHead(CIFAR10_CLASSES).init_from_prior(prior).predict_proba(features)
     true = probs[np.arange(len(labels)), labels]
     assert np.log(true).mean() > np.log(0.1) + 0.3  # a better likelihood than the uniform prior's
