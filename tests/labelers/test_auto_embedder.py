@@ -121,3 +121,14 @@ def test_unusable_configured_clip_is_named_in_the_warning(tmp_path, caplog):
         choice = choose_auto_embedder(str(missing), download=False, default=HubClip(TINY_ARCH, TINY_REPO))
     assert choice.spec == AUTO_FALLBACK and str(missing) in choice.reason
     assert any(str(missing) in r.getMessage() and "ignoring it" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("configured", [None, "open_clip:ViT-B-32/laion2b_s34b_b79k"], ids=["default", "hub-tag"])
+def test_default_and_tagged_clip_come_from_open_clips_hub_repo(online, configured):
+    # Not a loadable ViT-B-32 (a few bytes): this pins where the weights are looked for and how they are named.
+    repo = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    with FakeHub({repo: {"open_clip_model.safetensors": b"stand-in weights"}}) as hub:
+        choice = choose_auto_embedder(configured, endpoint=hub.url, timeout=5)
+    path = choice.spec.split("/", 1)[1]
+    assert choice.spec == f"open_clip:ViT-B-32/{path}" and Path(path).read_bytes() == b"stand-in weights"
+    assert ("GET", f"/{repo}/resolve/main/open_clip_model.safetensors") in hub.requests
