@@ -99,7 +99,7 @@ class HubClip:
         does not answer or does not have the weights, OSError or huggingface_hub errors when the download fails.
         """
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
         missing = []
         for filename in WEIGHT_FILES:
@@ -108,7 +108,10 @@ class HubClip:
             except EntryNotFoundError:
                 missing.append(filename)
                 continue
-            except Exception as exc:  # connection refused, timeout, DNS, proxy, 5xx: the hub is not usable now
+            except HfHubHTTPError as exc:  # it answered, but no: unknown or gated repo, server error
+                status = exc.response.status_code if exc.response is not None else "an error"
+                raise HubUnreachable(f"{endpoint or _endpoint()} answered {status} for {self.repo}/{filename}") from exc
+            except Exception as exc:  # connection refused, timeout, DNS, proxy: the hub is not usable now
                 raise HubUnreachable(f"{endpoint or _endpoint()} did not answer within {timeout:g} s "
                                      f"({type(exc).__name__}: {exc})") from exc
             log.warning("downloading CLIP weights %s/%s from %s into the Hugging Face cache (once)",

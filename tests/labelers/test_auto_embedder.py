@@ -108,6 +108,13 @@ def test_repo_without_weights_falls_back_naming_the_files(online, tiny_hub_clip)
     assert choice.spec == AUTO_FALLBACK and "open_clip_model.safetensors" in choice.reason
 
 
+def test_unknown_repo_is_named_with_the_status(online, tiny_hub_clip):
+    hub_clip, _ = tiny_hub_clip
+    with FakeHub({}) as hub:
+        choice = choose_auto_embedder(None, default=hub_clip, endpoint=hub.url, timeout=5)
+    assert choice.spec == AUTO_FALLBACK and f"answered 404 for {TINY_REPO}" in choice.reason
+
+
 def test_configured_clip_is_an_argument_not_read_from_env(monkeypatch, tmp_path, tiny_clip_spec):
     monkeypatch.setenv("LABELLOOP_CLIP", str(tmp_path / "elsewhere.safetensors"))
     assert choose_auto_embedder(tiny_clip_spec, download=False).spec == tiny_clip_spec
