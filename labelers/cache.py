@@ -103,7 +103,7 @@ class EmbedResult:
     features: np.ndarray
     keys: list[str | None]
     errors: dict[int, str] = field(default_factory=dict)
-    computed: int = 0  # how many images were actually run through the model (cache misses)
+    computed: int = 0  # distinct images actually run through the model (cache misses, duplicates once)
 
     @property
     def ok(self) -> np.ndarray:
@@ -147,30 +147,36 @@ def _embed(embedder: Embedder, cache: EmbeddingCache | None, readers: Sequence[C
             keys[i] = content_key(read())
         except OSError as exc:
             errors[i] = f"{names[i]}: cannot read ({exc.strerror or exc})"
-    known = cache.get_many(embedder.id, [k for k in keys if k]) if cache else {}
-    todo = [i for i, k in enumerate(keys) if k and k not in known]
-    for i, k in enumerate(keys):
-        if k in known:
-            features[i] = known[k]
+    # Every row that holds the same bytes, so a picture listed twice in one batch reaches the model once.
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key:
+            rows_of.setdefault(key, []).append(i)
+    known = cache.get_many(embedder.id, list(rows_of)) if cache else {}
+    for key, vector in known.items():
+        features[rows_of[key]] = vector
+    todo = [rows[0] for key, rows in rows_of.items() if key not in known]  # one representative row per image
+    failed = 0
     if todo:
         workers = num_workers if num_workers is not None else (0 if len(todo) < 512 else 2)
         loader = DataLoader(_Images([readers[i] for i in todo], [names[i] for i in todo], embedder),
                             batch_size=batch_size, num_workers=workers, collate_fn=_collate)
         bar = tqdm(total=len(todo), desc=f"embed {embedder.id}", unit="img", disable=not progress)
         for local_ids, batch, bad in loader:
+            failed += len(bad)
             for j, message in bad:
-                errors[todo[j]] = message
+                errors.update(dict.fromkeys(rows_of[keys[todo[j]]], message))
             if batch is not None:
                 vectors = embedder.encode_batch(batch)
-                rows = [todo[j] for j in local_ids]
-                features[rows] = vectors
+                for j, vector in zip(local_ids, vectors):
+                    features[rows_of[keys[todo[j]]]] = vector
                 if cache:
-                    cache.put_many(embedder.id, {keys[r]: v for r, v in zip(rows, vectors)})
+                    cache.put_many(embedder.id, {keys[todo[j]]: v for j, v in zip(local_ids, vectors)})
             bar.update(len(local_ids) + len(bad))
         bar.close()
     for i, message in errors.items():
         log.warning("skipped image: %s", message)
-    return EmbedResult(features, keys, errors, computed=len(todo) - len([i for i in todo if i in errors]))
+    return EmbedResult(features, keys, errors, computed=len(todo) - failed)
 
 
 def embed_files(embedder: Embedder, cache: EmbeddingCache | None, paths: Sequence[str | Path],

@@ -1,9 +1,10 @@
 """Image embedders behind one small interface, and the factory that turns a spec string into one.
 
 Specs:
-  "auto"                                   CLIP when its weights are on disk (LABELLOOP_CLIP or LABELLOOP_CLIP_WEIGHTS = a spec or a
-                                           ViT-B-32 checkpoint path; or the default in the HF cache),
-                                           else EfficientNet-Lite0
+  "auto"                                   CLIP when it can be had (the configured one, LABELLOOP_CLIP by
+                                           default; else ViT-B-32 laion2b_s34b_b79k from the Hugging Face cache,
+                                           downloaded once when the hub answers), else EfficientNet-Lite0;
+                                           the rule is in `labelers.auto_embedder`
   "open_clip:<model>/<pretrained-tag>"     e.g. open_clip:ViT-B-32/laion2b_s34b_b79k (may download)
   "open_clip:<model>/<checkpoint-file>"    a built-in architecture with local weights
   "open_clip:local-dir:<folder>"           a folder with open_clip_config.json + weights
@@ -21,9 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .auto_embedder import (AUTO_FALLBACK, DEFAULT_CLIP, FROM_ENV, cached_clip_weights,  # noqa: F401 (re-exported)
+                            choose_auto_embedder, resolve_auto_spec)
+from .fingerprints import file_digest
+
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
 # Prompt ensemble for zero-shot class weights: averaging over phrasings is steadier than one template.
 PROMPT_TEMPLATES = (
     "a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.", "a photo of the small {}.",
@@ -188,7 +192,8 @@ class EfficientNetLite0Embedder(Embedder):
 
 
 def _weights_fingerprint(model_name: str, pretrained: str | None) -> str:
-    """Return a stable cache-key part for the weights: the tag, or a hash of local config + weights files."""
+    """Return a stable cache-key part for the weights: the tag, or a hash of the whole local config + weights
+    files (memoised per path, size and mtime, see `labelers.fingerprints`)."""
     if model_name.startswith("local-dir:"):
         folder = Path(model_name.split(":", 1)[1])
         files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -197,85 +202,35 @@ def _weights_fingerprint(model_name: str, pretrained: str | None) -> str:
     else:
         return pretrained or "random-init"
     digest = hashlib.sha256()
-    for path in files:
+    for path in files:  # every byte of every file: two checkpoints differing anywhere get different ids
         digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            digest.update(fh.read(8 << 20))  # the first 8 MB and the size identify a checkpoint
-        digest.update(str(path.stat().st_size).encode())
+        digest.update(file_digest(path).encode())
     return digest.hexdigest()[:16]
 
 
-def cached_clip_weights(model_name: str = DEFAULT_CLIP[0], tag: str = DEFAULT_CLIP[1]) -> str | None:
-    """Return the local path of open_clip weights for (model, tag) if already downloaded, else None."""
-    try:
-        import open_clip
-        from huggingface_hub import try_to_load_from_cache
-
-        cfg = open_clip.get_pretrained_cfg(model_name, tag)
-        repo = cfg.get("hf_hub", "").rstrip("/")
-        if not repo:
-            return None
-        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            path = try_to_load_from_cache(repo, filename)
-            if isinstance(path, str) and os.path.isfile(path):
-                return path
-    except Exception:  # any lookup failure means "not available offline"
-        return None
-    return None
-
-
-AUTO_FALLBACK = "efficientnet-lite0@224"
-
-
-def _clip_on_disk(spec: str) -> bool:
-    """True when an open_clip spec's weights are local: a local-dir folder, a weights file, or a cached tag."""
-    rest = spec[len("open_clip:"):]
-    if rest.startswith("local-dir:"):
-        return os.path.isdir(rest[len("local-dir:"):])
-    model_name, _, pretrained = rest.partition("/")
-    if os.path.isfile(pretrained):
-        return True
-    return bool(pretrained) and cached_clip_weights(model_name, pretrained) is not None
-
-
-def resolve_auto_spec() -> str:
-    """Return the concrete spec "auto" stands for here, without loading any weights.
-
-    First LABELLOOP_CLIP (or LABELLOOP_CLIP_WEIGHTS): an open_clip spec, or a ViT-B-32 weights path; then the
-    default CLIP in the Hugging Face cache; each only when its weights are on disk. Otherwise the packaged
-    EfficientNet-Lite0 ("efficientnet-lite0@224"). Never raises.
-    """
-    override = (os.environ.get("LABELLOOP_CLIP") or os.environ.get("LABELLOOP_CLIP_WEIGHTS") or "").strip()
-    if override:
-        spec = override if override.startswith("open_clip:") else f"open_clip:{DEFAULT_CLIP[0]}/{override}"
-        if _clip_on_disk(spec):
-            return spec
-        log.warning("LABELLOOP_CLIP %s: no weights on disk there; ignoring it", override)
-    cached = cached_clip_weights()
-    return f"open_clip:{DEFAULT_CLIP[0]}/{cached}" if cached else AUTO_FALLBACK
-
-
-def _auto_embedder(device) -> Embedder:
-    """The embedder `resolve_auto_spec()` names; EfficientNet-Lite0 when that CLIP fails to load. Says which
-    in the log."""
-    spec = resolve_auto_spec()
-    if spec != AUTO_FALLBACK:
+def _auto_embedder(device, clip) -> Embedder:
+    """The embedder `choose_auto_embedder(clip)` names; EfficientNet-Lite0 (with a warning) when that CLIP fails
+    to load."""
+    choice = choose_auto_embedder(clip)
+    if choice.is_clip:
         try:
-            embedder = make_embedder(spec, device)
-            log.info("embedder: CLIP %s", embedder.id)
-            return embedder
+            return make_embedder(choice.spec, device)
         except (EmbedderUnavailable, ValueError) as exc:
-            log.warning("CLIP from %s unusable (%s); using EfficientNet-Lite0", spec, exc)
-    else:
-        log.info("embedder: no CLIP weights on disk; using packaged EfficientNet-Lite0 (image-only, no zero-shot)")
-    return EfficientNetLite0Embedder(224, device)
+            log.warning("embedder auto: CLIP %s unusable (%s); using %s instead (image-only, no zero-shot)",
+                        choice.spec, exc, AUTO_FALLBACK)
+    return make_embedder(AUTO_FALLBACK, device)
 
 
-def make_embedder(spec: str | None = "auto", device: str | torch.device = "auto") -> Embedder:
-    """Return the embedder a spec names (see module docstring); raises EmbedderUnavailable or ValueError."""
+def make_embedder(spec: str | None = "auto", device: str | torch.device = "auto",
+                  clip: str | None | object = FROM_ENV) -> Embedder:
+    """Return the embedder a spec names (see module docstring); raises EmbedderUnavailable or ValueError.
+
+    `clip` only matters for "auto": the configured CLIP (see `labelers.auto_embedder.choose_auto_embedder`;
+    by default LABELLOOP_CLIP, None for none).
+    """
     spec = (spec or "auto").strip()
     if spec == "auto":
-        return _auto_embedder(device)
+        return _auto_embedder(device, clip)
     if spec.startswith("efficientnet-lite0"):
         _, _, px = spec.partition("@")
         if px and not px.isdigit():

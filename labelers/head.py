@@ -1,9 +1,16 @@
 """The classifier head: a linear layer on frozen, L2-normalised embeddings.
 
 It behaves like a scikit-learn estimator (settings in the constructor, `fit` learns, `predict_proba` is pure).
-Training is L2-regularised logistic regression pulled towards a prior: the zero-shot text weights when the
-embedder has a text tower, else zero. So a class with no example yet keeps its prior instead of vanishing.
-Probabilities are calibrated by a temperature fitted on cross-validated logits once there are enough labels.
+Training is L2-regularised logistic regression pulled towards a prior, so a class with no example yet keeps
+its prior instead of vanishing. Two kinds of prior:
+- `init_from_text`: zero-shot text weights (CLIP): the prior is a point in weight space, (W, b) is pulled to it;
+- `init_from_prior`: label probabilities p(x) from another classifier (EfficientNet-Lite0's ImageNet classes
+  mapped to the labels, `labelers.imagenet_prior`): not linear in the features, so it enters as a fixed logit
+  offset, logits = g * log p(x) + x W^T + b (sigmoid heads: the log-odds of p), with (W, b) pulled to zero
+  and the gain g to 1. Untrained, the head predicts p(x); labels correct it, and can turn g down when the
+  prior is wrong.
+Without either, the prior is zero (uniform probabilities). Probabilities are calibrated by a temperature
+fitted on cross-validated logits once there are enough labels.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from threadpoolctl import threadpool_limits
+
+from .priors import ClassifierPrior
 
 MIN_LABELS_TO_CALIBRATE = 30
 
@@ -33,6 +42,8 @@ class ClassifierHead:
         self.prior_weight: torch.Tensor | None = None
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
+        self.prior: ClassifierPrior | None = None  # a label-probability prior, entering as a logit offset
+        self.prior_gain = 1.0
         self.temperature = 1.0
         self.n_trained = 0
 
@@ -47,7 +58,27 @@ class ClassifierHead:
             raise ValueError(f"{weights.shape[0]} text vectors for {self.n_classes} classes")
         self.prior_weight = weights
         self.weight, self.bias = weights.clone(), torch.zeros(self.n_classes)
+        self.prior = None
         return self
+
+    def init_from_prior(self, prior: ClassifierPrior) -> "ClassifierHead":
+        """Use label probabilities `prior.proba(features)` (N, K) as prior: see the module docstring.
+
+        Raises ValueError when the prior's labels are not this head's classes, in order."""
+        if list(prior.label_names) != self.class_names:
+            raise ValueError(f"the prior is for labels {prior.label_names}, the head has {self.class_names}")
+        dim = prior.weight.shape[1]
+        self.prior, self.prior_gain = prior, 1.0
+        self.prior_weight = torch.zeros(self.n_classes, dim)
+        self.weight, self.bias = self.prior_weight.clone(), torch.zeros(self.n_classes)
+        return self
+
+    def _offset(self, x: np.ndarray) -> np.ndarray:
+        """Return the prior's logit offset (N, K) for features x: log p (softmax) or log-odds (sigmoid); 0 without."""
+        if self.prior is None:
+            return np.zeros((len(x), self.n_classes))
+        p = self.prior.proba(x)
+        return np.log(p) - np.log1p(-np.minimum(p, 1 - 1e-6)) if self.multi_label else np.log(p)
 
     def _ensure_init(self, dim: int) -> None:
         if self.weight is None:
@@ -80,50 +111,73 @@ class ClassifierHead:
         log_norm = np.log(np.exp(shifted).sum(axis=1))
         return float(np.mean(log_norm - shifted[np.arange(len(y)), y]))
 
-    def _solve(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """L-BFGS on mean NLL + l2/(2N) * ||(W, b) - prior||^2, analytic gradient (convex, deterministic).
+    def _training_problem(self, x: np.ndarray, y: np.ndarray):
+        """Return (objective, start, to_raw): the exact problem `_solve` hands to L-BFGS.
 
-        The problem is solved on centred features divided by their per-coordinate RMS: mean-pooled CNN
+        `objective(theta)` returns (loss, gradient) of mean NLL + l2/(2N) * ||(W, b, g) - prior||^2 for the
+        flat parameter vector theta = (W.ravel(), b[, g]) (the gain g of the prior offset only when the head
+        has a label-probability prior, pulled to 1); `start` is the prior; `to_raw(theta)` maps a solution
+        back to (weight, bias, gain) acting on raw features. Kept apart from `_solve` so the gradient can be
+        checked against the loss by finite differences.
+
+        The problem is posed on centred features divided by their per-coordinate RMS: mean-pooled CNN
         features share a large common direction that makes the raw problem ill-conditioned (3-10x more
-        iterations), and in these units one `l2` suits 10 or 10 000 labels (measured on CIFAR-10). The solution is mapped
-        back, so `weight` and `bias` always act on raw features. NumPy + SciPy, not autograd: for a
-        linear head the per-step overhead dominates.
+        iterations), and in these units one `l2` suits 10 or 10 000 labels (measured on CIFAR-10).
         """
-        from scipy.optimize import minimize
-
+        self._ensure_init(x.shape[1])
+        offset = self._offset(x)  # on raw features, before the change of units below
         x = x.astype(np.float64)
         center = x.mean(axis=0)
         scale = float(np.sqrt(((x - center) ** 2).mean())) or 1.0  # per-coordinate RMS
         x = (x - center) / scale
         prior = self.prior_weight.numpy().astype(np.float64) * scale  # same function in the new units
-        k, d = prior.shape
-        target = y if self.multi_label else np.eye(k)[y]
-        strength = self.l2 / len(x)  # a fixed prior against a summed likelihood: fades as labels grow
-
-        def objective(theta):
-            weight, bias = theta[:k * d].reshape(k, d), theta[k * d:]
-            logits = x @ weight.T + bias
-            residual = (self._probabilities(logits) - target) / len(x)
-            if self.multi_label:
-                residual = residual * k  # matches the per-class sum in _nll
-            delta, bias_delta = weight - prior, bias - prior_bias
-            loss = self._nll(logits, y) + 0.5 * strength * float((delta ** 2).sum() + (bias_delta ** 2).sum())
-            grad = np.concatenate([(residual.T @ x + strength * delta).ravel(),
-                                   residual.sum(axis=0) + strength * bias_delta])
-            return loss, grad
-
         # The bias is penalised too: otherwise a class with no example yet has its bias driven to -inf,
         # its probability to ~0, and uncertainty sampling can never discover it.
         prior_bias = prior @ center / scale
-        start = np.concatenate([prior.ravel(), prior_bias])
+        k, d = prior.shape
+        target = y if self.multi_label else np.eye(k)[y]
+        strength = self.l2 / len(x)  # a fixed prior against a summed likelihood: fades as labels grow
+        with_gain = self.prior is not None
+
+        def objective(theta):
+            weight, bias = theta[:k * d].reshape(k, d), theta[k * d:k * d + k]
+            gain = theta[-1] if with_gain else 0.0
+            logits = x @ weight.T + bias + gain * offset
+            # d(mean NLL)/d(logits) is (p - target) / N in both modes: for multi-label `_nll` sums the K
+            # per-class losses, so no extra factor K belongs here.
+            residual = (self._probabilities(logits) - target) / len(x)
+            delta, bias_delta = weight - prior, bias - prior_bias
+            penalty = float((delta ** 2).sum() + (bias_delta ** 2).sum())
+            grads = [(residual.T @ x + strength * delta).ravel(), residual.sum(axis=0) + strength * bias_delta]
+            if with_gain:
+                penalty += (gain - 1.0) ** 2
+                grads.append([float((residual * offset).sum()) + strength * (gain - 1.0)])
+            loss = self._nll(logits, y) + 0.5 * strength * penalty
+            return loss, np.concatenate(grads)
+
+        def to_raw(theta):
+            weight = theta[:k * d].reshape(k, d) / scale
+            bias = theta[k * d:k * d + k] - weight @ center
+            return weight, bias, (float(theta[-1]) if with_gain else 1.0)
+
+        start = np.concatenate([prior.ravel(), prior_bias] + ([[self.prior_gain]] if with_gain else []))
+        return objective, start, to_raw
+
+    def _solve(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Fit (weight, bias, prior gain) by L-BFGS with the analytic gradient (convex, deterministic).
+
+        NumPy + SciPy, not autograd: for a linear head the per-step overhead dominates.
+        """
+        from scipy.optimize import minimize
+
+        objective, start, to_raw = self._training_problem(x, y)
         # One BLAS thread: training runs beside request serving, and multi-threaded BLAS spinning on
         # small products made a 100-label fit 50x slower on a busy 2-core machine.
         with threadpool_limits(1):
             result = minimize(objective, start, jac=True, method="L-BFGS-B",
                               options={"maxiter": self.max_iter, "gtol": 1e-6})
-        weight, bias = result.x[:k * d].reshape(k, d) / scale, result.x[k * d:]
-        bias = bias - weight @ center
-        return weight.astype(np.float32), bias.astype(np.float32)
+        weight, bias, gain = to_raw(result.x)
+        return weight.astype(np.float32), bias.astype(np.float32), gain
 
     def fit(self, features: np.ndarray, labels) -> "ClassifierHead":
         """Train on embeddings (N, D) and class indices (N,) or multi-hot (N, K); returns self."""
@@ -137,7 +191,7 @@ class ClassifierHead:
             raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
         self._ensure_init(x.shape[1])
         self.temperature = self._cross_validated_temperature(x, y) if self.calibrate else 1.0
-        weight, bias = self._solve(x, y)
+        weight, bias, self.prior_gain = self._solve(x, y)
         self.weight, self.bias = torch.from_numpy(weight), torch.from_numpy(bias)
         self.n_trained = len(x)
         return self
@@ -152,12 +206,13 @@ class ClassifierHead:
         if not self.multi_label and len(np.unique(y)) < 2:
             return 1.0
         held = []
+        offset = self._offset(x)
         with threadpool_limits(1):
             for fold in range(folds):
                 test = order[fold::folds]
                 train = np.setdiff1d(order, test)
-                weight, bias = self._solve(x[train], y[train])
-                held.append((test, x[test] @ weight.T + bias))
+                weight, bias, gain = self._solve(x[train], y[train])
+                held.append((test, x[test] @ weight.T + bias + gain * offset[test]))
         rows = np.concatenate([t for t, _ in held])
         logits, targets = np.concatenate([l for _, l in held]), y[rows]
         best = minimize_scalar(lambda log_t: self._nll(logits / np.exp(log_t), targets),
@@ -169,7 +224,10 @@ class ClassifierHead:
         x = torch.as_tensor(np.asarray(features, np.float32))
         self._ensure_init(x.shape[1])
         with torch.no_grad():
-            return ((x @ self.weight.T + self.bias) / self.temperature).numpy()
+            linear = (x @ self.weight.T + self.bias).numpy().astype(np.float64)
+        if self.prior is not None:
+            linear = linear + self.prior_gain * self._offset(x.numpy())
+        return (linear / self.temperature).astype(np.float32)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Return class probabilities (N, K): softmax rows, or independent sigmoids for multi-label."""
@@ -187,11 +245,15 @@ class ClassifierHead:
             raise ValueError("nothing to save: the head has no weights yet")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous(),
-                   "prior_weight": self.prior_weight.contiguous()}, str(folder / "head.safetensors"))
+        tensors = {"weight": self.weight.contiguous(), "bias": self.bias.contiguous(),
+                   "prior_weight": self.prior_weight.contiguous()}
+        if self.prior is not None:
+            tensors.update({f"prior.{name}": t.contiguous() for name, t in self.prior.tensors().items()})
+        save_file(tensors, str(folder / "head.safetensors"))
         meta = {"class_names": self.class_names, "multi_label": self.multi_label, "l2": self.l2,
                 "max_iter": self.max_iter, "calibrate": self.calibrate, "seed": self.seed,
-                "temperature": self.temperature, "n_trained": self.n_trained, "format": 1}
+                "temperature": self.temperature, "n_trained": self.n_trained, "format": 1,
+                "prior": self.prior.meta() if self.prior is not None else None, "prior_gain": self.prior_gain}
         (folder / "head.json").write_text(json.dumps(meta, indent=1))
         return folder
 
@@ -205,4 +267,8 @@ class ClassifierHead:
         tensors = load_file(str(folder / "head.safetensors"))
         head.weight, head.bias, head.prior_weight = tensors["weight"], tensors["bias"], tensors["prior_weight"]
         head.temperature, head.n_trained = meta["temperature"], meta["n_trained"]
+        if meta.get("prior"):  # heads saved before label-probability priors have none
+            head.prior = ClassifierPrior.from_saved(
+                {name[len("prior."):]: t for name, t in tensors.items() if name.startswith("prior.")}, meta["prior"])
+            head.prior_gain = float(meta.get("prior_gain", 1.0))
         return head

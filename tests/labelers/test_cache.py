@@ -44,13 +44,23 @@ def test_second_pass_is_served_from_cache(tmp_path, images):
     np.testing.assert_array_equal(first.features, again.features)
 
 
-def test_same_bytes_under_two_names_are_embedded_once(tmp_path, images):
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+def test_same_bytes_in_one_batch_reach_the_model_once(tmp_path, images, use_cache):
     twin = tmp_path / "twin.png"
     twin.write_bytes(images[0].read_bytes())
+    cache = EmbeddingCache(tmp_path / "c.sqlite") if use_cache else None
     CountingEmbedder.seen = 0
-    result = embed_files(CountingEmbedder(), EmbeddingCache(tmp_path / "c.sqlite"), [images[0], twin])
-    np.testing.assert_array_equal(result.features[0], result.features[1])
-    assert result.keys[0] == result.keys[1] == content_key(images[0].read_bytes())
+    result = embed_files(CountingEmbedder(), cache, [images[0], images[1], twin, images[0]])
+    assert CountingEmbedder.seen == 2 and result.computed == 2
+    assert list(result.ok) == [True] * 4
+    np.testing.assert_array_equal(result.features[2], result.features[0])
+    np.testing.assert_array_equal(result.features[3], result.features[0])
+    assert result.keys[0] == result.keys[2] == content_key(images[0].read_bytes())
+
+
+def test_unreadable_duplicate_fails_on_every_row(tmp_path):
+    result = embed_blobs(CountingEmbedder(), None, [b"junk", b"junk"], names=["a", "b"])
+    assert set(result.errors) == {0, 1} and result.computed == 0
 
 
 def test_keys_are_per_embedder(tmp_path, images):

@@ -28,16 +28,31 @@ def test_batched_encoding_equals_one_by_one(clip):
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
-def test_zero_shot_weights_and_head_agree_with_cosine_argmax(clip):
+def test_zero_shot_weights_are_the_normalised_mean_of_open_clips_prompt_embeddings(clip):
+    # Computed here straight from open_clip's tokenizer and text tower, not through encode_texts.
+    from labelers.embedders import PROMPT_TEMPLATES
+
     names = ["cat", "dog", "truck", "ship"]
     weights = clip.zero_shot_weights(names)
-    assert weights.shape == (4, 32)
-    np.testing.assert_allclose(np.linalg.norm(weights, axis=1), 1.0, rtol=1e-5)
-    rng = np.random.default_rng(1)
-    features = clip.encode_images([Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
-                                   for _ in range(8)])
+    with torch.inference_mode():
+        for row, name in zip(weights, names):
+            prompts = clip.model.encode_text(clip.tokenizer([t.format(name) for t in PROMPT_TEMPLATES])).numpy()
+            mean = (prompts / np.linalg.norm(prompts, axis=1, keepdims=True)).mean(axis=0)
+            np.testing.assert_allclose(row, mean / np.linalg.norm(mean), atol=1e-5)
+
+
+def test_zero_shot_head_ranks_the_matching_prompt_first(clip):
+    # A constructed case with a known answer: the text embedding of "a photo of a <name>." stands in for an
+    # image of <name>; the zero-shot head must put that name first, with softmax(scale * cosine) probabilities.
+    names = ["cat", "dog", "truck", "ship"]
+    weights = clip.zero_shot_weights(names)
+    features = clip.encode_texts([f"a photo of a {name}." for name in names])
     head = ClassifierHead(names).init_from_text(weights, clip.logit_scale)
-    np.testing.assert_array_equal(head.predict(features), (features @ weights.T).argmax(axis=1))
+    assert list(head.predict(features)) == [0, 1, 2, 3]
+    logits = clip.logit_scale * features.astype(np.float64) @ weights.T
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(head.predict_proba(features), expected / expected.sum(axis=1, keepdims=True),
+                               rtol=1e-3)
 
 
 def test_embedder_id_fingerprints_weights_not_path(tmp_path, tiny_clip_spec):

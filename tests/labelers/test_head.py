@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from labelers.head import ClassifierHead
+from labelers.priors import ClassifierPrior
 
 
 def blobs(n_per_class=60, k=3, d=16, seed=0, spread=0.6):
@@ -49,11 +50,107 @@ def test_untrained_head_without_prior_is_uniform():
     np.testing.assert_allclose(head.predict_proba(np.ones((2, 5))), 0.5)
 
 
-def test_multi_label_head_returns_independent_probabilities():
-    x = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 20, dtype=np.float32)
-    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 20)
-    probs = ClassifierHead(["a", "b"], multi_label=True).fit(x, y).predict_proba(x[:4])
-    assert (probs[2] > 0.5).all() and (probs[3] < 0.5).all()
+def overlapping_multi_label(n=300, k=3, d=6, seed=0):
+    """Features and multi-hot targets drawn from independent logistic models: overlapping, not separable."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, d)).astype(np.float32)
+    true_logits = x @ rng.normal(0, 1.5, (d, k)) + rng.normal(0, 0.5, k)
+    y = (rng.random((n, k)) < 1 / (1 + np.exp(-true_logits))).astype(int)
+    return x, y
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["softmax", "sigmoid"])
+def test_gradient_matches_the_loss_lbfgs_minimises(multi_label):
+    from scipy.optimize import check_grad
+
+    x, y = overlapping_multi_label()
+    if not multi_label:
+        y = y.argmax(axis=1)
+    head = ClassifierHead(["a", "b", "c"], multi_label=multi_label, l2=5.0)
+    head.init_from_text(np.random.default_rng(1).normal(size=(3, x.shape[1])), logit_scale=2.0)
+    objective, start, _ = head._training_problem(x, y)
+    rng = np.random.default_rng(2)
+    for theta in (start, start + rng.normal(0, 1, start.shape)):
+        gradient_norm = np.linalg.norm(objective(theta)[1])
+        error = check_grad(lambda t: objective(t)[0], lambda t: objective(t)[1], theta, epsilon=1e-6)
+        assert error < 1e-5 * max(gradient_norm, 1.0)
+
+
+def axis_prior(names, d, scale=4.0, matched=None):
+    """A source classifier with one class per axis; source class c belongs to label c (if in `matched`)."""
+    k = len(names)
+    aggregation = np.zeros((k, d))
+    for c in (range(k) if matched is None else matched):
+        aggregation[c, c] = 1.0
+    return ClassifierPrior(names, np.eye(d), np.zeros(d), aggregation, feature_scale=scale)
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["softmax", "sigmoid"])
+def test_gradient_with_a_probability_prior_matches_the_loss(multi_label):
+    from scipy.optimize import check_grad
+
+    x, y = overlapping_multi_label()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if not multi_label:
+        y = y.argmax(axis=1)
+    head = ClassifierHead(["a", "b", "c"], multi_label=multi_label, l2=5.0)
+    head.init_from_prior(axis_prior(["a", "b", "c"], x.shape[1], matched=[0, 1]))
+    objective, start, _ = head._training_problem(x, y)
+    assert len(start) == 3 * x.shape[1] + 3 + 1  # W, b and the prior's gain
+    for theta in (start, start + np.random.default_rng(3).normal(0, 1, start.shape)):
+        gradient_norm = np.linalg.norm(objective(theta)[1])
+        error = check_grad(lambda t: objective(t)[0], lambda t: objective(t)[1], theta, epsilon=1e-6)
+        assert error < 1e-5 * max(gradient_norm, 1.0)
+
+
+def test_untrained_head_with_a_probability_prior_predicts_the_prior():
+    prior = axis_prior(["a", "b", "c"], 4, matched=[0, 1])
+    head = ClassifierHead(["a", "b", "c"]).init_from_prior(prior)
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(head.predict_proba(x), prior.proba(x), rtol=1e-4)
+
+
+def test_probability_prior_keeps_an_unseen_class_and_survives_save_load(tmp_path):
+    # The prior knows all three classes; labels exist only for the first two.
+    head = ClassifierHead(["a", "b", "c"]).init_from_prior(axis_prior(["a", "b", "c"], 3))
+    x = np.eye(3, dtype=np.float32)
+    head.fit(np.repeat(x[:2], 5, axis=0), np.repeat([0, 1], 5))
+    assert list(head.predict(x)) == [0, 1, 2]
+    again = ClassifierHead.load(head.save(tmp_path / "head"))
+    np.testing.assert_allclose(again.predict_proba(x), head.predict_proba(x), rtol=1e-5)
+    assert again.prior.matched == ["a", "b", "c"] and again.prior_gain == head.prior_gain
+
+
+def test_labels_turn_down_a_wrong_prior():
+    # The prior swaps a and b; 400 labels say otherwise, so the learned gain of the prior drops well below 1.
+    names = ["a", "b"]
+    wrong = ClassifierPrior(names, np.eye(2), np.zeros(2), [[0, 1], [1, 0]], feature_scale=4.0)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    x = np.eye(2)[y] + rng.normal(0, 0.3, (400, 2))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    head = ClassifierHead(names, calibrate=False).init_from_prior(wrong).fit(x, y)
+    assert head.prior_gain < 0.5 and (head.predict(x) == y).mean() > 0.9
+
+
+def test_prior_for_other_labels_is_refused():
+    with pytest.raises(ValueError, match="the prior is for labels"):
+        ClassifierHead(["b", "a", "c"]).init_from_prior(axis_prior(["a", "b", "c"], 3))
+
+
+def test_multi_label_head_equals_independent_per_class_heads():
+    # With sigmoid outputs the objective separates over classes, so fitting K classes jointly must give the
+    # same weights as K one-class fits. A gradient K times too large for the joint fit breaks this.
+    x, y = overlapping_multi_label()
+    names = ["a", "b", "c"]
+    joint = ClassifierHead(names, multi_label=True, calibrate=False, max_iter=500).fit(x, y)
+    for c, name in enumerate(names):
+        alone = ClassifierHead([name], multi_label=True, calibrate=False, max_iter=500).fit(x, y[:, [c]])
+        np.testing.assert_allclose(joint.weight[c].numpy(), alone.weight[0].numpy(), atol=1e-4)
+        np.testing.assert_allclose(joint.bias[c].numpy(), alone.bias[0].numpy(), atol=1e-4)
+    probs = joint.predict_proba(x)
+    assert not np.allclose(probs.sum(axis=1), 1.0)  # independent outputs, not a softmax
 
 
 def test_save_load_round_trip_without_pickle(tmp_path):
