@@ -1,6 +1,6 @@
-"""The ImageNet zero-shot prior on CIFAR-10: zero-shot accuracy, and accuracy after 10 and 20 annotations.
+"""The ImageNet zero-shot prior on CIFAR-10: zero-shot accuracy, and accuracy after 10 to 500 annotations.
 
-    python -m benchmarks.bench_zero_shot_prior --seeds 20 --write
+    python -m benchmarks.bench_zero_shot_prior --seeds 20 --budgets 10,20,100,500 --write
 
 Images: the 10 000 CIFAR-10 test images, EfficientNet-Lite0 at 224 px (benchmarks/imagenet_logits.py keeps
 the un-normalised pooled features in benchmarks/.work; about 25 min on one busy core the first time).
@@ -131,7 +131,7 @@ def report(seeds: int, budgets: tuple[int, ...], per_class: int = 1000) -> str:
     return "\n".join(lines)
 
 
-def main(seeds: int = 20, budgets: str = "10,20", per_class: int = 1000, write: bool = False) -> None:
+def main(seeds: int = 20, budgets: str = "10,20,100,500", per_class: int = 1000, write: bool = False) -> None:
     text = report(seeds, tuple(int(b) for b in budgets.split(",")), per_class)
     print(text)
     if write:
