@@ -14,6 +14,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# WordNet 3.0 dictionary (Debian wordnet-base): the ImageNet zero-shot prior maps label names through it.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base && rm -rf /var/lib/apt/lists/*
+
 # torch/torchvision first, from the chosen wheel index (the CPU index keeps the image ~1 GB smaller than
 # PyPI's default CUDA wheels); `pip install .` then finds them already satisfied.
 RUN pip install --index-url "${TORCH_INDEX}" "torch>=2.2,<2.15" "torchvision>=0.17,<0.30"
