@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 def serve(
-    host: Optional[str] = typer.Option(None, help="Interface to bind (env HOST; default 0.0.0.0)."),
+    host: Optional[str] = typer.Option(None, help="Interface to bind (env HOST; default 127.0.0.1; 0.0.0.0 to accept other machines)."),
     port: Optional[int] = typer.Option(None, help="Port (env PORT; default 9090)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (env WORKERS; default 1)."),
     threads: Optional[int] = typer.Option(None, help="Parallel image downloads per request (env THREADS)."),

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     label_studio_api_key: str | None = _env(None, "LABEL_STUDIO_API_KEY", secret=True)
     verify_ssl: bool = _env(True, "VERIFY_SSL")
     model_dir: Path = _env(Path("./model_dir"), "MODEL_DIR")
-    host: str = _env("0.0.0.0", "HOST")
+    host: str = _env("127.0.0.1", "HOST")  # loopback unless asked: see docs/backend.md §7
     port: int = Field(9090, gt=0, lt=65536, validation_alias="PORT")
     workers: int = Field(1, gt=0, validation_alias="WORKERS")
     threads: int = Field(4, gt=0, validation_alias="THREADS")

@@ -290,3 +290,13 @@ def test_project_keeps_its_embedder_when_the_configured_one_changes(make_client,
     assert again == first
     assert fresh.startswith("efficientnet-lite0-32-p2-")
     assert "keeps embedder" in caplog.text
+
+
+def test_the_default_bind_address_is_loopback_and_the_docker_image_opts_in(monkeypatch):
+    # Secure by default: `labelloop serve` with no settings must not listen beyond this machine.
+    from pathlib import Path
+
+    monkeypatch.delenv("HOST", raising=False)
+    assert load_settings().host == "127.0.0.1"
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    assert "HOST=0.0.0.0" in dockerfile  # containers must listen on their interface to be reachable
