@@ -195,6 +195,53 @@ def _rank_and_flag(labels: np.ndarray, probs: np.ndarray, multi_label: bool, met
 
 
 # ---------------------------------------------------------------- the audit
+def judgeable_classes(labels, class_names: Sequence[str], multi_label: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Return (checked labels, indices of the classes that can be judged, notes on those that cannot).
+
+    Cheap (no features needed), so a command can refuse bad input before embedding anything. Raises
+    AuditError for fewer than two classes, labels outside ``class_names``, or fewer than two classes
+    with ``MIN_CLASS_MEMBERS`` annotations.
+    """
+    class_names = list(class_names)
+    if len(class_names) < 2:
+        raise AuditError(f"an audit needs at least two classes to tell apart, got {class_names}")
+    given = _check_multi_label(labels, len(class_names)) if multi_label else _check_single_label(
+        labels, len(class_names))
+    counts = given.sum(axis=0) if multi_label else np.bincount(given[given >= 0], minlength=len(class_names))
+    usable = np.flatnonzero(counts >= MIN_CLASS_MEMBERS)
+    if len(usable) < 2:
+        raise AuditError(f"an audit needs at least two classes with {MIN_CLASS_MEMBERS}+ annotations each; "
+                         f"annotation counts: " + ", ".join(f"{n}={c}" for n, c in zip(class_names, counts)))
+    too_few = [f"{class_names[k]!r} ({counts[k]})" for k in range(len(class_names)) if 0 < counts[k] < MIN_CLASS_MEMBERS]
+    notes = [f"cannot judge class(es) with fewer than {MIN_CLASS_MEMBERS} annotations: {', '.join(too_few)}; "
+             "their items are not scored and the class is left out of every suggestion"] if too_few else []
+    return given, usable, notes
+
+
+def _judged_rows(given: np.ndarray, usable: np.ndarray, multi_label: bool, notes: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Return (rows that can be judged, their labels re-indexed over ``usable``); notes say who is left out."""
+    if multi_label:
+        # An empty label set is a real multi-label answer ("none of these"), so it is judged.
+        unusable = np.setdiff1d(np.arange(given.shape[1]), usable)
+        rows = np.flatnonzero(~given[:, unusable].any(axis=1))
+        y = given[np.ix_(rows, usable)]
+        unlabelled = 0
+    else:
+        rows = np.flatnonzero(np.isin(given, usable))
+        remap = np.full(given.max() + 1, -1)
+        remap[usable] = np.arange(len(usable))
+        y = remap[given[rows]]
+        unlabelled = int((given < 0).sum())
+    if unlabelled:
+        notes.append(f"{unlabelled} items have no label and are not judged")
+    skipped = len(given) - len(rows) - unlabelled
+    if skipped:
+        notes.append(f"{skipped} items carry a class that cannot be judged and are not scored")
+    return rows, y
+
+
 def find_label_errors(features, labels, class_names: Sequence[str], *, multi_label: bool = False,
                       folds: int = 5, neighbours: int = 10, neighbour_weight: float = 0.5, l2: float = 100.0,
                       method: str = "self_confidence", filter_by: str = "prune_by_noise_rate",
@@ -210,41 +257,12 @@ def find_label_errors(features, labels, class_names: Sequence[str], *, multi_lab
     judged class has fewer members than ``folds``, the folds are reduced with a warning.
     """
     class_names = list(class_names)
-    if len(class_names) < 2:
-        raise AuditError(f"an audit needs at least two classes to tell apart, got {class_names}")
     if not 0.0 <= neighbour_weight <= 1.0:
         raise AuditError(f"neighbour_weight must be in [0, 1], got {neighbour_weight}")
-    given = _check_multi_label(labels, len(class_names)) if multi_label else _check_single_label(
-        labels, len(class_names))
+    given, usable, notes = judgeable_classes(labels, class_names, multi_label)
     x = _check_features(features, len(given))
-    notes: list[str] = []
 
-    counts = given.sum(axis=0) if multi_label else np.bincount(given[given >= 0], minlength=len(class_names))
-    usable = np.flatnonzero(counts >= MIN_CLASS_MEMBERS)
-    too_few = [f"{class_names[k]!r} ({counts[k]})" for k in range(len(class_names)) if 0 < counts[k] < MIN_CLASS_MEMBERS]
-    if too_few:
-        notes.append(f"cannot judge class(es) with fewer than {MIN_CLASS_MEMBERS} annotations: {', '.join(too_few)}; "
-                     "their items are not scored and the class is left out of every suggestion")
-    if len(usable) < 2:
-        raise AuditError(f"an audit needs at least two classes with {MIN_CLASS_MEMBERS}+ annotations each; "
-                         f"annotation counts: " + ", ".join(f"{n}={c}" for n, c in zip(class_names, counts)))
-
-    if multi_label:
-        rows = np.flatnonzero(given[:, usable].any(axis=1) | ~given.any(axis=1))
-        rows = rows[~given[rows][:, np.setdiff1d(np.arange(len(class_names)), usable)].any(axis=1)]
-        y = given[np.ix_(rows, usable)]
-    else:
-        rows = np.flatnonzero(np.isin(given, usable))
-        remap = np.full(len(class_names), -1)
-        remap[usable] = np.arange(len(usable))
-        y = remap[given[rows]]
-    unlabelled = int((given < 0).sum()) if not multi_label else 0
-    if unlabelled:
-        notes.append(f"{unlabelled} items have no label and are not judged")
-    skipped = len(given) - len(rows) - unlabelled
-    if skipped:
-        notes.append(f"{skipped} items carry a class that cannot be judged and are not scored")
-
+    rows, y = _judged_rows(given, usable, multi_label, notes)
     names = [class_names[k] for k in usable]
     member_counts = y.sum(axis=0) if multi_label else np.bincount(y, minlength=len(usable))
     used_folds = _fold_count(member_counts, folds, notes, names)

@@ -268,7 +268,7 @@ def audit(
     """Rank and flag probably wrong labels; see AUDIT_HELP."""
     import warnings
 
-    from labelers.audit import find_label_errors
+    from labelers.audit import find_label_errors, judgeable_classes
     from trainers.sources import parse_classes
 
     multi = (fmt or "auto").lower() == "label-studio-multi"
@@ -281,8 +281,9 @@ def audit(
         gold = labels.meta.get("true_labels")
         known_truth = read_truth(truth, labels, images) if truth else (
             gold if gold is not None and (np.asarray(gold) >= 0).any() else None)
-        features = embedded(labels, embedder, cache, batch_size)
         given = labels.meta["multi_hot"] if multi else labels.ord_labels
+        judgeable_classes(given, labels.class_names, multi)  # refuse bad labels before embedding anything
+        features = embedded(labels, embedder, cache, batch_size)
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")  # the notes carry the same message; printed once, below
             result = find_label_errors(features, given, labels.class_names, multi_label=multi, folds=folds,
