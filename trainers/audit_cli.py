@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import typer
 
+from labelers.audit import AUDIT_L2
 from trainers.labelset import LabelSet
 
 AUDIT_HELP = (
@@ -261,6 +262,8 @@ def audit(
     neighbours: int = typer.Option(10, "--neighbours", help="Neighbours in the k-NN vote."),
     neighbour_weight: float = typer.Option(0.5, "--neighbour-weight", help="Vote's share of the combined "
                                            "probabilities (0 = head only)."),
+    l2: float = typer.Option(AUDIT_L2, "--l2", help="Head L2 strength towards its prior (audit default: 10x "
+                             "the serving head's, so it does not memorise wrong labels)."),
     top: int = typer.Option(20, "--top", help="Rows of the ranked table to print."),
     batch_size: int = typer.Option(64, "--batch-size"),
     output_dir: Path = typer.Option(Path("runs/audit"), "--output-dir"),
@@ -287,7 +290,7 @@ def audit(
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")  # the notes carry the same message; printed once, below
             result = find_label_errors(features, given, labels.class_names, multi_label=multi, folds=folds,
-                                       neighbours=neighbours, neighbour_weight=neighbour_weight)
+                                       neighbours=neighbours, neighbour_weight=neighbour_weight, l2=l2)
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(str(err).strip("'\""))
     if multi and known_truth is not None:
@@ -299,7 +302,7 @@ def audit(
     _print_table(result, labels, top)
     summary = {"source": str(source), "items": len(labels), "judged": int(result.judged.sum()),
                "flagged": result.n_flagged, "folds": result.folds, "neighbours": neighbours,
-               "neighbour_weight": neighbour_weight, "notes": result.notes}
+               "neighbour_weight": neighbour_weight, "l2": l2, "notes": result.notes}
     write_audit_csv(output_dir / "audit.csv", result, labels, known_truth)
     written = ["audit.csv", "summary.json"]
     if known_truth is not None:
