@@ -161,3 +161,27 @@ def test_a_class_with_one_annotation_is_reported_not_judged(noisy_cifar, tmp_pat
     rows = read_rows(out / "audit.csv")
     unjudged = [r for r in rows if r["judged"] == "0"]
     assert len(unjudged) == 1 and unjudged[0]["given"] == "truck" and unjudged[0]["quality"] == ""
+
+
+def test_a_multi_label_label_studio_export_is_audited_per_class(noisy_cifar, tmp_path, one_torch_thread):
+    folder, paths, truth, _, cache = noisy_cifar
+    rng = np.random.default_rng(3)
+    extra = rng.choice(len(paths), 30, replace=False)  # these tasks carry a second, wrong class
+    chosen = [[CIFAR10_CLASSES[y]] for y in truth]
+    for i in extra:
+        chosen[i].append(CIFAR10_CLASSES[(truth[i] + rng.integers(1, 10)) % 10])
+    tasks = [{"id": i, "data": {"image": str(p)},
+              "annotations": [{"result": [{"from_name": "tags", "to_name": "image", "type": "choices",
+                                           "value": {"choices": c}}]}]} for i, (p, c) in enumerate(zip(paths, chosen))]
+    export = tmp_path / "multi.json"
+    export.write_text(json.dumps(tasks))
+    out = tmp_path / "out"
+    result = run_audit(export, "--format", "label-studio-multi", "--classes", ",".join(CIFAR10_CLASSES),
+                       "--embedder", EMBEDDER, "--cache", cache, "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out / "audit.csv")
+    top = {Path(r["path"]).resolve() for r in rows[:30]}
+    wrong = {paths[i].resolve() for i in extra}
+    assert len(top & wrong) >= 15  # a random top 30 would hold about 4.5 of them
+    given = {Path(r["path"]).resolve(): r["given"] for r in rows}
+    assert all("|" in given[p] for p in wrong)
