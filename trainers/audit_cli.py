@@ -41,12 +41,15 @@ def _fail(message: str) -> None:
 
 
 # ---------------------------------------------------------------- reading
-def _single_control(path: Path, image_key: str | None) -> str | None:
-    """Return the only Choices/Taxonomy control of a Label Studio export (None when there are several)."""
+def _the_label_control(path: Path, image_key: str | None) -> str | None:
+    """Return a Label Studio export's only Choices/Taxonomy control; raise AuditInputError when there are several."""
     from labelers.formats.label_studio import read_label_studio_export
 
-    controls = {name for task in read_label_studio_export(path, image_key) for name in task.labels}
-    return next(iter(controls)) if len(controls) == 1 else None
+    controls = sorted({name for task in read_label_studio_export(path, image_key) for name in task.labels})
+    if len(controls) > 1:
+        raise AuditInputError(f"{path}: the export has several label controls ({', '.join(controls)}); "
+                              "pass --label-control with the one to audit")
+    return controls[0] if controls else None
 
 
 def _refuse_complementary_run(path: Path) -> None:
@@ -74,7 +77,7 @@ def read_audit_labels(source: str | Path, images: str | None = None, classes: li
     _refuse_complementary_run(path)
     if path.suffix == ".json" and label_control is None:
         # Pick the control by hand: the readers' CL-name hints would take a control called "class" for CLs.
-        label_control = _single_control(path, image_key)
+        label_control = _the_label_control(path, image_key)
     labels = read_any(path, images, classes, long_label, True, None, label_control, image_key)
     if not (labels.ord_labels >= 0).any():
         raise AuditInputError(f"{path}: no item has an ordinary label to audit")

@@ -185,3 +185,16 @@ def test_a_multi_label_label_studio_export_is_audited_per_class(noisy_cifar, tmp
     assert len(top & wrong) >= 15  # a random top 30 would hold about 4.5 of them
     given = {Path(r["path"]).resolve(): r["given"] for r in rows}
     assert all("|" in given[p] for p in wrong)
+
+
+def test_a_label_studio_export_with_several_controls_needs_label_control(noisy_cifar, tmp_path):
+    _, paths, truth, _, _ = noisy_cifar
+    tasks = [{"id": i, "data": {"image": str(p)}, "annotations": [{"result": [
+        {"from_name": "class", "to_name": "image", "type": "choices", "value": {"choices": [CIFAR10_CLASSES[y]]}},
+        {"from_name": "quality", "to_name": "image", "type": "choices", "value": {"choices": ["sharp"]}}]}]}
+        for i, (p, y) in enumerate(zip(paths[:10], truth[:10]))]
+    export = tmp_path / "two.json"
+    export.write_text(json.dumps(tasks))
+    result = run_audit(export, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2 and "several label controls (class, quality)" in result.output
+    assert "--label-control" in result.output
