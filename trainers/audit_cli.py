@@ -41,17 +41,6 @@ def _fail(message: str) -> None:
 
 
 # ---------------------------------------------------------------- reading
-def _the_label_control(path: Path, image_key: str | None) -> str | None:
-    """Return a Label Studio export's only Choices/Taxonomy control; raise AuditInputError when there are several."""
-    from labelers.formats.label_studio import read_label_studio_export
-
-    controls = sorted({name for task in read_label_studio_export(path, image_key) for name in task.labels})
-    if len(controls) > 1:
-        raise AuditInputError(f"{path}: the export has several label controls ({', '.join(controls)}); "
-                              "pass --label-control with the one to audit")
-    return controls[0] if controls else None
-
-
 def _refuse_complementary_run(path: Path) -> None:
     from trainers.formats.vlm_run import JSONL_NAME, read_vlm_run
 
@@ -61,53 +50,55 @@ def _refuse_complementary_run(path: Path) -> None:
                                   "an audit checks ordinary labels (run the labeler with ordinary labels)")
 
 
-def read_audit_labels(source: str | Path, images: str | None = None, classes: list[str] | None = None,
-                      label_control: str | None = None, image_key: str | None = None,
-                      long_label: bool = True) -> LabelSet:
-    """Return the LabelSet whose ordinary labels (``ord_labels``) are audited.
-
-    Raises FileNotFoundError, AuditInputError (a complementary VLM run, no ordinary label at all) or the
-    readers' own errors (unknown class names, images not found), each naming the file and row.
-    """
-    from trainers.export import read_any
-
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"not found: {path}")
-    _refuse_complementary_run(path)
-    if path.suffix == ".json" and label_control is None:
-        # Pick the control by hand: the readers' CL-name hints would take a control called "class" for CLs.
-        label_control = _the_label_control(path, image_key)
-    labels = read_any(path, images, classes, long_label, True, None, label_control, image_key)
-    if not (labels.ord_labels >= 0).any():
-        raise AuditInputError(f"{path}: no item has an ordinary label to audit")
-    return labels
+def _the_label_control(path: Path, tasks, label_control: str | None) -> str:
+    """Return the control to audit: ``label_control``, else the export's only Choices/Taxonomy control."""
+    controls = sorted({name for task in tasks for name in task.labels})
+    if label_control is not None:
+        if label_control not in controls:
+            raise AuditInputError(f"{path}: no annotation uses control {label_control!r}; controls found: "
+                                  f"{', '.join(controls) or 'none'}")
+        return label_control
+    if len(controls) != 1:
+        # No guessing by name: the trainers' complementary-label hints would take a control called "class" for CLs.
+        raise AuditInputError(f"{path}: " + (f"the export has several label controls ({', '.join(controls)}); pass "
+                                             "--label-control with the one to audit" if controls else
+                                             "no task has a non-cancelled annotation with chosen labels"))
+    return controls[0]
 
 
-def read_multi_label_export(path: str | Path, images: str | None, classes: list[str] | None,
-                            label_control: str | None = None, image_key: str | None = None) -> LabelSet:
-    """Return a Label Studio export's multi-label choices as a LabelSet with ``meta['multi_hot']`` (N, K).
+def read_label_studio_audit(path: str | Path, images: str | None, classes: list[str] | None,
+                            label_control: str | None = None, image_key: str | None = None,
+                            multi_label: bool = False) -> LabelSet:
+    """Return a Label Studio export's chosen labels as a LabelSet of the tasks' image files.
 
-    Raises AuditInputError for another format, several controls without ``label_control``, an unknown
-    class or an image that cannot be found under ``images`` or the export's folder.
+    Single-label: ``ord_labels`` (-1 for a task without a label, which the audit leaves unjudged).
+    Multi-label: ``meta['multi_hot']`` (N, K) over the tasks that have labels (the others are left out and
+    counted in ``meta['notes']``: no annotation is not the same answer as "none of these").
+    Raises AuditInputError for several controls without ``label_control``, several labels on one task of
+    a single-label audit, a class outside ``classes``, or an image not found under ``images`` / the export's folder.
     """
     from labelers.formats.label_studio import read_label_studio_export, resolve_image_path
 
     path = Path(path)
-    if path.suffix != ".json":
-        raise AuditInputError(f"{path}: multi-label audits read Label Studio JSON exports only")
     tasks = read_label_studio_export(path, image_key)
-    controls = sorted({name for task in tasks for name in task.labels})
-    control = label_control or (controls[0] if len(controls) == 1 else None)
-    if control is None or control not in controls:
-        raise AuditInputError(f"{path}: pass --label-control, one of: {', '.join(controls) or 'none found'}")
+    control = _the_label_control(path, tasks, label_control)
+    notes = []
+    if multi_label:
+        kept = [t for t in tasks if t.labels.get(control)]
+        if len(kept) < len(tasks):
+            notes.append(f"{len(tasks) - len(kept)} tasks have no label in {control!r} and are left out")
+        tasks = kept
     names = classes or sorted({label for task in tasks for label in task.labels.get(control, [])})
     index = {name: k for k, name in enumerate(names)}
     roots = ([Path(images)] if images else []) + [path.parent]
     multi_hot = np.zeros((len(tasks), len(names)), dtype=np.int64)
     paths = []
     for number, task in enumerate(tasks, start=1):
-        for label in task.labels.get(control, []):
+        chosen = task.labels.get(control, [])
+        if len(chosen) > 1 and not multi_label:
+            raise AuditInputError(f"{path}: task {number} (id {task.id}) has {len(chosen)} labels ({', '.join(chosen)}); "
+                                  "audit a multi-label project with --format label-studio-multi")
+        for label in chosen:
             if label not in index:
                 raise AuditInputError(f"{path}: task {number} (id {task.id}) has class {label!r}, not in the "
                                       f"class list ({', '.join(names)})")
@@ -117,8 +108,35 @@ def read_multi_label_export(path: str | Path, images: str | None, classes: list[
             raise AuditInputError(f"{path}: task {number} image {task.image!r} not found under "
                                   f"{', '.join(map(str, roots))} (pass --images <image root>)")
         paths.append(found)
-    return LabelSet(names, [str(p) for p in paths], np.full((len(tasks), 1), -1), np.full(len(tasks), -1),
-                    paths=paths, meta={"source": str(path), "multi_hot": multi_hot})
+    single = np.where(multi_hot.any(axis=1), multi_hot.argmax(axis=1), -1)
+    return LabelSet(names, [str(p) for p in paths], np.full((len(tasks), 1), -1),
+                    np.full(len(tasks), -1) if multi_label else single, paths=paths,
+                    meta={"source": str(path), "label_control": control, "multi_hot": multi_hot, "notes": notes})
+
+
+def read_audit_labels(source: str | Path, images: str | None = None, classes: list[str] | None = None,
+                      label_control: str | None = None, image_key: str | None = None,
+                      long_label: bool = True, multi_label: bool = False) -> LabelSet:
+    """Return the LabelSet whose labels are audited: ``ord_labels``, or ``meta['multi_hot']`` for multi-label.
+
+    Raises FileNotFoundError, AuditInputError (a complementary VLM run, no label at all, multi-label from
+    a format that has none) or the readers' own errors (unknown class names, images not found), each
+    naming the file and row.
+    """
+    from trainers.export import read_any
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"not found: {path}")
+    if path.suffix == ".json":
+        return read_label_studio_audit(path, images, classes, label_control, image_key, multi_label)
+    if multi_label:
+        raise AuditInputError(f"{path}: multi-label audits read Label Studio JSON exports only")
+    _refuse_complementary_run(path)
+    labels = read_any(path, images, classes, long_label, True)
+    if not (labels.ord_labels >= 0).any():
+        raise AuditInputError(f"{path}: no item has an ordinary label to audit")
+    return labels
 
 
 def _match_keys(labels: LabelSet) -> list[list[str]]:
@@ -133,12 +151,16 @@ def _match_keys(labels: LabelSet) -> list[list[str]]:
 def read_truth(truth: str | Path, labels: LabelSet, images: str | None = None) -> np.ndarray:
     """Return (N,) true class indices in ``labels``' class order for ``labels``' items (-1 where unknown).
 
-    ``truth`` is any source ``read_audit_labels`` reads; rows are matched by resolved image path, else by
+    ``truth`` is a Label Studio export, a classification CSV, an ImageFolder tree, a features .npz or a gold
+    VLM run (its true labels, whatever its mode); rows are matched by resolved image path, else by
     name. Raises AuditInputError when a true class is not in the audit's class list or nothing matches.
     """
     from trainers.export import read_any
 
-    known = read_any(Path(truth), images, None, True, True)
+    path = Path(truth)
+    # Truth files name their own images: --images is only needed to find a Label Studio export's files.
+    known = read_label_studio_audit(path, images, None) if path.suffix == ".json" else read_any(path, None, None,
+                                                                                               True, True)
     index = {name: k for k, name in enumerate(labels.class_names)}
     lookup: dict[str, int] = {}
     for keys, value in zip(_match_keys(known), known.ord_labels):
@@ -282,8 +304,7 @@ def audit(
         _fail(f"unknown --format {fmt!r}; choose auto or label-studio-multi")
     try:
         class_list = parse_classes(classes)
-        labels = read_multi_label_export(source, images, class_list, label_control) if multi else \
-            read_audit_labels(source, images, class_list, label_control)
+        labels = read_audit_labels(source, images, class_list, label_control, multi_label=multi)
         gold = labels.meta.get("true_labels")
         known_truth = read_truth(truth, labels, images) if truth else (
             gold if gold is not None and (np.asarray(gold) >= 0).any() else None)
@@ -299,7 +320,7 @@ def audit(
     if multi and known_truth is not None:
         typer.secho("note: --truth scores single-label audits only; ignored", fg=typer.colors.YELLOW, err=True)
         known_truth = None
-    for note in result.notes:
+    for note in labels.meta.get("notes", []) + result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     _print_table(result, labels, top)

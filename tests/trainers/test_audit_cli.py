@@ -198,3 +198,14 @@ def test_a_label_studio_export_with_several_controls_needs_label_control(noisy_c
     result = run_audit(export, "--output-dir", tmp_path / "out")
     assert result.exit_code == 2 and "several label controls (class, quality)" in result.output
     assert "--label-control" in result.output
+
+
+def test_two_labels_on_one_task_of_a_single_label_audit_are_refused(noisy_cifar, tmp_path):
+    _, paths, _, _, _ = noisy_cifar
+    tasks = [{"id": 7, "data": {"image": str(paths[0])}, "annotations": [{"result": [
+        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["cat", "dog"]}}]}]}]
+    export = tmp_path / "two_labels.json"
+    export.write_text(json.dumps(tasks))
+    result = run_audit(export, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2 and "task 1 (id 7) has 2 labels (cat, dog)" in result.output
+    assert "label-studio-multi" in result.output
