@@ -1,6 +1,6 @@
 """Label audit on CIFAR-10 with synthetic label noise: does the audit find the wrong labels, and does fixing them help?
 
-    python -m benchmarks.bench_audit --train-per-class 1000 --seeds 3
+    python -m benchmarks.bench_audit --train-per-class 1000 --seeds 2
 
 Features: EfficientNet-Lite0 at 128 px (benchmarks/cifar_features.py, through the shared embedding cache).
 Noise: uniform (a label moves to any other class) and class-pair (cat<->dog, truck<->automobile,
@@ -125,13 +125,30 @@ def table(results: pd.DataFrame) -> str:
         ours[f"{what}_recovered"] = (ours[f"{what}_acc"] - ours.noisy_acc) / (ours.clean_acc - ours.noisy_acc)
     retrain_cols = ["clean_acc", "noisy_acc", "removed_acc", "replaced_acc", "removed_recovered",
                     "replaced_recovered", "seconds"]
-    retrained = ours.groupby(["noise", "rate"], sort=False)[retrain_cols].mean().reset_index()
+    retrained = ours.groupby(["noise", "rate"], sort=False)[retrain_cols].mean().reset_index().rename(
+        columns={"seconds": "audit_seconds"})
     return (ranked.to_markdown(index=False, floatfmt=".3f") + "\n\nRetraining the head after the audit "
             "(test accuracy; recovered = share of the accuracy the noise cost that came back):\n\n"
             + retrained.to_markdown(index=False, floatfmt=".3f"))
 
 
-def main(train_per_class: int = 1000, test_per_class: int = 200, seeds: int = 3, write: bool = True) -> None:
+def write_results(results: pd.DataFrame, train_per_class: int, test_per_class: int, seeds: int) -> str:
+    """Write the "audit" section of RESULTS.md from per-seed ``results``; return its tables."""
+    text = table(results)
+    command = (f"python -m benchmarks.bench_audit --train-per-class {train_per_class} --test-per-class "
+               f"{test_per_class} --seeds {seeds}")
+    write_section("audit", f"## Label audit on CIFAR-10 with synthetic noise\n\n`{command}`: EfficientNet-Lite0 "
+                  f"128 px features, {10 * train_per_class} training images (audited), {10 * test_per_class} test "
+                  f"images, means over {seeds} seeds (noise draws). Per-seed rows: "
+                  f"`benchmarks/results/audit.csv`.\n\n{text}")
+    return text
+
+
+def main(train_per_class: int = 1000, test_per_class: int = 200, seeds: int = 2, write: bool = True,
+         tables_only: bool = typer.Option(False, help="Rewrite the RESULTS.md section from results/audit.csv.")) -> None:
+    if tables_only:
+        print(write_results(pd.read_csv(RESULTS_CSV), train_per_class, test_per_class, seeds))
+        return
     path = cifar_features(train_per_class, test_per_class, 128)
     data = dict(np.load(path))
     clean_accuracy = head_accuracy(data["features"], data["labels"], data["test_features"], data["test_labels"])
@@ -140,20 +157,12 @@ def main(train_per_class: int = 1000, test_per_class: int = 200, seeds: int = 3,
         for rate in RATES:
             for seed in range(seeds):
                 rows += one_setting(data, kind, rate, seed, clean_accuracy)
+                RESULTS_CSV.parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(rows).to_csv(RESULTS_CSV, index=False)  # kept as it grows: a long run can be read early
                 print(pd.DataFrame(rows[-4:])[["noise", "rate", "seed", "ranker", "precision", "recall", "auroc"]]
                       .to_string(index=False), flush=True)
     results = pd.DataFrame(rows)
-    RESULTS_CSV.parent.mkdir(parents=True, exist_ok=True)
-    results.to_csv(RESULTS_CSV, index=False)
-    text = table(results)
-    print(text)
-    if write:
-        command = (f"python -m benchmarks.bench_audit --train-per-class {train_per_class} --test-per-class "
-                   f"{test_per_class} --seeds {seeds}")
-        write_section("audit", f"## Label audit on CIFAR-10 with synthetic noise\n\n`{command}`: EfficientNet-Lite0 "
-                      f"128 px features, {10 * train_per_class} training images (pool), {10 * test_per_class} test "
-                      f"images, means over {seeds} seeds (noise draws). Per-seed rows: "
-                      f"`benchmarks/results/audit.csv`.\n\n{text}")
+    print(write_results(results, train_per_class, test_per_class, seeds) if write else table(results))
 
 
 if __name__ == "__main__":
