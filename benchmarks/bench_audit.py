@@ -140,7 +140,8 @@ def write_results(results: pd.DataFrame, train_per_class: int, test_per_class: i
     write_section("audit", f"## Label audit on CIFAR-10 with synthetic noise\n\n`{command}`: EfficientNet-Lite0 "
                   f"128 px features, {10 * train_per_class} training images (audited), {10 * test_per_class} test "
                   f"images, means over {seeds} seeds (noise draws). Per-seed rows: "
-                  f"`benchmarks/results/audit.csv`.\n\n{text}")
+                  f"`benchmarks/results/audit.csv`. What the numbers say: [docs/audit.md](../docs/audit.md#results)."
+                  f"\n\n{text}")
     return text
 
 
