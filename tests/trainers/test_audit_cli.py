@@ -209,3 +209,14 @@ def test_two_labels_on_one_task_of_a_single_label_audit_are_refused(noisy_cifar,
     result = run_audit(export, "--output-dir", tmp_path / "out")
     assert result.exit_code == 2 and "task 1 (id 7) has 2 labels (cat, dog)" in result.output
     assert "label-studio-multi" in result.output
+
+
+def test_a_truth_file_with_a_class_the_audit_does_not_know_is_refused(noisy_cifar, tmp_path):
+    folder, paths, truth, _, _ = noisy_cifar
+    with open(tmp_path / "truth.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        writer.writerow([str(paths[0]), "zebra"])
+    result = run_audit(folder / "noisy.csv", "--truth", tmp_path / "truth.csv", "--embedder", "no-such-embedder",
+                       "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2 and "true class 'zebra' is not one of the audited classes" in result.output
