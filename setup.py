@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "open_clip_torch>=2.24,<4",
     "label-studio-sdk>=2.0,<2.2",
     "scikit-learn>=1.3",
+    "cleanlab>=2.9,<3",  # label audit: confident-learning ranking and flagging
     "pandas>=2.0",
     "numpy>=1.24",
     "pytorch-lightning>=2.1,<3",

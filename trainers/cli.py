@@ -122,3 +122,4 @@ def register(app: typer.Typer) -> None:
     """Add this room's subcommands (train, export) to the labelloop app."""
     app.command("train")(train)
     app.command("export")(export)
+    __import__("trainers.audit_cli", fromlist=["register"]).register(app)  # `labelloop audit`
