@@ -16,7 +16,6 @@ from functools import cached_property
 from typing import Any, Callable
 
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
-from backend.heads import head_predictions
 from backend.labels import ImageClassification, label_interface, parse_label_config
 from backend.predictor import PredictorChoice, PredictorRules
 from backend.schemas import ModelResponse, PredictionValue
@@ -147,8 +146,8 @@ class LabelloopModel:
             return ModelResponse(model_version=version, predictions=items)
         version = self.store.get_version(self.project_id, project.model_version)
         embedded = self.embeddings.embed(project, tasks, self.target.data_key, budget=self.predict_budget)
-        head = self.heads.get(self.project_id, version, self.target, embedded.embedder)
-        items = head_predictions(head, self.target, embedded, self.strategy, version.model_version)
+        # Scored by the project's cold-start order until the head has evidence (backend.heads.in_cold_start).
+        items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy)
         if embedded.pending:
             self.warmer.embed_new_tasks(self.project_id, [tasks[i] for i in embedded.pending])
             log.warning("project %s: %d of %d tasks not predicted within the %g s budget "

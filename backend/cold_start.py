@@ -1,0 +1,98 @@
+"""The cold-start order: which of a project's tasks to label first, before the head has evidence.
+
+With an image-only embedder and no trained head, every task gets the same probabilities, so an uncertainty
+score ties everywhere and Label Studio falls back to ID order (a folder imported sorted by class gives a
+first page of one class). Instead, the exported score of such a project is the task's place in a coverage
+order over ALL the project's cached embeddings (not the batch Label Studio sends, so the order is the same
+in every /predict):
+
+    level 1: TypiClust picks for k = L clusters (L = number of labels): k-means, each cluster's densest point;
+    level 2: the picks for k = 2L not already taken, level 3: k = 4L, ... up to MAX_CLUSTERS;
+    then every other task, in a seeded hash order of its content key.
+
+So every prefix of the order is spread over the pool: the first L tasks come from L different clusters.
+k-means is seeded by the project id. Score = rank / n in [0, 1): lowest first, never tied (two tasks tie
+only when they hold the same image), never broken by task id.
+
+The order is recomputed when the set of the project's embedded images changes (new tasks embedded by the
+warm-up or a /predict), and is otherwise served from memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_CLUSTERS = 256   # the last level of k-means; beyond it the order is a seeded hash (cheap for big pools)
+
+
+def project_seed(project: str) -> int:
+    """Return the k-means seed of a project: a stable hash of its id (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(f"cold-start:{project}".encode(), digest_size=4).digest(), "big")
+
+
+def coverage_order(features: np.ndarray, n_labels: int, seed: int, keys: list[str] | None = None) -> np.ndarray:
+    """Return all row indices of `features` (N, D), first to label first (see the module docstring).
+
+    `keys`: a stable name per row (content keys) for the hash order of the tail; row index when None.
+    Raises ValueError for features that are not a finite 2-D array.
+    """
+    from labelers.strategies import cold_start
+
+    x = np.asarray(features, np.float32)
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise ValueError(f"cold-start features must be a finite (N, D) array, got shape {x.shape}")
+    n = len(x)
+    order: list[int] = []
+    taken = np.zeros(n, bool)
+    k = max(2, int(n_labels))
+    while k <= min(n, MAX_CLUSTERS):
+        for i in cold_start(x, k, "typical", seed=seed):
+            if not taken[i]:
+                taken[i] = True
+                order.append(int(i))
+        k *= 2
+    names = keys if keys is not None else [str(i) for i in range(n)]
+    rest = [i for i in range(n) if not taken[i]]
+    rest.sort(key=lambda i: hashlib.blake2b(f"{seed}:{names[i]}".encode(), digest_size=8).digest())
+    return np.asarray(order + rest, dtype=np.int64)
+
+
+class ColdStartOrder:
+    """Per project: {content key: score} over its cached embeddings, recomputed when they change; thread-safe."""
+
+    def __init__(self, store, cache):
+        self.store, self.cache = store, cache
+        self._orders: dict[str, tuple[tuple, dict[str, float]]] = {}
+        self._lock = threading.Lock()
+        self.computed = 0  # how many orders were computed (tests check a repeated /predict reuses it)
+
+    def scores(self, project: str, embedder_id: str, n_labels: int) -> dict[str, float]:
+        """Return {content key: cold-start score in [0, 1)} for every embedded image of `project`."""
+        keys = sorted(set(self.store.project_content_keys(project)))
+        digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
+        stamp = (embedder_id, n_labels, digest)
+        with self._lock:
+            entry = self._orders.get(project)
+            if entry and entry[0] == stamp:
+                return entry[1]
+            vectors = self.cache.get_many(embedder_id, keys) if keys else {}
+            known = [k for k in keys if k in vectors]
+            if not known:
+                return {}
+            features = np.stack([vectors[k] for k in known])
+            order = coverage_order(features, n_labels, project_seed(project), known)
+            ranked = {known[i]: rank / len(known) for rank, i in enumerate(order)}
+            self._orders[project] = (stamp, ranked)
+            self.computed += 1
+        log.info("project %s: cold-start order over %d embedded tasks (k-means coverage, seed %d)",
+                 project, len(known), project_seed(project))
+        return ranked
+
+    def forget(self, project: str) -> None:
+        with self._lock:
+            self._orders.pop(project, None)
