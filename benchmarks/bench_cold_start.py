@@ -10,7 +10,9 @@ score (n = 10, 20, 30), in three orders:
   different project id) for the first COLD_START_PER_LABEL x 10 = 20 tasks; after those the trained head
   takes over, so tasks 21-30 are the 10 lowest margin scores of the head trained on the first 20;
 - ID order: tasks 1..n (what Label Studio shows when every score ties);
-- random: a seeded permutation.
+- random: a seeded permutation;
+- margin of the untrained ImageNet-prior head: the prior's own uncertainty, the alternative to a cold-start
+  order once labels have a prior (deterministic: one run).
 Accuracy: a ClassifierHead (defaults) fitted on the n labelled tasks, on the other 2000 - n. With the
 ImageNet prior (labels mapped through WordNet, as the backend does for EfficientNet-Lite0) unless the row
 says otherwise. Mean over seeds (ID order has one).
@@ -74,26 +76,28 @@ def report(seeds: int, per_class: int, budgets=(10, 20, 30)) -> str:
     prior = imagenet_prior(names, EfficientNetLite0Embedder(224, device="cpu"))
     orders = {"ours (cold-start order)": lambda n, s: ours(features, labels, names, prior, n, 1000 + s),
               "ID order": lambda n, s: np.arange(n),
-              "random": lambda n, s: np.random.default_rng(s).permutation(len(labels))[:n]}
+              "random": lambda n, s: np.random.default_rng(s).permutation(len(labels))[:n],
+              "margin of the untrained ImageNet-prior head": lambda n, s: np.argsort(
+                  prediction_score(prior.proba(features), "margin"), kind="stable")[:n]}
     lines = ["## Cold start: CIFAR-10 imported in class order",
              "", f"Command: `{shlex.join(['python', '-m', 'benchmarks.bench_cold_start', *sys.argv[1:]])}`", "",
              f"Pool: {len(labels)} CIFAR-10 training images ({per_class} per class), EfficientNet-Lite0 224 px, "
              "sorted by class (task ids in class order). The first n tasks by ascending score are labelled; "
              "accuracy of the head on the other pool images. Ours: the backend's cold-start order for the first "
              f"{COLD_START_PER_LABEL * len(names)} (2 per label), then the margin scores of the head trained on "
-             f"them. Mean over {seeds} seeds (project ids for ours; ID order is one run). Head with the "
+             f"them. Mean over {seeds} seeds (project ids for ours; ID order and the prior's margin are one run each). Head with the "
              "WordNet/ImageNet prior, as the backend serves it.", "",
              "| order | n | classes covered (of 10) | accuracy |", "|---|---|---|---|"]
     picked = {}
     for name, pick in orders.items():
         for n in budgets:
-            runs = [pick(n, s) for s in range(1 if name == "ID order" else seeds)]
+            runs = [pick(n, s) for s in range(seeds if name.startswith(("ours", "random")) else 1)]
             picked[name, n] = runs
             covered = np.mean([len(set(labels[r].tolist())) for r in runs])
             acc = np.mean([accuracy(fit(features, labels, r, names, prior), features, labels, r) for r in runs])
             lines.append(f"| {name} | {n} | {covered:.1f} | {acc:.1%} |")
     lines += ["", "| order | n | no prior (zero init) | with ImageNet prior |", "|---|---|---|---|"]
-    for name in ("ours (cold-start order)", "random"):
+    for name in ("ours (cold-start order)", "ID order", "random"):
         for n in (10, 20):
             runs = picked[name, n]
             cells = [np.mean([accuracy(fit(features, labels, r, names, p), features, labels, r) for r in runs])

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from backend.cold_start import coverage_order
+from backend.labels import parse_label_config
 from backend.runtime import Runtime
 from tests.backend.conftest import local_task, setup_project
 from tests.backend.fakes import LEGACY_TOKEN, FakeLabelStudio, ServerThread
@@ -99,6 +100,11 @@ def warmed(make_settings, pool):
             yield client, runtime, tasks, truth
 
 
+def served_head(runtime):
+    version = runtime.store.get_version("1", runtime.store.current_version("1"))
+    return runtime.heads.get("1", version, parse_label_config(XML), EMBEDDER)
+
+
 def predict(client, tasks) -> dict[int, dict]:
     results = client.post("/predict", json={"tasks": tasks, "project": "1.1700000000"}).json()["results"]
     return {t["id"]: r for t, r in zip(tasks, results)}
@@ -141,8 +147,7 @@ def test_a_confident_prior_prechecks_its_label_with_its_probability(warmed):
     from labelers.imagenet_prior import map_labels_to_imagenet
 
     dogs = map_labels_to_imagenet(CLASSES).classes["dog"]
-    head = runtime.heads.get("1", runtime.store.get_version("1", runtime.store.current_version("1")),
-                             __import__("backend.labels", fromlist=["x"]).parse_label_config(XML), EMBEDDER)
+    head = served_head(runtime)
     head.prior.bias[:] = 0
     head.prior.bias[dogs] = 12.0  # every image looks like a dog to the "ImageNet classifier"
     by_task = predict(client, tasks[:5])
@@ -167,6 +172,9 @@ def test_trained_head_takes_over_after_two_annotations_per_label(warmed):
     after = predict(client, tasks)
     assert [after[t]["score"] for t in after] != [before[t]["score"] for t in before]
     assert sum(bool(r["result"]) for r in after.values()) == len(tasks)  # trained: every task pre-checked
+    retrained = served_head(runtime)
+    assert retrained.n_trained == 20 and retrained.prior is not None  # retrained heads keep the ImageNet prior
+    assert "dog" in retrained.prior.matched and "deer" not in retrained.prior.matched
 
 
 def test_coverage_order_hand_checked_on_two_far_clusters():
