@@ -1,6 +1,6 @@
 """Cold start on CIFAR-10 imported in class order: which tasks an annotator labels first, and what that buys.
 
-    python -m benchmarks.bench_cold_start --seeds 5 --write
+    python -m benchmarks.bench_cold_start --seeds 10 --write
 
 Pool: the first 200 training images of each CIFAR-10 class (2000), EfficientNet-Lite0 at 224 px (the
 backend's fallback embedder; benchmarks/imagenet_logits.py keeps the pooled features in benchmarks/.work),
@@ -68,6 +68,13 @@ def ours(features, labels, names, prior, n, seed) -> np.ndarray:
     return np.concatenate([first, np.argsort(score, kind="stable")[: n - switch]])
 
 
+def _mean_sd(values, fmt: str) -> str:
+    """"mean +- sd over seeds", or the one value of a deterministic order."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(np.mean(values), fmt)} +- {format(np.std(values, ddof=1), fmt)}"
+
+
 def report(seeds: int, per_class: int, budgets=(10, 20, 30)) -> str:
     from labelers.embedders import EfficientNetLite0Embedder
     from labelers.imagenet_prior import imagenet_prior
@@ -85,7 +92,7 @@ def report(seeds: int, per_class: int, budgets=(10, 20, 30)) -> str:
              "sorted by class (task ids in class order). The first n tasks by ascending score are labelled; "
              "accuracy of the head on the other pool images. Ours: the backend's cold-start order for the first "
              f"{COLD_START_PER_LABEL * len(names)} (2 per label), then the margin scores of the head trained on "
-             f"them. Mean over {seeds} seeds (project ids for ours; ID order and the prior's margin are one run each). Head with the "
+             f"them. Mean +- sd over {seeds} seeds (project ids for ours; ID order and the prior's margin are one run each). Head with the "
              "WordNet/ImageNet prior, as the backend serves it.", "",
              "| order | n | classes covered (of 10) | accuracy |", "|---|---|---|---|"]
     picked = {}
@@ -93,16 +100,16 @@ def report(seeds: int, per_class: int, budgets=(10, 20, 30)) -> str:
         for n in budgets:
             runs = [pick(n, s) for s in range(seeds if name.startswith(("ours", "random")) else 1)]
             picked[name, n] = runs
-            covered = np.mean([len(set(labels[r].tolist())) for r in runs])
-            acc = np.mean([accuracy(fit(features, labels, r, names, prior), features, labels, r) for r in runs])
-            lines.append(f"| {name} | {n} | {covered:.1f} | {acc:.1%} |")
+            covered = [len(set(labels[r].tolist())) for r in runs]
+            acc = [accuracy(fit(features, labels, r, names, prior), features, labels, r) for r in runs]
+            lines.append(f"| {name} | {n} | {_mean_sd(covered, '.1f')} | {_mean_sd(acc, '.1%')} |")
     lines += ["", "| order | n | no prior (zero init) | with ImageNet prior |", "|---|---|---|---|"]
     for name in ("ours (cold-start order)", "ID order", "random"):
         for n in (10, 20):
             runs = picked[name, n]
-            cells = [np.mean([accuracy(fit(features, labels, r, names, p), features, labels, r) for r in runs])
-                     for p in (None, prior)]
-            lines.append(f"| {name} | {n} | {cells[0]:.1%} | {cells[1]:.1%} |")
+            cells = [_mean_sd([accuracy(fit(features, labels, r, names, p), features, labels, r) for r in runs],
+                              ".1%") for p in (None, prior)]
+            lines.append(f"| {name} | {n} | {cells[0]} | {cells[1]} |")
     zero = float((prior.proba(features).argmax(axis=1) == labels).mean())
     lines += ["", f"Zero-shot (no annotation) accuracy on the pool: ImageNet prior {zero:.1%}, uniform prior 10.0 % "
               f"(labels with a prior: {', '.join(prior.matched)}; without: "
@@ -110,7 +117,7 @@ def report(seeds: int, per_class: int, budgets=(10, 20, 30)) -> str:
     return "\n".join(lines)
 
 
-def main(seeds: int = 5, per_class: int = 200, write: bool = False) -> None:
+def main(seeds: int = 10, per_class: int = 200, write: bool = False) -> None:
     text = report(seeds, per_class)
     print(text)
     if write:
