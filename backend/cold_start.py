@@ -15,8 +15,9 @@ So every prefix of the order is spread over the pool: the first L tasks come fro
 k-means is seeded by the project id. Score = rank / n in [0, 1): lowest first, never tied (two tasks tie
 only when they hold the same image), never broken by task id.
 
-The order is recomputed when the set of the project's embedded images changes (new tasks embedded by the
-warm-up or a /predict), and is otherwise served from memory.
+The order is recomputed when the project's embedded images change by a quarter or more (new tasks embedded
+by the warm-up or a /predict); fewer new images are appended after the ordered ones (seeded hash order).
+Between changes it is served from memory.
 """
 from __future__ import annotations
 
@@ -65,41 +66,67 @@ def coverage_order(features: np.ndarray, n_labels: int, seed: int, keys: list[st
                 order.append(int(i))
         k *= 2
     names = keys if keys is not None else [str(i) for i in range(n)]
-    rest = [i for i in range(n) if not taken[i]]
-    rest.sort(key=lambda i: hashlib.blake2b(f"{seed}:{names[i]}".encode(), digest_size=8).digest())
+    rest = sorted((i for i in range(n) if not taken[i]), key=lambda i: _digest(seed, names[i]))
     return np.asarray(order + rest, dtype=np.int64)
 
 
+def _digest(seed: int, key: str) -> bytes:
+    return hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+
+
+def _hash_order(keys, seed: int) -> list[str]:
+    """`keys` in the seeded hash order: a stable shuffle that no task id or import order can steer."""
+    return sorted(keys, key=lambda k: _digest(seed, k))
+
+
 class ColdStartOrder:
-    """Per project: {content key: score} over its cached embeddings, recomputed when they change; thread-safe."""
+    """Per project: {content key: score} over its cached embeddings; thread-safe.
+
+    Recomputed (k-means) when the embedded pool changed by REFRESH_FRACTION or more since the last
+    computation; smaller arrivals (the warm-up still running, a few new tasks) are appended after the
+    ordered ones in the seeded hash order, so a /predict during a long warm-up does not pay for k-means."""
+
+    REFRESH_FRACTION = 0.25
 
     def __init__(self, store, cache):
         self.store, self.cache = store, cache
-        self._orders: dict[str, tuple[tuple, dict[str, float]]] = {}
+        self._orders: dict[str, tuple[tuple, list[str], dict[str, float]]] = {}
         self._lock = threading.Lock()
-        self.computed = 0  # how many orders were computed (tests check a repeated /predict reuses it)
+        self.computed = 0  # how many k-means orders were computed (tests check a repeated /predict reuses it)
 
     def scores(self, project: str, embedder_id: str, n_labels: int) -> dict[str, float]:
         """Return {content key: cold-start score in [0, 1)} for every embedded image of `project`."""
-        keys = sorted(set(self.store.project_content_keys(project)))
-        digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=16).hexdigest()
-        stamp = (embedder_id, n_labels, digest)
+        keys = set(self.store.project_content_keys(project))
+        stamp = (embedder_id, n_labels)
         with self._lock:
             entry = self._orders.get(project)
             if entry and entry[0] == stamp:
-                return entry[1]
-            vectors = self.cache.get_many(embedder_id, keys) if keys else {}
-            known = [k for k in keys if k in vectors]
-            if not known:
-                return {}
-            features = np.stack([vectors[k] for k in known])
-            order = coverage_order(features, n_labels, project_seed(project), known)
-            ranked = {known[i]: rank / len(known) for rank, i in enumerate(order)}
-            self._orders[project] = (stamp, ranked)
-            self.computed += 1
+                _, computed, ranked = entry
+                if len(ranked) == len(keys) and keys.issubset(ranked):
+                    return ranked
+                new = keys.difference(computed)
+                if len(new) < self.REFRESH_FRACTION * len(computed):
+                    order = [k for k in computed if k in keys] + _hash_order(new, project_seed(project))
+                    ranked = {k: rank / len(order) for rank, k in enumerate(order)}
+                    self._orders[project] = (stamp, computed, ranked)
+                    return ranked
+            computed = self._compute(project, embedder_id, n_labels, sorted(keys))
+            ranked = {k: rank / len(computed) for rank, k in enumerate(computed)} if computed else {}
+            self._orders[project] = (stamp, computed, ranked)
+            return ranked
+
+    def _compute(self, project: str, embedder_id: str, n_labels: int, keys: list[str]) -> list[str]:
+        """Return the project's content keys in coverage order (keys sorted first: the order depends on the
+        images, never on task ids or the order they were embedded in)."""
+        vectors = self.cache.get_many(embedder_id, keys) if keys else {}
+        known = [k for k in keys if k in vectors]
+        if not known:
+            return []
+        order = coverage_order(np.stack([vectors[k] for k in known]), n_labels, project_seed(project), known)
+        self.computed += 1
         log.info("project %s: cold-start order over %d embedded tasks (k-means coverage, seed %d)",
                  project, len(known), project_seed(project))
-        return ranked
+        return [known[i] for i in order]
 
     def forget(self, project: str) -> None:
         with self._lock:

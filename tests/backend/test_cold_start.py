@@ -182,3 +182,43 @@ def test_coverage_order_hand_checked_on_two_far_clusters():
     order = coverage_order(x, 2, seed=3)
     assert sorted(order.tolist()) == list(range(6))
     assert {int(order[0]) // 3, int(order[1]) // 3} == {0, 1}  # the first two come from different clusters
+
+
+class _Pool:
+    """A store and an embedding cache holding `n` clustered vectors under content keys k0000..."""
+
+    def __init__(self, n: int):
+        rng = np.random.default_rng(1)
+        self.vectors = {f"k{i:04d}": (rng.normal(size=4) + 10 * (i % 5)).astype(np.float32) for i in range(n)}
+
+    def add(self, n: int) -> list[str]:
+        start = len(self.vectors)
+        for i in range(start, start + n):
+            self.vectors[f"k{i:04d}"] = np.full(4, 10.0 * (i % 5), np.float32)
+        return [f"k{i:04d}" for i in range(start, start + n)]
+
+    def project_content_keys(self, project):
+        return list(self.vectors)
+
+    def get_many(self, embedder_id, keys):
+        return {k: self.vectors[k] for k in keys if k in self.vectors}
+
+
+def test_a_few_new_tasks_go_after_the_order_and_many_recompute_it():
+    from backend.cold_start import ColdStartOrder
+
+    pool = _Pool(100)
+    order = ColdStartOrder(pool, pool)
+    first = order.scores("7", "e", 5)
+    assert sorted(first.values()) == [i / 100 for i in range(100)]
+    few = pool.add(10)  # < 25 %: appended, no k-means
+    second = order.scores("7", "e", 5)
+    assert order.computed == 1
+    old = sorted(first, key=first.get)
+    assert sorted(first, key=second.get) == old  # the old tasks keep their order ...
+    assert min(second[k] for k in few) > max(second[k] for k in old)  # ... and the new ones come after
+    assert order.scores("7", "e", 5) == second and order.computed == 1
+    many = pool.add(40)  # >= 25 % of the 100 ordered: recomputed over all 150
+    third = order.scores("7", "e", 5)
+    assert order.computed == 2 and len(third) == 150
+    assert min(third[k] for k in many + few) < 0.5  # new images can now lead the order
