@@ -222,3 +222,20 @@ def test_a_few_new_tasks_go_after_the_order_and_many_recompute_it():
     third = order.scores("7", "e", 5)
     assert order.computed == 2 and len(third) == 150
     assert min(third[k] for k in many + few) < 0.5  # new images can now lead the order
+
+
+def test_without_wordnet_the_head_starts_uniform_and_says_so(monkeypatch, caplog):
+    import labelers.imagenet_prior as imagenet
+    from backend.heads import ImageNetPriors, prior_head
+
+    def missing(folder=None):
+        raise imagenet.WordNetMissing("no WordNet at /nowhere (apt-get install wordnet)")
+
+    monkeypatch.setattr(imagenet, "open_wordnet", missing)
+    priors = ImageNetPriors()
+    with caplog.at_level("WARNING"):
+        head = prior_head(parse_label_config(XML), EMBEDDER, priors)
+    assert head.prior is None and np.allclose(head.predict_proba(np.ones((2, EMBEDDER.dim))), 0.1)
+    (status,) = priors.status()
+    assert status["matched"] == [] and "apt-get install wordnet" in status["error"]
+    assert any("no ImageNet prior" in r.message and "start uniform" in r.message for r in caplog.records)
