@@ -135,7 +135,9 @@ class LabelloopModel:
         """Return one item per task, in order: a prediction carrying the version that produced it (an empty
         result and score None when the image cannot be read), or [] for a task not reached within the
         predict budget: Label Studio stores nothing for it, and it is embedded in the background so the next
-        Retrieve Predictions answers it from the cache."""
+        Retrieve Predictions answers it from the cache. With an image-only embedder and a head without enough
+        annotations, the score is the project's cold-start order and nothing is pre-checked without evidence
+        (docs/backend.md §4a)."""
         choice = self.predictor
         project, _ = self._connect()
         if choice.predictor == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
