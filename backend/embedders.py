@@ -16,23 +16,34 @@ from backend.loading import LoadOncePool
 log = logging.getLogger(__name__)
 
 
-def resolve_spec(spec: str) -> str:
-    """Return a concrete embedder spec for `spec` without loading weights: "auto" becomes
-    `labelers.embedders.resolve_auto_spec()` (CLIP when its weights are on disk, else EfficientNet-Lite0).
-    Cheap enough for process start; never called inside /setup."""
+def choose_spec(spec: str, clip: str | None = None) -> tuple[str, str]:
+    """Return (concrete embedder spec, why) for `spec` without loading weights: "auto" becomes
+    `labelers.auto_embedder.choose_auto_embedder(clip)`: the configured CLIP (settings.clip,
+    LABELLOOP_CLIP) or the default CLIP when on disk or downloadable within a short timeout, else
+    EfficientNet-Lite0. Cheap enough for process start (at most one short hub probe); never called in /setup."""
     spec = (spec or "auto").strip()
     if spec != "auto":
-        return spec
-    from labelers.embedders import resolve_auto_spec
+        return spec, "configured (LABELLOOP_EMBEDDER)"
+    from labelers.auto_embedder import choose_auto_embedder
 
-    return resolve_auto_spec()
+    choice = choose_auto_embedder(clip)
+    return choice.spec, f"auto: {choice.reason}"
 
 
-def describe_spec(spec: str) -> dict[str, Any]:
-    """Return {"spec", "family", "zero_shot"} for /health: CLIP (zero-shot) or the EfficientNet fallback."""
+def resolve_spec(spec: str, clip: str | None = None) -> str:
+    """Return the concrete embedder spec of `choose_spec(spec, clip)`."""
+    return choose_spec(spec, clip)[0]
+
+
+def describe_spec(spec: str, reason: str | None = None) -> dict[str, Any]:
+    """Return {"spec", "family", "zero_shot", "fallback"[, "reason"]} for /health: CLIP (zero-shot from
+    label names) or EfficientNet-Lite0 (image-only; the ImageNet prior through WordNet instead)."""
     clip = spec.startswith("open_clip:")
-    return {"spec": spec, "family": "clip" if clip else "efficientnet-lite0",
-            "zero_shot": clip, "fallback": not clip}
+    out: dict[str, Any] = {"spec": spec, "family": "clip" if clip else "efficientnet-lite0",
+                           "zero_shot": clip, "fallback": not clip}
+    if reason:
+        out["reason"] = reason
+    return out
 
 
 def version_prefix(spec: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from backend.events import usable
-from backend.heads import HeadCache, head_predictions, prior_head
+from backend.heads import HeadCache, prior_head
 from backend.labels import ImageClassification, parse_label_config
 from backend.logs import Redactor
 from backend.predictor import PredictorRules
@@ -76,7 +76,7 @@ class HeadTrainer:
             if project.revision == 0:
                 return None, 0, "no usable annotations (none, all skipped, or no label from this config)"
             # Every annotation was deleted: go back to the untrained prior rather than keep serving old labels.
-            prior = prior_head(target, self.embeddings.embedder(project))
+            prior = prior_head(target, self.embeddings.embedder(project), self.heads.priors)
             return self.publish(project_id, prior, 0), 0, "no annotations left: back to the prior"
         urls = self.store.content_keys(project_id, task_ids)
         tasks = [{"id": t, "data": {target.data_key: urls.get(t, (None, None))[0]}} for t in task_ids]
@@ -85,7 +85,7 @@ class HeadTrainer:
         if not len(rows):
             raise RuntimeError(f"none of the {len(task_ids)} annotated images could be read: "
                                + "; ".join(list(embedded.errors.values())[:3]))
-        head = prior_head(target, embedded.embedder)
+        head = prior_head(target, embedded.embedder, self.heads.priors)  # the same prior as r0
         head.fit(embedded.features[rows], _targets(target, [labels[i] for i in rows]))
         version = self.publish(project_id, head, len(rows))
         if embedded.errors:
@@ -164,9 +164,8 @@ class HeadTrainer:
         target = parse_label_config(project.label_config)
         version = self.store.get_version(project_id, project.model_version)
         embedded = self.embeddings.embed(project, tasks, target.data_key)
-        head = self.heads.get(project_id, version, target, embedded.embedder)
-        items = head_predictions(head, target, embedded, self.rules.strategy(project.extra_params),
-                                 version.model_version)
+        items = self.heads.predictions(project_id, version, target, embedded,
+                                       self.rules.strategy(project.extra_params))
         rows = [{"task": int(task["id"]), "result": p.result, "score": p.score, "model_version": p.model_version}
                 for task, p in zip(tasks, items) if p and (p.result or p.score is not None)]
         if rows:

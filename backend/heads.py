@@ -1,7 +1,13 @@
 """Classifier heads per project version, kept in memory per process and reloaded when the version changes.
 
-Version r0 is built on demand: zero-shot from the embedder's text tower (CLIP), or a uniform prior before any
-annotation (image-only embedders). Later versions are loaded from their safetensors folder in MODEL_DIR.
+Version r0 is built on demand: zero-shot from the embedder's text tower (CLIP); with EfficientNet-Lite0 (no
+text tower) the label names mapped onto its ImageNet classes through WordNet (labelers.imagenet_prior) are
+the prior of the labels that match, the others keep the uniform prior. Retrained heads start from the same
+prior. Later versions are loaded from their safetensors folder in MODEL_DIR.
+
+Before the head has evidence (image-only embedder, fewer than COLD_START_PER_LABEL annotations per label),
+the score is the project's cold-start order (backend.cold_start), and a label is pre-checked only when the
+model has evidence for it: see `choose`.
 """
 from __future__ import annotations
 
@@ -15,15 +21,72 @@ from backend.labels import ImageClassification
 
 log = logging.getLogger(__name__)
 
+# The cold-start order ranks tasks until the served head was trained on this many annotations per label.
+COLD_START_PER_LABEL = 2
+# Without annotations, a label is pre-checked from the ImageNet prior only at this probability or more
+# (and at least twice the uniform 1/K): below it the pre-check would be wrong more often than right.
+PRIOR_PRECHECK = 0.5
 
-def prior_head(target: ImageClassification, embedder):
+
+def has_imagenet_classifier(embedder) -> bool:
+    """True for an embedder ending in an ImageNet-1k classifier (EfficientNet-Lite0), which gives a prior."""
+    fc = getattr(getattr(embedder, "model", None), "_fc", None)
+    return getattr(fc, "out_features", None) == 1000
+
+
+class ImageNetPriors:
+    """The WordNet -> ImageNet prior of each label set, computed once per (labels, embedder); thread-safe.
+
+    `status()` is what /health says: per label set, which labels got a prior (and from which classes)."""
+
+    def __init__(self):
+        self._priors: dict[tuple, Any] = {}
+        self._status: dict[tuple, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, target: ImageClassification, embedder):
+        """Return the ClassifierPrior for `target`'s labels, or None when the embedder has a text tower or no
+        ImageNet classifier, or WordNet is missing (logged as a warning: the head starts uniform)."""
+        if getattr(embedder, "has_text", False) or not has_imagenet_classifier(embedder):
+            return None
+        key = (target.labels, target.model_names, embedder.id)
+        with self._lock:
+            if key in self._priors:
+                return self._priors[key]
+            from labelers.imagenet_prior import WordNetMissing, imagenet_prior
+
+            try:
+                prior = imagenet_prior(list(target.labels), embedder, [list(n) for n in target.model_names])
+                status = {"matched": prior.matched, "details": prior.details}
+            except WordNetMissing as exc:
+                log.warning("no ImageNet prior for labels %s (%s): predictions start uniform until annotations "
+                            "arrive", list(target.labels), exc)
+                prior, status = None, {"matched": [], "error": str(exc)}
+            self._priors[key] = prior
+            self._status[key] = {"labels": list(target.labels), "embedder": embedder.id, **status}
+            return prior
+
+    def status(self) -> list[dict[str, Any]]:
+        """Return one entry per label set seen: {"labels", "embedder", "matched", "details" | "error"}."""
+        with self._lock:
+            return list(self._status.values())
+
+
+PRIORS = ImageNetPriors()  # process-wide: the mapping reads WordNet once per label set
+
+
+def prior_head(target: ImageClassification, embedder, priors: ImageNetPriors | None = None):
     """Return an untrained head for `target`: zero-shot text weights when the embedder has a text tower,
-    else all-zero weights (uniform probabilities)."""
+    else the ImageNet prior (labels with no ImageNet class keep the uniform share), else all-zero weights
+    (uniform probabilities)."""
     from labelers.head import ClassifierHead
 
     head = ClassifierHead(list(target.labels), multi_label=target.multiple)
+    prior = (priors or PRIORS).get(target, embedder)
     if getattr(embedder, "has_text", False):
         head.init_from_text(text_weights(target, embedder), embedder.logit_scale)
+    elif prior is not None:
+        head.init_from_prior(prior)
     else:
         head.logits(np.zeros((1, embedder.dim), np.float32))  # initialises the zero prior at the right size
     return head
@@ -38,13 +101,36 @@ def text_weights(target: ImageClassification, embedder) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
+def evidence(head) -> set[str] | None:
+    """Return the labels the head has evidence for: None for all (trained, or zero-shot from text), the
+    prior's matched labels for an untrained head with an ImageNet prior, else the empty set."""
+    if getattr(head, "n_trained", 0) > 0:
+        return None
+    if getattr(head, "prior", None) is not None:
+        return set(head.prior.matched)
+    weight = getattr(head, "prior_weight", None)
+    if weight is not None and bool((weight != 0).any()):
+        return None  # text zero-shot weights
+    return set()
+
+
+def in_cold_start(version, embedder, target: ImageClassification) -> bool:
+    """True while the score should be the cold-start order: an image-only embedder and a served version
+    trained on fewer than COLD_START_PER_LABEL annotations per label (r0 has none)."""
+    if getattr(embedder, "has_text", False):
+        return False  # CLIP zero-shot: the head already ranks by its own uncertainty
+    return version.n_annotations < COLD_START_PER_LABEL * len(target.labels)
+
+
 class HeadCache:
     """(project, model_version, labels) -> head; thread-safe. Old entries of a project are dropped on reload."""
 
-    def __init__(self):
+    def __init__(self, cold_start=None, priors: ImageNetPriors | None = None):
         self._heads: dict[str, tuple[tuple, Any]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # how many times a head was built or read from disk (tests check it stays put)
+        self.cold_start = cold_start  # a backend.cold_start.ColdStartOrder, or None (strategy scores only)
+        self.priors = priors or PRIORS
 
     def get(self, project: str, version, target: ImageClassification, embedder):
         """Return the head serving `version` (a store.Version) for `target`; raises on an unreadable folder."""
@@ -58,12 +144,21 @@ class HeadCache:
         if version.head_dir:
             head = ClassifierHead.load(version.head_dir)
         else:
-            head = prior_head(target, embedder)
+            head = prior_head(target, embedder, self.priors)
         with self._lock:
             self._heads[project] = (key, head)
             self.loads += 1
         log.info("project %s: serving head %s", project, version.model_version)
         return head
+
+    def predictions(self, project: str, version, target: ImageClassification, embedded, strategy: str):
+        """Return the items `head_predictions` returns for `embedded` with the head serving `version`, scored
+        by the project's cold-start order while `in_cold_start` holds (else by `strategy`)."""
+        head = self.get(project, version, target, embedded.embedder)
+        cold = None
+        if self.cold_start is not None and in_cold_start(version, embedded.embedder, target):
+            cold = self.cold_start.scores(project, embedded.embedder.id, len(target.labels))
+        return head_predictions(head, target, embedded, strategy, version.model_version, cold_scores=cold)
 
 
 def label_probabilities(head, target: ImageClassification, features: np.ndarray) -> np.ndarray:
@@ -104,10 +199,19 @@ def scores(probs: np.ndarray, strategy: str, multiple: bool, keys: list | None =
     return per_class.min(axis=1)
 
 
-def choose(probs_row: np.ndarray, target: ImageClassification) -> list[str]:
+def choose(probs_row: np.ndarray, target: ImageClassification, evident: set[str] | None = None) -> list[str]:
     """Return the labels to pre-select for one task: the top class (single choice) or every class whose
-    probability clears the threshold (multiple choice, 0.5 unless model_score_threshold says otherwise)."""
+    probability clears the threshold (multiple choice, 0.5 unless model_score_threshold says otherwise).
+
+    `evident`: the labels the model has evidence for (see `evidence`); None for all. Without evidence for
+    all labels (an untrained head on an image-only embedder), only an evident label is pre-checked, and only
+    at PRIOR_PRECHECK or more and twice the uniform 1/K: no prior, no pre-check."""
     threshold = target.score_threshold
+    if evident is not None:
+        floor = max(PRIOR_PRECHECK, 2.0 / len(target.labels), threshold or 0.0)
+        ranked = [int(j) for j in np.argsort(-probs_row, kind="stable")]
+        picks = [target.labels[j] for j in ranked if target.labels[j] in evident and probs_row[j] >= floor]
+        return picks if target.multiple else picks[:1]
     if target.multiple:
         cut = 0.5 if threshold is None else threshold
         return [label for label, p in zip(target.labels, probs_row) if p >= cut]
@@ -117,10 +221,15 @@ def choose(probs_row: np.ndarray, target: ImageClassification) -> list[str]:
     return [target.labels[best]]
 
 
-def head_predictions(head, target: ImageClassification, embedded, strategy: str, model_version: str):
+def head_predictions(head, target: ImageClassification, embedded, strategy: str, model_version: str,
+                     cold_scores: dict[str, float] | None = None):
     """Return one item per task of `embedded` (a backend.embedding.TaskEmbeddings): a PredictionValue with the
     head's labels and score; an empty result with score None for an unreadable image; [] for a task still
-    pending (not predicted: Label Studio stores nothing and asks again)."""
+    pending (not predicted: Label Studio stores nothing and asks again).
+
+    `cold_scores` ({content key: score}, backend.cold_start): when given, a task's score is its cold-start
+    score instead of the strategy's, and each pre-checked region carries the head's probability as "score"
+    (the task's score is then a rank, not a confidence)."""
     from backend.schemas import PredictionValue
 
     items: list = [PredictionValue(result=[], score=None, model_version=model_version)
@@ -129,10 +238,23 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
     if len(rows):
         probs = label_probabilities(head, target, embedded.features[rows])
         row_scores = scores(probs, strategy, target.multiple, keys=[embedded.keys[i] for i in rows])
+        evident = evidence(head)
         for j, i in enumerate(rows):
-            labels = choose(probs[j], target)
-            items[i] = PredictionValue(result=[target.region(labels)] if labels else [],
-                                       score=round(float(row_scores[j]), 6), model_version=model_version)
+            labels = choose(probs[j], target, evident)
+            region = target.region(labels) if labels else None
+            score = float(row_scores[j])
+            if cold_scores is not None:
+                score = _cold_score(cold_scores, embedded.keys[i], score)
+                if region is not None:
+                    region["score"] = round(float(max(probs[j][target.labels.index(x)] for x in labels)), 6)
+            items[i] = PredictionValue(result=[region] if region else [], score=round(score, 6),
+                                       model_version=model_version)
     for i in embedded.pending:
         items[i] = []
     return items
+
+
+def _cold_score(cold_scores: dict[str, float], key: str | None, fallback: float) -> float:
+    """The cold-start score of an image, or `fallback` (the strategy's) for one the order does not hold:
+    only a task without id or content key, since the order is recomputed after each /predict embeds."""
+    return cold_scores.get(key, fallback) if key is not None else fallback

@@ -16,7 +16,6 @@ from functools import cached_property
 from typing import Any, Callable
 
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
-from backend.heads import head_predictions
 from backend.labels import ImageClassification, label_interface, parse_label_config
 from backend.predictor import PredictorChoice, PredictorRules
 from backend.schemas import ModelResponse, PredictionValue
@@ -136,7 +135,9 @@ class LabelloopModel:
         """Return one item per task, in order: a prediction carrying the version that produced it (an empty
         result and score None when the image cannot be read), or [] for a task not reached within the
         predict budget: Label Studio stores nothing for it, and it is embedded in the background so the next
-        Retrieve Predictions answers it from the cache."""
+        Retrieve Predictions answers it from the cache. With an image-only embedder and a head without enough
+        annotations, the score is the project's cold-start order and nothing is pre-checked without evidence
+        (docs/backend.md §4a)."""
         choice = self.predictor
         project, _ = self._connect()
         if choice.predictor == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
@@ -147,8 +148,8 @@ class LabelloopModel:
             return ModelResponse(model_version=version, predictions=items)
         version = self.store.get_version(self.project_id, project.model_version)
         embedded = self.embeddings.embed(project, tasks, self.target.data_key, budget=self.predict_budget)
-        head = self.heads.get(self.project_id, version, self.target, embedded.embedder)
-        items = head_predictions(head, self.target, embedded, self.strategy, version.model_version)
+        # Scored by the project's cold-start order until the head has evidence (backend.heads.in_cold_start).
+        items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy)
         if embedded.pending:
             self.warmer.embed_new_tasks(self.project_id, [tasks[i] for i in embedded.pending])
             log.warning("project %s: %d of %d tasks not predicted within the %g s budget "

@@ -13,7 +13,8 @@ import httpx
 
 from backend.config import ConfigError, Settings
 from backend.counters import Counters
-from backend.embedders import EmbedderPool, describe_spec, resolve_spec
+from backend.cold_start import ColdStartOrder
+from backend.embedders import EmbedderPool, choose_spec, describe_spec
 from backend.embedding import EmbeddingService
 from backend.fetching import Fetcher
 from backend.head_trainer import HeadTrainer
@@ -65,10 +66,10 @@ class Runtime:
         self.media = MediaResolver(settings, self.auth, self.http)
         self.fetcher = Fetcher(self.media, settings.threads)
         self.embedders = EmbedderPool(embedder_loader)
-        self.default_spec = resolve_spec(settings.embedder)
+        self.default_spec, self.embedder_reason = choose_spec(settings.embedder, settings.clip)
         self.embeddings = EmbeddingService(self.store, self.cache, self.embedders, self.fetcher,
                                            settings.embed_batch_size, settings.fetch_timeout_seconds)
-        self.heads = HeadCache()
+        self.heads = HeadCache(cold_start=ColdStartOrder(self.store, self.cache))
         self.vlm_settings = _vlm_settings(settings)
         self.rules = PredictorRules(settings, self.vlm_settings)
         self.vlms = VLMPool(settings, self.vlm_settings, vlm_loader)  # loaded on first VLM /predict only
@@ -86,9 +87,9 @@ class Runtime:
         self.counters = Counters()
         self.started_at = time.time()
         desc = describe_spec(self.default_spec)
-        log.info("embedder %s -> %s (%s)", settings.embedder, self.default_spec,
+        log.info("embedder %s -> %s (%s; %s)", settings.embedder, self.default_spec, self.embedder_reason,
                  "CLIP, zero-shot before the first annotation" if desc["zero_shot"]
-                 else "EfficientNet-Lite0 fallback: image-only, uniform prior until the first annotations")
+                 else "EfficientNet-Lite0: image-only, ImageNet prior for labels WordNet maps, cold-start order")
 
     def model(self, project: str, label_config: str | None = None,
               extra_params: dict[str, Any] | None = None) -> LabelloopModel:
@@ -128,8 +129,9 @@ class Runtime:
 
     def embedder_status(self) -> dict[str, Any]:
         """Return what /health says about the default embedder (never loads it)."""
-        status = describe_spec(self.default_spec)
+        status = describe_spec(self.default_spec, self.embedder_reason)
         status["configured"] = self.settings.embedder
+        status["imagenet_prior"] = self.heads.priors.status()  # which labels got a prior, per label set
         loaded = self.embedders.loaded(self.default_spec)
         status["loaded"] = loaded is not None
         if loaded is not None:

@@ -369,6 +369,11 @@ class Store:
                 out[r["task_id"]] = (r["media_url"], r["content_key"])
         return out
 
+    def project_content_keys(self, project: str) -> list[str]:
+        """Return the content keys of every task of `project` whose image was embedded (the cold-start pool)."""
+        return [r["content_key"] for r in self._conn().execute(
+            "SELECT DISTINCT content_key FROM tasks WHERE project=? AND content_key IS NOT NULL", (project,))]
+
     # -- training runs ----------------------------------------------------------------------------------------
     def start_run(self, project: str, reason: str) -> int:
         with self._tx() as db:

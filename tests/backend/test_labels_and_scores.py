@@ -159,7 +159,7 @@ def test_strategy_comes_from_extra_params_per_project(make_client, docroot):
     assert not np.allclose(lc, m)
 
 
-def test_image_only_embedder_predicts_a_uniform_prior_until_trained(make_client, docroot):
+def test_image_only_embedder_ranks_by_cold_start_and_prechecks_nothing_until_trained(make_client, docroot):
     tasks = [local_task(i + 1, f"imgs/{c}0.png") for i, c in enumerate(("red", "green", "blue"))]
     with make_client(local_files_document_root=docroot, embedder="efficientnet-lite0@32") as (client, runtime):
         health = client.get("/health").json()["embedder"]
@@ -167,7 +167,10 @@ def test_image_only_embedder_predicts_a_uniform_prior_until_trained(make_client,
         results = client.post("/predict", json={"tasks": tasks, "project": "1.1"}).json()["results"]
     assert health["family"] == "efficientnet-lite0" and health["fallback"] and not health["zero_shot"]
     assert version == "efficientnet-lite0-32-p1-r0"
-    assert all(r["score"] == pytest.approx(0.0) for r in results)  # margin of a uniform distribution
+    # red/green/blue name no ImageNet class: no evidence, so nothing is pre-checked (not the first label),
+    # and the score is the cold-start rank over the project's 3 embedded images: 0, 1/3, 2/3 in some order.
+    assert all(r["result"] == [] for r in results)
+    assert sorted(r["score"] for r in results) == pytest.approx([0.0, 1 / 3, 2 / 3], abs=1e-6)
 
 
 def test_connecting_a_project_warms_the_cache_so_predict_never_refetches(make_client, docroot):

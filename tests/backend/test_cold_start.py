@@ -1,0 +1,241 @@
+"""Cold start: before the head has evidence, the score is a coverage order over the project's whole pool.
+
+200 tasks imported in class order (10 classes x 20), embedded by a fake image-only embedder whose features
+are clustered by class (the real EfficientNet-Lite0 on 200 images is too slow for a unit test; the benchmark
+benchmarks/bench_cold_start.py measures the real one on CIFAR-10). The fake ends in an "ImageNet classifier"
+so the WordNet prior is built for the CIFAR-10 label names; its weights are zero (every ImageNet class
+equally likely) unless a test says otherwise, so the prior carries no evidence about any image.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.cold_start import coverage_order
+from backend.labels import parse_label_config
+from backend.runtime import Runtime
+from tests.backend.conftest import local_task, setup_project
+from tests.backend.fakes import LEGACY_TOKEN, FakeLabelStudio, ServerThread
+from tests.waiting import eventually
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+XML = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+       + "".join(f'<Choice value="{c}"/>' for c in CLASSES) + "</Choices></View>")
+PER_CLASS = 20
+
+
+class ClusteredEmbedder:
+    """Image-only embedder: pixel (0, 0) holds the class (its red channel = 20 * class), the other pixels are
+    noise that moves the feature around its class centre. Has an ImageNet-shaped `model._fc` (zero weights)."""
+
+    id = "fake-clusters-v1"
+    dim = 32
+    has_text = False
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.centres = rng.normal(size=(len(CLASSES), self.dim)).astype(np.float32) * 3
+        self.projection = rng.normal(size=(8 * 8 * 3 - 3, self.dim)).astype(np.float32) / 12
+        self.model = torch.nn.Module()
+        self.model._fc = torch.nn.Linear(self.dim, 1000)
+        torch.nn.init.zeros_(self.model._fc.weight)
+        torch.nn.init.zeros_(self.model._fc.bias)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(image.convert("RGB").resize((8, 8)), np.float32).reshape(-1) / 255)
+
+    def encode_batch(self, batch: torch.Tensor) -> np.ndarray:
+        x = batch.numpy()
+        classes = np.rint(x[:, 0] * 255 / 20).astype(int)
+        features = self.centres[classes] + (x[:, 3:] - 0.5) @ self.projection
+        return (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
+
+
+EMBEDDER = ClusteredEmbedder()
+
+
+def image(klass: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    pixels[0, 0] = (20 * klass, 0, 0)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def pool(tmp_path):
+    """(docroot, tasks, class of each task id): 200 images, task ids in class order."""
+    root = tmp_path / "docroot"
+    (root / "imgs").mkdir(parents=True)
+    tasks, truth = [], {}
+    for c in range(len(CLASSES)):
+        for k in range(PER_CLASS):
+            task_id = len(tasks) + 1
+            (root / "imgs" / f"{task_id}.png").write_bytes(image(c, task_id))
+            tasks.append(local_task(task_id, f"imgs/{task_id}.png"))
+            truth[task_id] = c
+    return root, tasks, truth
+
+
+@pytest.fixture
+def warmed(make_settings, pool):
+    """Yield (client, runtime, tasks, truth) with the project connected and all 200 tasks warmed."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    root, tasks, truth = pool
+    fake = FakeLabelStudio(image=b"", tasks=tasks)
+    with ServerThread(fake.app()) as ls:
+        settings = make_settings(embedder="efficientnet-lite0-fake", local_files_document_root=root,
+                                 label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN)
+        runtime = Runtime(settings, embedder_loader=lambda spec: EMBEDDER)
+        with TestClient(create_app(runtime=runtime, preload=False)) as client:
+            setup_project(client, "1.1700000000", XML)
+            assert eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "done", timeout=120)
+            yield client, runtime, tasks, truth
+
+
+def served_head(runtime):
+    version = runtime.store.get_version("1", runtime.store.current_version("1"))
+    return runtime.heads.get("1", version, parse_label_config(XML), EMBEDDER)
+
+
+def predict(client, tasks) -> dict[int, dict]:
+    results = client.post("/predict", json={"tasks": tasks, "project": "1.1700000000"}).json()["results"]
+    return {t["id"]: r for t, r in zip(tasks, results)}
+
+
+def test_first_page_by_ascending_score_covers_the_classes_without_prechecks(warmed):
+    client, runtime, tasks, truth = warmed
+    by_task = predict(client, tasks)
+    ranked = sorted(by_task, key=lambda t: by_task[t]["score"])
+    assert len({truth[t] for t in ranked[:20]}) >= 8
+    scores = [by_task[t]["score"] for t in sorted(by_task)]
+    assert len(set(scores)) == len(scores)  # never tied, so Label Studio never falls back to ID order
+    assert ranked != sorted(ranked) and ranked[:20] != list(range(1, 21))
+    # zero ImageNet weights: the prior is uniform, so no label has evidence and none is pre-checked
+    assert all(r["result"] == [] for r in by_task.values())
+
+
+def test_order_is_a_property_of_the_pool_not_of_the_batch(warmed):
+    client, runtime, tasks, truth = warmed
+    first = predict(client, tasks[::3] + tasks[5:9])
+    second = predict(client, tasks[150:] + tasks[:40])
+    common = set(first) & set(second)
+    assert len(common) > 20
+    assert all(first[t]["score"] == second[t]["score"] for t in common)
+    assert runtime.heads.cold_start.computed == 1  # the same pool: computed once, then served
+
+
+def test_health_names_the_labels_that_got_an_imagenet_prior(warmed):
+    client, runtime, tasks, truth = warmed
+    predict(client, tasks[:2])
+    priors = client.get("/health").json()["embedder"]["imagenet_prior"]
+    entry = next(p for p in priors if p["labels"] == CLASSES)
+    assert "deer" not in entry["matched"] and {"dog", "cat", "airplane", "truck"} <= set(entry["matched"])
+    assert entry["details"]["deer"] == "no ImageNet class: uniform prior"
+    assert entry["details"]["dog"].split()[0].isdigit() and int(entry["details"]["dog"].split()[0]) > 100
+
+
+def test_a_confident_prior_prechecks_its_label_with_its_probability(warmed):
+    client, runtime, tasks, truth = warmed
+    from labelers.imagenet_prior import map_labels_to_imagenet
+
+    dogs = map_labels_to_imagenet(CLASSES).classes["dog"]
+    head = served_head(runtime)
+    head.prior.bias[:] = 0
+    head.prior.bias[dogs] = 12.0  # every image looks like a dog to the "ImageNet classifier"
+    by_task = predict(client, tasks[:5])
+    for r in by_task.values():
+        (region,) = r["result"]
+        assert region["value"]["choices"] == ["dog"]
+        assert region["score"] == pytest.approx(head.prior.proba(np.zeros((1, EMBEDDER.dim)))[0][5], abs=1e-5)
+        assert region["score"] > 0.5 and r["score"] < 1  # the task's score stays its cold-start rank
+
+
+def test_trained_head_takes_over_after_two_annotations_per_label(warmed):
+    from tests.backend.conftest import annotation_event
+
+    client, runtime, tasks, truth = warmed
+    before = predict(client, tasks)
+    for n, t in enumerate(tasks[:: PER_CLASS // 2]):  # 2 per class = 20 annotations
+        resp = client.post("/webhook", json=annotation_event(n + 1, t, CLASSES[truth[t["id"]]], xml=XML))
+        assert resp.status_code in (200, 201), resp.text
+    assert eventually(lambda: runtime.store.get_project("1").revision >= 1
+                      and runtime.store.get_version("1", runtime.store.current_version("1")).n_annotations >= 20,
+                      timeout=120)
+    after = predict(client, tasks)
+    assert [after[t]["score"] for t in after] != [before[t]["score"] for t in before]
+    assert sum(bool(r["result"]) for r in after.values()) == len(tasks)  # trained: every task pre-checked
+    retrained = served_head(runtime)
+    assert retrained.n_trained == 20 and retrained.prior is not None  # retrained heads keep the ImageNet prior
+    assert "dog" in retrained.prior.matched and "deer" not in retrained.prior.matched
+
+
+def test_coverage_order_hand_checked_on_two_far_clusters():
+    x = np.array([[0, 0], [0, 0.1], [0.1, 0], [10, 10], [10, 10.1], [10.1, 10]], np.float32)
+    order = coverage_order(x, 2, seed=3)
+    assert sorted(order.tolist()) == list(range(6))
+    assert {int(order[0]) // 3, int(order[1]) // 3} == {0, 1}  # the first two come from different clusters
+
+
+class _Pool:
+    """A store and an embedding cache holding `n` clustered vectors under content keys k0000..."""
+
+    def __init__(self, n: int):
+        rng = np.random.default_rng(1)
+        self.vectors = {f"k{i:04d}": (rng.normal(size=4) + 10 * (i % 5)).astype(np.float32) for i in range(n)}
+
+    def add(self, n: int) -> list[str]:
+        start = len(self.vectors)
+        for i in range(start, start + n):
+            self.vectors[f"k{i:04d}"] = np.full(4, 10.0 * (i % 5), np.float32)
+        return [f"k{i:04d}" for i in range(start, start + n)]
+
+    def project_content_keys(self, project):
+        return list(self.vectors)
+
+    def get_many(self, embedder_id, keys):
+        return {k: self.vectors[k] for k in keys if k in self.vectors}
+
+
+def test_a_few_new_tasks_go_after_the_order_and_many_recompute_it():
+    from backend.cold_start import ColdStartOrder
+
+    pool = _Pool(100)
+    order = ColdStartOrder(pool, pool)
+    first = order.scores("7", "e", 5)
+    assert sorted(first.values()) == [i / 100 for i in range(100)]
+    few = pool.add(10)  # < 25 %: appended, no k-means
+    second = order.scores("7", "e", 5)
+    assert order.computed == 1
+    old = sorted(first, key=first.get)
+    assert sorted(first, key=second.get) == old  # the old tasks keep their order ...
+    assert min(second[k] for k in few) > max(second[k] for k in old)  # ... and the new ones come after
+    assert order.scores("7", "e", 5) == second and order.computed == 1
+    many = pool.add(40)  # >= 25 % of the 100 ordered: recomputed over all 150
+    third = order.scores("7", "e", 5)
+    assert order.computed == 2 and len(third) == 150
+    assert min(third[k] for k in many + few) < 0.5  # new images can now lead the order
+
+
+def test_without_wordnet_the_head_starts_uniform_and_says_so(monkeypatch, caplog):
+    import labelers.imagenet_prior as imagenet
+    from backend.heads import ImageNetPriors, prior_head
+
+    def missing(folder=None):
+        raise imagenet.WordNetMissing("no WordNet at /nowhere (apt-get install wordnet)")
+
+    monkeypatch.setattr(imagenet, "open_wordnet", missing)
+    priors = ImageNetPriors()
+    with caplog.at_level("WARNING"):
+        head = prior_head(parse_label_config(XML), EMBEDDER, priors)
+    assert head.prior is None and np.allclose(head.predict_proba(np.ones((2, EMBEDDER.dim))), 0.1)
+    (status,) = priors.status()
+    assert status["matched"] == [] and "apt-get install wordnet" in status["error"]
+    assert any("no ImageNet prior" in r.message and "start uniform" in r.message for r in caplog.records)
