@@ -1,6 +1,6 @@
 """"More like this": cosine nearest neighbours over embeddings, exact when small, a faiss IVF index when large.
 
-Below `EXACT_BELOW` rows a query is an exact brute-force scan (one BLAS matmul through `faiss.knn`); above,
+Below `EXACT_BELOW` rows a query is an exact brute-force scan (one BLAS matmul and a partial sort); above,
 `SimilarityIndex` trains an inverted-file index (k-means into about sqrt(N) lists, each query scans the
 `nprobe` closest lists). `benchmarks/bench_similarity.py` measures its recall@10 and speed-up against the
 exact scan at 1M embeddings.
@@ -16,8 +16,17 @@ import numpy as np
 
 # Exact search answers one query over 100k x 512 in a few milliseconds: an index only pays above this.
 EXACT_BELOW = 100_000
-# Lists probed per query. At 1M clustered 512-d embeddings this gives recall@10 of about 0.97 (see RESULTS.md).
-DEFAULT_NPROBE = 16
+# Lists probed per query: a fixed share of the lists keeps recall steady as N (and nlist ~ sqrt(N)) grows;
+# benchmarks/RESULTS.md has the recall and speed-up this gives at 1M embeddings.
+PROBED_SHARE = 1 / 16
+MIN_NPROBE = 8
+# Exact search scores queries against every row in chunks of at most this many similarities (256 MB).
+EXACT_CHUNK = 64 << 20
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists an IVF query scans by default: 1/16 of them, at least 8 (all of them when fewer)."""
+    return min(nlist, max(MIN_NPROBE, round(nlist * PROBED_SHARE)))
 
 
 class SimilarityError(ValueError):
@@ -25,7 +34,8 @@ class SimilarityError(ValueError):
 
 
 def normalize(features: np.ndarray, what: str = "features") -> np.ndarray:
-    """Return float32 C-contiguous rows of unit length; raises SimilarityError on NaN/inf or zero rows."""
+    """Return float32 C-contiguous rows of unit length (the input itself, not a copy, when it already is
+    one: 1M x 512 is 2 GB); raises SimilarityError on NaN/inf or zero rows."""
     x = np.ascontiguousarray(np.atleast_2d(features), dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise SimilarityError(f"{what} must be a non-empty (N, D) array, got shape {np.shape(features)}")
@@ -36,6 +46,8 @@ def normalize(features: np.ndarray, what: str = "features") -> np.ndarray:
     if (norms == 0).any():
         raise SimilarityError(f"{what} has all-zero rows {np.flatnonzero(norms[:, 0] == 0)[:5].tolist()}: "
                               "a zero embedding has no direction to compare")
+    if np.abs(norms - 1.0).max() < 1e-4:
+        return x
     return x / norms
 
 
@@ -43,12 +55,13 @@ class SimilarityIndex:
     """Cosine k-nearest-neighbour search over (N, D) embeddings.
 
     exact_below: below this many rows every search is exact; at or above it a faiss IVF-Flat index is built
-    (nlist lists, default about sqrt(N); nprobe lists scanned per query). Memory: one normalized float32
+    (nlist lists, default about sqrt(N); nprobe lists scanned per query, default `default_nprobe`). Exact
+    search is a chunked BLAS matmul and a partial sort (faster here than faiss's flat scan). Memory: one normalized float32
     copy of the features, plus the index's own copy when approximate (2 x 2 GB at 1M x 512).
     """
 
     def __init__(self, features: np.ndarray, exact_below: int = EXACT_BELOW, nlist: int | None = None,
-                 nprobe: int = DEFAULT_NPROBE, seed: int = 0):
+                 nprobe: int | None = None, seed: int = 0):
         self.vectors = normalize(features)
         self.n, self.dim = self.vectors.shape
         self.approximate = self.n >= exact_below
@@ -67,7 +80,7 @@ class SimilarityIndex:
         index.cp.seed = seed
         index.train(self.vectors[np.sort(sample)])
         index.add(self.vectors)
-        index.nprobe = min(nprobe, nlist)
+        index.nprobe = min(nprobe, nlist) if nprobe else default_nprobe(nlist)
         return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,11 +97,22 @@ class SimilarityIndex:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self.approximate:
             sims, idx = self.index.search(q, k)
-        else:
-            import faiss
+            return sims, idx.astype(np.int64)
+        return self._exact(q, k)
 
-            sims, idx = faiss.knn(q, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-        return sims, idx.astype(np.int64)
+    def _exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by cosine: queries in chunks so the score matrix stays under EXACT_CHUNK entries."""
+        sims, idx = np.empty((len(q), k), np.float32), np.empty((len(q), k), np.int64)
+        step = max(1, EXACT_CHUNK // self.n)
+        for start in range(0, len(q), step):
+            scores = q[start:start + step] @ self.vectors.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < self.n else \
+                np.broadcast_to(np.arange(self.n), scores.shape).copy()
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            idx[start:start + step] = np.take_along_axis(top, order, axis=1)
+            sims[start:start + step] = np.take_along_axis(top_scores, order, axis=1)
+        return sims, idx
 
     def neighbours(self, rows: np.ndarray, k: int) -> np.ndarray:
         """Return (len(rows), k) indices of each row's k nearest other rows (the row itself left out)."""
