@@ -2,9 +2,8 @@
 
     python -m benchmarks.bench_similarity --n 1000000 --dim 512 --write
 
-1. Synthetic clustered embeddings (N x D float32, unit length): `clusters` centres, each cluster spread
-   along 16 directions of its own plus small isotropic noise, so neighbours are meaningful rather than
-   equidistant. Queries are fresh draws from the same clusters (not in the index).
+1. Synthetic clustered embeddings (N x D float32, unit length): `clusters` Gaussian clusters with a
+   power-law spread (see `clustered_embeddings`). Queries are fresh draws (not in the index).
 2. Real CIFAR-10 EfficientNet-Lite0 features (`benchmarks.cifar_features`, train images indexed, test
    images as queries), when the .npz is there or `--cifar` asks for it to be computed.
 
@@ -26,16 +25,20 @@ NPROBES = (4, 8, 16, 32, 64, 128)
 
 
 def clustered_embeddings(n: int, dim: int, clusters: int, seed: int, chunk: int = 100_000) -> np.ndarray:
-    """Return (n, dim) unit float32 rows drawn from `clusters` 16-dimensional Gaussian patches."""
+    """Return (n, dim) unit float32 rows: `clusters` Gaussian clusters whose spread falls off as 1/i over the
+    dimensions i = 1..dim, the slowly decaying spectrum real embeddings have (a few strong directions and a
+    long tail). This keeps neighbours meaningful but not trivially inside one cluster: at 100k rows the index's
+    recall at 5 % of its lists probed (0.90) is close to what real CIFAR-10 features give (0.89 at 8 %);
+    well-separated isotropic clusters give 0.999 at 0.4 % and would flatter the index.
+    """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
-    bases = rng.standard_normal((clusters, 16, dim), dtype=np.float32) * 0.25
+    spread = 1.0 / np.arange(1, dim + 1, dtype=np.float64)
+    spread = (spread * np.sqrt(dim / np.sum(spread ** 2))).astype(np.float32)  # same total variance as centres
     out = np.empty((n, dim), np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        which = rng.integers(0, clusters, m)
-        z = rng.standard_normal((m, 1, 16), dtype=np.float32)
-        rows = centres[which] + (z @ bases[which])[:, 0] + 0.1 * rng.standard_normal((m, dim), dtype=np.float32)
+        rows = centres[rng.integers(0, clusters, m)] + rng.standard_normal((m, dim), dtype=np.float32) * spread
         out[start:start + m] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     return out
 
@@ -87,7 +90,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(n: int = 1_000_000, dim: int = 512, clusters: int = 2000, queries: int = 1000, singles: int = 50,
+def main(n: int = 1_000_000, dim: int = 512, clusters: int = 1000, queries: int = 1000, singles: int = 50,
          threads: int = 1, cifar: bool = False, write: bool = False, seed: int = 0) -> None:
     import faiss
 
@@ -101,7 +104,8 @@ def main(n: int = 1_000_000, dim: int = 512, clusters: int = 2000, queries: int 
             f"search measured side by side in one run, {threads} thread(s) each (faiss IVF-Flat, inner product "
             "on unit vectors = cosine; exact = a chunked BLAS matmul and partial sort, which beat faiss's flat scan here). Ratios matter: seconds "
             "depend on how busy the shared 2-core machine was.\n",
-            f"### Synthetic: {n:,} x {dim} clustered embeddings ({clusters} clusters), {queries} fresh queries\n",
+            f"### Synthetic: {n:,} x {dim} clustered embeddings ({clusters} clusters, power-law spread), "
+            f"{queries} fresh queries\n",
             table(synthetic)]
     print("\n".join(text))
     cifar_npz = Path(__file__).resolve().parent / ".work" / "cifar10_effnet128_1000x200.npz"

@@ -39,16 +39,27 @@ def normalize(features: np.ndarray, what: str = "features") -> np.ndarray:
     x = np.ascontiguousarray(np.atleast_2d(features), dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise SimilarityError(f"{what} must be a non-empty (N, D) array, got shape {np.shape(features)}")
-    if not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        raise SimilarityError(f"{what} has non-finite values in rows {bad[:5].tolist()}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms = row_norms(x)
+    if not np.isfinite(norms).all():  # a NaN or inf entry makes its row's norm NaN or inf
+        raise SimilarityError(f"{what} has non-finite values in rows {np.flatnonzero(~np.isfinite(norms))[:5].tolist()}")
     if (norms == 0).any():
-        raise SimilarityError(f"{what} has all-zero rows {np.flatnonzero(norms[:, 0] == 0)[:5].tolist()}: "
+        raise SimilarityError(f"{what} has all-zero rows {np.flatnonzero(norms == 0)[:5].tolist()}: "
                               "a zero embedding has no direction to compare")
     if np.abs(norms - 1.0).max() < 1e-4:
         return x
-    return x / norms
+    return x / norms[:, None].astype(np.float32)
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """Return the float64 L2 norm of each float32 row, without a full-size temporary.
+
+    float32 squares overflow past 1.8e19: rows whose float32 norm comes out inf are redone in float64, so
+    inf or NaN is left only where the row really holds one.
+    """
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x)).astype(np.float64)
+    for i in np.flatnonzero(~np.isfinite(norms)):
+        norms[i] = np.linalg.norm(x[i].astype(np.float64))
+    return norms
 
 
 class SimilarityIndex:

@@ -99,3 +99,10 @@ def test_rank_by_similarity_and_bad_input():
         SimilarityIndex(np.array([[1.0, 0.0], [0.0, 0.0]]))
     with pytest.raises(SimilarityError, match="non-finite"):
         rank_by_similarity(np.array([[np.nan, 1.0]]), np.ones(2))
+
+
+def test_huge_but_finite_embeddings_are_not_called_non_finite():
+    features = np.array([[3e20, 4e20], [1.0, 0.0]], np.float32)  # float32 squares overflow here
+    order, sim = rank_by_similarity(features, np.array([0.6, 0.8]))
+    assert order.tolist() == [0, 1]
+    np.testing.assert_allclose(sim, [1.0, 0.6], rtol=1e-6)
