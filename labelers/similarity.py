@@ -16,17 +16,17 @@ import numpy as np
 
 # Exact search answers one query over 100k x 512 in a few milliseconds: an index only pays above this.
 EXACT_BELOW = 100_000
-# Lists probed per query: a fixed share of the lists keeps recall steady as N (and nlist ~ sqrt(N)) grows;
-# benchmarks/RESULTS.md has the recall and speed-up this gives at 1M embeddings.
-PROBED_SHARE = 1 / 16
-MIN_NPROBE = 8
+# Lists an IVF query scans by default. Measured (benchmarks/RESULTS.md): recall@10 0.99 at 1M clustered
+# 512-d embeddings (1000 lists) and 0.96 on real CIFAR-10 features (100 lists); a share of the lists
+# instead (1/16) bought 0.997 at 1M for less than half the speed-up.
+DEFAULT_NPROBE = 16
 # Exact search scores queries against every row in chunks of at most this many similarities (256 MB).
 EXACT_CHUNK = 64 << 20
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists an IVF query scans by default: 1/16 of them, at least 8 (all of them when fewer)."""
-    return min(nlist, max(MIN_NPROBE, round(nlist * PROBED_SHARE)))
+    """Lists an IVF query scans by default: DEFAULT_NPROBE, or all of them when there are fewer."""
+    return min(nlist, DEFAULT_NPROBE)
 
 
 class SimilarityError(ValueError):
