@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "pillow>=10.0",
     "safetensors>=0.4",
     "filelock>=3.12",
+    # Nearest-neighbour index for "more like this" and sampling_nn (labelers/similarity.py): wheels for
+    # Linux/macOS/Windows, no compiler needed (hnswlib ships only an sdist).
+    "faiss-cpu>=1.8,<2",
     "httpx>=0.27",
     "defusedxml>=0.7,<1",  # label configs come from the network: no DTDs or entities
     "pydantic-settings>=2.3,<3",

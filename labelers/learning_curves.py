@@ -38,16 +38,23 @@ def labels_to_reach(budgets: np.ndarray, mean_accuracy: np.ndarray, target: floa
     return float(b0 + (target - a0) / (a1 - a0) * (b1 - b0))
 
 
-def summarize(curves: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
+def summarize(curves: pd.DataFrame, baseline: str = "random", mid_budget: float | None = None) -> pd.DataFrame:
     """One row per strategy: AULC (mean, CI), paired AULC gain over `baseline` (mean, CI), final accuracy,
-    labels needed to reach the baseline's final accuracy, and the label ratio at the mid budget."""
+    labels needed to reach the baseline's final accuracy, and the label ratio at the mid budget: the labels
+    the strategy needs to reach the baseline's accuracy at `mid_budget` (default the middle budget of the
+    schedule; the baseline curve is interpolated between budgets), divided by `mid_budget`.
+    NaN in labels_to_baseline_final / label_ratio_at_mid means "never reached" within the schedule
+    (`format_summary` says so). Raises ValueError when mid_budget lies outside the schedule."""
     pivot = curves.pivot_table(index=["strategy", "seed"], columns="n_labeled", values="accuracy")
     budgets = np.asarray(pivot.columns, float)
     aulc = pivot.apply(lambda row: normalized_aulc(budgets, row.to_numpy()), axis=1)
     means = pivot.groupby(level="strategy").mean()
     has_base = baseline in means.index
     base_final = means.loc[baseline].iloc[-1] if has_base else np.nan
-    mid = len(budgets) // 2
+    if mid_budget is None:
+        mid_budget = budgets[len(budgets) // 2]
+    elif not budgets[0] <= mid_budget <= budgets[-1]:
+        raise ValueError(f"mid budget {mid_budget:g} is outside the schedule's {budgets[0]:g}..{budgets[-1]:g} labels")
     rows = []
     for strategy in means.index:
         row = {"strategy": strategy}
@@ -56,12 +63,33 @@ def summarize(curves: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
             paired = aulc.loc[strategy] - aulc.loc[baseline].reindex(aulc.loc[strategy].index)
             row["aulc_gain"], row["aulc_gain_ci"] = mean_ci(paired.to_numpy())
             row["labels_to_baseline_final"] = labels_to_reach(budgets, means.loc[strategy].to_numpy(), base_final)
-            target_mid = means.loc[baseline].iloc[mid]
-            row["mid_budget"] = budgets[mid]
-            row["label_ratio_at_mid"] = labels_to_reach(budgets, means.loc[strategy].to_numpy(), target_mid) / budgets[mid]
+            target_mid = float(np.interp(mid_budget, budgets, means.loc[baseline].to_numpy()))
+            row["mid_budget"] = mid_budget
+            row["label_ratio_at_mid"] = labels_to_reach(budgets, means.loc[strategy].to_numpy(), target_mid) / mid_budget
         row["final_accuracy"] = means.loc[strategy].iloc[-1]
         rows.append(row)
     return pd.DataFrame(rows).set_index("strategy")
+
+
+NEVER_REACHED = "never reached"
+
+
+def format_summary(summary: pd.DataFrame, digits: int = 4) -> tuple[pd.DataFrame, str]:
+    """Return (the summary rounded, with NaN labels-to-reach written as "never reached", a note explaining
+    it, or "" when nothing is missing) for printing and summary.csv."""
+    table = summary.round(digits).astype(object)
+    missing = []
+    for column in ("labels_to_baseline_final", "label_ratio_at_mid"):
+        if column in table:
+            gone = summary[column].isna()
+            table.loc[gone, column] = NEVER_REACHED
+            missing += [f"{s} ({column})" for s in summary.index[gone]]
+    note = ""
+    if missing:
+        note = (f"{NEVER_REACHED}: the strategy's seed-mean accuracy stays below the baseline's target within the "
+                f"labels simulated, so no label count can be given: {', '.join(missing)}. "
+                "Run more rounds to measure it.")
+    return table, note
 
 
 def paired_gaps(curves: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
@@ -75,14 +103,18 @@ def paired_gaps(curves: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_curves(curves: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Save accuracy vs labels per strategy, seed mean with a 95% CI band, as a PNG; returns its path."""
+def plot_curves(curves: pd.DataFrame, path: str | Path, title: str = "", baseline: str | None = "random") -> Path:
+    """Save a PNG of accuracy vs labels per strategy (seed mean with a 95% CI band) and, when `baseline` is
+    among the strategies, a second panel of each strategy's paired accuracy difference to it with its 95%
+    band (per-strategy bands can overlap where the paired gap is clearly non-zero). Returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    paired = baseline is not None and baseline in set(curves["strategy"])
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
     for strategy, group in curves.groupby("strategy"):
         per_budget = group.groupby("n_labeled")["accuracy"]
         budgets = np.asarray(sorted(group["n_labeled"].unique()), float)
@@ -96,7 +128,27 @@ def plot_curves(curves: pd.DataFrame, path: str | Path, title: str = "") -> Path
     ax.set_title(title or "active learning: mean and 95% CI over seeds")
     ax.grid(alpha=0.3)
     ax.legend()
+    if paired:
+        _plot_paired(axes[0, 1], curves, baseline)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def _plot_paired(ax, curves: pd.DataFrame, baseline: str) -> None:
+    """Draw each strategy's mean paired accuracy difference to `baseline` with its 95% band."""
+    gaps = paired_gaps(curves, baseline)
+    for strategy, group in gaps.groupby("strategy"):
+        if strategy == baseline:
+            continue
+        budgets, gap = group["n_labeled"].to_numpy(float), group["gap"].to_numpy()
+        half = np.nan_to_num(group["gap_ci"].to_numpy())
+        ax.plot(budgets, gap, marker="o", ms=3, label=strategy)
+        ax.fill_between(budgets, gap - half, gap + half, alpha=0.2)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("labeled images")
+    ax.set_ylabel(f"accuracy - {baseline} (paired by seed)")
+    ax.set_title(f"paired difference to {baseline}, mean and 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend()

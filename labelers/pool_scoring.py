@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .head import ClassifierHead
-from .strategies import STRATEGIES, prediction_score
+from .strategies import STRATEGIES, _seeded_uniform, gaussian_key, prediction_score
 
 
 @dataclass
@@ -52,7 +52,7 @@ def score_pool(head: ClassifierHead, features: np.ndarray, strategy: str, keys: 
             predicted[start:end], confidence[start:end] = top_idx[:, 0].numpy(), p1.numpy()
             if strategy == "least":
                 chunk_score = p1
-            elif strategy == "margin":
+            elif strategy in ("margin", "gaussian"):  # gaussian: the margin here, its key after the loop
                 chunk_score = p1 - p2
             elif strategy == "entropy":
                 entropy = -(log_p.exp() * log_p).sum(dim=1)
@@ -63,6 +63,8 @@ def score_pool(head: ClassifierHead, features: np.ndarray, strategy: str, keys: 
             score[start:end] = chunk_score.numpy()
     if strategy == "random":
         score = prediction_score(np.zeros((n, 2)), "random", keys=keys, seed=seed)
+    if strategy == "gaussian":
+        score = 1.0 - gaussian_key(score, _seeded_uniform(n, keys, seed))
     if strategy != "entropy":
         uncertainty = 1.0 - score
     return PoolScores(predicted, confidence, score, uncertainty)

@@ -2,7 +2,8 @@
 
 Every strategy sees the same fixed test set, the same initial labeled pool per seed (a paired design)
 and the same head training, so differences come from the query strategy alone.
-A strategy spec is a base strategy plus optional modifiers: "margin", "margin+kmeans", "entropy+balance".
+A strategy spec is a base strategy plus optional modifiers: "margin", "margin+kmeans", "entropy+balance",
+"gaussian+nn4" (each pick brings its 4 nearest neighbours: Active-Labeler's sampling_nn).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd
 
 from .datasets import DatasetError, FeatureDataset
 from .head import ClassifierHead
-from .strategies import STRATEGIES, cold_start, select_batch
+from .strategies import STRATEGIES, cold_start, seed_from_reference, select_batch
 
 
 @dataclass
@@ -28,10 +29,15 @@ class SimulationSettings:
     test_fraction: float = 0.2
     init: str = "random"  # how the initial pool is drawn: random | typical
     l2: float = 100.0
+    # Reference-image seeding: the initial pool's first `seed_nn` labels are the reference's nearest
+    # neighbours (all of `initial` when seed_nn is None), the rest drawn by `init`.
+    reference: np.ndarray | None = None
+    seed_nn: int | None = None
 
 
 def parse_strategy(spec: str) -> tuple[str, dict]:
-    """Split "margin+kmeans+balance" into ("margin", {"diversity": "kmeans", "class_balance": True})."""
+    """Split "margin+kmeans+balance+nn2" into ("margin", {"diversity": "kmeans", "class_balance": True,
+    "n_closest": 2}). Raises ValueError naming an unknown strategy or modifier."""
     base, *modifiers = spec.split("+")
     if base not in STRATEGIES:
         raise ValueError(f"unknown strategy {base!r} in {spec!r}; choose from {', '.join(STRATEGIES)}")
@@ -41,9 +47,60 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
             options["diversity"] = "kmeans"
         elif modifier == "balance":
             options["class_balance"] = True
+        elif modifier.startswith("nn") and modifier[2:].isdigit() and int(modifier[2:]) > 0:
+            options["n_closest"] = int(modifier[2:])
         else:
-            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans or +balance")
+            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance or +nn<N>")
     return base, options
+
+
+def check_strategies(specs) -> None:
+    """Raise ValueError on the first spec that does not parse (call before any embedding or training)."""
+    if not specs:
+        raise ValueError("no strategies given")
+    for spec in specs:
+        parse_strategy(spec)
+
+
+def binary_dataset(dataset: FeatureDataset, positive: str) -> FeatureDataset:
+    """Return the dataset as a two-choice project: class names ("Reject", "Accept"), label 1 for `positive`.
+
+    Active-Labeler's setting (one positive class against everything else). Raises DatasetError when the
+    class is unknown.
+    """
+    if positive not in dataset.class_names:
+        raise DatasetError(f"positive class {positive!r} is not one of {', '.join(dataset.class_names)}")
+    c = dataset.class_names.index(positive)
+    test = None if dataset.test_labels is None else (dataset.test_labels == c).astype(np.int64)
+    return FeatureDataset(dataset.features, (dataset.labels == c).astype(np.int64), ["Reject", "Accept"],
+                          dataset.test_features, test)
+
+
+def initial_pool(features: np.ndarray, settings: SimulationSettings, seed: int) -> np.ndarray:
+    """Return the initial labeled rows of one seed: reference neighbours first when a reference is set."""
+    if settings.reference is None:
+        return cold_start(features, settings.initial, settings.init, seed=seed)
+    n_nn = settings.initial if settings.seed_nn is None else settings.seed_nn
+    near = seed_from_reference(features, settings.reference, n_nn, seed=seed)
+    rest = np.setdiff1d(np.arange(len(features)), near)
+    if settings.initial == n_nn:
+        return near
+    extra = rest[cold_start(features[rest], settings.initial - n_nn, settings.init, seed=seed)]
+    return np.concatenate([near, extra])
+
+
+def describe(dataset: FeatureDataset, settings: SimulationSettings, test_source: str) -> str:
+    """Return the protocol line the CLI logs: pool, test set, schedule, seeds."""
+    total = settings.initial + settings.rounds * settings.batch_size
+    if settings.reference is None:
+        start = f"{settings.initial} ({settings.init})"
+    else:
+        n_nn = settings.initial if settings.seed_nn is None else settings.seed_nn
+        start = f"{settings.initial} ({n_nn} nearest to the reference, {settings.initial - n_nn} {settings.init})"
+    return (f"pool: {len(dataset.labels)} images, {len(dataset.class_names)} classes; "
+            f"test: {len(dataset.test_labels)} images ({test_source}); "
+            f"schedule: {start} then {settings.rounds} rounds of {settings.batch_size} = {total} labels; "
+            f"{settings.seeds} seeds; strategies: {', '.join(settings.strategies)}")
 
 
 def split_test(dataset: FeatureDataset, fraction: float, seed: int = 0) -> FeatureDataset:
@@ -88,11 +145,13 @@ def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationS
 
 def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bool = True) -> pd.DataFrame:
     """Run every strategy for every seed; return the learning curves (strategy, seed, round, n_labeled,
-    accuracy). Raises DatasetError when the budget does not fit the pool."""
+    accuracy). Raises DatasetError when the budget does not fit the pool (split it first with `split_test`
+    to know the pool; an unsplit dataset is split here)."""
     from tqdm.auto import tqdm
 
-    for spec in settings.strategies:
-        parse_strategy(spec)  # fail before any work on a typo
+    check_strategies(settings.strategies)  # fail before any work on a typo
+    if settings.seed_nn is not None and not 0 <= settings.seed_nn <= settings.initial:
+        raise DatasetError(f"--seed-nn {settings.seed_nn} must be between 0 and --initial {settings.initial}")
     dataset = split_test(dataset, settings.test_fraction)
     needed = settings.initial + settings.rounds * settings.batch_size
     if needed > len(dataset.labels):
@@ -100,7 +159,7 @@ def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bo
     rows = []
     bar = tqdm(total=settings.seeds * len(settings.strategies), desc="simulate", unit="run", disable=not progress)
     for seed in range(settings.seeds):
-        initial = cold_start(dataset.features, settings.initial, settings.init, seed=seed)
+        initial = initial_pool(dataset.features, settings, seed)
         for spec in settings.strategies:
             rows += run_one(dataset, spec, seed, settings, initial)
             bar.update()

@@ -106,3 +106,41 @@ def test_pool_scoring_matches_reference_path(strategy):
     np.testing.assert_allclose(fast.score, prediction_score(probs, strategy, keys=keys, seed=5), atol=2e-5)
     np.testing.assert_allclose(fast.uncertainty, uncertainty(probs, strategy, keys=keys, seed=5), atol=2e-5)
     np.testing.assert_array_equal(fast.predicted, probs.argmax(axis=1))
+
+
+def test_gaussian_weight_by_hand_and_binary_equivalence():
+    from labelers.strategies import gaussian_key
+
+    # margin 0: weight 1, the key is the uniform draw itself; margin 0.4: weight exp(-1/2).
+    np.testing.assert_allclose(gaussian_key(np.array([0.0, 0.4]), np.array([0.25, 0.25])),
+                               [0.25, 0.25 ** (1 / np.exp(-0.5))])
+    # Two choices (Accept/Reject): a Gaussian of width 0.2 around p = 0.5, as Active-Labeler samples.
+    p = np.linspace(0.01, 0.99, 9)
+    probs = np.stack([1 - p, p], axis=1)
+    r = np.full(len(p), 0.5)
+    weight = np.log(0.5) / np.log(gaussian_key(np.abs(2 * p - 1), r))
+    np.testing.assert_allclose(weight, np.exp(-(p - 0.5) ** 2 / (2 * 0.2 ** 2)))
+    np.testing.assert_allclose(1 - prediction_score(probs, "gaussian", keys=range(9), seed=2),
+                               uncertainty(probs, "gaussian", keys=range(9), seed=2))
+
+
+def test_gaussian_draws_in_proportion_to_the_weight():
+    from labelers.strategies import gaussian_key
+
+    # One close call (margin 0, weight 1) and three confident items (margin 0.8, weight exp(-2) each):
+    # the top key must be the close call with probability 1 / (1 + 3 exp(-2)) = 0.711.
+    margins = np.array([0.0, 0.8, 0.8, 0.8])
+    draws = np.random.default_rng(0).random((20000, 4))
+    first = np.argmax(gaussian_key(margins[None], draws), axis=1)
+    assert abs((first == 0).mean() - 1 / (1 + 3 * np.exp(-2))) < 0.015
+    # ...and unlike margin it still draws confident items, never the same item twice.
+    probs = np.array([[0.5, 0.5], [0.9, 0.1], [0.95, 0.05], [0.99, 0.01]])
+    picks = select_batch(probs, 4, "gaussian", seed=3)
+    assert sorted(picks.tolist()) == [0, 1, 2, 3]
+
+
+def test_binary_accept_reject_through_every_strategy():
+    probs = np.array([[0.5, 0.5], [0.8, 0.2], [0.02, 0.98], [0.45, 0.55]])  # columns: Reject, Accept
+    for strategy in ("margin", "least", "entropy"):
+        assert select_batch(probs, 2, strategy).tolist() == [0, 3]
+    assert set(select_batch(probs, 4, "random").tolist()) == {0, 1, 2, 3}
