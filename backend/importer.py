@@ -138,6 +138,8 @@ def connect(url: str, api_key: str, verify_ssl: bool = True):
             raise ImportFailed(f"Label Studio at {url} refused the API key (HTTP {exc.status_code}). Copy it from "
                                "Account & Settings > Personal Access Token (or Access Token when legacy tokens "
                                "are enabled) and pass it as --api-key or LABEL_STUDIO_API_KEY.") from None
+        if exc.status_code == 200:  # the SDK could not parse a 200: another server on that port
+            raise ImportFailed(f"{url} did not answer like Label Studio (not its JSON); check --url") from None
         raise ImportFailed(f"Label Studio at {url} answered HTTP {exc.status_code}: {_api_detail(exc)}") from None
     except httpx.HTTPError as exc:
         raise ImportFailed(f"cannot reach Label Studio at {url} ({type(exc).__name__}); is it running, and is "
