@@ -9,26 +9,17 @@ Chromium missing is a failure that says how to install it (`make setup-browser`)
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import httpx
 import pytest
 
 from tests.e2e import browser as br
 from tests.e2e import ls_steps as steps
-from tests.e2e.label_studio_server import REPO, _clean_env, start_backend
+from tests.e2e.label_studio_server import start_backend
+from tests.e2e.walkthrough import imported_project, labelloop_import, train_on_one_per_class
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 TITLE = "browser e2e"
-
-
-def labelloop_import(label_studio, *args: str, api_key: str | None = None) -> subprocess.CompletedProcess:
-    """Run the real `labelloop import` CLI against `label_studio`; returns the finished process."""
-    env = _clean_env()
-    env.update({"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": api_key or label_studio.token})
-    return subprocess.run([sys.executable, "-m", "labelloop.cli", "import", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +74,9 @@ def test_data_manager_shows_our_scores_and_pre_annotations(label_studio, cifar_f
     browser = None
     try:
         ls = label_studio.client()
-        truth = dict(cifar_files)
-        tasks = steps.list_tasks(ls, imported, fields="task_only")
-        project = steps.Project(imported, [steps.Task(t["id"], p, truth[p]) for t in tasks
-                                           for p in [t["data"]["image"].split("?d=", 1)[1]]])
-        steps.connect(ls, project, backend)
-        labelled = {}
-        for task in sorted(project.tasks, key=lambda t: t.id):  # one annotation per class
-            if task.truth not in labelled.values():
-                steps.annotate(ls, task.id, task.truth)
-                labelled[task.id] = task.truth
-        version = steps.wait_for_training(backend, imported, n_annotations=10)["model_version"]
-        steps.retrieve_predictions(ls, imported)
-        steps.wait_for_ls_project_version(ls, imported, version)
+        project = imported_project(ls, imported, dict(cifar_files))
+        version, labelled = train_on_one_per_class(ls, project, backend)
+        assert len(labelled) == 10
 
         full = steps.list_tasks(ls, imported)
         response = backend.post("/predict", json={"tasks": full, "project": f"{imported}.0",
