@@ -55,11 +55,12 @@ def start_browser(user_data_dir: Path, width: int = 1400, height: int = 900):
 
 def wait_for(browser, condition, what: str, timeout: float = WAIT_SECONDS):
     """Return condition(browser)'s first truthy value; raise AssertionError naming `what` on timeout."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(browser, timeout, poll_frequency=0.25).until(condition)
+    try:  # React re-renders replace elements under our feet: a stale one means "look again"
+        return WebDriverWait(browser, timeout, poll_frequency=0.25,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(condition)
     except TimeoutException:
         text = browser.find_element("tag name", "body").text[:600] if browser.page_source else ""
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} at {browser.current_url}; "
@@ -131,18 +132,39 @@ def _order_button(browser, text: str):
 def order_by(browser, name: str) -> None:
     """Pick `name` in the Data Manager's *Order by* menu (ascending, Label Studio's default direction)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     if _order_button(browser, name):  # the view already sorts by it (views are stored per project)
         return
+    before = _stored_orderings(browser)
     _order_button(browser, "Order by")[0].click()
     options = wait_for(browser, lambda b: [e for e in b.find_elements(By.XPATH, f"//*[{_xpath_text(name)}]")
                                            if e.is_displayed() and "lsf-th" not in (e.get_attribute("class") or "")
                                            and e.tag_name != "button"],
                        f"{name!r} in the Order by menu")
     options[-1].click()
-    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     wait_for(browser, lambda b: _order_button(b, name), f"the Data Manager to be ordered by {name!r}")
+    # The table may still show the rows of a fetch started before the pick (e.g. for a new column), and the
+    # menu stays open: reload, as a user would, so the page shows the view Label Studio stored.
+    # The view is saved by a request of its own; reloading before it ends would cancel it.
+    wait_for(browser, lambda b: _stored_orderings(b) != before, "Label Studio to store the Data Manager's ordering")
+    browser.refresh()
+    wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "[data-testid=table-row]") and _order_button(b, name),
+             f"the reloaded Data Manager ordered by {name!r}")
+
+
+_VIEWS_JS = """
+const done = arguments[arguments.length - 1];
+const project = location.pathname.split('/')[2];
+fetch('/api/dm/views/?project=' + project, {credentials: 'same-origin'})
+  .then(r => r.json()).then(views => done(views.map(v => v.ordering || (v.data || {}).ordering || [])))
+  .catch(() => done(null));
+"""
+
+
+def _stored_orderings(browser) -> list[str]:
+    """Return the orderings of the project's stored Data Manager views (what a reload will show)."""
+    views = browser.execute_async_script(_VIEWS_JS) or []
+    return [order for view in views for order in (view if isinstance(view, list) else [])]
 
 
 _TABLE_JS = """
