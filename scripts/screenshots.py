@@ -35,8 +35,9 @@ def save_png(png: bytes, path: Path, crop: tuple[int, int, int, int] | None = No
     Raises RuntimeError when the picture stays over MAX_BYTES even as a 256-colour PNG.
     """
     image = Image.open(io.BytesIO(png)).convert("RGB")
-    if crop:
-        image = image.crop(crop)
+    if crop:  # never past the page: PIL fills that with black
+        left, top, right, bottom = crop
+        image = image.crop((left, top, min(right, image.width), min(bottom, image.height)))
     if image.width > IMAGE_WIDTH:
         image = image.resize((IMAGE_WIDTH, round(image.height * IMAGE_WIDTH / image.width)), Image.LANCZOS)
     for colors in (None, 256, 64):
@@ -79,19 +80,27 @@ def shoot(ls_server, project_id: int, annotated: set[int], out: Path, profile: P
         br.open_data_manager(browser, ls_server.url, project_id)
         br.show_columns(browser, ["Prediction score"])
         br.order_by(browser, "Prediction score")
+        br.wait_for(browser, br.images_loaded, "the Data Manager thumbnails")
         rows = br.table_rows(browser)
         sizes["data-manager.png"] = save_png(browser.get_screenshot_as_png(), out / "data-manager.png")
 
+        # Tall enough for every choice under the (scaled-up) image; cropped below the last one.
+        browser.set_window_size(WIDTH, 1400)
         first = next(row.task_id for row in rows if row.task_id not in annotated)
         br.open_task(browser, ls_server.url, project_id, first)
         br.wait_for(browser, lambda b: br.checked_choices(b), "the pre-selected choice")
-        sizes["labeling.png"] = save_png(browser.get_screenshot_as_png(), out / "labeling.png")
+        br.wait_for(browser, lambda b: br.images_loaded(b, "img", min_width=200), "the task image")
+        bottom = br.bottom_of(browser, "input[name]") + 16
+        sizes["labeling.png"] = save_png(browser.get_screenshot_as_png(), out / "labeling.png",
+                                         crop=(0, 0, WIDTH, bottom))
 
+        browser.set_window_size(WIDTH, 800)
         browser.get(f"{ls_server.url}/projects/{project_id}/settings/ml")
         br.wait_for(browser, lambda b: b.find_elements(By.XPATH, "//*[normalize-space(.)='Connected']"),
                     "the model card")
+        bottom = br.bottom_of(browser, "input[type=checkbox], button[type=submit]") + 24
         sizes["model-card.png"] = save_png(browser.get_screenshot_as_png(), out / "model-card.png",
-                                           crop=(0, 0, 1000, 700))
+                                           crop=(0, 0, 1000, bottom or 700))
     finally:
         browser.quit()
     return sizes

@@ -225,6 +225,22 @@ def checked_choices(browser) -> list[str]:
             if e.get_attribute("name")]
 
 
+def images_loaded(browser, selector: str = "[data-testid=table-row] img", min_width: int = 0) -> bool:
+    """True when at least one image matches `selector` (and is at least `min_width` CSS pixels wide on the
+    page) and every such image has loaded; thumbnails load lazily."""
+    return bool(browser.execute_script(
+        "const imgs = [...document.querySelectorAll(arguments[0])]"
+        ".filter(i => i.getBoundingClientRect().width >= arguments[1]);"
+        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);", selector, min_width))
+
+
+def bottom_of(browser, css: str) -> int:
+    """Return the lowest page y (CSS pixels) of the elements matching `css`, 0 when none."""
+    return int(browser.execute_script(
+        "return Math.max(0, ...[...document.querySelectorAll(arguments[0])]"
+        ".map(e => (e.closest('label') || e.parentElement || e).getBoundingClientRect().bottom));", css))
+
+
 def page_text(browser) -> str:
     from selenium.webdriver.common.by import By
 

@@ -86,13 +86,28 @@ def test_data_manager_shows_our_scores_and_pre_annotations(label_studio, cifar_f
         assert {r["model_version"] for r in predicted.values()} == {version}
         assert len({round(r["score"], 3) for r in predicted.values()}) > 1, "a trained head ranks the tasks"
 
+        # The README's menu names: the Data Manager builds its Actions menu from this list.
+        actions = httpx.get(f"{label_studio.url}/api/dm/actions/", params={"project": imported}, timeout=30.0,
+                            headers={"Authorization": f"Token {label_studio.token}"}).json()
+        assert {"id": "retrieve_tasks_predictions", "title": "Retrieve Predictions"}.items() <= next(
+            a for a in actions if a["id"] == "retrieve_tasks_predictions").items()
+
         browser = br.start_browser(tmp_path / "chromium-profile", width=1400, height=2600)
         br.login(browser, label_studio.url, label_studio.username, label_studio.password)
         br.open_data_manager(browser, label_studio.url, imported)
         br.show_columns(browser, ["Prediction score", "Prediction results"])
         br.order_by(browser, "Prediction score")
-        rows = steps.wait_until(lambda: (r := br.table_rows(browser)) and len(r) == 30 and r, "30 rendered rows",
-                                timeout=60.0)
+        def scored_rows():  # the table re-renders after each menu pick: wait for the sorted, scored one
+            rows = br.table_rows(browser)
+            scores = [row.cells.get("Prediction score", "") for row in rows]
+            return len(rows) == 30 and all(scores) and scores == sorted(scores, key=float) and rows
+
+        try:
+            rows = steps.wait_until(scored_rows, "30 rows with scores, sorted", timeout=60.0)
+        except AssertionError:
+            browser.save_screenshot(str(tmp_path / "data-manager.png"))
+            raise AssertionError(f"the Data Manager shows {br.table_rows(browser)[:3]} (screenshot "
+                                 f"{tmp_path / 'data-manager.png'})") from None
 
         # The Data Manager shows the score with three decimals, sorted ascending, and the labels predicted.
         shown = [(row.task_id, row.cells["Prediction score"]) for row in rows]
