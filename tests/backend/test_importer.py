@@ -144,3 +144,40 @@ def test_new_project_without_classes_is_refused_after_login(images, monkeypatch)
     monkeypatch.setattr("backend.importer.connect", lambda url, key, verify: Client())
     with pytest.raises(ImportFailed, match="--new-project needs the classes"):
         import_folder(images, url="http://ls", api_key="k", new_project="cats")
+
+
+class FakeSyncClient:
+    """Just enough of the SDK for `sync`: a sync call that creates tasks one by one while it runs."""
+
+    def __init__(self, created: int, status: str = "completed", traceback: str | None = None):
+        import threading
+        from types import SimpleNamespace
+
+        self.count, self.created, self.status, self.traceback = 5, created, status, traceback
+        self.step = threading.Event()
+        self.projects = SimpleNamespace(get=lambda id: SimpleNamespace(task_number=self.count))
+        self.import_storage = SimpleNamespace(local=SimpleNamespace(sync=self._sync))
+
+    def _sync(self, id, request_options):
+        for _ in range(self.created):
+            self.count += 1
+            self.step.wait(0.02)  # give the poller a chance to see each task
+        return {"id": id, "status": self.status, "traceback": self.traceback, "last_sync_count": self.created,
+                "meta": {"tasks_existed": 7}}
+
+
+def test_sync_reports_progress_and_counts():
+    from backend.importer import sync
+
+    client = FakeSyncClient(created=20)
+    seen = []
+    assert sync(client, 1, 9, progress=seen.append, poll_seconds=0.01) == (20, 7)
+    assert seen[-1] == 20 and seen == sorted(seen) and len(set(seen)) > 2  # it moved while syncing
+
+
+def test_a_failed_sync_is_an_error_with_label_studios_reason():
+    from backend.importer import sync
+
+    client = FakeSyncClient(created=0, status="failed", traceback="Traceback ...\nValueError: cannot read x.jpg")
+    with pytest.raises(ImportFailed, match="could not sync storage 9: ValueError: cannot read x.jpg"):
+        sync(client, 1, 9, poll_seconds=0.01)
