@@ -105,20 +105,25 @@ def _click_menu_item(browser, text: str) -> None:
     item.click()
 
 
-def show_columns(browser, names: list[str]) -> None:
-    """Tick `names` in the Data Manager's *Columns* menu (as a user does), then close the menu."""
+def show_columns(browser, names: list[str], attempts: int = 3) -> None:
+    """Tick `names` in the Data Manager's *Columns* menu (as a user does), then reload the page once Label
+    Studio has stored them. Each tick is saved by a request of its own, so a reload can still lose the last
+    one: the missing columns are ticked again, up to `attempts` times (AssertionError after that)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    shown = set(header_names(browser))
-    wanted = [name for name in names if name not in shown]
-    if not wanted:
-        return
-    browser.find_element(By.XPATH, "//span[normalize-space(text())='Columns']").click()
-    for name in wanted:
-        _click_menu_item(browser, name)
-    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
-    wait_for(browser, lambda b: set(wanted) <= set(header_names(b)), f"the columns {wanted} to show")
+    for _ in range(attempts):
+        wanted = [name for name in names if name not in set(header_names(browser))]
+        if not wanted:
+            return
+        before = _stored_views(browser)
+        browser.find_element(By.XPATH, "//span[normalize-space(text())='Columns']").click()
+        for name in wanted:
+            _click_menu_item(browser, name)
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        wait_for(browser, lambda b: set(wanted) <= set(header_names(b)), f"the columns {wanted} to show")
+        _reload_when_stored(browser, before, lambda b: header_names(b), f"the columns {wanted}")
+    raise AssertionError(f"Label Studio did not keep the columns {names} shown (now: {header_names(browser)})")
 
 
 def _order_button(browser, text: str):
@@ -135,7 +140,7 @@ def order_by(browser, name: str) -> None:
 
     if _order_button(browser, name):  # the view already sorts by it (views are stored per project)
         return
-    before = _stored_orderings(browser)
+    before = _stored_views(browser)
     _order_button(browser, "Order by")[0].click()
     options = wait_for(browser, lambda b: [e for e in b.find_elements(By.XPATH, f"//*[{_xpath_text(name)}]")
                                            if e.is_displayed() and "lsf-th" not in (e.get_attribute("class") or "")
@@ -143,28 +148,34 @@ def order_by(browser, name: str) -> None:
                        f"{name!r} in the Order by menu")
     options[-1].click()
     wait_for(browser, lambda b: _order_button(b, name), f"the Data Manager to be ordered by {name!r}")
-    # The table may still show the rows of a fetch started before the pick (e.g. for a new column), and the
-    # menu stays open: reload, as a user would, so the page shows the view Label Studio stored.
-    # The view is saved by a request of its own; reloading before it ends would cancel it.
-    wait_for(browser, lambda b: _stored_orderings(b) != before, "Label Studio to store the Data Manager's ordering")
-    browser.refresh()
-    wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "[data-testid=table-row]") and _order_button(b, name),
-             f"the reloaded Data Manager ordered by {name!r}")
+    _reload_when_stored(browser, before, lambda b: _order_button(b, name), f"the ordering by {name!r}")
 
 
 _VIEWS_JS = """
 const done = arguments[arguments.length - 1];
 const project = location.pathname.split('/')[2];
 fetch('/api/dm/views/?project=' + project, {credentials: 'same-origin'})
-  .then(r => r.json()).then(views => done(views.map(v => v.ordering || (v.data || {}).ordering || [])))
+  .then(r => r.json())
+  .then(views => done(JSON.stringify(views.map(v => [v.ordering, (v.data || {}).ordering, (v.data || {}).hiddenColumns]))))
   .catch(() => done(null));
 """
 
 
-def _stored_orderings(browser) -> list[str]:
-    """Return the orderings of the project's stored Data Manager views (what a reload will show)."""
-    views = browser.execute_async_script(_VIEWS_JS) or []
-    return [order for view in views for order in (view if isinstance(view, list) else [])]
+def _stored_views(browser) -> str | None:
+    """Return the ordering and hidden columns of the project's stored Data Manager views (what a reload shows)."""
+    return browser.execute_async_script(_VIEWS_JS)
+
+
+def _reload_when_stored(browser, before: str | None, ready, what: str) -> None:
+    """Wait until Label Studio has stored a view change (its own request; reloading earlier would cancel
+    it), then reload, as a user would, and wait for `ready(browser)`. The table may otherwise still show
+    rows of a fetch that started before the change."""
+    from selenium.webdriver.common.by import By
+
+    wait_for(browser, lambda b: _stored_views(b) not in (before, None), f"Label Studio to store {what}")
+    browser.refresh()
+    wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "[data-testid=table-row]") and ready(b),
+             f"the reloaded Data Manager with {what}")
 
 
 _TABLE_JS = """

@@ -52,7 +52,8 @@ def test_import_creates_one_task_per_image_once_and_serves_them(label_studio, ci
                       timeout=30.0)
     assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"  # a JPEG
 
-    again = labelloop_import(label_studio, str(label_studio.files_root / "cifar10"), "--new-project", TITLE)
+    again = labelloop_import(label_studio, str(label_studio.files_root / "cifar10"), "--new-project", TITLE,
+                             "--labels", ",".join(steps.CLASSES))  # the very same command, run twice
     assert again.returncode == 0, again.stderr
     assert f"project {imported}: 0 new tasks, 30 already imported" in again.stdout
     assert len(steps.list_tasks(ls, imported, fields="task_only")) == 30
