@@ -7,12 +7,12 @@ PORT ?= 9090
 WORDNET_DIR ?= /usr/share/wordnet
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup setup-ls bench clean
+.PHONY: run test setup setup-ls setup-browser screenshots bench clean
 
 run: setup
 	$(VENV)/bin/labelloop serve --port $(PORT)
 
-test: setup setup-ls
+test: setup setup-ls setup-browser
 	LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/python -m pytest
 
 setup: $(VENV)/.installed $(WORDNET_DIR)/data.noun
@@ -35,6 +35,18 @@ $(LS_VENV)/.installed:
 	$(LS_VENV)/bin/pip install -q --upgrade pip
 	$(LS_VENV)/bin/pip install 'label-studio==$(LS_VERSION)'
 	touch $@
+
+# Headless Chromium for the browser e2e test and `make screenshots` (Debian packages; apt-get as root, else sudo).
+BROWSER_PACKAGES ?= chromium chromium-driver
+setup-browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	  echo "setup-browser: install $(BROWSER_PACKAGES) (apt-get, as root)" >&2; exit 1; fi; \
+	$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES)
+
+# The README walkthrough's pictures (docs/images/*.png), taken from the e2e Label Studio in headless Chromium.
+screenshots: setup setup-ls setup-browser
+	LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/python -m scripts.screenshots --out docs/images
 
 # Each benchmark rewrites its own section of benchmarks/RESULTS.md (slow: about an hour on 2 cores).
 bench: setup

@@ -40,7 +40,8 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    # selenium drives the system chromium/chromedriver (make setup-browser) in the browser e2e test.
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.15,<5"],
     "bench": ["tabulate>=0.9"],
 }
 

@@ -66,4 +66,7 @@ def serve(
 
 def register(app: typer.Typer) -> None:
     """Add this room's subcommands to the labelloop app."""
+    from backend.importer import import_command  # light: the SDK is imported inside the command
+
     app.command("serve")(serve)
+    app.command("import")(import_command)
