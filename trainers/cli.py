@@ -22,7 +22,7 @@ def _fail(message: str) -> None:
 def train(
     strategy: str = typer.Option("FWD", "--strategy", help="SCL, URE, FWD, DM, PC, OP, CPE, MCL or Ord."),
     type_: Optional[str] = typer.Option(None, "--type", help="Strategy type: SCL NL|EXP, URE NN|GA|TNN|TGA, "
-                                        "CPE I|F|T, MCL MAE|EXP|LOG (ignored for FWD, DM, PC, OP, Ord)."),
+                                        "CPE I|F|T, MCL MAE|EXP|LOG, FWD JOINT (all CLs of an image at once; other types are ignored for FWD, DM, PC, OP, Ord)."),
     model: str = typer.Option("mlp", "--model", help="linear, mlp, resnet18 or resnet34."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "--data", help="mnist, fmnist, cifar10, an image "
                                           "folder, a classification CSV, a libcll pickle, an .npz of features or a "

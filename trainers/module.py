@@ -66,6 +66,9 @@ class CLLModule(pl.LightningModule):
         if self.spec.multi_hot:
             keep = (cl >= 0).any(dim=1)
             return self.spec.loss(logits[keep], multi_hot(cl[keep], logits.shape[1])) + self.ordinary_loss(logits, true)
+        if self.spec.cl_sets:
+            keep = (cl >= 0).any(dim=1)
+            return self.spec.loss(logits[keep], cl[keep], self.loss_matrix()) + self.ordinary_loss(logits, true)
         rows, targets = expand_pairs(cl)
         loss = self.spec.loss(logits[rows], targets, self.loss_matrix(), self.prior)
         return loss + self.ordinary_loss(logits, true)
