@@ -93,6 +93,9 @@ SETTINGS = [
     ("new: FWD-JOINT shrunk 500 gold, SCEL", "shrunk", 500, "SCEL", NEW, "gold (matrix only)"),
     ("new: FWD-JOINT em, no gold", "em", None, "SCEL", NEW, "none"),
     ("new: FWD-JOINT anchor, no gold", "anchor", None, "SCEL", NEW, "none"),
+    ("new: FWD-JOINT shrunk 500 gold + gold CE, 3 restarts", "shrunk", 500, "auto",
+     {**NEW, "ordinary_weight": 1.0, "restarts": 3}, "gold"),
+    ("new: FWD-JOINT em, no gold, 3 restarts", "em", None, "SCEL", {**NEW, "restarts": 3}, "none"),
 ]
 
 
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only the settings whose name contains one of these")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    parser.add_argument("--part", default="", help="a name for this process's results file (parallel runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data, oracle = build_runs(args.per_class, args.tau)
@@ -154,8 +158,10 @@ def main() -> None:
     np.save(oracle_path, oracle)
     print("per-round matrix (from all truth), largest entry per row:", np.round(oracle.max(axis=1), 3), flush=True)
     settings = [s for s in SETTINGS if not args.only or any(o in s[0] for o in args.only)]
-    out = WORK / f"bench_cl_matrices_{args.per_class}.json"
-    rows = json.loads(out.read_text()) if out.exists() else []
+    out = WORK / f"bench_cl_matrices_{args.per_class}{'_' + args.part if args.part else ''}.json"
+    mine = json.loads(out.read_text()) if out.exists() else []
+    rows = [r for f in sorted(WORK.glob(f"bench_cl_matrices_{args.per_class}*.json")) if f != out
+            for r in json.loads(f.read_text())] + mine
     done = {(r["name"], r["seed"]) for r in rows}
     for name, tm, gold, valid_type, extra, _ in settings:
         for seed in args.seeds:
@@ -163,9 +169,10 @@ def main() -> None:
                 continue
             result = run_one(name, data, oracle_path, tm, gold, valid_type, extra, seed, args.epochs)
             rows.append(result)
+            mine.append(result)
             print(f"{name} seed {seed}: test {result['test_Accuracy']:.4f} best epoch {result['best_epoch']} "
                   f"|T-T_full| {result['T_frobenius']:.3f} ({result['seconds']:.0f}s)", flush=True)
-            out.write_text(json.dumps(rows, indent=1))
+            out.write_text(json.dumps(mine, indent=1))
     markdown = table(rows)
     print(markdown)
     if args.write:

@@ -62,6 +62,8 @@ def train(
                                              "no others."),
     matrix_rounds: int = typer.Option(2, "--matrix-rounds", help="anchor/em: train-then-estimate rounds before "
                                       "the final run."),
+    restarts: int = typer.Option(1, "--restarts", help="Train N initialisations; keep the best by the "
+                                 "validation metric."),
     ordinary_weight: float = typer.Option(0.0, "--ordinary-weight", help="With --gold-count: also train on the "
                                           "gold labels, cross-entropy times this weight."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="Adam weight decay (L2)."),
@@ -84,7 +86,7 @@ def train(
                       synthetic_matrix=synthetic_matrix, seed=seed,
                       valid_split=valid_split, classes=parse_classes(classes), test_data=test_data,
                       embedder=embedder, cache=str(cache) if cache else None, image_size=image_size, augment=augment,
-                      gold_count=gold_count, matrix_rounds=matrix_rounds, ordinary_weight=ordinary_weight,
+                      gold_count=gold_count, matrix_rounds=matrix_rounds, restarts=restarts, ordinary_weight=ordinary_weight,
                       weight_decay=weight_decay, early_stop=early_stop, max_train=max_train, eval_every=eval_every, accelerator=accelerator,
                       progress=progress, cl_control=cl_control, label_control=label_control)
     try:

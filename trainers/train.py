@@ -58,6 +58,7 @@ class TrainConfig:
     early_stop: int | None = None  # stop after this many validations without a better score
     ordinary_weight: float = 0.0  # CL strategies: add this times the cross-entropy on the gold labels
     matrix_rounds: int = 2  # anchor / em: how many train-then-estimate rounds before the final run
+    restarts: int = 1  # train this many initialisations; keep the one with the best validation score
     accelerator: str = "auto"
     progress: bool = True
     cl_control: str | None = None
@@ -284,9 +285,11 @@ def _checkpoint_epoch(path: str | None) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
 
 
-def _fit(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Path, progress: bool):
+def _fit(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Path, progress: bool,
+         init_seed: int | None = None):
     """Train one model with matrix ``T`` into ``output``; return (trainer, module, best-checkpoint callback).
 
+    ``init_seed`` (default the run's seed) seeds the model's initialisation; the data order stays the run's.
     Early stopping (``cfg.early_stop`` validations without a better score) watches the same validation
     metric as the best checkpoint, so it needs no more true labels than model selection does.
     """
@@ -297,7 +300,7 @@ def _fit(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Pa
     from trainers.models import build_model
     from trainers.module import CLLModule
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(cfg.seed if init_seed is None else init_seed, workers=True, verbose=False)
     model = build_model(cfg.model, dm.input_shape, len(T))
     module = CLLModule(model, cfg.strategy, cfg.type, T, prior, cfg.lr, valid_type, cfg.weight_decay,
                        cfg.ordinary_weight)
@@ -316,6 +319,32 @@ def _fit(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Pa
                          log_every_n_steps=10)
     trainer.fit(module, datamodule=dm)
     return trainer, module, checkpoint
+
+
+def _fit_restarts(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Path):
+    """Return (trainer, module, checkpoint, scores) of the best of ``cfg.restarts`` initialisations.
+
+    CL runs from different initialisations can settle on different solutions (two classes whose CLs
+    look alike swapped or merged); the best validation score (the run's own metric, so no other true
+    label) picks one. Restart r > 0 trains in ``restarts/r``; a single run trains in ``output``.
+    """
+    from trainers.metrics import VALID_TYPES
+
+    if cfg.restarts < 1:
+        raise TrainError(f"--restarts must be at least 1, got {cfg.restarts}")
+    best, scores = None, []
+    for r in range(cfg.restarts):
+        where = output if r == 0 else output / "restarts" / str(r)
+        fitted = _fit(cfg, T, dm, prior, valid_type, where, cfg.progress, init_seed=cfg.seed + 7919 * r)
+        score = fitted[2].best_model_score
+        scores.append(None if score is None else float(score))
+        better = best is None or (score is not None and (float(score) > best[0] if VALID_TYPES[valid_type] == "max"
+                                                          else float(score) < best[0]))
+        if better and score is not None:
+            best = (float(score), fitted)
+        elif best is None:
+            best = (float("nan"), fitted)
+    return (*best[1], scores if cfg.restarts > 1 else None)
 
 
 def _predict_fit_rows(module, checkpoint_path: str, dm) -> np.ndarray:
@@ -397,9 +426,9 @@ def run(cfg: TrainConfig) -> dict:
     if name in matrices.FROM_PREDICTIONS:
         T, info = _matrix_from_predictions(cfg, name, dm, prior, valid_type, output)
     matrices.save(T, output / "transition_matrix.csv")
-    trainer, module, checkpoint = _fit(cfg, T, dm, prior, valid_type, output, cfg.progress)
+    trainer, module, checkpoint, restart_scores = _fit_restarts(cfg, T, dm, prior, valid_type, output)
     best = checkpoint.best_model_path or None
-    last = output / "checkpoints" / "last.ckpt"
+    last = Path(checkpoint.dirpath) / "last.ckpt"  # the chosen restart's
     results = {
         "strategy": module.strategy_name, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epoch,
         "lr": cfg.lr, "batch_size": cfg.batch_size, "valid_type": valid_type,
@@ -411,7 +440,8 @@ def run(cfg: TrainConfig) -> dict:
         "valid_images": len(data.valid_index), "num_cl": int(train.cl_labels.shape[1]),
         "synthetic_cls": data.synthetic, "transition_matrix": info.describe(),
         "matrix_oracle": info.oracle, "gold_labels": info.gold_labels, "weight_decay": cfg.weight_decay,
-        "ordinary_weight": cfg.ordinary_weight, "early_stop": cfg.early_stop, "inputs": kind,
+        "ordinary_weight": cfg.ordinary_weight, "early_stop": cfg.early_stop,
+        "restart_scores": restart_scores, "inputs": kind,
         "device": str(module.device),
     }
     if test is not None and test.has_true_labels:

@@ -80,3 +80,19 @@ def test_bad_matrix_options_are_refused_with_a_message(tmp_path, strong_cl_npz, 
     cfg.update(settings)
     with pytest.raises((TrainError, matrices.TransitionMatrixError), match=message):
         run(TrainConfig(**cfg))
+
+
+def test_restarts_keep_the_initialisation_with_the_best_validation_score(tmp_path, strong_cl_npz):
+    out = tmp_path / "run"
+    results = run(TrainConfig(strategy="FWD", model="linear", data=str(strong_cl_npz), num_cl=3, epoch=2,
+                              transition_matrix=str(_save_true(tmp_path)), valid_type="SCEL", restarts=3,
+                              output_dir=str(out), progress=False))
+    scores = results["restart_scores"]
+    assert len(scores) == 3 and len(set(scores)) == 3  # different initialisations, different scores
+    assert results["best_valid"] == pytest.approx(min(scores))
+    winner = scores.index(min(scores))
+    assert results["best_checkpoint"].startswith(str(out if winner == 0 else out / "restarts" / str(winner)))
+
+
+def _save_true(tmp_path):
+    return matrices.save(TRUE_T, tmp_path / "true_T.npy")
