@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only the settings whose name contains one of these")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    parser.add_argument("--table-only", action="store_true", help="train nothing: tabulate the saved results")
     parser.add_argument("--part", default="", help="a name for this process's results file (parallel runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -157,13 +158,14 @@ def main() -> None:
     oracle_path = WORK / f"oracle_T_{args.per_class}_tau{args.tau}.npy"
     np.save(oracle_path, oracle)
     print("per-round matrix (from all truth), largest entry per row:", np.round(oracle.max(axis=1), 3), flush=True)
-    settings = [s for s in SETTINGS if not args.only or any(o in s[0] for o in args.only)]
+    settings = [s for s in SETTINGS if not args.only or any(o in s[0] for o in args.only)
+                and ("restarts" not in s[0] or "restarts" in args.only)]  # restarts only when named
     out = WORK / f"bench_cl_matrices_{args.per_class}{'_' + args.part if args.part else ''}.json"
     mine = json.loads(out.read_text()) if out.exists() else []
     rows = [r for f in sorted(WORK.glob(f"bench_cl_matrices_{args.per_class}*.json")) if f != out
             for r in json.loads(f.read_text())] + mine
     done = {(r["name"], r["seed"]) for r in rows}
-    for name, tm, gold, valid_type, extra, _ in settings:
+    for name, tm, gold, valid_type, extra, _ in [] if args.table_only else settings:
         for seed in args.seeds:
             if (name, seed) in done:
                 continue
@@ -182,6 +184,8 @@ def main() -> None:
         write_section("cl_matrices", f"""## Complementary labels: transition-matrix estimators (VLM-like CLs)
 
 Command: `python -m benchmarks.bench_cl_matrices --per-class {args.per_class} --seeds {' '.join(map(str, args.seeds))} --write`
+(it trains every setting and seed not yet in `benchmarks/.work/bench_cl_matrices_{args.per_class}*.json`; `--only`
+and `--part` split the work over processes, `--table-only` rewrites this table from the saved runs).
 
 CIFAR-10, {n} training images ({args.per_class} per class, 10 % of them the validation split), 2 000 test
 images; frozen EfficientNet-Lite0 128 px features, MLP, {args.epochs} epochs; 3 VLM-like CLs per image
