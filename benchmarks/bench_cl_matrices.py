@@ -139,6 +139,23 @@ def table(rows: list[dict], settings=SETTINGS) -> str:
     return "\n".join(lines)
 
 
+def targets(rows: list[dict], settings=SETTINGS) -> str:
+    """Return the target check: the best mean accuracy with at most 500 gold labels, and with none."""
+    means = {}
+    for r in rows:
+        means.setdefault(r["name"], []).append(r["test_Accuracy"] * 100)
+    kinds = {name: chooser for name, _, _, _, _, chooser in settings}
+    lines = []
+    for label, want, goal in (("at most 500 gold labels", "gold", 65), ("no true label", "none", 62)):
+        pool = {n: np.mean(v) for n, v in means.items() if kinds.get(n, "").startswith(want)}
+        if pool:
+            best = max(pool, key=pool.get)
+            verdict = "met" if pool[best] >= goal else "MISSED"
+            lines.append(f"- {label}: target {goal} %, best {pool[best]:.1f} % ({best}, {len(means[best])} "
+                         f"seed(s)): {verdict}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     import torch
 
@@ -195,6 +212,22 @@ with probability 0.57 % when shown; repeats kept). Largest per-round matrix entr
 "‖T − T_full‖_F" is the Frobenius distance of the matrix the run trained with to the one from every true label.
 
 {markdown}
+
+Targets (3 CLs per image, mean over the seeds run):
+{targets(rows)}
+
+What the rows show:
+- The runs of today's recipe (FWD, lr 1e-3, no weight decay) peak at epoch 0-2 and then fit the noise
+  of the CLs; FWD-JOINT (all of an image's CLs in one likelihood) with lr 1e-4 and weight decay 1e-3
+  peaks later and stays there, so its epoch choice matters less.
+- `shrunk` ends nearer the full-truth matrix than the raw 500-gold counts; most of the gain from gold,
+  though, comes from training on the gold labels too (`--ordinary-weight 1`) and from `--restarts 3`:
+  the initialisation decides whether two look-alike classes (automobile / truck, cat / dog) come
+  out apart, and the gold labels (or the validation SCEL without gold) pick the initialisation that did.
+- Without gold, `anchor` / `em` estimate the matrix from the model's own predictions.
+- Features: {n} training images instead of the issue's 45 000 (the embedding build shares a 2-core
+  machine); on these features Ord reaches the accuracy in its row, about 1.5 points under the
+  issue's 80.5 %.
 """)
 
 
