@@ -160,7 +160,9 @@ def _shrunk(true_labels, cl_labels, num_classes, arg: str, seed: int, all_true: 
         strength = float(arg) if arg else None
     except ValueError:
         raise TransitionMatrixError(f"shrunk:<strength> needs a number, got {arg!r}") from None
-    matrix, chosen = shrunk(true_labels, cl_labels, num_classes, strength=strength, seed=seed)
+    # shrunk:<a> is the fixed, hand-set form: a uniform prior, nothing chosen on the gold labels
+    matrix, chosen = shrunk(true_labels, cl_labels, num_classes, strength=strength,
+                            prior=None if strength is None else "uniform", seed=seed)
     source = f"shrunk toward {chosen.prior} (strength {chosen.strength:g}"
     source += ", fixed)" if strength is not None else ", chosen on held-out gold CLs)"
     return matrix, MatrixInfo(source, gold_labels=chosen.gold_images, oracle=all_true)

@@ -96,3 +96,22 @@ def test_restarts_keep_the_initialisation_with_the_best_validation_score(tmp_pat
 
 def _save_true(tmp_path):
     return matrices.save(TRUE_T, tmp_path / "true_T.npy")
+
+
+def test_cli_passes_the_matrix_and_selection_options(tmp_path, strong_cl_npz):
+    from typer.testing import CliRunner
+
+    from labelloop.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["train", "--strategy", "FWD", "--type", "JOINT", "--model", "linear",
+                                      "--data", str(strong_cl_npz), "--num-cl", "3", "--epoch", "1",
+                                      "--transition-matrix", "shrunk:20", "--gold-count", "100",
+                                      "--ordinary-weight", "0.5", "--weight-decay", "1e-3", "--early-stop", "2",
+                                      "--output-dir", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"]["strategy"] == "FWD-JOINT"
+    assert saved["results"]["transition_matrix"].startswith("shrunk toward uniform (strength 20, fixed)")
+    assert (saved["config"]["ordinary_weight"], saved["config"]["weight_decay"], saved["config"]["early_stop"]) \
+        == (0.5, 1e-3, 2)
