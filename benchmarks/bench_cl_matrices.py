@@ -223,10 +223,16 @@ What the rows show:
 - `shrunk` ends nearer the full-truth matrix than the raw 500-gold counts; most of the gain from gold,
   though, comes from training on the gold labels too (`--ordinary-weight 1`) and from `--restarts 3`:
   the initialisation decides whether two look-alike classes (automobile / truck, cat / dog) come
-  out apart, and the gold labels (or the validation SCEL without gold) pick the initialisation that did.
-- Without gold, `anchor` / `em` estimate the matrix from the model's own predictions.
+  out apart (the full-truth rows vary by 4-8 points over two seeds), and the gold validation images
+  pick the initialisation that did. Without gold, restarts chosen by SCEL changed nothing here (the
+  two `em` rows): SCEL cannot tell a swap of two classes whose CLs look alike.
+- Without gold, `em` and `anchor` estimate the matrix from the model's own predictions and clear 62 %;
+  `em` trains better, `anchor` ends nearer the full-truth matrix. Validation on SCEL alone chose
+  epochs 9-12 for them; with today's recipe SCEL chose epoch 0 (the "today: FWD uniform, SCEL" row).
+- Two seeds only (the machine is shared; each em run trains three times): the ± are large, and the
+  gold row without restarts sits 0.5 points above its target.
 - Features: {n} training images instead of the issue's 45 000 (the embedding build shares a 2-core
-  machine); on these features Ord reaches the accuracy in its row, about 1.5 points under the
+  machine); on these features Ord reaches the accuracy in its row, about 2 points under the
   issue's 80.5 %.
 """)
 
