@@ -22,7 +22,7 @@ def _fail(message: str) -> None:
 def train(
     strategy: str = typer.Option("FWD", "--strategy", help="SCL, URE, FWD, DM, PC, OP, CPE, MCL or Ord."),
     type_: Optional[str] = typer.Option(None, "--type", help="Strategy type: SCL NL|EXP, URE NN|GA|TNN|TGA, "
-                                        "CPE I|F|T, MCL MAE|EXP|LOG (ignored for FWD, DM, PC, OP, Ord)."),
+                                        "CPE I|F|T, MCL MAE|EXP|LOG, FWD JOINT (all CLs of an image at once; other types are ignored for FWD, DM, PC, OP, Ord)."),
     model: str = typer.Option("mlp", "--model", help="linear, mlp, resnet18 or resnet34."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "--data", help="mnist, fmnist, cifar10, an image "
                                           "folder, a classification CSV, a libcll pickle, an .npz of features or a "
@@ -41,8 +41,9 @@ def train(
                                          "default the first 3 of a label file (as the seed) or 1 synthetic CL; "
                                          "0 with synthetic CLs draws a random count per image."),
     transition_matrix: str = typer.Option("uniform", "--transition-matrix", "--transition_matrix",
-                                          help="uniform, weak, strong, noisy[:lambda], empirical (from gold "
-                                          "labels) or a .npy/.csv file."),
+                                          help="uniform, weak, strong, noisy[:lambda], empirical or shrunk[:a] "
+                                          "(from gold labels, with --gold-count), anchor or em (from the model's "
+                                          "predictions, no gold) or a .npy/.csv file. See docs/trainers.md."),
     synthetic_matrix: Optional[str] = typer.Option(None, "--synthetic-matrix", help="Data without CLs: draw "
                                                    "--num-cl CLs per image from this matrix (default: "
                                                    "--transition-matrix)."),
@@ -56,9 +57,18 @@ def train(
     augment: bool = typer.Option(False, "--augment", "--do-transform", "--do_transform",
                                  help="Random crop + flip (natural images)."),
     valid_split: float = typer.Option(0.1, "--valid-split", "--valid_split"),
-    gold_count: Optional[int] = typer.Option(None, "--gold-count", help="With --transition-matrix empirical: "
+    gold_count: Optional[int] = typer.Option(None, "--gold-count", help="With --transition-matrix empirical/shrunk: "
                                              "keep true labels on only this many images; T and validation see "
                                              "no others."),
+    matrix_rounds: int = typer.Option(2, "--matrix-rounds", help="anchor/em: train-then-estimate rounds before "
+                                      "the final run."),
+    restarts: int = typer.Option(1, "--restarts", help="Train N initialisations; keep the best by the "
+                                 "validation metric."),
+    ordinary_weight: float = typer.Option(0.0, "--ordinary-weight", help="With --gold-count: also train on the "
+                                          "gold labels, cross-entropy times this weight."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Adam weight decay (L2)."),
+    early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after N validations without a "
+                                             "better score (the --valid-type metric)."),
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Use a seeded random subset of training images."),
     eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs."),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
@@ -76,7 +86,8 @@ def train(
                       synthetic_matrix=synthetic_matrix, seed=seed,
                       valid_split=valid_split, classes=parse_classes(classes), test_data=test_data,
                       embedder=embedder, cache=str(cache) if cache else None, image_size=image_size, augment=augment,
-                      gold_count=gold_count, max_train=max_train, eval_every=eval_every, accelerator=accelerator,
+                      gold_count=gold_count, matrix_rounds=matrix_rounds, restarts=restarts, ordinary_weight=ordinary_weight,
+                      weight_decay=weight_decay, early_stop=early_stop, max_train=max_train, eval_every=eval_every, accelerator=accelerator,
                       progress=progress, cl_control=cl_control, label_control=label_control)
     try:
         results = run(cfg)

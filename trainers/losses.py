@@ -56,6 +56,26 @@ def forward_correction(logits, targets, T=None, prior=None):
     return -torch.log(_picked(cl_probs, targets) + EPS).mean()
 
 
+def forward_joint(logits, cl_sets, T=None, prior=None):
+    """Return mean over images of -log(sum_y p_y prod_r T[y, cl_r]) / R_i: FWD on all of an image's CLs at once.
+
+    ``cl_sets`` is (B, R) padded with -1 (rows need at least one CL). This is the likelihood of an
+    image's R answers when each round is an independent answer drawn from T[y]: the answers rule out
+    the classes together (far from truck AND far from ship), which the per-pair FWD loss cannot see.
+    Dividing by the image's CL count R_i keeps the scale of per-pair FWD.
+    """
+    if T is None:
+        raise ValueError("forward correction needs a transition matrix T")
+    cl = cl_sets.long()
+    valid = cl >= 0
+    if bool((~valid.any(dim=1)).any()):
+        raise ValueError("joint forward correction needs at least one complementary label per row")
+    log_T = torch.log(T.to(logits.dtype) + EPS)  # (K, K)
+    per_answer = log_T[:, cl.clamp(min=0)].permute(1, 2, 0)  # (B, R, K): log T[y, cl_r]
+    joint = F.log_softmax(logits, dim=1) + (per_answer * valid.unsqueeze(2)).sum(dim=1)
+    return (-torch.logsumexp(joint, dim=1) / valid.sum(dim=1)).mean()
+
+
 def cpe_identity(logits, targets, T=None, prior=None):
     """Return mean -log p_cl: CPE-I, where the softmax directly estimates the CL distribution."""
     return F.cross_entropy(logits, targets.long())
@@ -160,6 +180,7 @@ class LossSpec:
     ``ordinary``: trains on true labels (Ord).
     ``decode``: "argmax", or "nearest_row" (CPE: argmin_k ||v - T[k]||_1).
     ``cl_output``: the softmax itself estimates the CL distribution (CPE-I).
+    ``cl_sets``: the loss takes each image's padded CL row (B, R) at once instead of (image, CL) pairs.
     """
 
     loss: Callable
@@ -168,6 +189,7 @@ class LossSpec:
     ordinary: bool = False
     decode: str = "argmax"
     cl_output: bool = False
+    cl_sets: bool = False
 
 
 LOSSES: dict[tuple[str, str | None], LossSpec] = {
@@ -176,6 +198,7 @@ LOSSES: dict[tuple[str, str | None], LossSpec] = {
     ("SCL", "EXP"): LossSpec(scl_exp),
     ("SCL", "FWD"): LossSpec(forward_correction, matrix="given"),
     ("FWD", None): LossSpec(forward_correction, matrix="given"),
+    ("FWD", "JOINT"): LossSpec(forward_joint, matrix="given", cl_sets=True),
     ("URE", "NN"): LossSpec(ure_nn, matrix="uniform"),
     ("URE", "GA"): LossSpec(ure_ga, matrix="uniform"),
     ("URE", "TNN"): LossSpec(ure_nn, matrix="given"),
@@ -201,10 +224,11 @@ def strategy_key(strategy: str, kind: str | None = None) -> tuple[str, str | Non
     ``strategy`` may carry its type as listed by ``choices()`` ("CPE-F"); a different ``kind`` then conflicts.
     """
     name = strategy.strip().upper()
-    if name in _UNTYPED:
-        return name, None
-    named, _, named_kind = name.partition("-")
     given = kind.strip().upper() if kind and kind.strip().upper() != "NONE" else None
+    if name in _UNTYPED:
+        # the seed passes any --type for untyped strategies; only a type this strategy has is used
+        return (name, given) if (name, given) in LOSSES else (name, None)
+    named, _, named_kind = name.partition("-")
     if named_kind:
         if given and given != named_kind:
             raise ValueError(f"--strategy {strategy} names type {named_kind} but --type is {kind}; give one")

@@ -13,7 +13,9 @@ import numpy as np
 # Off-diagonal values of the biased settings (K = 10): a seeded permutation of these per row.
 WEAK_VALUES = (0.15, 0.15, 0.15, 0.10, 0.10, 0.10, 1 / 12, 1 / 12, 1 / 12)
 STRONG_VALUES = (0.25, 0.25, 0.25, 0.08, 0.08, 0.08, 0.0033, 0.0033, 0.0033)
-MATRIX_NAMES = ("uniform", "weak", "strong", "noisy", "empirical")
+MATRIX_NAMES = ("uniform", "weak", "strong", "noisy", "empirical", "shrunk", "anchor", "em")
+# Estimated from a model's predictions during training (trainers.train), starting from the uniform matrix.
+FROM_PREDICTIONS = ("anchor", "em")
 
 
 class TransitionMatrixError(ValueError):
@@ -151,11 +153,27 @@ def save(matrix: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def _shrunk(true_labels, cl_labels, num_classes, arg: str, seed: int, all_true: bool):
+    from trainers.matrix_estimation import shrunk
+
+    try:
+        strength = float(arg) if arg else None
+    except ValueError:
+        raise TransitionMatrixError(f"shrunk:<strength> needs a number, got {arg!r}") from None
+    # shrunk:<a> is the fixed, hand-set form: a uniform prior, nothing chosen on the gold labels
+    matrix, chosen = shrunk(true_labels, cl_labels, num_classes, strength=strength,
+                            prior=None if strength is None else "uniform", seed=seed)
+    source = f"shrunk toward {chosen.prior} (strength {chosen.strength:g}"
+    source += ", fixed)" if strength is not None else ", chosen on held-out gold CLs)"
+    return matrix, MatrixInfo(source, gold_labels=chosen.gold_images, oracle=all_true)
+
+
 def resolve(spec: str, num_classes: int, seed: int = 0, true_labels: np.ndarray | None = None,
             cl_labels: np.ndarray | None = None, all_true: bool = False) -> tuple[np.ndarray, MatrixInfo]:
-    """Return (matrix, info) for ``spec``: a name in MATRIX_NAMES, ``noisy:<lambda>``, or a file path.
+    """Return (matrix, info) for ``spec``: a name in MATRIX_NAMES, ``noisy:<lambda>``, ``shrunk:<a>``, or a file.
 
-    ``empirical`` needs ``true_labels``/``cl_labels`` of the training split; ``all_true`` says whether
+    ``anchor`` and ``em`` return the uniform starting matrix (trainers.train estimates the rest).
+    ``empirical`` and ``shrunk`` need ``true_labels``/``cl_labels`` of the training split; ``all_true`` says whether
     every training row carries its true label, in which case the estimate is flagged as an oracle.
     """
     name, _, arg = spec.partition(":")
@@ -168,12 +186,16 @@ def resolve(spec: str, num_classes: int, seed: int = 0, true_labels: np.ndarray 
     if name == "noisy":
         noise = float(arg) if arg else 0.1
         return noisy(num_classes, noise, seed), MatrixInfo(f"noisy lambda={noise} (seed {seed})")
-    if name == "empirical":
+    if name in ("empirical", "shrunk"):
         if true_labels is None or cl_labels is None:
-            raise TransitionMatrixError("an empirical transition matrix needs labeled training data")
-        matrix, used = empirical(true_labels, cl_labels, num_classes)
-        return matrix, MatrixInfo("empirical", gold_labels=used, oracle=all_true)
+            raise TransitionMatrixError(f"an {name} transition matrix needs labeled training data")
+        if name == "empirical":
+            matrix, used = empirical(true_labels, cl_labels, num_classes)
+            return matrix, MatrixInfo("empirical", gold_labels=used, oracle=all_true)
+        return _shrunk(true_labels, cl_labels, num_classes, arg, seed, all_true)
+    if name in FROM_PREDICTIONS:
+        return uniform(num_classes), MatrixInfo(f"{name} (from the model's predictions, no gold)")
     if Path(spec).suffix in (".npy", ".csv", ".txt"):
         return load(spec, num_classes), MatrixInfo(f"file {spec}")
     raise TransitionMatrixError(f"unknown transition matrix {spec!r}; use one of {', '.join(MATRIX_NAMES)}, "
-                                "noisy:<lambda>, or a .npy/.csv file")
+                                "noisy:<lambda>, shrunk:<strength>, or a .npy/.csv file")

@@ -25,7 +25,7 @@ class CLLModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, strategy: str, kind: str | None, T: np.ndarray,
                  prior: np.ndarray | None = None, lr: float = 1e-3, valid_type: str = "SCEL",
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, ordinary_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.spec = losses.get(strategy, kind)
@@ -33,7 +33,7 @@ class CLLModule(pl.LightningModule):
         self.valid_type = metrics.canonical_valid_type(valid_type)
         if self.spec.decode == "nearest_row" and self.valid_type == "URE":
             raise ValueError("CPE strategies validate with SCEL or Accuracy, not URE")
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.ordinary_weight = lr, weight_decay, ordinary_weight
         K = T.shape[0]
         # Buffers follow the module to whatever device Lightning picks (no hard-coded .cuda()).
         self.register_buffer("T_given", torch.tensor(T, dtype=torch.float32))
@@ -65,9 +65,24 @@ class CLLModule(pl.LightningModule):
             return self.spec.loss(logits[keep], true[keep])
         if self.spec.multi_hot:
             keep = (cl >= 0).any(dim=1)
-            return self.spec.loss(logits[keep], multi_hot(cl[keep], logits.shape[1]))
+            return self.spec.loss(logits[keep], multi_hot(cl[keep], logits.shape[1])) + self.ordinary_loss(logits, true)
+        if self.spec.cl_sets:
+            keep = (cl >= 0).any(dim=1)
+            return self.spec.loss(logits[keep], cl[keep], self.loss_matrix()) + self.ordinary_loss(logits, true)
         rows, targets = expand_pairs(cl)
-        return self.spec.loss(logits[rows], targets, self.loss_matrix(), self.prior)
+        loss = self.spec.loss(logits[rows], targets, self.loss_matrix(), self.prior)
+        return loss + self.ordinary_loss(logits, true)
+
+    def ordinary_loss(self, logits: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        """Return ``ordinary_weight`` times the cross-entropy on the batch rows with an ordinary label (else 0).
+
+        Training batches carry ordinary labels only where the run has them (the gold images of
+        ``--gold-count``), so a CL run also learns from the labels it paid for.
+        """
+        known = true >= 0
+        if not self.ordinary_weight or not bool(known.any()):
+            return logits.new_zeros(())
+        return self.ordinary_weight * losses.ordinary_ce(logits[known], true[known])
 
     def training_step(self, batch, batch_idx):
         x, cl, true = batch

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # The seed's trainer kept the first 3 label columns of auto_labels.csv unless told otherwise.
 SEED_NUM_CL = 3
 GOLD_STREAM = 1  # the random stream (next to the run's seed) that picks the --gold-count images
+GOLD_MATRICES = ("empirical", "shrunk")  # the matrices estimated from gold labels
 
 
 class TrainError(ValueError):
@@ -54,6 +55,10 @@ class TrainConfig:
     max_train: int | None = None
     eval_every: int = 1
     weight_decay: float = 0.0
+    early_stop: int | None = None  # stop after this many validations without a better score
+    ordinary_weight: float = 0.0  # CL strategies: add this times the cross-entropy on the gold labels
+    matrix_rounds: int = 2  # anchor / em: how many train-then-estimate rounds before the final run
+    restarts: int = 1  # train this many initialisations; keep the one with the best validation score
     accelerator: str = "auto"
     progress: bool = True
     cl_control: str | None = None
@@ -93,6 +98,7 @@ def prepare(cfg: TrainConfig) -> PreparedData:
 
     spec = losses.get(cfg.strategy, cfg.type)
     _check_gold_count(cfg, spec)
+    _check_ordinary_weight(cfg, spec)
     sources = load_sources(cfg.data, cfg.label_path, ordinary=spec.ordinary, long_label=cfg.long_label,
                            classes=cfg.classes, test_data=cfg.test_data, cl_control=cfg.cl_control,
                            label_control=cfg.label_control, image_key=cfg.image_key)
@@ -121,7 +127,7 @@ def prepare(cfg: TrainConfig) -> PreparedData:
             train = replace(train, cl_labels=cl)
             synthetic = True
         train = train.keep_cls(SEED_NUM_CL if cfg.num_cl is None and not synthetic else cfg.num_cl)
-        train = _merge_repeats(train)
+        train = _count_repeats(train)
         train = train.subset((train.cl_labels >= 0).any(axis=1))
         if cfg.gold_count is not None:
             train = _keep_gold(train, cfg.gold_count, cfg.seed)
@@ -140,21 +146,41 @@ def _check_gold_count(cfg: TrainConfig, spec: losses.LossSpec) -> None:
     if spec.ordinary:
         raise TrainError("--gold-count limits the gold labels of an empirical transition matrix; Ord uses no "
                          "matrix (drop --gold-count)")
-    if cfg.transition_matrix.split(":")[0] != "empirical":
-        raise TrainError(f"--gold-count only applies to --transition-matrix empirical (got "
+    if cfg.transition_matrix.split(":")[0] not in GOLD_MATRICES:
+        raise TrainError(f"--gold-count only applies to --transition-matrix empirical or shrunk (got "
                          f"{cfg.transition_matrix!r}); drop it or estimate T from the gold labels")
     if cfg.gold_count < 1:
         raise TrainError(f"--gold-count must be at least 1, got {cfg.gold_count}")
 
 
-def _merge_repeats(train: LabelSet) -> LabelSet:
-    """Return ``train`` with each image's repeated CLs counted once (``labelset.merge_repeated_cls``)."""
+def _count_repeats(train: LabelSet) -> LabelSet:
+    """Return ``train`` with ``meta["repeated_cls"]``: how many CLs repeat an earlier CL of the same image.
+
+    Repeats are kept. Each round is an independent answer of the labeler (the seed's VLM rounds draw a
+    new candidate set each time), so a class named twice is named by two answers: the per-pair losses,
+    SCEL / URE and the gold counts of the matrix count it twice; MCL's CL set holds it once.
+    """
     from trainers.labelset import merge_repeated_cls
 
-    merged, dropped = merge_repeated_cls(train.cl_labels)
-    if dropped:
-        log.warning("%d repeated complementary labels (the same class twice for one image) count once", dropped)
-    return replace(train, cl_labels=merged, meta={**train.meta, "repeated_cls_merged": dropped})
+    _, repeats = merge_repeated_cls(train.cl_labels)
+    if repeats:
+        log.info("%d complementary labels repeat an earlier one of the same image; each counts as one answer",
+                 repeats)
+    return replace(train, meta={**train.meta, "repeated_cls": repeats})
+
+
+def _check_ordinary_weight(cfg: TrainConfig, spec: losses.LossSpec) -> None:
+    """``--ordinary-weight`` trains on the gold labels too; without ``--gold-count`` it would use every true label."""
+    if not cfg.ordinary_weight:
+        return
+    if cfg.ordinary_weight < 0:
+        raise TrainError(f"--ordinary-weight must be >= 0, got {cfg.ordinary_weight}")
+    if spec.ordinary:
+        raise TrainError("--ordinary-weight adds ordinary labels to a complementary-label strategy; Ord already "
+                         "trains on them (drop --ordinary-weight)")
+    if cfg.gold_count is None:
+        raise TrainError("--ordinary-weight trains on the gold labels of --gold-count N; without it every true "
+                         "label of the data would train the model")
 
 
 def _keep_gold(train: LabelSet, gold_count: int, seed: int) -> LabelSet:
@@ -259,6 +285,108 @@ def _checkpoint_epoch(path: str | None) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
 
 
+def _fit(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Path, progress: bool,
+         init_seed: int | None = None):
+    """Train one model with matrix ``T`` into ``output``; return (trainer, module, best-checkpoint callback).
+
+    ``init_seed`` (default the run's seed) seeds the model's initialisation; the data order stays the run's.
+    Early stopping (``cfg.early_stop`` validations without a better score) watches the same validation
+    metric as the best checkpoint, so it needs no more true labels than model selection does.
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    from trainers.metrics import VALID_TYPES
+    from trainers.models import build_model
+    from trainers.module import CLLModule
+
+    pl.seed_everything(cfg.seed if init_seed is None else init_seed, workers=True, verbose=False)
+    model = build_model(cfg.model, dm.input_shape, len(T))
+    module = CLLModule(model, cfg.strategy, cfg.type, T, prior, cfg.lr, valid_type, cfg.weight_decay,
+                       cfg.ordinary_weight)
+    mode = VALID_TYPES[valid_type]
+    last = output / "checkpoints" / "last.ckpt"
+    # save_last is not used: Lightning >= 2.6 writes last.ckpt only together with a new best, so it
+    # would be a copy of best.ckpt. save_last_callback writes it at the end of every epoch instead.
+    checkpoint = ModelCheckpoint(dirpath=output / "checkpoints", filename="best", monitor=f"valid_{valid_type}",
+                                 mode=mode, save_last=False)
+    callbacks = [checkpoint, save_last_callback(last)]
+    if cfg.early_stop:
+        callbacks.append(EarlyStopping(monitor=f"valid_{valid_type}", mode=mode, patience=cfg.early_stop))
+    trainer = pl.Trainer(max_epochs=cfg.epoch, accelerator=cfg.accelerator, devices=1, deterministic=True,
+                         logger=_loggers(output), callbacks=callbacks, check_val_every_n_epoch=cfg.eval_every,
+                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                         log_every_n_steps=10)
+    trainer.fit(module, datamodule=dm)
+    return trainer, module, checkpoint
+
+
+def _fit_restarts(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Path):
+    """Return (trainer, module, checkpoint, scores) of the best of ``cfg.restarts`` initialisations.
+
+    CL runs from different initialisations can settle on different solutions (two classes whose CLs
+    look alike swapped or merged); the best validation score (the run's own metric, so no other true
+    label) picks one. Restart r > 0 trains in ``restarts/r``; a single run trains in ``output``.
+    """
+    from trainers.metrics import VALID_TYPES
+
+    if cfg.restarts < 1:
+        raise TrainError(f"--restarts must be at least 1, got {cfg.restarts}")
+    best, scores = None, []
+    for r in range(cfg.restarts):
+        where = output if r == 0 else output / "restarts" / str(r)
+        fitted = _fit(cfg, T, dm, prior, valid_type, where, cfg.progress, init_seed=cfg.seed + 7919 * r)
+        score = fitted[2].best_model_score
+        scores.append(None if score is None else float(score))
+        better = best is None or (score is not None and (float(score) > best[0] if VALID_TYPES[valid_type] == "max"
+                                                          else float(score) < best[0]))
+        if better and score is not None:
+            best = (float(score), fitted)
+        elif best is None:
+            best = (float("nan"), fitted)
+    return (*best[1], scores if cfg.restarts > 1 else None)
+
+
+def _predict_fit_rows(module, checkpoint_path: str, dm) -> np.ndarray:
+    """Return (n_fit, K) class probabilities of the best checkpoint on the training (fit) rows."""
+    import torch
+
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    module.eval()
+    data, out = dm.train_data, []
+    with torch.no_grad():
+        for start in range(0, len(data), 1024):
+            x = data.inputs[start:start + 1024]
+            x = x if data.scale is None else data.scale(x)  # no augmentation: the plain images
+            out.append(module(x.to(module.device)).softmax(dim=1).cpu())
+    return torch.cat(out).double().numpy()
+
+
+def _matrix_from_predictions(cfg: TrainConfig, name: str, dm, prior, valid_type: str, output: Path):
+    """Return (T, info) estimated without gold: ``cfg.matrix_rounds`` times train, predict, re-estimate T.
+
+    Round r trains with the previous round's T (the first with the uniform one) and estimates T from
+    the best checkpoint's predictions on the training rows and their CLs (anchors, then EM for ``em``).
+    """
+    from trainers.matrix_estimation import from_predictions
+
+    if cfg.matrix_rounds < 1:
+        raise TrainError(f"--matrix-rounds must be at least 1, got {cfg.matrix_rounds}")
+    K = dm.train_set.num_classes
+    T = matrices.uniform(K)
+    fit_cl = dm.train_set.cl_labels[dm.train_index]
+    for round_ in range(cfg.matrix_rounds):
+        where = output / "matrix_rounds" / f"round{round_}"
+        _, module, checkpoint = _fit(cfg, T, dm, prior, valid_type, where, progress=False)
+        best = checkpoint.best_model_path or str(where / "checkpoints" / "last.ckpt")
+        T = from_predictions(_predict_fit_rows(module, best, dm), fit_cl, K, refine=name)
+        matrices.save(T, where / "transition_matrix.csv")
+        log.info("matrix round %d: T estimated from the predictions of epoch %s", round_, _checkpoint_epoch(best))
+    info = matrices.MatrixInfo(f"{name} ({cfg.matrix_rounds} rounds, from the model's predictions, no gold)")
+    return T, info
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train one model per ``cfg``; write checkpoints, metrics and ``results.json`` under ``output_dir``.
 
@@ -267,15 +395,8 @@ def run(cfg: TrainConfig) -> dict:
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS when on GPU
     data = prepare(cfg)  # before importing Lightning: bad inputs fail fast
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     from trainers.datamodules import EmbeddingDataModule, ImageDataModule
-    from trainers.metrics import VALID_TYPES
-    from trainers.models import build_model
-    from trainers.module import CLLModule
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     train, test = data.train, data.test
     if cfg.embedder:
         from labelers.cache import EmbeddingCache
@@ -298,35 +419,29 @@ def run(cfg: TrainConfig) -> dict:
     fit_cl = train.cl_labels[dm.train_index]
     counts = np.bincount(fit_cl[fit_cl >= 0], minlength=train.num_classes).astype(np.float64)
     prior = counts / counts.sum() if counts.sum() else None
-    model = build_model(cfg.model, dm.input_shape, train.num_classes)
-    module = CLLModule(model, cfg.strategy, cfg.type, data.T, prior, cfg.lr, valid_type, cfg.weight_decay)
     output = Path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    matrices.save(data.T, output / "transition_matrix.csv")
-    mode = VALID_TYPES[valid_type]
-    last = output / "checkpoints" / "last.ckpt"
-    # save_last is not used: Lightning >= 2.6 writes last.ckpt only together with a new best, so it
-    # would be a copy of best.ckpt. save_last_callback writes it at the end of every epoch instead.
-    checkpoint = ModelCheckpoint(dirpath=output / "checkpoints", filename="best", monitor=f"valid_{valid_type}",
-                                 mode=mode, save_last=False)
-    trainer = pl.Trainer(max_epochs=cfg.epoch, accelerator=cfg.accelerator, devices=1, deterministic=True,
-                         logger=_loggers(output), callbacks=[checkpoint, save_last_callback(last)],
-                         check_val_every_n_epoch=cfg.eval_every,
-                         enable_progress_bar=cfg.progress, enable_model_summary=False, num_sanity_val_steps=0,
-                         log_every_n_steps=10)
-    trainer.fit(module, datamodule=dm)
+    T, info = data.T, data.info
+    name = cfg.transition_matrix.split(":")[0]
+    if name in matrices.FROM_PREDICTIONS:
+        T, info = _matrix_from_predictions(cfg, name, dm, prior, valid_type, output)
+    matrices.save(T, output / "transition_matrix.csv")
+    trainer, module, checkpoint, restart_scores = _fit_restarts(cfg, T, dm, prior, valid_type, output)
     best = checkpoint.best_model_path or None
+    last = Path(checkpoint.dirpath) / "last.ckpt"  # the chosen restart's
     results = {
         "strategy": module.strategy_name, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epoch,
         "lr": cfg.lr, "batch_size": cfg.batch_size, "valid_type": valid_type,
         "best_valid": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
         "best_checkpoint": best, "best_epoch": _checkpoint_epoch(best), "last_checkpoint": str(last),
         "last_epoch": _checkpoint_epoch(str(last)), "valid_labels": valid_labels, "valid_label_count": valid_count,
-        "repeated_cls_merged": int(train.meta.get("repeated_cls_merged", 0)), "classes": train.class_names,
+        "repeated_cls": int(train.meta.get("repeated_cls", 0)), "classes": train.class_names,
         "train_images": len(dm.train_index),
         "valid_images": len(data.valid_index), "num_cl": int(train.cl_labels.shape[1]),
-        "synthetic_cls": data.synthetic, "transition_matrix": data.info.describe(),
-        "matrix_oracle": data.info.oracle, "gold_labels": data.info.gold_labels, "inputs": kind,
+        "synthetic_cls": data.synthetic, "transition_matrix": info.describe(),
+        "matrix_oracle": info.oracle, "gold_labels": info.gold_labels, "weight_decay": cfg.weight_decay,
+        "ordinary_weight": cfg.ordinary_weight, "early_stop": cfg.early_stop,
+        "restart_scores": restart_scores, "inputs": kind,
         "device": str(module.device),
     }
     if test is not None and test.has_true_labels:

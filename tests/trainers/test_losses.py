@@ -169,7 +169,8 @@ def test_ure_is_unbiased_on_synthetic_data(kind):
 REGISTRY = {  # name as listed by choices() -> (loss, which T it sees, decoding)
     "ORD": (losses.ordinary_ce, "none", "argmax"), "SCL-NL": (losses.scl_nl, "none", "argmax"),
     "SCL-EXP": (losses.scl_exp, "none", "argmax"), "SCL-FWD": (losses.forward_correction, "given", "argmax"),
-    "FWD": (losses.forward_correction, "given", "argmax"), "URE-NN": (losses.ure_nn, "uniform", "argmax"),
+    "FWD": (losses.forward_correction, "given", "argmax"),
+    "FWD-JOINT": (losses.forward_joint, "given", "argmax"), "URE-NN": (losses.ure_nn, "uniform", "argmax"),
     "URE-GA": (losses.ure_ga, "uniform", "argmax"), "URE-TNN": (losses.ure_nn, "given", "argmax"),
     "URE-TGA": (losses.ure_ga, "given", "argmax"), "DM": (losses.dm, "none", "argmax"),
     "PC": (losses.pc, "none", "argmax"), "OP": (losses.op, "none", "argmax"),

@@ -227,8 +227,8 @@ def test_gold_count_run_validates_on_no_more_than_its_gold_labels(tmp_path, mnis
     assert 0 < results["valid_label_count"] and results["valid_label_count"] + results["gold_labels"] == 50
 
 
-def test_repeated_cls_count_once_in_training_and_in_the_label_studio_export(tmp_path, digit_folder):
-    """One rule: an image given the same CL twice has it once (training sets, losses, JSON export)."""
+def test_repeated_cls_are_kept_in_training_and_written_once_in_the_label_studio_export(tmp_path, digit_folder):
+    """One rule: each round is an answer, so training keeps a repeat; Label Studio Choices hold the set."""
     from trainers.export import export, read_any
     from trainers.train import prepare
 
@@ -237,9 +237,9 @@ def test_repeated_cls_count_once_in_training_and_in_the_label_studio_export(tmp_
             for name, y in zip(base.names, base.ord_labels)]
     labels = write_auto_labels(tmp_path / "auto_labels.csv", rows)
     data = prepare(TrainConfig(strategy="FWD", data=str(digit_folder), label_path=str(labels), long_label=True))
-    expected = np.stack([(data.train.ord_labels + 1) % 10, (data.train.ord_labels + 2) % 10,
-                         np.full(len(data.train), -1)], axis=1)
-    assert (data.train.cl_labels == expected).all() and data.train.meta["repeated_cls_merged"] == 60
+    expected = np.stack([(data.train.ord_labels + 1) % 10, (data.train.ord_labels + 1) % 10,
+                         (data.train.ord_labels + 2) % 10], axis=1)
+    assert (data.train.cl_labels == expected).all() and data.train.meta["repeated_cls"] == 60
     target = export(read_any(labels, str(digit_folder), long_label=True), tmp_path / "tasks.json")
     results = json.loads(target.read_text())[0]["annotations"][0]["result"]
     chosen = next(r["value"]["choices"] for r in results if r["from_name"] == "complementary")
