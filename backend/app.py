@@ -286,7 +286,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         if len(response.predictions) != len(body.tasks):  # Label Studio would silently store nothing
             raise ApiError(500, f"model returned {len(response.predictions)} predictions for {len(body.tasks)} tasks")
         # Label Studio stores these after we answer; then it accepts their version as the project's.
-        runtime.version_sync.schedule(pid)
+        stored = [p.model_version for p in response.predictions
+                  if not isinstance(p, list) and (p.result or p.score is not None) and p.model_version]
+        runtime.version_sync.predictions_stored(pid, stored[0] if stored else None)
         return PredictResponse(results=response.predictions)
 
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
