@@ -18,6 +18,7 @@ from backend.accuracy import describe, estimate_accuracy
 from backend.events import usable
 from backend.heads import HeadCache, head_predictions, label_probabilities, prior_head
 from backend.labels import ImageClassification, parse_label_config
+from labelers.formats.label_studio import labels_by_control
 from backend.logs import Redactor
 from backend.predictor import PredictorRules
 from backend.store import Annotation, Store
@@ -41,6 +42,17 @@ def training_set(store: Store, project: str, target: ImageClassification) -> tup
             task_ids.append(task_id)
             labels.append(chosen if target.multiple else chosen[:1])
     return task_ids, labels
+
+
+def labels_not_in_config(store: Store, project: str, target: ImageClassification) -> dict[str, int]:
+    """Return {label: annotations} for labels the stored annotations of this control use that the label
+    config no longer lists (a class removed after annotating): they are not learnt from, and the run says so."""
+    unknown: dict[str, int] = {}
+    for ann in store.list_annotations(project):
+        for label in labels_by_control(ann.result).get(target.from_name, []):
+            if label not in target.labels:
+                unknown[label] = unknown.get(label, 0) + 1
+    return unknown
 
 
 def training_fingerprint(embedder_spec: str, target: ImageClassification, task_ids: list[int],
@@ -84,6 +96,12 @@ class HeadTrainer:
         project = self.store.get_project(project_id)
         target = parse_label_config(project.label_config)
         task_ids, labels = training_set(self.store, project_id, target)
+        dropped = labels_not_in_config(self.store, project_id, target)
+        if dropped:  # the label config changed after annotating: say what is not learnt from
+            listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(dropped.items()))
+            log.warning("project %s: annotations use labels the label config no longer has, not learnt from: %s",
+                        project_id, listed)
+            notes.append(f"labels not in the label config, not learnt from: {listed}")
         urls = self.store.content_keys(project_id, task_ids)
         fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls)
         served = self.store.get_version(project_id, project.model_version)
@@ -91,7 +109,7 @@ class HeadTrainer:
             # A burst's second run (LS's own START_TRAINING after the webhooks) or Start Training with nothing new.
             note = f"training set unchanged since {served.model_version}: nothing published"
             log.info("project %s: %s", project_id, note)
-            return None, len(task_ids), note
+            return None, len(task_ids), "; ".join(notes + [note])
         if not task_ids:
             if project.revision == 0:
                 return None, 0, "no usable annotations (none, all skipped, or no label from this config)"

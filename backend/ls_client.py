@@ -91,6 +91,14 @@ class LabelStudioClient:
         for task in pages:
             yield _as_dict(task)
 
+    def task_count(self, project: str) -> int | None:
+        """Return how many tasks `project` has (Label Studio's "total"), or None when the answer lacks it.
+        Retried like every call; raises LabelStudioRejected on 401/403."""
+        pager = self._call(lambda: self.sdk().tasks.list(project=int(project), page_size=1, fields="all",
+                                                         request_options=NO_SDK_RETRIES))
+        total = getattr(getattr(pager, "response", None), "total", None)
+        return int(total) if isinstance(total, int) else None
+
     def import_predictions(self, project: str, predictions: list[dict[str, Any]]) -> None:
         """Store predictions ({"task", "result", "score", "model_version"}) in Label Studio in one call."""
         self._call(lambda: self.sdk().projects.import_predictions(id=int(project), request=predictions,
