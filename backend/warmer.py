@@ -171,9 +171,8 @@ class CacheWarmer:
                          attempt_started_at=now)
         stored = self.store.get_project(project)
         data_key = parse_label_config(stored.label_config).data_key
-        self._update(project, total=self._total(project))
         batch: list[dict[str, Any]] = []
-        for task in self.ls.iter_tasks(project):
+        for task in self.ls.iter_tasks(project, on_total=lambda total: self._update(project, total=total)):
             if self._closing.is_set():
                 self._update(project, state="stopped", detail="the backend is shutting down")
                 return False
@@ -184,14 +183,6 @@ class CacheWarmer:
         if batch:
             self._embed_counted(stored, batch, data_key)
         return True
-
-    def _total(self, project: str) -> int | None:
-        try:
-            return self.ls.task_count(project)
-        except LabelStudioRejected:
-            raise
-        except Exception:  # the listing below fails the same way and is retried; the total stays unknown
-            return None
 
     def _embed_counted(self, stored, tasks: list[dict[str, Any]], data_key: str) -> None:
         result = self.embeddings.embed(stored, tasks, data_key)

@@ -178,8 +178,9 @@ def test_eta_from_rate_and_total():
 
 
 def test_warm_up_retries_with_back_off_when_label_studio_comes_back(make_client, docroot):
-    # Label Studio answers 503 six times (down, or restarting), then lists the tasks again.
-    down = [(503, {"detail": "restarting"}, {})] * 6
+    # Label Studio answers 503 three times (down, or restarting: the client's three tries of one listing
+    # fail), then lists the tasks again.
+    down = [(503, {"detail": "restarting"}, {})] * 3
     fake = ls_with_tasks(task_list_failures=list(down))
     with ServerThread(fake.app()) as ls:
         with make_client(local_files_document_root=docroot, label_studio_url=ls.url,
@@ -193,7 +194,7 @@ def test_warm_up_retries_with_back_off_when_label_studio_comes_back(make_client,
 
 
 def test_failed_warm_up_is_shown_and_the_next_setup_starts_it_again(make_client, docroot):
-    down = [(503, {"detail": "down"}, {})] * 6  # the client's 3 tries, twice: one warm-up attempt fails
+    down = [(503, {"detail": "down"}, {})] * 3  # the client's 3 tries: one warm-up attempt fails
     fake = ls_with_tasks(task_list_failures=list(down))
     with ServerThread(fake.app()) as ls:
         with make_client(local_files_document_root=docroot, label_studio_url=ls.url,
