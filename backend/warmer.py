@@ -83,6 +83,14 @@ class CacheWarmer:
             entry = self._status.get(project)
             return progress(entry) if entry else None
 
+    def problems(self) -> list[str]:
+        """Return one line per project whose warm-up failed or waits to retry (for /health), e.g. "project 3:
+        warm-up retrying (attempt 2 failed: ConnectError ...)"."""
+        with self._lock:
+            entries = [(p, dict(e)) for p, e in self._status.items() if e.get("state") in ("failed", "retrying")]
+        return [f"project {p}: warm-up {e['state']} (attempt {e.get('attempt', 0)} failed: {e.get('last_error')})"
+                for p, e in entries]
+
     def warm(self, project: str) -> bool:
         """Queue the warm-up of `project`; returns False when it cannot (no Label Studio credentials, warm
         cache off) or need not run (already running)."""

@@ -203,11 +203,14 @@ def test_failed_warm_up_is_shown_and_the_next_setup_starts_it_again(make_client,
             setup_project(client)
             assert eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "failed", timeout=60)
             failed = client.get("/metrics").json()["projects"]["1"]["warm_cache"]
+            degraded = client.get("/health").json()
             setup_project(client)  # Label Studio calls /setup before each prediction batch: recovery, no restart
             assert eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "done", timeout=60)
             done = runtime.warmer.status("1")
+            healthy = client.get("/health").json()
     assert "503" in failed["last_error"]
-    assert done["embedded"] == 9
+    assert degraded["status"] == "DEGRADED" and any("project 1: warm-up failed" in p for p in degraded["problems"])
+    assert done["embedded"] == 9 and healthy["status"] == "UP"
 
 
 def test_wrong_key_is_a_clear_state_and_not_retried(make_client, docroot):
