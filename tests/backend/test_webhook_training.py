@@ -347,9 +347,10 @@ def test_start_training_still_trains_when_label_studio_is_unreachable(make_clien
         client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
         assert runtime.queue.wait_idle(120)
         last = runs(runtime)[0]
-    assert last["status"] == "succeeded" and last["n_annotations"] == len(TASKS)
-    assert "not re-read from Label Studio" in last["note"] and last["error"] is None
-    assert runtime.store.current_version("1") != before
+    # It ran on the stored annotations, which are the served version's: nothing new is published.
+    assert last["status"] == "skipped" and last["n_annotations"] == len(TASKS)
+    assert "not re-read from Label Studio" in last["note"] and "training set unchanged" in last["note"]
+    assert last["error"] is None and runtime.store.current_version("1") == before
 
 
 def test_push_predictions_refreshes_label_studio_without_retrieve(make_client, docroot):
