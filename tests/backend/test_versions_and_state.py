@@ -301,3 +301,18 @@ def test_status_prints_the_table_and_writes_the_plot(make_client, docroot, tmp_p
     assert f"{estimate['accuracy']:.1%}" in result.output and "9/9" not in result.output  # warm-up off: "-"
     assert "1 point(s)" in result.output and png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert unreachable.exit_code == 2 and "cannot reach the backend" in unreachable.output
+
+
+def test_status_uses_basic_auth_when_the_backend_asks_for_it(make_client, docroot):
+    from typer.testing import CliRunner
+
+    from labelloop.cli import app as cli
+
+    with make_client(local_files_document_root=docroot, basic_auth_user="ann", basic_auth_pass="pw-123") as \
+            (client, runtime):
+        with ServerThread(client.app) as backend:
+            refused = CliRunner().invoke(cli, ["status", "--url", backend.url])
+            allowed = CliRunner().invoke(cli, ["status", "--url", backend.url, "--user", "ann", "--password",
+                                               "pw-123"], env={"COLUMNS": "250"})
+    assert refused.exit_code == 2 and "--user and --password" in refused.output
+    assert allowed.exit_code == 0 and "labelloop projects" in allowed.output
