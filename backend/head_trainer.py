@@ -18,11 +18,11 @@ from backend.accuracy import describe, estimate_accuracy
 from backend.events import usable
 from backend.heads import HeadCache, head_predictions, label_probabilities, prior_head
 from backend.labels import ImageClassification, parse_label_config
-from labelers.formats.label_studio import labels_by_control
 from backend.logs import Redactor
 from backend.predictor import PredictorRules
 from backend.store import Annotation, Store
 from backend.versions import head_version
+from labelers.formats.label_studio import labels_by_control
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ class VersionSync:
     def predictions_stored(self, project: str, version: str | None, now: bool = False) -> None:
         """Record that Label Studio has (or is about to store) predictions of `version`, then switch the
         project to it: at once with `now` (after a push, which Label Studio has confirmed), else planned."""
-        if not version:
+        if not version or version != self.version_of(project):  # an older version's answer changes nothing
             return
         if self.store.kv_get(project, PREDICTED_KEY) != version:  # one write per version, not per /predict
             self.store.kv_set(project, PREDICTED_KEY, version)

@@ -87,7 +87,8 @@ class CacheWarmer:
         """Return one line per project whose warm-up failed or waits to retry (for /health), e.g. "project 3:
         warm-up retrying (attempt 2 failed: ConnectError ...)"."""
         with self._lock:
-            entries = [(p, dict(e)) for p, e in self._status.items() if e.get("state") in ("failed", "retrying")]
+            entries = [(p, dict(e)) for p, e in self._status.items()
+                       if e.get("state") in ("failed", "retrying") and not e.get("key_refused")]
         return [f"project {p}: warm-up {e['state']} (attempt {e.get('attempt', 0)} failed: {e.get('last_error')})"
                 for p, e in entries]
 
@@ -158,7 +159,9 @@ class CacheWarmer:
             detail = self.redactor.error(exc)
             log.warning("project %s: warming the embedding cache failed (%s); the next /setup tries again",
                         project, detail)
-            self._update(project, state="failed", detail=detail, last_error=detail)
+            # A refused key is /health's own problem already (the auth says it once): not repeated per project.
+            self._update(project, state="failed", detail=detail, last_error=detail,
+                         key_refused=isinstance(exc, LabelStudioRejected))
         finally:
             lock.release()
 
