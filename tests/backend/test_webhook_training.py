@@ -53,7 +53,11 @@ def test_annotation_created_retrains_and_bumps_the_version(make_client, docroot)
     predicted = [r["result"][0]["value"]["choices"][0] for r in after]
     assert predicted == [LABELS[t["id"]] for t in TASKS]  # trained on these very images: it must fit them
     assert [r["score"] for r in after] != [r["score"] for r in before]
-    assert metrics["annotations"] == len(TASKS) and metrics["training"]["last_run"]["status"] == "succeeded"
+    # debounce 0: a run may already have read the annotation of the submit that queued the next one, which
+    # then finds the same training set and is skipped (no version for nothing new)
+    assert metrics["annotations"] == len(TASKS) and metrics["training"]["last_run"]["status"] in ("succeeded",
+                                                                                                   "skipped")
+    assert metrics["training"]["runs"]["succeeded"] == len(versions) - 1
     head_files = sorted(p.name for p in (runtime.store.heads_dir("1") / "r1").iterdir())
     assert head_files == ["head.json", "head.safetensors"]  # non-pickle format
 
