@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "fastapi>=0.110",
     "uvicorn[standard]>=0.29",
     "typer>=0.12",
+    "rich>=13",  # labelloop status tables (typer depends on it too)
     "tqdm>=4.66",
     "matplotlib>=3.7",
     "scipy>=1.10",

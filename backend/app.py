@@ -25,6 +25,7 @@ from backend.events import TRAIN_EVENTS
 from backend.embedding import EmbedderMismatch
 from backend.model import EventError, LabelloopModel
 from backend.runtime import Runtime
+from backend.version_sync import STATE_KEY
 from backend.vlm_models import VLMUnavailable
 from backend.schemas import (PayloadError, PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent,
                              project_id)
@@ -286,7 +287,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         if len(response.predictions) != len(body.tasks):  # Label Studio would silently store nothing
             raise ApiError(500, f"model returned {len(response.predictions)} predictions for {len(body.tasks)} tasks")
         # Label Studio stores these after we answer; then it accepts their version as the project's.
-        runtime.version_sync.schedule(pid)
+        stored = [p.model_version for p in response.predictions
+                  if not isinstance(p, list) and (p.result or p.score is not None) and p.model_version]
+        runtime.version_sync.predictions_stored(pid, stored[0] if stored else None)
         return PredictResponse(results=response.predictions)
 
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
@@ -326,7 +329,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     @app.get("/versions", dependencies=[Depends(require_auth)])
     def versions(project: str | None = None) -> dict[str, Any]:
         pid = project_id(project) if project else None
-        return {"versions": [v.model_version for v in runtime.store.list_versions(pid)]}
+        # Label Studio reads only "versions"; "details" carries each version's estimated accuracy.
+        listed = runtime.store.list_versions(pid)
+        return {"versions": [v.model_version for v in listed], "details": [version_details(v) for v in listed]}
 
     @app.get("/metrics", dependencies=[Depends(require_auth)])
     def metrics() -> dict[str, Any]:
@@ -352,8 +357,11 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
         state = runtime.queue.status(project.id)
         if state == "idle" and project.requested_seq > project.trained_seq:
             state = "queued"  # requested, and not yet covered by a run in any worker
+        served = store.get_version(project.id, project.model_version)
         projects[project.id] = {
             "model_version": project.model_version,
+            "label_studio_model_version": store.kv_get(project.id, STATE_KEY),
+            "accuracy": served.accuracy if served else None,
             "embedder": project.embedder,
             "annotations": store.count_annotations(project.id),
             "training": {
@@ -367,6 +375,13 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
         }
     return {"worker_pid": os.getpid(), "projects": projects, "vlm": runtime.vlms.status(),
             "counters": runtime.counters.snapshot()}
+
+
+def version_details(version) -> dict[str, Any]:
+    """Return one /versions "details" item: the version, its project, revision, annotations and accuracy."""
+    return {"model_version": version.model_version, "project": version.project, "revision": version.revision,
+            "n_annotations": version.n_annotations, "created_at": version.created_at,
+            "accuracy": version.accuracy}
 
 
 def _predictor_status(runtime: Runtime, project: str) -> dict[str, Any]:

@@ -64,9 +64,33 @@ def serve(
                 log_level=settings.log_level.lower(), proxy_headers=True, timeout_graceful_shutdown=10)
 
 
+def status(
+    url: str = typer.Option("http://localhost:9090", "--url", help="The backend's URL."),
+    user: Optional[str] = typer.Option(None, "--user", help="Basic auth user (BASIC_AUTH_USER of the backend)."),
+    password: Optional[str] = typer.Option(None, "--password", envvar="LABELLOOP_STATUS_PASSWORD",
+                                           help="Basic auth password (or env LABELLOOP_STATUS_PASSWORD)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the learning curve to this PNG."),
+) -> None:
+    """Show a running backend's projects, versions, training, warm-up, accuracy and last errors."""
+    from rich.console import Console
+
+    from backend import status as report
+
+    try:
+        metrics, versions = report.fetch(url, (user, password or "") if user else None)
+    except report.StatusError as exc:
+        typer.echo(f"labelloop status: {exc}", err=True)
+        raise typer.Exit(2)
+    report.render(metrics, versions, Console())
+    if plot is not None:
+        drawn = report.plot(versions, list((metrics.get("projects") or {})), plot)
+        typer.echo(f"learning curve ({drawn} point(s)) written to {plot}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this room's subcommands to the labelloop app."""
     from backend.importer import import_command  # light: the SDK is imported inside the command
 
     app.command("serve")(serve)
     app.command("import")(import_command)
+    app.command("status")(status)

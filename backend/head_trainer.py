@@ -5,6 +5,8 @@ nothing that is served; a new head is saved to a fresh folder and switched to in
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import uuid
@@ -12,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from backend.accuracy import describe, estimate_accuracy
 from backend.events import usable
-from backend.heads import HeadCache, prior_head
+from backend.heads import HeadCache, label_probabilities, prior_head
 from backend.labels import ImageClassification, parse_label_config
 from backend.logs import Redactor
 from backend.predictor import PredictorRules
 from backend.store import Annotation, Store
 from backend.versions import head_version
+from labelers.formats.label_studio import labels_by_control
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,26 @@ def training_set(store: Store, project: str, target: ImageClassification) -> tup
             task_ids.append(task_id)
             labels.append(chosen if target.multiple else chosen[:1])
     return task_ids, labels
+
+
+def labels_not_in_config(store: Store, project: str, target: ImageClassification) -> dict[str, int]:
+    """Return {label: annotations} for labels the stored annotations of this control use that the label
+    config no longer lists (a class removed after annotating): they are not learnt from, and the run says so."""
+    unknown: dict[str, int] = {}
+    for ann in store.list_annotations(project):
+        for label in labels_by_control(ann.result).get(target.from_name, []):
+            if label not in target.labels:
+                unknown[label] = unknown.get(label, 0) + 1
+    return unknown
+
+
+def training_fingerprint(embedder_spec: str, target: ImageClassification, task_ids: list[int],
+                         labels: list[list[str]], media: dict[int, tuple[str | None, str | None]]) -> str:
+    """Return a hash of everything a head is fitted on: the embedder, the label config's classes, and each
+    annotated task with its labels and image URL. Two runs with the same fingerprint fit the same head."""
+    rows = [[t, sorted(chosen), media.get(t, (None, None))[0]] for t, chosen in zip(task_ids, labels)]
+    blob = json.dumps([embedder_spec, list(target.labels), target.multiple, rows], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class HeadTrainer:
@@ -72,27 +96,55 @@ class HeadTrainer:
         project = self.store.get_project(project_id)
         target = parse_label_config(project.label_config)
         task_ids, labels = training_set(self.store, project_id, target)
+        dropped = labels_not_in_config(self.store, project_id, target)
+        if dropped:  # the label config changed after annotating: say what is not learnt from
+            listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(dropped.items()))
+            log.warning("project %s: annotations use labels the label config no longer has, not learnt from: %s",
+                        project_id, listed)
+            notes.append(f"labels not in the label config, not learnt from: {listed}")
+        urls = self.store.content_keys(project_id, task_ids)
+        fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls)
+        served = self.store.get_version(project_id, project.model_version)
+        if served is not None and served.fingerprint == fingerprint:
+            # A burst's second run (LS's own START_TRAINING after the webhooks) or Start Training with nothing new.
+            note = f"training set unchanged since {served.model_version}: nothing published"
+            log.info("project %s: %s", project_id, note)
+            return None, len(task_ids), "; ".join(notes + [note])
         if not task_ids:
             if project.revision == 0:
                 return None, 0, "no usable annotations (none, all skipped, or no label from this config)"
             # Every annotation was deleted: go back to the untrained prior rather than keep serving old labels.
             prior = prior_head(target, self.embeddings.embedder(project), self.heads.priors)
-            return self.publish(project_id, prior, 0), 0, "no annotations left: back to the prior"
-        urls = self.store.content_keys(project_id, task_ids)
+            return self.publish(project_id, prior, 0, fingerprint), 0, "no annotations left: back to the prior"
         tasks = [{"id": t, "data": {target.data_key: urls.get(t, (None, None))[0]}} for t in task_ids]
         embedded = self.embeddings.embed(project, tasks, target.data_key)
         rows = np.flatnonzero(embedded.ok)
         if not len(rows):
             raise RuntimeError(f"none of the {len(task_ids)} annotated images could be read: "
                                + "; ".join(list(embedded.errors.values())[:3]))
+        features, y = embedded.features[rows], _targets(target, [labels[i] for i in rows])
         head = prior_head(target, embedded.embedder, self.heads.priors)  # the same prior as r0
-        head.fit(embedded.features[rows], _targets(target, [labels[i] for i in rows]))
-        version = self.publish(project_id, head, len(rows))
+        head.fit(features, y)
+        accuracy = self.estimate(target, embedded.embedder, features, y, self.heads.priors)
+        version = self.publish(project_id, head, len(rows), fingerprint, accuracy)
+        notes.append(describe(accuracy))
         if embedded.errors:
             notes.append(f"{len(embedded.errors)} annotated image(s) unreadable")
         if self.push_enabled and self.ls.configured:
             notes.append(self._push_after_publish(project_id))
         return version, int(len(rows)), "; ".join(notes) or None
+
+    @staticmethod
+    def estimate(target: ImageClassification, embedder, features: np.ndarray, y: np.ndarray,
+                 priors=None) -> dict | None:
+        """Return the k-fold accuracy of the head this retrain fits (backend.accuracy), or None when there are
+        too few annotations or the estimate fails (it never blocks a publish; the log says why)."""
+        try:
+            return estimate_accuracy(features, y, lambda: prior_head(target, embedder, priors),  # as published
+                                     lambda head, x: label_probabilities(head, target, x), target.multiple)
+        except Exception as exc:  # a fold with one class the solver rejects, say: publish without a figure
+            log.warning("accuracy not estimated (%s: %s)", type(exc).__name__, exc)
+            return None
 
     def sync_annotations(self, project_id: str) -> int:
         """Replace the stored annotations with the project's annotations in Label Studio; returns the count."""
@@ -108,9 +160,10 @@ class HeadTrainer:
         self.store.remember_tasks(project_id, task_urls)
         return self.store.replace_annotations(project_id, annotations)
 
-    def publish(self, project_id: str, head, n_annotations: int) -> str:
+    def publish(self, project_id: str, head, n_annotations: int, fingerprint: str | None = None,
+                accuracy: dict | None = None) -> str:
         """Save `head` to a fresh folder, then switch the project to it in one SQLite transaction; returns
-        the new version. Label Studio's project version follows once it has predictions of it."""
+        the new version. Label Studio's project version follows once it has predictions of it (VersionSync)."""
         store = self.store
         project = store.get_project(project_id)
         revision = store.next_revision(project_id)
@@ -122,9 +175,11 @@ class HeadTrainer:
         if final.exists():  # left behind by a run that crashed after saving but before publishing
             shutil.rmtree(final)
         staging.rename(final)
-        store.publish_version(project_id, revision, version, str(final), n_annotations)
-        log.info("project %s: published %s (%d annotations)", project_id, version, n_annotations)
-        self.version_sync.schedule(project_id)  # retried after each /predict too
+        store.publish_version(project_id, revision, version, str(final), n_annotations, fingerprint, accuracy)
+        log.info("project %s: published %s (%d annotations; %s%s)", project_id, version, n_annotations,
+                 describe(accuracy), f", estimated in {accuracy['seconds']:.2f}s" if accuracy else "")
+        # No project-version update here: Label Studio refuses it until predictions of this version exist.
+        # It follows after the push below, or after the first /predict of the new version.
         return version
 
     # -- pushing predictions after a retrain -------------------------------------------------------------------
@@ -156,7 +211,8 @@ class HeadTrainer:
                 batch = []
         if batch:
             pushed += self._push(project_id, batch)
-        self.version_sync.attempt(project_id)
+        if pushed:
+            self.version_sync.predictions_stored(project_id, self.store.current_version(project_id), now=True)
         return pushed
 
     def _push(self, project_id: str, tasks: list[dict[str, Any]]) -> int:

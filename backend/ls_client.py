@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
@@ -84,11 +84,16 @@ class LabelStudioClient:
                                         httpx_client=self.http)
         return self._sdk
 
-    def iter_tasks(self, project: str) -> Iterator[dict[str, Any]]:
+    def iter_tasks(self, project: str, on_total: Callable[[int | None], None] | None = None
+                   ) -> Iterator[dict[str, Any]]:
         """Yield every task of `project` as a dict (id, data, annotations, ...). The first page is retried
-        when the failure is transient; raises LabelStudioRejected on 401/403."""
-        pages = self._call(self._first_page, project)
-        for task in pages:
+        when the failure is transient; raises LabelStudioRejected on 401/403. `on_total` is called once with
+        Label Studio's task count from the first page (None when the answer lacks it)."""
+        pager = self._call(self._first_page, project)
+        if on_total is not None:
+            total = getattr(getattr(pager, "response", None), "total", None)
+            on_total(total if isinstance(total, int) else None)
+        for task in pager:
             yield _as_dict(task)
 
     def import_predictions(self, project: str, predictions: list[dict[str, Any]]) -> None:
@@ -115,8 +120,7 @@ class LabelStudioClient:
             return False
 
     def _first_page(self, project: str):
-        pager = self.sdk().tasks.list(project=int(project), fields="all", request_options=NO_SDK_RETRIES)
-        return iter(pager)
+        return self.sdk().tasks.list(project=int(project), fields="all", request_options=NO_SDK_RETRIES)
 
     def _call(self, fn, *args):
         """Run `fn` with tenacity retries of transient failures; 401/403 become LabelStudioRejected."""

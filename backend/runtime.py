@@ -125,7 +125,8 @@ class Runtime:
 
     def problems(self) -> list[str]:
         """Return what keeps the backend from working fully (e.g. a refused LABEL_STUDIO_API_KEY)."""
-        return [self.auth.rejected] if self.auth.rejected else []
+        problems = [self.auth.rejected] if self.auth.rejected else []
+        return problems + self.warmer.problems()
 
     def embedder_status(self) -> dict[str, Any]:
         """Return what /health says about the default embedder (never loads it)."""

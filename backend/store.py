@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS versions(
     head_dir TEXT,                     -- NULL for r0 (zero-shot or uniform prior, rebuilt on demand)
     n_annotations INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
+    fingerprint TEXT,                  -- hash of the training set (tasks, labels, images, label config)
+    accuracy TEXT,                     -- JSON: estimated accuracy on the project's annotations (k-fold)
     PRIMARY KEY(project, revision)
 );
 CREATE TABLE IF NOT EXISTS annotations(
@@ -105,6 +107,14 @@ class Version:
     head_dir: str | None
     n_annotations: int
     created_at: float
+    fingerprint: str | None = None
+    accuracy: dict[str, Any] | None = None  # backend.accuracy.estimate_accuracy's dict, None when not measured
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Version":
+        values = dict(row)
+        values["accuracy"] = json.loads(values["accuracy"]) if values.get("accuracy") else None
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -180,10 +190,13 @@ class Store:
 
     def _migrate(self) -> None:
         """Add columns introduced after a MODEL_DIR was created (older databases keep working)."""
-        columns = {r["name"] for r in self._conn().execute("PRAGMA table_info(training_runs)")}
-        if "note" not in columns:
-            with self._tx() as db:
-                db.execute("ALTER TABLE training_runs ADD COLUMN note TEXT")
+        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy")}
+        for table, names in added.items():
+            columns = {r["name"] for r in self._conn().execute(f"PRAGMA table_info({table})")}
+            for name in names:
+                if name not in columns:
+                    with self._tx() as db:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -252,7 +265,7 @@ class Store:
     # -- versions ---------------------------------------------------------------------------------------------
     def get_version(self, project: str, model_version: str) -> Version | None:
         row = self._one("SELECT * FROM versions WHERE project=? AND model_version=?", (project, model_version))
-        return Version(**dict(row)) if row else None
+        return Version.from_row(row) if row else None
 
     def list_versions(self, project: str | None = None) -> list[Version]:
         """Return versions oldest first, for one project or all."""
@@ -260,19 +273,23 @@ class Store:
             rows = self._conn().execute("SELECT * FROM versions ORDER BY created_at, project, revision")
         else:
             rows = self._conn().execute("SELECT * FROM versions WHERE project=? ORDER BY revision", (project,))
-        return [Version(**dict(r)) for r in rows]
+        return [Version.from_row(r) for r in rows]
 
     def next_revision(self, project: str) -> int:
         row = self._one("SELECT MAX(revision) AS r FROM versions WHERE project=?", (project,))
         return (row["r"] if row and row["r"] is not None else 0) + 1
 
     def publish_version(self, project: str, revision: int, model_version: str, head_dir: str,
-                        n_annotations: int) -> None:
-        """Atomically record a new version and make it the project's current one."""
+                        n_annotations: int, fingerprint: str | None = None,
+                        accuracy: dict[str, Any] | None = None) -> None:
+        """Atomically record a new version (with its training-set fingerprint and estimated accuracy) and make
+        it the project's current one."""
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations, created_at)"
-                       " VALUES (?,?,?,?,?,?)", (project, revision, model_version, head_dir, n_annotations, now))
+            db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations, created_at,"
+                       " fingerprint, accuracy) VALUES (?,?,?,?,?,?,?,?)",
+                       (project, revision, model_version, head_dir, n_annotations, now, fingerprint,
+                        json.dumps(accuracy) if accuracy is not None else None))
             db.execute("UPDATE projects SET model_version=?, revision=?, updated_at=? WHERE id=?",
                        (model_version, revision, now, project))
 

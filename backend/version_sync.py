@@ -1,10 +1,13 @@
 """Keeps each project's model_version in Label Studio equal to the version we serve.
 
-Label Studio only accepts a version that already has predictions stored, so after a retrain the update usually
-succeeds only once Label Studio has fetched predictions of the new version (Retrieve Predictions, or an
-annotator opening a task). Each `schedule()` therefore plans a few attempts with growing delays (tenacity);
-the first success ends them, and a refused API key (401/403) ends them at once: it is not transient. The last
-version set is remembered in the project's key-value state.
+Label Studio 1.23 refuses a project version that has no predictions stored ("Model version doesn't exist
+either as live model or as static predictions", HTTP 400). So the switch is asked for only once predictions
+of the served version are known to exist: after the backend pushed them (LABELLOOP_PUSH_PREDICTIONS), or
+after a /predict answered with them (Retrieve Predictions, an annotator opening a task). The version whose
+predictions exist is remembered in SQLite (PREDICTED_KEY), so every worker process agrees. Label Studio
+stores a /predict answer only after receiving it, hence the first attempt waits `delays[0]` seconds; further
+attempts back off (tenacity). The first success ends them, and a refused API key (401/403) ends them at once:
+it is not transient. The last version set is remembered in the project's key-value state.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from backend.ls_client import LabelStudioClient, LabelStudioRejected
 log = logging.getLogger(__name__)
 
 STATE_KEY = "labelloop.label_studio_model_version"
+PREDICTED_KEY = "labelloop.version_with_predictions"  # the newest version Label Studio has predictions of
 
 
 class VersionSync:
@@ -28,7 +32,7 @@ class VersionSync:
     STATE_KEY = STATE_KEY
 
     def __init__(self, store, client: LabelStudioClient, version_of: Callable[[str], str | None],
-                 enabled: bool = True, delays: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0)):
+                 enabled: bool = True, delays: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)):
         self.store, self.client = store, client
         self.version_of = version_of  # the version the project's predictions carry (head or VLM)
         self.enabled = enabled and client.configured
@@ -39,9 +43,27 @@ class VersionSync:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="labelloop-version-sync")
 
+    def predictions_stored(self, project: str, version: str | None, now: bool = False) -> None:
+        """Record that Label Studio has (or is about to store) predictions of `version`, then switch the
+        project to it: at once with `now` (after a push, which Label Studio has confirmed), else planned."""
+        if not version or version != self.version_of(project):  # an older version's answer changes nothing
+            return
+        if self.store.kv_get(project, PREDICTED_KEY) != version:  # one write per version, not per /predict
+            self.store.kv_set(project, PREDICTED_KEY, version)
+        if not self.enabled:
+            return
+        if now:
+            try:
+                self.attempt(project)
+            except LabelStudioRejected:  # said once by the client
+                pass
+        else:
+            self.schedule(project)
+
     def schedule(self, project: str) -> None:
-        """Plan sync attempts for `project` (no-op when Label Studio is not configured or already in step)."""
-        if not self.enabled or self._stop.is_set() or self._in_step(project):
+        """Plan sync attempts for `project` (no-op when Label Studio is not configured, already in step, or has
+        no predictions of the served version yet: it would refuse the update)."""
+        if not self.enabled or self._stop.is_set() or self._in_step(project) or not self._predicted(project):
             return
         with self._lock:
             if project in self._active:  # the running attempts read the newest version; start over after
@@ -56,6 +78,8 @@ class VersionSync:
         current = self.version_of(project)
         if current is None or self.store.kv_get(project, STATE_KEY) == current:
             return True
+        if self.store.kv_get(project, PREDICTED_KEY) != current:
+            return False  # Label Studio would refuse it; the next predict or push of `current` asks again
         if self.client.set_project_version(project, current):
             self.store.kv_set(project, STATE_KEY, current)
             log.info("project %s: Label Studio's model_version is now %s", project, current)
@@ -67,6 +91,9 @@ class VersionSync:
         it uses is closed right after."""
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _predicted(self, project: str) -> bool:
+        return self.store.kv_get(project, PREDICTED_KEY) == self.version_of(project)
 
     def _in_step(self, project: str) -> bool:
         current = self.version_of(project)

@@ -5,6 +5,12 @@ answered from the cache within Label Studio's 100 s limit.
 `embed_new_tasks(project, tasks)` embeds the tasks of a TASKS_CREATED event or of a /predict that ran out of
 budget. Both run on one bounded executor per process: a burst of events queues work, it never starts a
 thread per event. A per-project file lock keeps two worker processes from warming the same project.
+
+A warm-up that fails (Label Studio or the network down) is retried with exponential back-off (tenacity), up to
+WARM_ATTEMPTS; tasks embedded before the failure come from the cache on the retry. A refused API key is not
+retried. After the last attempt the state is "failed", and the project's next /setup starts it again.
+`status(project)` gives total, embedded, failed, rate and ETA; the log has a progress line every
+PROGRESS_EVERY tasks.
 """
 from __future__ import annotations
 
@@ -15,24 +21,48 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from filelock import FileLock, Timeout
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set, wait_exponential
 
 from backend.labels import parse_label_config
 from backend.logs import Redactor
+from backend.ls_client import LabelStudioRejected
 from backend.store import _safe_name
 
 log = logging.getLogger(__name__)
 
 WARM_BATCH = 64
 BACKGROUND_WORKERS = 2  # warm-ups and new-task embeddings running at once per process
+WARM_ATTEMPTS = 6       # with the back-off below: retried for about two minutes after Label Studio went away
+PROGRESS_EVERY = 256    # tasks between two progress lines in the log
+ACTIVE = ("running", "retrying")
+
+
+def progress(entry: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """Return `entry` with "rate" (tasks per second of this attempt) and "eta_seconds" (None while unknown)."""
+    now = time.time() if now is None else now
+    out = dict(entry)
+    done = out.get("tasks", 0)
+    elapsed = now - out.get("attempt_started_at", out.get("started_at", now))
+    out["rate"] = round(done / elapsed, 2) if elapsed > 0 and done else None
+    total = out.get("total")
+    if out.get("state") == "done":
+        out["eta_seconds"] = 0.0
+    elif total is not None and out["rate"]:
+        out["eta_seconds"] = round(max(0, total - done) / out["rate"], 1)
+    else:
+        out["eta_seconds"] = None
+    return out
 
 
 class CacheWarmer:
     """Background embedding of tasks; `status(project)` is what /metrics shows under warm_cache."""
 
     def __init__(self, store, ls, embeddings, enabled: bool = True, redactor: Redactor | None = None,
-                 workers: int = BACKGROUND_WORKERS):
+                 workers: int = BACKGROUND_WORKERS, attempts: int = WARM_ATTEMPTS,
+                 backoff=wait_exponential(multiplier=2, min=2, max=60), progress_every: int = PROGRESS_EVERY):
         self.store, self.ls, self.embeddings = store, ls, embeddings
         self.enabled = enabled
+        self.attempts, self.backoff, self.progress_every = attempts, backoff, progress_every
         self.redactor = redactor or Redactor()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="labelloop-background")
         self._status: dict[str, dict[str, Any]] = {}
@@ -40,15 +70,27 @@ class CacheWarmer:
         self._closing = threading.Event()  # checked between batches: a long warm-up ends soon after close()
 
     def started(self, project: str) -> bool:
+        """True when a warm-up of `project` runs, waits to retry or finished here; False after a failed one,
+        so the project's next /setup tries again (recovery without a restart)."""
         with self._lock:
-            return project in self._status
+            return self._status.get(project, {}).get("state", "failed") != "failed"
 
     def status(self, project: str) -> dict[str, Any] | None:
-        """Return {"state": "running" | "done" | "failed" | "skipped" | "stopped", "tasks", "embedded",
-        "failed", ...}, or None when the project was never warmed here."""
+        """Return {"state": "running" | "retrying" | "done" | "failed" | "skipped" | "stopped", "total" (None
+        when Label Studio did not say), "tasks" (listed so far), "embedded", "failed", "rate", "eta_seconds",
+        "attempt", "last_error", ...}, or None when the project was never warmed here."""
         with self._lock:
             entry = self._status.get(project)
-            return dict(entry) if entry else None
+            return progress(entry) if entry else None
+
+    def problems(self) -> list[str]:
+        """Return one line per project whose warm-up failed or waits to retry (for /health), e.g. "project 3:
+        warm-up retrying (attempt 2 failed: ConnectError ...)"."""
+        with self._lock:
+            entries = [(p, dict(e)) for p, e in self._status.items()
+                       if e.get("state") in ("failed", "retrying") and not e.get("key_refused")]
+        return [f"project {p}: warm-up {e['state']} (attempt {e.get('attempt', 0)} failed: {e.get('last_error')})"
+                for p, e in entries]
 
     def warm(self, project: str) -> bool:
         """Queue the warm-up of `project`; returns False when it cannot (no Label Studio credentials, warm
@@ -56,10 +98,12 @@ class CacheWarmer:
         if not (self.enabled and self.ls.configured):
             return False
         with self._lock:
-            if self._status.get(project, {}).get("state") == "running":
+            if self._status.get(project, {}).get("state") in ACTIVE:
                 return False
-            self._status[project] = {"state": "running", "tasks": 0, "embedded": 0, "failed": 0,
-                                     "started_at": time.time()}
+            now = time.time()
+            self._status[project] = {"state": "running", "total": None, "tasks": 0, "embedded": 0, "failed": 0,
+                                     "attempt": 0, "last_error": None, "started_at": now,
+                                     "attempt_started_at": now}
         self._pool.submit(self._warm, project)
         return True
 
@@ -104,32 +148,77 @@ class CacheWarmer:
             self._update(project, state="skipped", detail="another worker process is warming this project")
             return
         try:
-            stored = self.store.get_project(project)
-            data_key = parse_label_config(stored.label_config).data_key
-            batch: list[dict[str, Any]] = []
-            for task in self.ls.iter_tasks(project):
-                if self._closing.is_set():
-                    self._update(project, state="stopped", detail="the backend is shutting down")
-                    return
-                batch.append(task)
-                if len(batch) >= WARM_BATCH:
-                    self._embed_counted(stored, batch, data_key)
-                    batch = []
-            if batch:
-                self._embed_counted(stored, batch, data_key)
-            self._update(project, state="done", finished_at=time.time())
-            log.info("project %s: cache warm (%s)", project, self.status(project))
+            retrying = Retrying(stop=stop_after_attempt(self.attempts) | stop_when_event_set(self._closing),
+                                wait=self.backoff, sleep=self._closing.wait, reraise=True,
+                                retry=retry_if_exception(lambda exc: not isinstance(exc, LabelStudioRejected)),
+                                before_sleep=lambda state: self._retrying(project, state))
+            if retrying(self._warm_once, project):
+                self._update(project, state="done", finished_at=time.time(), last_error=None)
+                log.info("project %s: cache warm (%s)", project, _summary(self.status(project)))
         except Exception as exc:  # warming is best effort; predict still works without it
             detail = self.redactor.error(exc)
-            log.warning("project %s: warming the embedding cache failed (%s)", project, detail)
-            self._update(project, state="failed", detail=detail)
+            log.warning("project %s: warming the embedding cache failed (%s); the next /setup tries again",
+                        project, detail)
+            # A refused key is /health's own problem already (the auth says it once): not repeated per project.
+            self._update(project, state="failed", detail=detail, last_error=detail,
+                         key_refused=isinstance(exc, LabelStudioRejected))
         finally:
             lock.release()
+
+    def _retrying(self, project: str, state) -> None:
+        detail = self.redactor.error(state.outcome.exception())
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning("project %s: warm-up attempt %d failed (%s); retrying in %.0fs", project,
+                    state.attempt_number, detail, wait)
+        self._update(project, state="retrying", last_error=detail, retry_in_seconds=round(wait, 1))
+
+    def _warm_once(self, project: str) -> bool:
+        """One pass over the project's tasks; returns False when the backend is shutting down. Raises when
+        Label Studio cannot be listed (retried by `_warm`)."""
+        now = time.time()
+        with self._lock:
+            entry = self._status[project]
+            entry.update(state="running", tasks=0, embedded=0, failed=0, attempt=entry["attempt"] + 1,
+                         attempt_started_at=now)
+        stored = self.store.get_project(project)
+        data_key = parse_label_config(stored.label_config).data_key
+        batch: list[dict[str, Any]] = []
+        for task in self.ls.iter_tasks(project, on_total=lambda total: self._update(project, total=total)):
+            if self._closing.is_set():
+                self._update(project, state="stopped", detail="the backend is shutting down")
+                return False
+            batch.append(task)
+            if len(batch) >= WARM_BATCH:
+                self._embed_counted(stored, batch, data_key)
+                batch = []
+        if batch:
+            self._embed_counted(stored, batch, data_key)
+        return True
 
     def _embed_counted(self, stored, tasks: list[dict[str, Any]], data_key: str) -> None:
         result = self.embeddings.embed(stored, tasks, data_key)
         with self._lock:
             entry = self._status[stored.id]
+            before = entry["tasks"]
             entry["tasks"] += len(tasks)
             entry["embedded"] += int(result.ok.sum())
             entry["failed"] += len(result.errors)
+            if result.errors:  # e.g. a wrong document root: every image fails the same way
+                entry["last_task_error"] = next(iter(result.errors.values()))
+            line = before // self.progress_every != entry["tasks"] // self.progress_every
+        if line:
+            log.info("project %s: warm-up %s", stored.id, _summary(self.status(stored.id)))
+
+
+def _summary(entry: dict[str, Any] | None) -> str:
+    """Return "300/1000 tasks, 298 embedded, 2 failed, 12.5 tasks/s, ETA 56s" for the log."""
+    if not entry:
+        return "not started"
+    total = entry.get("total")
+    parts = [f"{entry['tasks']}/{total if total is not None else '?'} tasks", f"{entry['embedded']} embedded",
+             f"{entry['failed']} failed"]
+    if entry.get("rate"):
+        parts.append(f"{entry['rate']} tasks/s")
+    if entry.get("eta_seconds") is not None and entry.get("state") != "done":
+        parts.append(f"ETA {entry['eta_seconds']:.0f}s")
+    return ", ".join(parts)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainers import losses, matrices
+from trainers import losses, matrices, matrix_options
 from trainers.labelset import LabelSet
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def prepare(cfg: TrainConfig) -> PreparedData:
             if generating.split(":")[0] == "empirical":
                 raise TrainError("synthetic CLs need a generating matrix (uniform, weak, strong, noisy or a file); "
                                  "pass --synthetic-matrix")
-            T_gen, _ = matrices.resolve(generating, K, seed=cfg.seed)
+            T_gen, _ = matrix_options.resolve(generating, K, seed=cfg.seed)
             train = train.subset(train.ord_labels >= 0)
             count = 1 if cfg.num_cl is None else cfg.num_cl
             cl = draw_complementary_labels(train.ord_labels, T_gen, count, seed=cfg.seed)
@@ -203,7 +203,7 @@ def _matrix(cfg: TrainConfig, train: LabelSet, fit_rows: np.ndarray, K: int, syn
     true = train.ord_labels[fit_rows]
     cl = train.cl_labels[fit_rows]
     all_true = bool((true >= 0).all())
-    T, info = matrices.resolve(cfg.transition_matrix, K, seed=cfg.seed, true_labels=true, cl_labels=cl,
+    T, info = matrix_options.resolve(cfg.transition_matrix, K, seed=cfg.seed, true_labels=true, cl_labels=cl,
                                all_true=all_true)
     if synthetic and (cfg.synthetic_matrix or cfg.transition_matrix) == cfg.transition_matrix:
         info = replace(info, source=info.source + ", the generating matrix of the synthetic CLs", oracle=True)

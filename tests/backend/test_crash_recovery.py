@@ -34,15 +34,18 @@ def trained_model_dir(settings) -> str:
 
 
 def die_mid_run(model_dir, project: str = "1", runs: int = 1) -> None:
-    """In a child process, do what a training process does up to the moment it is killed: record a new
-    request, start a run and write a head into a staging folder, plus the renamed-but-unpublished "r<n>" folder
-    a kill between rename and publish leaves. The process then exits without any cleanup."""
+    """In a child process, do what a webhook and a training process do up to the moment it is killed: store
+    the annotation that asked for the retrain (task 1 relabelled, so the owed retrain has something new),
+    record the request, start a run and write a head into a staging folder, plus the renamed-but-unpublished
+    "r<n>" folder a kill between rename and publish leaves. The process then exits without any cleanup."""
     script = textwrap.dedent(f"""
         import os
-        from backend.store import Store
+        from backend.store import Annotation, Store
         store = Store({str(model_dir)!r})
         heads = store.heads_dir({project!r})
         for i in range({runs}):
+            store.upsert_annotations({project!r}, [Annotation(9000 + i, 1, [{{"from_name": "label",
+                "to_name": "image", "type": "choices", "value": {{"choices": ["green"]}}}}])])
             store.request_training({project!r})
             store.start_run({project!r}, "ANNOTATION_CREATED")
             (heads / ".r9-deadbeef").mkdir(parents=True, exist_ok=True)

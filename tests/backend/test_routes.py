@@ -132,8 +132,11 @@ def test_versions_and_metrics_shapes(make_client, docroot):
     with make_client(local_files_document_root=docroot) as (client, _):
         v1 = setup_project(client, "1.1")
         v2 = setup_project(client, "2.1")
-        assert client.get("/versions").json() == {"versions": [v1, v2]}
-        assert client.get("/versions", params={"project": "2"}).json() == {"versions": [v2]}
+        listed = client.get("/versions").json()
+        assert listed["versions"] == [v1, v2]  # what Label Studio reads
+        assert [(d["model_version"], d["revision"], d["accuracy"]) for d in listed["details"]] == \
+            [(v1, 0, None), (v2, 0, None)]
+        assert client.get("/versions", params={"project": "2"}).json()["versions"] == [v2]
         client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png")], "project": "1.1"})
         metrics = client.get("/metrics").json()
     assert set(metrics) == {"worker_pid", "projects", "vlm", "counters"}

@@ -53,7 +53,11 @@ def test_annotation_created_retrains_and_bumps_the_version(make_client, docroot)
     predicted = [r["result"][0]["value"]["choices"][0] for r in after]
     assert predicted == [LABELS[t["id"]] for t in TASKS]  # trained on these very images: it must fit them
     assert [r["score"] for r in after] != [r["score"] for r in before]
-    assert metrics["annotations"] == len(TASKS) and metrics["training"]["last_run"]["status"] == "succeeded"
+    # debounce 0: a run may already have read the annotation of the submit that queued the next one, which
+    # then finds the same training set and is skipped (no version for nothing new)
+    assert metrics["annotations"] == len(TASKS) and metrics["training"]["last_run"]["status"] in ("succeeded",
+                                                                                                   "skipped")
+    assert metrics["training"]["runs"]["succeeded"] == len(versions) - 1
     head_files = sorted(p.name for p in (runtime.store.heads_dir("1") / "r1").iterdir())
     assert head_files == ["head.json", "head.safetensors"]  # non-pickle format
 
@@ -94,8 +98,11 @@ def test_events_during_a_run_trigger_exactly_one_more_run(make_client, docroot):
         assert runtime.queue.wait_idle(120)
         finished = runs(runtime)
     assert len(entered) == 2
-    assert [r["status"] for r in finished] == ["succeeded", "succeeded"]
-    assert finished[0]["n_annotations"] == 4  # the follow-up run saw every annotation
+    # The first run already read the three submits that arrived while it started: the follow-up run finds the
+    # same training set and publishes nothing (one version for the burst).
+    assert [r["status"] for r in finished] == ["skipped", "succeeded"]
+    assert finished[1]["n_annotations"] == 4 and finished[0]["n_annotations"] == 4
+    assert "training set unchanged" in finished[0]["note"]
 
 
 def test_bulk_update_delete_and_cancelled_events(make_client, docroot):
@@ -282,7 +289,9 @@ def test_start_training_fetches_annotations_and_syncs_project_version(make_clien
             assert echo.json()["status"] == "ignored"
             assert runtime.queue.wait_idle(10)
             assert len(runs(runtime)) == 1
-            # the sync runs after the publish, on its own worker: wait for it before the backend stops
+            assert not any(r["method"] == "PATCH" for r in fake.requests)  # no predictions of it yet
+            predict(client)  # Retrieve Predictions stores predictions of the new version...
+            # ...then the sync switches the project to it, on its own worker: wait before the backend stops
             assert eventually(lambda: fake.project_versions == {1: version}), fake.requests[-3:]
     assert version.endswith("-p1-r1")
     assert stored == [500 + t["id"] for t in TASKS]  # the cancelled one is not learnt from
@@ -303,17 +312,16 @@ def test_project_version_is_synced_once_label_studio_has_its_predictions(make_cl
             annotate_all(client)
             assert runtime.queue.wait_idle(120)
             v1 = runtime.store.current_version("1")
-            assert eventually(lambda: any(r["method"] == "PATCH" for r in fake.requests))
-            assert fake.project_versions == {}  # refused: Label Studio has no v1 predictions yet
+            time.sleep(0.5)  # the old sync asked at once, here: give a wrong attempt the time to happen
+            assert not any(r["method"] == "PATCH" for r in fake.requests)  # never asked before predictions exist
             fake.versions_with_predictions.add(v1)  # Retrieve Predictions stores them...
             predict(client)  # ...right after this call returns
             assert eventually(lambda: fake.project_versions == {1: v1}), fake.requests[-3:]
             patches = sum(r["method"] == "PATCH" for r in fake.requests)
             predict(client)  # already in step: no further update
             assert runtime.store.kv_get("1", "labelloop.label_studio_model_version") == v1
-    assert sum(r["method"] == "PATCH" for r in fake.requests) == patches
-    assert "did not take model_version" in caplog.text  # the refusal is logged...
-    assert "set-cookie" not in caplog.text.lower()  # ...without the SDK error's response headers
+    assert sum(r["method"] == "PATCH" for r in fake.requests) == patches == 1
+    assert "did not take model_version" not in caplog.text  # no refused update in the log
 
 
 def test_deleting_every_annotation_returns_to_the_prior(make_client, docroot):
@@ -343,9 +351,10 @@ def test_start_training_still_trains_when_label_studio_is_unreachable(make_clien
         client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
         assert runtime.queue.wait_idle(120)
         last = runs(runtime)[0]
-    assert last["status"] == "succeeded" and last["n_annotations"] == len(TASKS)
-    assert "not re-read from Label Studio" in last["note"] and last["error"] is None
-    assert runtime.store.current_version("1") != before
+    # It ran on the stored annotations, which are the served version's: nothing new is published.
+    assert last["status"] == "skipped" and last["n_annotations"] == len(TASKS)
+    assert "not re-read from Label Studio" in last["note"] and "training set unchanged" in last["note"]
+    assert last["error"] is None and runtime.store.current_version("1") == before
 
 
 def test_push_predictions_refreshes_label_studio_without_retrieve(make_client, docroot):

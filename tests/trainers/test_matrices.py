@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from trainers import matrices
+from trainers import matrices, matrix_options
 from trainers.synthetic import draw_complementary_labels
 
 
@@ -67,9 +67,9 @@ def test_empirical_without_gold_is_an_error():
 
 def test_resolve_flags_oracle_only_when_all_true_labels_used():
     y, cl = np.array([0, 1, 2]), np.array([[1], [2], [0]])
-    _, info = matrices.resolve("empirical", 3, true_labels=y, cl_labels=cl, all_true=True)
+    _, info = matrix_options.resolve("empirical", 3, true_labels=y, cl_labels=cl, all_true=True)
     assert info.oracle and info.gold_labels == 3 and "ORACLE" in info.describe()
-    _, info = matrices.resolve("empirical", 3, true_labels=y, cl_labels=cl, all_true=False)
+    _, info = matrix_options.resolve("empirical", 3, true_labels=y, cl_labels=cl, all_true=False)
     assert not info.oracle
 
 
@@ -78,7 +78,7 @@ def test_save_load_round_trip(tmp_path, suffix):
     T = matrices.weak(10, 3)
     path = matrices.save(T, tmp_path / f"T{suffix}")
     assert np.allclose(matrices.load(path, 10), T)
-    again, info = matrices.resolve(str(path), 10)
+    again, info = matrix_options.resolve(str(path), 10)
     assert np.allclose(again, T) and str(path) in info.source
 
 
@@ -97,7 +97,7 @@ def test_rows_not_summing_to_one_are_rejected(tmp_path):
 
 def test_unknown_spec_is_rejected():
     with pytest.raises(matrices.TransitionMatrixError, match="unknown transition matrix"):
-        matrices.resolve("sideways", 10)
+        matrix_options.resolve("sideways", 10)
 
 
 def test_draw_cls_distinct_per_row_and_multi_count():
