@@ -101,13 +101,21 @@ class SamProposer:
     def _combined_filter(self, masks, iou_scores, original_size, cropped_box_image, pred_iou_thresh,
                          stability_score_thresh, mask_threshold=0, stability_score_offset=1):
         """Apply SAM's IoU and stability thresholds here, then hand stability x IoU on as the score."""
+        import torch
+
+        # masks arrive as (points, masks per point, H, W); the wrapped filter flattens the first two.
+        masks = masks.flatten(0, 1)
+        iou_scores = iou_scores.flatten(0, 1).to(masks.device)
         high = (masks > mask_threshold + stability_score_offset).flatten(-2).sum(-1).float()
         low = (masks > mask_threshold - stability_score_offset).flatten(-2).sum(-1).float()
         stability = high / low.clamp(min=1)
-        iou_scores = iou_scores.to(masks.device)
-        keep = (iou_scores > pred_iou_thresh) & (stability > stability_score_thresh)
-        return self._filter(masks[keep], (iou_scores * stability)[keep], original_size, cropped_box_image,
-                            0.0, 0.0, mask_threshold, stability_score_offset)
+        keep = torch.ones_like(iou_scores, dtype=torch.bool)
+        if pred_iou_thresh > 0:  # a threshold of 0 means "off", as in the wrapped filter
+            keep &= iou_scores > pred_iou_thresh
+        if stability_score_thresh > 0:
+            keep &= stability > stability_score_thresh
+        return self._filter(masks[keep][None], (iou_scores * stability)[keep][None], original_size,
+                            cropped_box_image, 0.0, 0.0, mask_threshold, stability_score_offset)
 
     def propose(self, images: Sequence) -> list[list[Proposal]]:
         s = self.settings
