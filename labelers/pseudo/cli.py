@@ -119,8 +119,26 @@ def merge(
     labels: Optional[str] = typer.Option(None, "--labels", help="Category order for COCO ids (default: first "
                                                                 "appearance)."),
     base: Optional[Path] = typer.Option(None, "--base", help="Base COCO instances file to merge into."),
+    exclude: Optional[str] = typer.Option(None, "--exclude", help="Categories moved to background: comma list "
+                                                                  "or file (e.g. the base classes)."),
+    exclude_keywords: Optional[str] = typer.Option(None, "--exclude-keywords", help="Keywords (whole words) "
+                                                   "whose categories move to background: comma list or file."),
+    substring: bool = typer.Option(False, "--substring", help="Match keywords as substrings (CoT-PL: 'man' "
+                                                              "hits 'woman')."),
+    min_count: int = typer.Option(0, "--min-count", min=0, help="Frequency cut: keep categories with at least "
+                                                                "this many foreground boxes (CoT-PL: 1294)."),
+    cross_nms: Optional[float] = typer.Option(None, "--cross-nms", min=0.0, max=1.0,
+                                              help="Cross-category box NMS IoU: one label per object."),
+    class_weights_file: Optional[Path] = typer.Option(None, "--class-weights", help="Write the detector's "
+                                                      "class-weight vector here (needs --base)."),
+    base_classes: Optional[str] = typer.Option(None, "--base-classes", help="Trained base classes for the "
+                                               "weights (default: base categories with annotations)."),
 ) -> None:
-    """Merge shard records into one set of raw / COCO / Label Studio files (overlapping shards refused)."""
+    """Merge shard records into one set of raw / COCO / Label Studio files (overlapping shards refused),
+    with CoT-PL's post-processing as options."""
+    import json
+
+    from labelers.pseudo import postprocess
     from labelers.pseudo.coco import CocoError
     from labelers.pseudo.run import PseudoRunError, merge_records, write_outputs
 
@@ -130,12 +148,33 @@ def merge(
         if not found or not all(p.is_file() for p in found):
             _fail(f"{shard}: no shard records found")
         paths += found
+    if class_weights_file and not base:
+        _fail("--class-weights needs --base (the weights follow the merged category list)")
     try:
         records = merge_records(paths)
+        shards_count = len(records)
+        if exclude or exclude_keywords:
+            records = postprocess.exclude_categories(records, _labels(exclude) or (), _labels(exclude_keywords) or (),
+                                                     substring)
+        if cross_nms is not None:
+            records = postprocess.cross_category_nms(records, cross_nms)
+        if min_count:
+            records, kept = postprocess.frequency_cut(records, min_count)
+            typer.echo(f"frequency cut >= {min_count}: {len(kept)} categories kept: {', '.join(kept)}")
         files = write_outputs(records, output_dir, _labels(labels), base)
     except (PseudoRunError, CocoError) as exc:
         _fail(str(exc))
-    typer.echo(f"{len(records)} images from {len(paths)} shards")
+    typer.echo(f"{shards_count} images from {len(paths)} shards")
+    if class_weights_file:
+        merged = json.loads(files["merged"].read_text(encoding="utf-8"))
+        base_data = json.loads(base.read_text(encoding="utf-8"))
+        names = {c["id"]: c["name"] for c in base_data["categories"]}
+        trained = _labels(base_classes) or sorted({names[a["category_id"]] for a in base_data["annotations"]})
+        pseudo = postprocess.category_counts(records)
+        weights = postprocess.class_weights(merged["categories"], trained, pseudo)
+        postprocess.write_class_weights(class_weights_file, weights,
+                                        [c["name"] for c in sorted(merged["categories"], key=lambda c: c["id"])])
+        typer.echo(f"class weights ({len(weights)}): {class_weights_file}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
 

@@ -135,13 +135,16 @@ def test_cli_on_tiny_coco_shards_merge_and_base(tiny_vlm_dirs, tmp_path, one_tor
         assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["pseudo-label", "merge", str(tmp_path / "shard0"), str(tmp_path / "shard1"),
                                  "--output-dir", str(tmp_path / "merged"), "--labels", "dog,lamp,stick",
-                                 "--base", str(TINY_COCO / "instances_train2017_small.json")])
+                                 "--base", str(TINY_COCO / "instances_train2017_small.json"),
+                                 "--cross-nms", "0.7", "--class-weights", str(tmp_path / "weights.json")])
     assert result.exit_code == 0, result.output
     assert "2 images from 2 shards" in result.output
     merged = json.loads((tmp_path / "merged" / "merged.json").read_text())
     base = json.loads((TINY_COCO / "instances_train2017_small.json").read_text())
     assert len(merged["annotations"]) > len(base["annotations"])
     assert {c["name"] for c in merged["categories"] if c["supercategory"] == "pseudo"} == {"lamp", "stick"}
+    weights = json.loads((tmp_path / "weights.json").read_text())
+    assert len(weights["weights"]) == len(merged["categories"]) + 1 and weights["weights"][-1] == 0.7
     again = runner.invoke(app, ["pseudo-label", *common, "--start", "0", "--end", "1",
                                 "--output-dir", str(tmp_path / "shard0"), "--resume"])
     assert again.exit_code == 0 and "0 images labeled, 1 skipped" in again.output
