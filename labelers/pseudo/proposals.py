@@ -123,7 +123,7 @@ class SamProposer:
         # The pipeline batches prompt points (points_per_batch) within an image.
         for image in images:
             result = self.pipe(image.convert("RGB"), points_per_batch=s.points_per_batch,
-                               points_per_crop=s.points_per_side ** 2, crops_n_layers=s.crop_n_layers,
+                               points_per_crop=s.points_per_side, crops_n_layers=s.crop_n_layers,
                                crop_n_points_downscale_factor=s.crop_n_points_downscale_factor,
                                pred_iou_thresh=s.pred_iou_thresh, stability_score_thresh=s.stability_score_thresh,
                                stability_score_offset=s.stability_score_offset, crops_nms_thresh=s.box_nms_thresh)

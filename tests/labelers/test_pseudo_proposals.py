@@ -50,6 +50,22 @@ def test_sam_score_is_stability_times_predicted_iou(tiny_sam):
     assert scores.tolist() == pytest.approx([0.9])
 
 
+@pytest.mark.parametrize("crop_layers, crops", [(0, 1), (1, 5)])
+def test_sam_prompts_points_per_side_squared_points_per_crop(tiny_sam, one_torch_thread, crop_layers, crops):
+    # transformers' points_per_crop is points per side; passing the square would ask 16x more points.
+    proposer = SamProposer(SamSettings(model=str(tiny_sam), points_per_side=2, crop_n_layers=crop_layers,
+                                       pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=0))
+    masks_seen = []
+    original = proposer._filter
+
+    def spy(masks, *args):
+        masks_seen.append(masks.shape[1])
+        return original(masks, *args)
+    proposer._filter = spy
+    proposer.propose([Image.fromarray(np.zeros((48, 80, 3), dtype=np.uint8))])
+    assert sum(masks_seen) == crops * 2 * 2 * 3   # 3 masks per point (multimask output)
+
+
 def test_sam_thresholds_are_applied(tiny_sam, one_torch_thread):
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 80, 3), dtype=np.uint8))
     loose = SamProposer(SamSettings(model=str(tiny_sam), points_per_side=4, pred_iou_thresh=0.0,
