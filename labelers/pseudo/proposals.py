@@ -106,12 +106,15 @@ class SamProposer:
         # masks arrive as (points, masks per point, H, W); the wrapped filter flattens the first two.
         masks = masks.flatten(0, 1)
         iou_scores = iou_scores.flatten(0, 1).to(masks.device)
-        high = (masks > mask_threshold + stability_score_offset).flatten(-2).sum(-1).float()
-        low = (masks > mask_threshold - stability_score_offset).flatten(-2).sum(-1).float()
-        stability = high / low.clamp(min=1)
-        keep = torch.ones_like(iou_scores, dtype=torch.bool)
         if pred_iou_thresh > 0:  # a threshold of 0 means "off", as in the wrapped filter
-            keep &= iou_scores > pred_iou_thresh
+            passed = iou_scores > pred_iou_thresh  # cut first: stability at full resolution is the cost
+            masks, iou_scores = masks[passed], iou_scores[passed]
+
+        def pixels_above(threshold):  # int16 row sums, then int32: SAM's way of keeping this cheap
+            return (masks > threshold).sum(-1, dtype=torch.int16).sum(-1, dtype=torch.int32).float()
+        stability = pixels_above(mask_threshold + stability_score_offset) / \
+            pixels_above(mask_threshold - stability_score_offset).clamp(min=1)
+        keep = torch.ones_like(iou_scores, dtype=torch.bool)
         if stability_score_thresh > 0:
             keep &= stability > stability_score_thresh
         return self._filter(masks[keep][None], (iou_scores * stability)[keep][None], original_size,
