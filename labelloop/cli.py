@@ -15,7 +15,7 @@ app = typer.Typer(
 )
 
 # Each module exposes register(app); order sets the order in --help.
-COMMAND_MODULES = ("backend.cli", "labelers.cli", "labelers.vlm.cli", "trainers.cli")
+COMMAND_MODULES = ("backend.cli", "labelers.cli", "labelers.vlm.cli", "labelers.pseudo.cli", "trainers.cli")
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
