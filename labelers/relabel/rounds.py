@@ -38,6 +38,7 @@ class RelabelSettings:
     target_precision: float = 0.9
     keep_original: bool = True
     min_delta: float = 0.0
+    stop_metric: str = "val_f1"  # or val_top1 (the seed's ReaL-style top-1)
     seed: int = 0
     l2: float = 100.0
 
@@ -48,6 +49,12 @@ class Holdout:
 
     regions: list[np.ndarray]
     truth: np.ndarray
+
+    def halves(self) -> tuple["Holdout", "Holdout"]:
+        """Return (calibration, validation): even and odd rows, so per-class thresholds are never scored on
+        the images they were fitted to."""
+        even, odd = self.regions[0::2], self.regions[1::2]
+        return Holdout(list(even), self.truth[0::2]), Holdout(list(odd), self.truth[1::2])
 
 
 @dataclass
@@ -70,22 +77,23 @@ def region_confidences(head: ClassifierHead, regions: Sequence[np.ndarray], sett
 
     `perturb(image_index, passes, seed)` must return (T, R_i, D) embeddings of augmented regions for
     mc-perturbation (the CLI builds it from the images); raises ValueError without it."""
-    out = []
-    for i, features in enumerate(regions):
+    if settings.confidence in ("naive", "mc-dropout"):
+        # one batched call over all regions of all images: a dropout mask per region row, as per image
+        flat = np.concatenate([np.asarray(r, np.float32) for r in regions])
         if settings.confidence == "naive":
-            passes = conf.naive(features, head.predict_proba)
-        elif settings.confidence == "mc-dropout":
-            passes = conf.mc_dropout(features, head.predict_proba, settings.passes, settings.dropout_rate,
-                                     seed=settings.seed + i)
-        elif settings.confidence == "mc-perturbation":
-            if perturb is None:
-                raise ValueError("mc-perturbation needs the images (a perturb function), not only embeddings")
-            views = perturb(i, settings.passes, settings.seed)
-            passes = np.stack([head.predict_proba(v) for v in views])
+            passes = conf.naive(flat, head.predict_proba)
         else:
-            raise ValueError(f"unknown confidence measure {settings.confidence!r}; "
-                             f"choose from {', '.join(conf.MEASURES)}")
-        out.append(conf.aggregate(passes, settings.aggregation, multi_label=True))
+            passes = conf.mc_dropout(flat, head.predict_proba, settings.passes, settings.dropout_rate, settings.seed)
+        merged = conf.aggregate(passes, settings.aggregation, multi_label=True)
+        return np.split(merged, np.cumsum([len(r) for r in regions])[:-1])
+    if settings.confidence != "mc-perturbation":
+        raise ValueError(f"unknown confidence measure {settings.confidence!r}; choose from {', '.join(conf.MEASURES)}")
+    if perturb is None:
+        raise ValueError("mc-perturbation needs the images (a perturb function), not only embeddings")
+    out = []
+    for i in range(len(regions)):
+        views = perturb(i, settings.passes, settings.seed)
+        out.append(conf.aggregate(np.stack([head.predict_proba(v) for v in views]), settings.aggregation))
     return out
 
 
@@ -103,17 +111,24 @@ def validate(head: ClassifierHead, holdout: Holdout, settings: RelabelSettings,
     return metrics
 
 
+def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None
+                     ) -> np.ndarray | None:
+    """Return per-class thresholds calibrated on `calibration` for the per-class rule, else None.
+
+    Raises ValueError for the per-class rule without held-out labeled images."""
+    if settings.rule != "per-class":
+        return None
+    if calibration is None:
+        raise ValueError("--label per-class needs held-out labeled images (--holdout) to calibrate on")
+    held_scores = image_scores(region_confidences(head, calibration.regions, settings))
+    return calibrate_thresholds(held_scores, calibration.truth, settings.target_precision, fallback=settings.threshold)
+
+
 def relabel_once(head: ClassifierHead, regions: Sequence[np.ndarray], original: np.ndarray,
-                 settings: RelabelSettings, holdout: Holdout | None,
+                 settings: RelabelSettings, calibration: Holdout | None,
                  perturb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Return (labels (N, K) bool, image scores (N, K), per-class thresholds or None) for one relabel pass."""
-    thresholds = None
-    if settings.rule == "per-class":
-        if holdout is None:
-            raise ValueError("--label per-class needs held-out labeled images (--holdout) to calibrate on")
-        held_scores = image_scores(region_confidences(head, holdout.regions, settings))
-        thresholds = calibrate_thresholds(held_scores, holdout.truth, settings.target_precision,
-                                          fallback=settings.threshold)
+    thresholds = class_thresholds(head, settings, calibration)
     scores = image_scores(region_confidences(head, regions, settings, perturb))
     labels = label_images(scores, original, settings.rule, settings.threshold, thresholds, settings.keep_original)
     return labels, scores, thresholds
@@ -125,8 +140,10 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
                resume: bool = False, perturb=None, progress: bool = False) -> list[RoundResult]:
     """Run up to `rounds` relabel rounds and return every round's result (round 0 = the original labels).
 
-    Stops early when the held-out metric (`val_top1`) does not improve by more than `min_delta`; without a
-    holdout all rounds run. With `output_dir`, round r is written to round_<r>.json (relabel JSON + metrics)
+    The holdout's even rows calibrate per-class thresholds, its odd rows validate. Stops early when the
+    validation metric (`settings.stop_metric`) does not improve by more than `min_delta`; a round whose metric
+    is no worse is still accepted (`best_round`), a worse one is recorded but not used. Without a holdout all
+    rounds run and are accepted. With `output_dir`, round r is written to round_<r>.json (relabel JSON + metrics)
     and rounds.json; with `resume`, finished rounds are read back and the run continues after the last one."""
     from tqdm.auto import tqdm
 
@@ -143,34 +160,44 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
         log.info("resuming after round %d", history[-1].round)
         if history[-1].metrics.get("stopped"):
             return history
+    calibration, validation = holdout.halves() if holdout else (None, None)
     labels = multi_hot(history[-1].labels, k) if history else multi_hot([[int(o)] for o in original], k)
     head = fit_head(whole, labels, class_names, settings)
     if not history:
-        metrics = validate(head, holdout, settings, None) if holdout else {}
+        metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration)) if holdout else {}
         history.append(RoundResult(0, to_lists(labels), {**metrics, "cardinality": float(labels.sum(1).mean())}))
         _write(out, history, img_paths, settings)
-    best = history[-1].metrics.get("val_top1")
+    best = _best_so_far(history, settings.stop_metric)
     for r in tqdm(range(history[-1].round + 1, rounds + 1), desc="relabel rounds", disable=not progress):
-        new_labels, scores, thresholds = relabel_once(head, regions, original, settings, holdout, perturb)
+        new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb)
         new_head = fit_head(whole, new_labels, class_names, settings)
-        metrics = validate(new_head, holdout, settings, thresholds) if holdout else {}
+        metrics = validate(new_head, validation, settings, class_thresholds(new_head, settings, calibration)
+                           ) if holdout else {}
         metrics["cardinality"] = float(new_labels.sum(1).mean())
         metrics["changed_images"] = int((new_labels != labels).any(axis=1).sum())
-        improved = best is None or metrics["val_top1"] > best + settings.min_delta
-        metrics["stopped"] = not improved
+        value = metrics.get(settings.stop_metric)
+        # no worse: the new labels are kept; better by more than min_delta: another round is worth running
+        metrics["accepted"] = best is None or value >= best - 1e-12
+        metrics["stopped"] = best is not None and not value > best + settings.min_delta
         history.append(RoundResult(r, to_lists(new_labels), metrics))
         _write(out, history, img_paths, settings)
-        if not improved:
-            log.info("round %d: held-out top-1 %.4f did not improve on %.4f; stopping", r, metrics["val_top1"], best)
+        if metrics["accepted"]:
+            labels, head, best = new_labels, new_head, value
+        if metrics["stopped"]:
+            log.info("round %d: held-out %s %.4f did not improve on %.4f; stopping", r, settings.stop_metric,
+                     value, best)
             break
-        labels, head, best = new_labels, new_head, metrics.get("val_top1")
     return history
 
 
+def _best_so_far(history: Sequence[RoundResult], metric: str) -> float | None:
+    values = [h.metrics[metric] for h in history if h.metrics.get("accepted", True) and metric in h.metrics]
+    return max(values) if values else None
+
+
 def best_round(history: Sequence[RoundResult]) -> RoundResult:
-    """Return the last round that improved (the round before a stop), or the last round."""
-    good = [h for h in history if not h.metrics.get("stopped")]
-    return good[-1] if good else history[-1]
+    """Return the last accepted round (its held-out metric no worse than before; round 0 is always accepted)."""
+    return [h for h in history if h.metrics.get("accepted", True)][-1]
 
 
 def _write(out: Path | None, history: list[RoundResult], img_paths: Sequence[str], settings: RelabelSettings) -> None:
