@@ -117,3 +117,6 @@ def register(app: typer.Typer) -> None:
     """Add this room's subcommands to the labelloop app."""
     app.command("simulate", help=SIMULATE_HELP)(simulate)
     app.command("embed")(embed)
+    from .relabel.cli import register as register_relabel  # light: its heavy imports are inside the commands
+
+    register_relabel(app)

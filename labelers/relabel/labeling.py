@@ -14,7 +14,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RULES = ("threshold", "per-class", "gmm")
+RULES = ("threshold", "per-class", "gmm", "argmax")  # argmax: the seed's rule, for comparison
 GMM_MIN_SAMPLES = 50  # fewer scores than this: a 2-component fit is noise, use the threshold instead
 
 
@@ -108,6 +108,19 @@ def apply_original(labels: np.ndarray, original: np.ndarray, keep_original: bool
     else:
         empty = ~labels.any(axis=1)
         labels[rows[empty], original[empty]] = True
+    return labels
+
+
+def argmax_union(region_confidences: Sequence[np.ndarray], threshold: float | None) -> np.ndarray:
+    """Return boolean (N, K): the seed's rule. Each region adds its argmax class when that class's
+    confidence is > threshold (None: always, the seed's `naive`); an image gets the union over its regions."""
+    k = np.asarray(region_confidences[0]).shape[1]
+    labels = np.zeros((len(region_confidences), k), bool)
+    for i, confidences in enumerate(region_confidences):
+        confidences = np.asarray(confidences)
+        top = confidences.argmax(axis=1)
+        keep = np.ones(len(top), bool) if threshold is None else confidences[np.arange(len(top)), top] > threshold
+        labels[i, top[keep]] = True
     return labels
 
 

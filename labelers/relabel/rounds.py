@@ -19,7 +19,7 @@ import numpy as np
 from ..formats.relabel_json import atomic_write_json, read_relabel_json
 from ..head import ClassifierHead
 from . import confidence as conf
-from .labeling import calibrate_thresholds, image_scores, label_images
+from .labeling import apply_original, argmax_union, calibrate_thresholds, image_scores, label_images
 from .metrics import multi_hot, real_top1, set_metrics, to_lists
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class RelabelSettings:
     target_precision: float = 0.9
     keep_original: bool = True
     min_delta: float = 0.0
-    stop_metric: str = "val_f1"  # or val_top1 (the seed's ReaL-style top-1)
+    stop_metric: str = "val_f1"  # any val_* key of `validate` (val_jaccard, val_precision, ...)
     seed: int = 0
     l2: float = 100.0
 
@@ -62,6 +62,7 @@ class RoundResult:
     round: int
     labels: list[list[int]]
     metrics: dict = field(default_factory=dict)
+    scores: np.ndarray | None = None  # (N, K) image scores that produced the labels (None for round 0)
 
 
 def fit_head(whole_features: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
@@ -97,18 +98,43 @@ def region_confidences(head: ClassifierHead, regions: Sequence[np.ndarray], sett
     return out
 
 
+def labels_from_confidences(confidences: Sequence[np.ndarray], original: np.ndarray, settings: RelabelSettings,
+                            thresholds: np.ndarray | None, keep_original: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels (N, K) bool, image scores (N, K)) by the settings' rule."""
+    scores = image_scores(confidences)
+    if settings.rule == "argmax":  # the seed's: naive ignores the threshold
+        chosen = argmax_union(confidences, None if settings.confidence == "naive" else settings.threshold)
+        return apply_original(chosen, original, keep_original), scores
+    return label_images(scores, original, settings.rule, settings.threshold, thresholds, keep_original), scores
+
+
+def holdout_originals(head: ClassifierHead, holdout: Holdout) -> np.ndarray:
+    """Return a stand-in single label per held-out image: the true class the head ranks highest on the whole
+    image (a single-label dataset's label is one of the true ones, e.g. 42 164 of 50 000 ImageNet val labels
+    are inside their ReaL set)."""
+    proba = head.predict_proba(np.stack([r[0] for r in holdout.regions]))
+    return np.where(holdout.truth, proba, -np.inf).argmax(axis=1)
+
+
 def validate(head: ClassifierHead, holdout: Holdout, settings: RelabelSettings,
              thresholds: np.ndarray | None) -> dict:
-    """Return ReaL-style top-1 of the head on whole held-out images and the set metrics of the rule's labels
-    there (no original label to keep: held-out images are labeled from scores alone)."""
+    """Return the held-out estimate of the labels `head` would produce: the set metrics (val_*) of the rule
+    applied with this head to held-out images (with their stand-in original, kept or dropped as in the
+    settings), and the head's ReaL-style top-1 (head_top1)."""
+    confidences = region_confidences(head, holdout.regions, settings)
+    originals = holdout_originals(head, holdout)
+    predicted, _ = labels_from_confidences(confidences, originals, settings, thresholds, settings.keep_original)
     whole = np.stack([r[0] for r in holdout.regions])
-    scores = image_scores(region_confidences(head, holdout.regions, settings))
-    # held-out images have no single original label: use the head's top class as the "original"
-    predicted = label_images(scores, scores.argmax(axis=1), settings.rule, settings.threshold, thresholds,
-                             keep_original=False)
-    metrics = {"val_top1": real_top1(head.predict_proba(whole), holdout.truth)}
+    metrics = {"head_top1": real_top1(head.predict_proba(whole), holdout.truth)}
     metrics.update({f"val_{k}": v for k, v in set_metrics(predicted, holdout.truth).items()})
     return metrics
+
+
+def keep_original_estimate(head: ClassifierHead, holdout: Holdout) -> dict:
+    """Return the held-out set metrics (val_*) of the keep-the-original-label baseline."""
+    single = np.zeros(holdout.truth.shape, bool)
+    single[np.arange(len(single)), holdout_originals(head, holdout)] = True
+    return {f"val_{k}": v for k, v in set_metrics(single, holdout.truth).items()}
 
 
 def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None
@@ -129,8 +155,8 @@ def relabel_once(head: ClassifierHead, regions: Sequence[np.ndarray], original: 
                  perturb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Return (labels (N, K) bool, image scores (N, K), per-class thresholds or None) for one relabel pass."""
     thresholds = class_thresholds(head, settings, calibration)
-    scores = image_scores(region_confidences(head, regions, settings, perturb))
-    labels = label_images(scores, original, settings.rule, settings.threshold, thresholds, settings.keep_original)
+    labels, scores = labels_from_confidences(region_confidences(head, regions, settings, perturb), original,
+                                             settings, thresholds, settings.keep_original)
     return labels, scores, thresholds
 
 
@@ -140,11 +166,14 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
                resume: bool = False, perturb=None, progress: bool = False) -> list[RoundResult]:
     """Run up to `rounds` relabel rounds and return every round's result (round 0 = the original labels).
 
-    The holdout's even rows calibrate per-class thresholds, its odd rows validate. Stops early when the
-    validation metric (`settings.stop_metric`) does not improve by more than `min_delta`; a round whose metric
-    is no worse is still accepted (`best_round`), a worse one is recorded but not used. Without a holdout all
-    rounds run and are accepted. With `output_dir`, round r is written to round_<r>.json (relabel JSON + metrics)
-    and rounds.json; with `resume`, finished rounds are read back and the run continues after the last one."""
+    Round r labels the images with the head trained on round r-1's labels. With a holdout (its even rows
+    calibrate per-class thresholds, its odd rows validate), round r's val_* metrics estimate the quality of
+    its labels: the same head and rule applied to held-out images; round 0's are the keep-original
+    baseline's. A round is accepted only when its `settings.stop_metric` beats the best accepted round by more
+    than `min_delta`; the first round that does not is recorded (accepted False) and the run stops, so the
+    result is never estimated worse than keeping the original labels. Without a holdout every round is
+    accepted. With `output_dir`, round r is written to round_<r>.json (relabel JSON + metrics + scores) and
+    rounds.json; with `resume`, finished rounds are read back and the run continues after the last one."""
     from tqdm.auto import tqdm
 
     original = np.asarray(original, np.int64)
@@ -152,41 +181,41 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
     whole = np.stack([r[0] for r in regions])
     out = Path(output_dir) if output_dir else None
     img_paths = list(img_paths) if img_paths is not None else [f"image_{i}" for i in range(len(regions))]
+    calibration, validation = holdout.halves() if holdout else (None, None)
     history: list[RoundResult] = []
     if resume and out and (out / "rounds.json").exists():
         for entry in json.loads((out / "rounds.json").read_text())["rounds"]:
+            saved = json.loads((out / f"round_{entry['round']}.json").read_text())
             rows = read_relabel_json(out / f"round_{entry['round']}.json", k)
-            history.append(RoundResult(entry["round"], [labels for _, labels in rows], entry["metrics"]))
+            scores = saved.get("scores")
+            history.append(RoundResult(entry["round"], [labels for _, labels in rows], entry["metrics"],
+                                       None if scores is None else np.asarray(scores)))
         log.info("resuming after round %d", history[-1].round)
         if history[-1].metrics.get("stopped"):
             return history
-    calibration, validation = holdout.halves() if holdout else (None, None)
-    labels = multi_hot(history[-1].labels, k) if history else multi_hot([[int(o)] for o in original], k)
+    labels = multi_hot(best_round(history).labels, k) if history else multi_hot([[int(o)] for o in original], k)
     head = fit_head(whole, labels, class_names, settings)
     if not history:
-        metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration)) if holdout else {}
-        history.append(RoundResult(0, to_lists(labels), {**metrics, "cardinality": float(labels.sum(1).mean())}))
+        metrics = keep_original_estimate(head, validation) if holdout else {}
+        history.append(RoundResult(0, to_lists(labels), {**metrics, "cardinality": float(labels.sum(1).mean()),
+                                                         "accepted": True}))
         _write(out, history, img_paths, settings)
     best = _best_so_far(history, settings.stop_metric)
     for r in tqdm(range(history[-1].round + 1, rounds + 1), desc="relabel rounds", disable=not progress):
         new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb)
-        new_head = fit_head(whole, new_labels, class_names, settings)
-        metrics = validate(new_head, validation, settings, class_thresholds(new_head, settings, calibration)
-                           ) if holdout else {}
+        metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration)) if holdout else {}
         metrics["cardinality"] = float(new_labels.sum(1).mean())
         metrics["changed_images"] = int((new_labels != labels).any(axis=1).sum())
         value = metrics.get(settings.stop_metric)
-        # no worse: the new labels are kept; better by more than min_delta: another round is worth running
-        metrics["accepted"] = best is None or value >= best - 1e-12
-        metrics["stopped"] = best is not None and not value > best + settings.min_delta
-        history.append(RoundResult(r, to_lists(new_labels), metrics))
+        metrics["accepted"] = best is None or value > best + settings.min_delta
+        metrics["stopped"] = not metrics["accepted"]
+        history.append(RoundResult(r, to_lists(new_labels), metrics, scores))
         _write(out, history, img_paths, settings)
-        if metrics["accepted"]:
-            labels, head, best = new_labels, new_head, value
         if metrics["stopped"]:
-            log.info("round %d: held-out %s %.4f did not improve on %.4f; stopping", r, settings.stop_metric,
-                     value, best)
+            log.info("round %d: held-out %s %.4f does not beat %.4f; stopping", r, settings.stop_metric, value, best)
             break
+        labels, best = new_labels, value
+        head = fit_head(whole, labels, class_names, settings)
     return history
 
 
@@ -196,7 +225,7 @@ def _best_so_far(history: Sequence[RoundResult], metric: str) -> float | None:
 
 
 def best_round(history: Sequence[RoundResult]) -> RoundResult:
-    """Return the last accepted round (its held-out metric no worse than before; round 0 is always accepted)."""
+    """Return the last accepted round (round 0, the original labels, is always accepted)."""
     return [h for h in history if h.metrics.get("accepted", True)][-1]
 
 
@@ -204,8 +233,10 @@ def _write(out: Path | None, history: list[RoundResult], img_paths: Sequence[str
     if out is None:
         return
     last = history[-1]
-    atomic_write_json(out / f"round_{last.round}.json",
-                      {"data": [{"img_path": p, "labels": labels} for p, labels in zip(img_paths, last.labels)],
-                       "metrics": last.metrics})
+    payload = {"data": [{"img_path": p, "labels": labels} for p, labels in zip(img_paths, last.labels)],
+               "metrics": last.metrics}
+    if last.scores is not None:  # kept so --resume and the Label Studio suggestions need no re-scoring
+        payload["scores"] = np.round(last.scores, 5).tolist()
+    atomic_write_json(out / f"round_{last.round}.json", payload)
     atomic_write_json(out / "rounds.json", {"settings": asdict(settings),
                                             "rounds": [{"round": h.round, "metrics": h.metrics} for h in history]})
