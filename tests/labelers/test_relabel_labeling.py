@@ -59,3 +59,11 @@ def test_every_class_of_every_region_counts_and_the_original_is_kept_or_dropped(
     assert apply_original(low > 0.5, np.array([0]), keep_original=False).tolist() == [[False, False, True]]
     # dropping the original never leaves an image without labels
     assert apply_original(low > 0.95, np.array([1]), keep_original=False).tolist() == [[False, True, False]]
+
+
+def test_the_seeds_argmax_rule_by_hand():
+    from labelers.relabel.labeling import argmax_union
+
+    regions = [np.array([[0.9, 0.6, 0.1], [0.2, 0.1, 0.55], [0.3, 0.4, 0.2]])]
+    assert argmax_union(regions, 0.5).tolist() == [[True, False, True]]  # region 3's argmax 0.4 is below
+    assert argmax_union(regions, None).tolist() == [[True, True, True]]  # naive: every argmax counts
