@@ -30,8 +30,8 @@ def scene_run(tmp_path_factory):
     from labelers.relabel.scenes import pair_scenes
 
     root = tmp_path_factory.mktemp("scenes")
-    train = pair_scenes(*_sources(0, 30), 50, root / "train", two_share=0.5, n_classes=3, seed=0)
-    held = pair_scenes(*_sources(30, 30), 50, root / "held", two_share=0.5, n_classes=3, seed=1)
+    train = pair_scenes(*_sources(0, 60), 100, root / "train", two_share=0.5, n_classes=3, seed=0)
+    held = pair_scenes(*_sources(60, 60), 100, root / "held", two_share=0.5, n_classes=3, seed=1)
     with (root / "train" / "labels.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "label"])
@@ -69,7 +69,7 @@ def test_relabel_beats_keep_original_on_real_scenes(scene_run, tmp_path):
     print("keep-original", keep, "ours", ours)
     assert ours["f1"] > keep["f1"] + 0.03 and ours["precision"] >= 0.85, (ours, keep)
     suggestions = json.loads((tmp_path / "run" / "suggestions_ls.json").read_text())
-    assert len(suggestions) == 50 and suggestions[0]["predictions"][0]["result"][0]["type"] == "choices"
+    assert len(suggestions) == 100 and suggestions[0]["predictions"][0]["result"][0]["type"] == "choices"
     # evaluate agrees with the metrics computed here (paths in labels.json are absolute: compare via ReaL order)
     real = tmp_path / "real.json"
     by_name = {p.name: t for p, t in zip(train.paths, train.truth)}
