@@ -8,6 +8,7 @@ labels in Label Studio. The per-label scores ride in the result's `meta.scores` 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -73,8 +74,6 @@ def write_multichoice_predictions(path: str | Path, images: Sequence[str], label
 def read_multichoice_predictions(path: str | Path) -> list[tuple[str, list[str], dict[str, float]]]:
     """Return [(image, labels, {label: score})] from a file written by `write_multichoice_predictions`."""
     tasks = read_label_studio_export(path)
-    import json
-
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
     out = []
     for task, item in zip(tasks, raw):

@@ -49,11 +49,16 @@ def _embed_set(paths, embedder, cache, options, seed, what):
 
     boxes, region_features = [], []
     size = int(options["crop_size"]) if str(options["crop_size"]).isdigit() else options["crop_size"]
-    for i, path in enumerate(tqdm(paths, desc=f"regions {what}", unit="img")):
-        image = load_image(path)
-        image_boxes = propose(image, options["regions"], options["num_crops"], size, seed=seed + i, name=str(path))
-        boxes.append(image_boxes)
-        region_features += embed_regions(embedder, cache, [image], [image_boxes], [str(path)])
+    chunk = 32  # images per embedding call: batches of a few hundred crops, a bounded number of images in memory
+    bar = tqdm(total=len(paths), desc=f"regions {what}", unit="img")
+    for start in range(0, len(paths), chunk):
+        images = [load_image(p) for p in paths[start:start + chunk]]
+        chunk_boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
+                               name=str(path)) for j, (image, path) in enumerate(zip(images, paths[start:start + chunk]))]
+        boxes += chunk_boxes
+        region_features += embed_regions(embedder, cache, images, chunk_boxes, [str(p) for p in paths[start:start + chunk]])
+        bar.update(len(images))
+    bar.close()
     return region_features, boxes
 
 

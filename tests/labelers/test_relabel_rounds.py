@@ -68,3 +68,28 @@ def test_rounds_stop_when_the_held_out_metric_stops_improving():
                          rounds=5, holdout=Holdout(held_regions, held_truth))
     assert len(history) < 6 and history[-1].metrics["stopped"]
     assert best_round(history).round in (history[-1].round if history[-1].metrics["accepted"] else history[-2].round,)
+
+
+def test_mc_perturbation_rounds_use_the_views_the_perturb_function_gives():
+    from labelers.relabel.rounds import region_confidences
+
+    class Head:  # scores = sigmoid of the first two feature coordinates
+        def predict_proba(self, x):
+            return 1 / (1 + np.exp(-np.asarray(x)[:, :2]))
+
+    regions = [np.zeros((2, 3)), np.zeros((3, 3))]
+    calls = []
+
+    def perturb(i, passes, seed):
+        calls.append((i, passes, seed))
+        views = np.zeros((passes, len(regions[i]), 3))
+        views[0, :, 0] = 10.0  # one of the passes sees class 0 strongly
+        return views
+
+    settings = RelabelSettings(confidence="mc-perturbation", passes=4, seed=5)
+    confidences = region_confidences(Head(), regions, settings, perturb)
+    assert calls == [(0, 4, 5), (1, 4, 5)]
+    expected = (1 / (1 + np.exp(-10)) + 3 * 0.5) / 4  # mean of one strong and three neutral passes
+    assert confidences[1][:, 0] == pytest.approx([expected] * 3) and confidences[1][:, 1] == pytest.approx([0.5] * 3)
+    with pytest.raises(ValueError, match="needs the images"):
+        region_confidences(Head(), regions, settings)
