@@ -306,3 +306,6 @@ def register(app: typer.Typer) -> None:
     app.command("simulate", help=SIMULATE_HELP)(simulate)
     app.command("embed", help=EMBED_HELP)(embed)
     app.command("similar", help=SIMILAR_HELP)(similar)
+    from .relabel.cli import register as register_relabel  # light: its heavy imports are inside the commands
+
+    register_relabel(app)

@@ -1,0 +1,113 @@
+"""The relabeler's JSON (the CS570 seed's format) and its class-index file.
+
+Labels: `{"data": [{"img_path": "<path>", "labels": [<int>, ...]}, ...]}`; indices follow the class-index
+file, ImageNet's `imagenet_class_index.json` shape `{"0": ["n01440764", "tench"], ...}` (a plain JSON list
+of names is accepted too). An empty label list is allowed in the file (ReaL's "unscored").
+Writing goes to a temporary file renamed into place, so a crash never leaves half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RelabelFormatError(ValueError):
+    """A label file cannot be read; the message names the file and the row."""
+
+
+@dataclass
+class ClassIndex:
+    """Class `i` has id `ids[i]` (e.g. a WordNet id) and display name `names[i]`."""
+
+    ids: list[str]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_class_index(path: str | Path) -> ClassIndex:
+    """Read a class-index file; raises RelabelFormatError when keys are not 0..K-1 or entries malformed."""
+    path = Path(path)
+    payload = _load_json(path)
+    if isinstance(payload, list):
+        if not all(isinstance(n, str) for n in payload):
+            raise RelabelFormatError(f"{path}: a class-index list must hold class names (strings)")
+        return ClassIndex(list(payload), list(payload))
+    if not isinstance(payload, dict):
+        raise RelabelFormatError(f"{path}: expected {{\"0\": [id, name], ...}} or a list of names")
+    if sorted(payload, key=lambda k: int(k) if str(k).isdigit() else -1) != [str(i) for i in range(len(payload))]:
+        raise RelabelFormatError(f"{path}: keys must be \"0\"..\"{len(payload) - 1}\"")
+    ids, names = [], []
+    for i in range(len(payload)):
+        entry = payload[str(i)]
+        if isinstance(entry, str):
+            entry = [entry, entry]
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            raise RelabelFormatError(f"{path}: class {i}: expected [id, name], got {entry!r}")
+        ids.append(entry[0])
+        names.append(entry[1])
+    return ClassIndex(ids, names)
+
+
+def write_class_index(path: str | Path, index: ClassIndex) -> Path:
+    return atomic_write_json(path, {str(i): [c, n] for i, (c, n) in enumerate(zip(index.ids, index.names))})
+
+
+def read_relabel_json(path: str | Path, n_classes: int | None = None) -> list[tuple[str, list[int]]]:
+    """Return [(img_path, labels)] in file order.
+
+    Raises RelabelFormatError naming the file and row for a missing `data` list, a row without `img_path`
+    or `labels`, or (with `n_classes`, the class-index length) an index outside [0, n_classes)."""
+    path = Path(path)
+    payload = _load_json(path)
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise RelabelFormatError(f"{path}: expected {{\"data\": [{{\"img_path\": ..., \"labels\": [...]}}, ...]}}")
+    rows = []
+    for number, row in enumerate(payload["data"]):
+        where = f"{path}: row {number}"
+        if not isinstance(row, dict) or not isinstance(row.get("img_path"), str):
+            raise RelabelFormatError(f"{where}: no 'img_path' string")
+        labels = row.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in labels):
+            raise RelabelFormatError(f"{where} ({row['img_path']}): 'labels' must be a list of class indices")
+        if n_classes is not None:
+            bad = [i for i in labels if not 0 <= i < n_classes]
+            if bad:
+                raise RelabelFormatError(f"{where} ({row['img_path']}): label {bad[0]} is outside the class-index "
+                                         f"file (classes 0..{n_classes - 1})")
+        rows.append((row["img_path"], sorted(set(labels))))
+    return rows
+
+
+def write_relabel_json(path: str | Path, rows: list[tuple[str, list[int]]], **extra) -> Path:
+    """Write rows [(img_path, labels)] (and any extra top-level keys, e.g. scores) atomically; returns path."""
+    data = [{"img_path": str(p), "labels": [int(i) for i in labels]} for p, labels in rows]
+    return atomic_write_json(path, {"data": data, **extra})
+
+
+def atomic_write_json(path: str | Path, payload) -> Path:
+    """Write JSON to a temporary file in the same folder and rename it over `path`; returns path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RelabelFormatError(f"{path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise RelabelFormatError(f"{path}: not valid JSON ({err})") from None

@@ -1,0 +1,218 @@
+"""`labelloop relabel` (single-label images -> label sets) and `labelloop relabel evaluate`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+RELABEL_HELP = """Relabel single-label images into multi-label ones: regions -> confidence -> label -> retrain -> repeat.
+
+--data is an image folder root/<class>/*, a CSV (image,label), the relabeler JSON {"data": [{"img_path",
+"labels"}]} with --class-index, or a Label Studio export (single Choices). Writes round_<r>.json per round,
+rounds.json, labels.json (the best round), class_index.json and suggestions_ls.json (Label Studio multi-choice
+predictions with a score per label) to --output-dir. --config reads the CS570 seed's YAML; command-line
+options override it. See docs/relabel.md."""
+
+DEFAULTS = {"regions": "random", "num_crops": 5, "crop_size": "fixed", "confidence": "mc-dropout", "passes": 20,
+            "dropout_rate": 0.05, "aggregation": "mean", "label": "threshold", "threshold": 0.5,
+            "target_precision": 0.9, "keep_original": True, "rounds": 3, "max_images": None, "save_path": None,
+            "data": None}
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _merged(config: Optional[Path], given: dict) -> dict:
+    """Return the options: the command line where given, else the seed config, else our defaults."""
+    from .inputs import read_seed_config
+
+    options = dict(DEFAULTS)
+    if config is not None:
+        if not config.is_file():
+            _fail(f"{config}: no such config file")
+        options.update(read_seed_config(config))
+    options.update({k: v for k, v in given.items() if v is not None})
+    return options
+
+
+def _embed_set(paths, embedder, cache, options, seed, what):
+    """Return (images' region embeddings, boxes per image, names) for image files."""
+    from tqdm.auto import tqdm
+
+    from ..images import load_image
+    from .region_features import embed_regions
+    from .regions import propose
+
+    boxes, region_features = [], []
+    size = int(options["crop_size"]) if str(options["crop_size"]).isdigit() else options["crop_size"]
+    chunk = 32  # images per embedding call: batches of a few hundred crops, a bounded number of images in memory
+    bar = tqdm(total=len(paths), desc=f"regions {what}", unit="img")
+    for start in range(0, len(paths), chunk):
+        images = [load_image(p) for p in paths[start:start + chunk]]
+        chunk_boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
+                               name=str(path)) for j, (image, path) in enumerate(zip(images, paths[start:start + chunk]))]
+        boxes += chunk_boxes
+        region_features += embed_regions(embedder, cache, images, chunk_boxes, [str(p) for p in paths[start:start + chunk]])
+        bar.update(len(images))
+    bar.close()
+    return region_features, boxes
+
+
+def _holdout(path: Path, class_names, embedder, cache, options, seed):
+    from ..formats.relabel_json import read_relabel_json
+    from .inputs import _resolve
+    from .metrics import multi_hot
+    from .rounds import Holdout
+
+    rows = read_relabel_json(path, len(class_names))
+    paths = [_resolve(image, [path.parent], path, row) for row, (image, _) in enumerate(rows)]
+    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout")
+    return Holdout(regions, multi_hot([labels for _, labels in rows], len(class_names)))
+
+
+def relabel(
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="folder, .csv, relabeler .json or LS export"),
+    class_index: Optional[Path] = typer.Option(None, help="class-index JSON (imagenet_class_index.json shape) or names file"),
+    image_root: list[Path] = typer.Option([], help="folder(s) image references resolve under"),
+    holdout: Optional[Path] = typer.Option(None, help="relabeler JSON with multi-label truth: calibrates per-class "
+                                                     "thresholds (even rows) and validates rounds (odd rows)"),
+    regions: Optional[str] = typer.Option(None, help="random | grid | felzenszwalb (the whole image is always added)"),
+    num_crops: Optional[int] = typer.Option(None, help="random crops (or max proposals) per image"),
+    crop_size: Optional[str] = typer.Option(None, help="fixed | range | a side in pixels"),
+    confidence: Optional[str] = typer.Option(None, help="naive | mc-dropout | mc-perturbation"),
+    passes: Optional[int] = typer.Option(None, help="passes for mc-dropout / mc-perturbation"),
+    dropout_rate: Optional[float] = typer.Option(None, help="feature dropout for mc-dropout"),
+    aggregation: Optional[str] = typer.Option(None, help="mean | vote over passes"),
+    label: Optional[str] = typer.Option(None, help="threshold | per-class | gmm | argmax (the seed's rule)"),
+    threshold: Optional[float] = typer.Option(None, help="global threshold (and the fallback of per-class / gmm)"),
+    target_precision: Optional[float] = typer.Option(None, help="per-class: held-out precision to reach"),
+    keep_original: Optional[bool] = typer.Option(None, "--keep-original/--drop-original",
+                                                 help="always keep the original label (default keep)"),
+    rounds: Optional[int] = typer.Option(None, help="relabel/retrain rounds at most"),
+    output_dir: Path = typer.Option(Path("runs/relabel"), "--output-dir"),
+    resume: bool = typer.Option(False, help="continue after the last round written in --output-dir"),
+    config: Optional[Path] = typer.Option(None, help="the seed's YAML (relabel_naive.yaml, ...)"),
+    embedder: str = typer.Option("efficientnet-lite0", help="embedder spec"),
+    cache: Optional[Path] = typer.Option(None, help="embedding cache file (default: user cache)"),
+    seed: int = typer.Option(0),
+) -> None:
+    if ctx.invoked_subcommand:
+        return
+    from ..cache import EmbeddingCache
+    from ..datasets import DatasetError
+    from ..embedders import EmbedderUnavailable, make_embedder
+    from ..formats.ls_relabel import write_multichoice_predictions
+    from ..formats.relabel_json import ClassIndex, RelabelFormatError, write_class_index, write_relabel_json
+    from ..images import ImageLoadError
+    from ..sample_data import cache_dir
+    from .confidence import autoaugment_views
+    from .inputs import RelabelInputError, read_input
+    from .region_features import embed_crops
+    from .regions import RegionError, crop_regions
+    from .rounds import RelabelSettings, best_round, run_rounds
+
+    options = _merged(config, dict(data=data, regions=regions, num_crops=num_crops, crop_size=crop_size,
+                                   confidence=confidence, passes=passes, dropout_rate=dropout_rate,
+                                   aggregation=aggregation, label=label, threshold=threshold,
+                                   target_precision=target_precision, keep_original=keep_original, rounds=rounds))
+    if options["data"] is None:
+        _fail("no input: pass --data (or json_dir in --config)")
+    settings = RelabelSettings(confidence=options["confidence"], passes=options["passes"],
+                               dropout_rate=options["dropout_rate"], aggregation=options["aggregation"],
+                               rule=options["label"], threshold=options["threshold"],
+                               target_precision=options["target_precision"], keep_original=options["keep_original"],
+                               seed=seed)
+    try:
+        dataset = read_input(Path(options["data"]), class_index, image_root)
+        if options["max_images"]:
+            dataset.paths, dataset.original = dataset.paths[:options["max_images"]], dataset.original[:options["max_images"]]
+        model = make_embedder(embedder)
+        store = EmbeddingCache(cache or cache_dir() / "embeddings.sqlite")
+        typer.echo(f"{len(dataset.paths)} images, {len(dataset.class_names)} classes; embedder {model.id}; "
+                   f"{settings.confidence} x{settings.passes if settings.confidence != 'naive' else 1}, "
+                   f"rule {settings.rule}, {'keep' if settings.keep_original else 'drop'} original")
+        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train")
+        held = _holdout(holdout, dataset.class_names, model, store, options, seed) if holdout else None
+
+        def perturb(i, n_passes, pass_seed):
+            from ..images import load_image
+
+            crops = crop_regions(load_image(dataset.paths[i]), boxes[i])
+            names = [f"{dataset.paths[i]} region {j}" for j in range(len(crops))]
+            import numpy as np
+            return np.stack([embed_crops(model, store, view, names)
+                             for view in autoaugment_views(crops, n_passes, pass_seed + i)])
+
+        history = run_rounds(region_features, dataset.original, dataset.class_names, settings,
+                             rounds=options["rounds"], holdout=held, output_dir=output_dir,
+                             img_paths=[str(p) for p in dataset.paths], resume=resume,
+                             perturb=perturb if settings.confidence == "mc-perturbation" else None, progress=True)
+    except (RelabelInputError, RelabelFormatError, DatasetError, RegionError, ImageLoadError, EmbedderUnavailable,
+            ValueError) as exc:
+        _fail(str(exc))
+    best = best_round(history)
+    rows = list(zip([str(p) for p in dataset.paths], best.labels))
+    write_relabel_json(output_dir / "labels.json", rows)
+    if options["save_path"]:
+        write_relabel_json(options["save_path"], rows)
+    write_class_index(output_dir / "class_index.json", ClassIndex(dataset.class_names, dataset.class_names))
+    names = dataset.class_names
+    scores = [{names[k]: (1.0 if best.scores is None else float(best.scores[i, k])) for k in labels}
+              for i, labels in enumerate(best.labels)]
+    write_multichoice_predictions(output_dir / "suggestions_ls.json", [str(p) for p in dataset.paths],
+                                  [[names[k] for k in labels] for labels in best.labels], scores)
+    for h in history:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in h.metrics.items()
+                 if k in ("val_f1", "val_precision", "val_recall", "val_top1", "cardinality", "changed_images",
+                          "accepted")}
+        typer.echo(f"round {h.round}: {shown}")
+    typer.echo(f"best round {best.round}; wrote {output_dir}/labels.json, rounds.json, suggestions_ls.json")
+
+
+def evaluate(
+    predicted: Path = typer.Argument(..., help="relabeler JSON of predicted label sets"),
+    truth: Path = typer.Argument(..., help="relabeler JSON (matched by img_path) or ReaL real.json "
+                                           "(paired with the predicted images sorted by file name)"),
+    class_index: Optional[Path] = typer.Option(None, help="class-index file (checks index range)"),
+    output: Optional[Path] = typer.Option(None, help="write the metrics as JSON here"),
+) -> None:
+    """Score label sets against a multi-label truth: per-image Jaccard, precision, recall, F1 (averaged
+    over images; empty true sets unscored, as in ReaL) and label cardinality."""
+    from ..formats.real_json import read_real_json
+    from ..formats.relabel_json import RelabelFormatError, atomic_write_json, read_class_index, read_relabel_json
+    from .metrics import multi_hot, set_metrics
+
+    try:
+        k = len(read_class_index(class_index)) if class_index else None
+        rows = read_relabel_json(predicted, k)
+        raw = json.loads(truth.read_text(encoding="utf-8"))
+        if isinstance(raw, list):
+            by_name = read_real_json(truth, [Path(p).name for p, _ in rows], k)
+            true_sets = [by_name[Path(p).name] for p, _ in rows]
+        else:
+            known = dict(read_relabel_json(truth, k))
+            missing = [p for p, _ in rows if p not in known]
+            if missing:
+                raise RelabelFormatError(f"{truth}: no truth for {len(missing)} predicted images, first {missing[0]}")
+            true_sets = [known[p] for p, _ in rows]
+        n = k or 1 + max([i for s in true_sets for i in s] + [i for _, s in rows for i in s] + [0])
+        metrics = set_metrics(multi_hot([s for _, s in rows], n), multi_hot(true_sets, n))
+    except (RelabelFormatError, ValueError) as exc:
+        _fail(str(exc))
+    for key, value in metrics.items():
+        typer.echo(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+    if output:
+        atomic_write_json(output, metrics)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `relabel` (with its `evaluate` subcommand) to the labelloop app."""
+    group = typer.Typer(help=RELABEL_HELP, invoke_without_command=True, no_args_is_help=False)
+    group.callback(invoke_without_command=True)(relabel)
+    group.command("evaluate")(evaluate)
+    app.add_typer(group, name="relabel")

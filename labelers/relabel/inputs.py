@@ -1,0 +1,158 @@
+"""What `labelloop relabel` reads: an image folder, a CSV, the relabeler's JSON or a Label Studio export,
+all turned into one `SingleLabelSet` (image paths, one original class index each, class names); and the
+seed's YAML configs, mapped onto our settings."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import list_image_folder
+from ..formats.label_studio import resolve_image_path
+from ..formats.ls_relabel import read_single_choice_export
+from ..formats.relabel_json import RelabelFormatError, read_class_index, read_relabel_json
+
+log = logging.getLogger(__name__)
+
+
+class RelabelInputError(ValueError):
+    """The input cannot be relabeled; the message names the file and row."""
+
+
+@dataclass
+class SingleLabelSet:
+    paths: list[Path]
+    original: np.ndarray  # (N,) class indices
+    class_names: list[str]
+
+
+def _classes_from(class_index: Path | None, seen: list[str]) -> list[str]:
+    if class_index is not None:
+        return read_class_index(class_index).names if class_index.suffix == ".json" else \
+            [line.strip() for line in class_index.read_text().splitlines() if line.strip()]
+    return sorted(set(seen))
+
+
+def _index_names(names: list[str], classes: list[str], where: str) -> np.ndarray:
+    position = {c: i for i, c in enumerate(classes)}
+    out = []
+    for row, name in enumerate(names):
+        if name not in position:
+            raise RelabelInputError(f"{where}: row {row}: label {name!r} is not a known class")
+        out.append(position[name])
+    return np.asarray(out, np.int64)
+
+
+def read_csv_labels(path: Path, class_index: Path | None) -> SingleLabelSet:
+    """Read a CSV with columns `image` and `label` (a class name); image paths relative to the CSV's folder."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise RelabelInputError(f"{path}: expected a header with columns image,label")
+    names = [r["label"].strip() for r in rows]
+    classes = _classes_from(class_index, names)
+    return SingleLabelSet([path.parent / r["image"] for r in rows], _index_names(names, classes, str(path)), classes)
+
+
+def read_json_labels(path: Path, class_index: Path | None, image_roots: list[Path]) -> SingleLabelSet:
+    """Read the relabeler JSON (needs its class-index file, or takes the number of classes from the labels)
+    or a Label Studio export (single Choices). Each relabeler row must hold exactly one label."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    roots = image_roots + [path.parent]
+    if isinstance(payload, dict) and "data" in payload:
+        index = read_class_index(class_index) if class_index else None
+        rows = read_relabel_json(path, len(index) if index else None)
+        for row, (image, labels) in enumerate(rows):
+            if len(labels) != 1:
+                raise RelabelInputError(f"{path}: row {row} ({image}): {len(labels) or 'an empty list of'} labels; "
+                                        f"relabeling starts from exactly one original label per image")
+        names = index.names if index else [str(i) for i in range(max(r[1][0] for r in rows) + 1)]
+        paths = [_resolve(image, roots, path, row) for row, (image, _) in enumerate(rows)]
+        return SingleLabelSet(paths, np.asarray([r[1][0] for r in rows], np.int64), names)
+    images, labels, _ = read_single_choice_export(path)
+    classes = _classes_from(class_index, labels)
+    paths = [_resolve(image, roots, path, row) for row, image in enumerate(images)]
+    return SingleLabelSet(paths, _index_names(labels, classes, str(path)), classes)
+
+
+def _resolve(reference: str, roots: list[Path], source: Path, row: int) -> Path:
+    found = resolve_image_path(reference, roots)
+    if found is None:
+        raise RelabelInputError(f"{source}: row {row}: image {reference!r} not found under "
+                                f"{', '.join(map(str, roots))} (pass --image-root)")
+    return found
+
+
+def read_input(data: Path, class_index: Path | None = None, image_roots: list[Path] | None = None) -> SingleLabelSet:
+    """Return the single-label set in `data`: a folder root/<class>/*, a .csv, or a .json (relabeler or
+    Label Studio export). Raises RelabelInputError / RelabelFormatError naming the problem."""
+    if data.is_dir():
+        paths, labels, names = list_image_folder(data)
+        return SingleLabelSet(paths, labels, names)
+    if not data.is_file():
+        raise RelabelInputError(f"{data}: no such file or folder")
+    if data.suffix.lower() == ".csv":
+        return read_csv_labels(data, class_index)
+    if data.suffix.lower() == ".json":
+        return read_json_labels(data, class_index, list(image_roots or []))
+    raise RelabelInputError(f"{data}: expected an image folder, a .csv or a .json")
+
+
+# The seed's YAML keys -> our settings. Values are translated; unknown keys are reported, not ignored silently.
+SEED_CONFIDENCE = {"naive": "naive", "mc_dropout": "mc-dropout", "mc_perturbation": "mc-perturbation"}
+SEED_AGGREGATION = {"average": "mean", "majority": "vote"}
+SEED_IGNORED = {"num_workers", "batch_size", "model", "model_path", "device", "seed"}
+
+
+def read_seed_config(path: Path) -> dict:
+    """Return our option names -> values from a seed config (relabel_naive.yaml etc.).
+
+    The seed's rule (each crop's argmax above the threshold, union, plus the original label) is what its
+    configs mean, so `label` is "argmax" and `keep_original` True unless the command line says otherwise.
+    `crop_method: rpn` maps to felzenszwalb proposals with a warning (no detector weights here)."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise RelabelInputError(f"{path}: a config is a mapping of keys to values")
+    out: dict = {"label": "argmax", "keep_original": True, "rounds": 1}
+    for key, value in raw.items():
+        if key == "crop_method":
+            if value == "rpn":
+                log.warning("%s: crop_method rpn (a Faster R-CNN) is not available; using felzenszwalb proposals", path)
+                value = "felzenszwalb"
+            out["regions"] = value
+        elif key == "num_crops":
+            out["num_crops"] = int(value)
+        elif key == "crop_size_method":
+            out["crop_size"] = value
+        elif key == "confidence_measure":
+            if value not in SEED_CONFIDENCE:
+                raise RelabelInputError(f"{path}: confidence_measure {value!r} is not one of {', '.join(SEED_CONFIDENCE)}")
+            out["confidence"] = SEED_CONFIDENCE[value]
+        elif key == "dropout_rate":
+            out["dropout_rate"] = float(value)
+        elif key == "post_proc_logits":
+            if value not in SEED_AGGREGATION:
+                raise RelabelInputError(f"{path}: post_proc_logits {value!r} is not one of {', '.join(SEED_AGGREGATION)}")
+            out["aggregation"] = SEED_AGGREGATION[value]
+        elif key == "threshold":
+            out["threshold"] = float(value)
+        elif key == "num_relabel":
+            out["max_images"] = int(value)
+        elif key == "relabeled_dataset_save_path":
+            out["save_path"] = Path(value)
+        elif key == "json_dir":
+            out["data"] = Path(value)
+        elif key == "num_passes":
+            out["passes"] = int(value)
+        elif key not in SEED_IGNORED:
+            log.warning("%s: key %r is not used by labelloop relabel", path, key)
+    return out
+
+
+__all__ = ["RelabelInputError", "RelabelFormatError", "SingleLabelSet", "read_input", "read_seed_config"]

@@ -1,0 +1,49 @@
+"""Region embeddings through the embedding cache: crops are encoded as PNG bytes and embedded with
+`labelers.cache.embed_blobs`, so a second round (or `--resume`) re-reads them instead of re-running the model."""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..cache import EmbeddingCache, embed_blobs
+from ..embedders import Embedder
+from .regions import Box, crop_regions
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def embed_crops(embedder: Embedder, cache: EmbeddingCache | None, crops: Sequence[Image.Image],
+                names: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Return (N, D) embeddings of PIL crops; raises RuntimeError naming the first crop that failed."""
+    result = embed_blobs(embedder, cache, [png_bytes(c) for c in crops], list(names), batch_size=batch_size)
+    if result.errors:
+        first = min(result.errors)
+        raise RuntimeError(f"cannot embed {len(result.errors)} crops, first: {result.errors[first]}")
+    return result.features
+
+
+def embed_regions(embedder: Embedder, cache: EmbeddingCache | None, images: Sequence[Image.Image],
+                  boxes: Sequence[Sequence[Box]], names: Sequence[str], batch_size: int = 64,
+                  progress: bool = False) -> list[np.ndarray]:
+    """Return one (R_i, D) array per image: the embeddings of its regions, in box order."""
+    from tqdm.auto import tqdm
+
+    crops, crop_names, sizes = [], [], []
+    for image, image_boxes, name in zip(images, boxes, names):
+        crops += crop_regions(image, image_boxes)
+        crop_names += [f"{name} region {j} {b.as_tuple()}" for j, b in enumerate(image_boxes)]
+        sizes.append(len(image_boxes))
+    features = []
+    step = max(batch_size * 4, 1)
+    for start in tqdm(range(0, len(crops), step), desc="embed regions", unit="batch", disable=not progress):
+        features.append(embed_crops(embedder, cache, crops[start:start + step], crop_names[start:start + step],
+                                    batch_size))
+    flat = np.concatenate(features) if features else np.zeros((0, embedder.dim), np.float32)
+    return np.split(flat, np.cumsum(sizes)[:-1])

@@ -1,0 +1,242 @@
+"""Rounds: relabel -> retrain a multi-label (sigmoid) head on the new labels -> validate -> repeat.
+
+Inputs are cached region embeddings (row 0 of each image is the whole image, `regions.propose`), so a round
+costs head fits and matrix products, not model passes (except MC perturbation, which re-embeds augmented
+crops through the cache). The head is trained on the whole-image embeddings with each image's label set as
+multi-hot targets. Every round's labels and metrics are written to `round_<r>.json` (temporary file, then
+renamed) and summarised in `rounds.json`; rounds stop when the validation metric stops improving.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..formats.relabel_json import atomic_write_json, read_relabel_json
+from ..head import ClassifierHead
+from . import confidence as conf
+from .labeling import apply_original, argmax_union, calibrate_thresholds, image_scores, label_images
+from .metrics import multi_hot, real_top1, set_metrics, to_lists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RelabelSettings:
+    """How regions are scored and labeled (the CLI's options; defaults are ours, see docs/relabel.md)."""
+
+    confidence: str = "mc-dropout"
+    passes: int = 20
+    dropout_rate: float = 0.05
+    aggregation: str = "mean"
+    rule: str = "threshold"
+    threshold: float = 0.5
+    target_precision: float = 0.9
+    keep_original: bool = True
+    min_delta: float = 0.0
+    stop_metric: str = "val_f1"  # any val_* key of `validate` (val_jaccard, val_precision, ...)
+    seed: int = 0
+    l2: float = 100.0
+
+
+@dataclass
+class Holdout:
+    """Held-out labeled images: region embeddings and multi-hot truth (N, K), for calibration and validation."""
+
+    regions: list[np.ndarray]
+    truth: np.ndarray
+
+    def halves(self) -> tuple["Holdout", "Holdout"]:
+        """Return (calibration, validation): even and odd rows, so per-class thresholds are never scored on
+        the images they were fitted to."""
+        even, odd = self.regions[0::2], self.regions[1::2]
+        return Holdout(list(even), self.truth[0::2]), Holdout(list(odd), self.truth[1::2])
+
+
+@dataclass
+class RoundResult:
+    round: int
+    labels: list[list[int]]
+    metrics: dict = field(default_factory=dict)
+    scores: np.ndarray | None = None  # (N, K) image scores that produced the labels (None for round 0)
+
+
+def fit_head(whole_features: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+             settings: RelabelSettings) -> ClassifierHead:
+    """Return a sigmoid head fitted on whole-image embeddings (N, D) and multi-hot labels (N, K)."""
+    return ClassifierHead(class_names, multi_label=True, l2=settings.l2, seed=settings.seed).fit(
+        whole_features, labels.astype(np.float64))
+
+
+def region_confidences(head: ClassifierHead, regions: Sequence[np.ndarray], settings: RelabelSettings,
+                       perturb: Callable[[int, int, int], np.ndarray] | None = None) -> list[np.ndarray]:
+    """Return one (R_i, K) confidence array per image by the settings' confidence measure.
+
+    `perturb(image_index, passes, seed)` must return (T, R_i, D) embeddings of augmented regions for
+    mc-perturbation (the CLI builds it from the images); raises ValueError without it."""
+    if settings.confidence in ("naive", "mc-dropout"):
+        # one batched call over all regions of all images: a dropout mask per region row, as per image
+        flat = np.concatenate([np.asarray(r, np.float32) for r in regions])
+        if settings.confidence == "naive":
+            passes = conf.naive(flat, head.predict_proba)
+        else:
+            passes = conf.mc_dropout(flat, head.predict_proba, settings.passes, settings.dropout_rate, settings.seed)
+        merged = conf.aggregate(passes, settings.aggregation, multi_label=True)
+        return np.split(merged, np.cumsum([len(r) for r in regions])[:-1])
+    if settings.confidence != "mc-perturbation":
+        raise ValueError(f"unknown confidence measure {settings.confidence!r}; choose from {', '.join(conf.MEASURES)}")
+    if perturb is None:
+        raise ValueError("mc-perturbation needs the images (a perturb function), not only embeddings")
+    out = []
+    for i in range(len(regions)):
+        views = perturb(i, settings.passes, settings.seed)
+        out.append(conf.aggregate(np.stack([head.predict_proba(v) for v in views]), settings.aggregation))
+    return out
+
+
+def labels_from_confidences(confidences: Sequence[np.ndarray], original: np.ndarray, settings: RelabelSettings,
+                            thresholds: np.ndarray | None, keep_original: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels (N, K) bool, image scores (N, K)) by the settings' rule."""
+    scores = image_scores(confidences)
+    if settings.rule == "argmax":  # the seed's: naive ignores the threshold
+        chosen = argmax_union(confidences, None if settings.confidence == "naive" else settings.threshold)
+        return apply_original(chosen, original, keep_original), scores
+    return label_images(scores, original, settings.rule, settings.threshold, thresholds, keep_original), scores
+
+
+def holdout_originals(head: ClassifierHead, holdout: Holdout) -> np.ndarray:
+    """Return a stand-in single label per held-out image: the true class the head ranks highest on the whole
+    image (a single-label dataset's label is one of the true ones, e.g. 42 164 of 50 000 ImageNet val labels
+    are inside their ReaL set)."""
+    proba = head.predict_proba(np.stack([r[0] for r in holdout.regions]))
+    return np.where(holdout.truth, proba, -np.inf).argmax(axis=1)
+
+
+def validate(head: ClassifierHead, holdout: Holdout, settings: RelabelSettings,
+             thresholds: np.ndarray | None) -> dict:
+    """Return the held-out estimate of the labels `head` would produce: the set metrics (val_*) of the rule
+    applied with this head to held-out images (with their stand-in original, kept or dropped as in the
+    settings), and the head's ReaL-style top-1 (head_top1)."""
+    confidences = region_confidences(head, holdout.regions, settings)
+    originals = holdout_originals(head, holdout)
+    predicted, _ = labels_from_confidences(confidences, originals, settings, thresholds, settings.keep_original)
+    whole = np.stack([r[0] for r in holdout.regions])
+    metrics = {"head_top1": real_top1(head.predict_proba(whole), holdout.truth)}
+    metrics.update({f"val_{k}": v for k, v in set_metrics(predicted, holdout.truth).items()})
+    return metrics
+
+
+def keep_original_estimate(head: ClassifierHead, holdout: Holdout) -> dict:
+    """Return the held-out set metrics (val_*) of the keep-the-original-label baseline."""
+    single = np.zeros(holdout.truth.shape, bool)
+    single[np.arange(len(single)), holdout_originals(head, holdout)] = True
+    return {f"val_{k}": v for k, v in set_metrics(single, holdout.truth).items()}
+
+
+def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None
+                     ) -> np.ndarray | None:
+    """Return per-class thresholds calibrated on `calibration` for the per-class rule, else None.
+
+    Raises ValueError for the per-class rule without held-out labeled images."""
+    if settings.rule != "per-class":
+        return None
+    if calibration is None:
+        raise ValueError("--label per-class needs held-out labeled images (--holdout) to calibrate on")
+    held_scores = image_scores(region_confidences(head, calibration.regions, settings))
+    return calibrate_thresholds(held_scores, calibration.truth, settings.target_precision, fallback=settings.threshold)
+
+
+def relabel_once(head: ClassifierHead, regions: Sequence[np.ndarray], original: np.ndarray,
+                 settings: RelabelSettings, calibration: Holdout | None,
+                 perturb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Return (labels (N, K) bool, image scores (N, K), per-class thresholds or None) for one relabel pass."""
+    thresholds = class_thresholds(head, settings, calibration)
+    labels, scores = labels_from_confidences(region_confidences(head, regions, settings, perturb), original,
+                                             settings, thresholds, settings.keep_original)
+    return labels, scores, thresholds
+
+
+def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names: Sequence[str],
+               settings: RelabelSettings, rounds: int = 3, holdout: Holdout | None = None,
+               output_dir: str | Path | None = None, img_paths: Sequence[str] | None = None,
+               resume: bool = False, perturb=None, progress: bool = False) -> list[RoundResult]:
+    """Run up to `rounds` relabel rounds and return every round's result (round 0 = the original labels).
+
+    Round r labels the images with the head trained on round r-1's labels. With a holdout (its even rows
+    calibrate per-class thresholds, its odd rows validate), round r's val_* metrics estimate the quality of
+    its labels: the same head and rule applied to held-out images; round 0's are the keep-original
+    baseline's. A round is accepted only when its `settings.stop_metric` beats the best accepted round by more
+    than `min_delta`; the first round that does not is recorded (accepted False) and the run stops, so the
+    result is never estimated worse than keeping the original labels. Without a holdout every round is
+    accepted. With `output_dir`, round r is written to round_<r>.json (relabel JSON + metrics + scores) and
+    rounds.json; with `resume`, finished rounds are read back and the run continues after the last one."""
+    from tqdm.auto import tqdm
+
+    original = np.asarray(original, np.int64)
+    k = len(class_names)
+    whole = np.stack([r[0] for r in regions])
+    out = Path(output_dir) if output_dir else None
+    img_paths = list(img_paths) if img_paths is not None else [f"image_{i}" for i in range(len(regions))]
+    calibration, validation = holdout.halves() if holdout else (None, None)
+    history: list[RoundResult] = []
+    if resume and out and (out / "rounds.json").exists():
+        for entry in json.loads((out / "rounds.json").read_text())["rounds"]:
+            saved = json.loads((out / f"round_{entry['round']}.json").read_text())
+            rows = read_relabel_json(out / f"round_{entry['round']}.json", k)
+            scores = saved.get("scores")
+            history.append(RoundResult(entry["round"], [labels for _, labels in rows], entry["metrics"],
+                                       None if scores is None else np.asarray(scores)))
+        log.info("resuming after round %d", history[-1].round)
+        if history[-1].metrics.get("stopped"):
+            return history
+    labels = multi_hot(best_round(history).labels, k) if history else multi_hot([[int(o)] for o in original], k)
+    head = fit_head(whole, labels, class_names, settings)
+    if not history:
+        metrics = keep_original_estimate(head, validation) if holdout else {}
+        history.append(RoundResult(0, to_lists(labels), {**metrics, "cardinality": float(labels.sum(1).mean()),
+                                                         "accepted": True}))
+        _write(out, history, img_paths, settings)
+    best = _best_so_far(history, settings.stop_metric)
+    for r in tqdm(range(history[-1].round + 1, rounds + 1), desc="relabel rounds", disable=not progress):
+        new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb)
+        metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration)) if holdout else {}
+        metrics["cardinality"] = float(new_labels.sum(1).mean())
+        metrics["changed_images"] = int((new_labels != labels).any(axis=1).sum())
+        value = metrics.get(settings.stop_metric)
+        metrics["accepted"] = best is None or value > best + settings.min_delta
+        metrics["stopped"] = not metrics["accepted"]
+        history.append(RoundResult(r, to_lists(new_labels), metrics, scores))
+        _write(out, history, img_paths, settings)
+        if metrics["stopped"]:
+            log.info("round %d: held-out %s %.4f does not beat %.4f; stopping", r, settings.stop_metric, value, best)
+            break
+        labels, best = new_labels, value
+        head = fit_head(whole, labels, class_names, settings)
+    return history
+
+
+def _best_so_far(history: Sequence[RoundResult], metric: str) -> float | None:
+    values = [h.metrics[metric] for h in history if h.metrics.get("accepted", True) and metric in h.metrics]
+    return max(values) if values else None
+
+
+def best_round(history: Sequence[RoundResult]) -> RoundResult:
+    """Return the last accepted round (round 0, the original labels, is always accepted)."""
+    return [h for h in history if h.metrics.get("accepted", True)][-1]
+
+
+def _write(out: Path | None, history: list[RoundResult], img_paths: Sequence[str], settings: RelabelSettings) -> None:
+    if out is None:
+        return
+    last = history[-1]
+    payload = {"data": [{"img_path": p, "labels": labels} for p, labels in zip(img_paths, last.labels)],
+               "metrics": last.metrics}
+    if last.scores is not None:  # kept so --resume and the Label Studio suggestions need no re-scoring
+        payload["scores"] = np.round(last.scores, 5).tolist()
+    atomic_write_json(out / f"round_{last.round}.json", payload)
+    atomic_write_json(out / "rounds.json", {"settings": asdict(settings),
+                                            "rounds": [{"round": h.round, "metrics": h.metrics} for h in history]})

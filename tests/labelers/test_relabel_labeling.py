@@ -1,0 +1,69 @@
+"""Labeling rules: per-class thresholds hit the target precision, the GMM separates two modes."""
+import numpy as np
+import pytest
+
+from labelers.relabel.labeling import (apply_original, calibrate_thresholds, gmm_labels, image_scores,
+                                       label_images)
+
+
+def _synthetic(n, rng, k=3):
+    """Truth with ~30 % positives; positive scores ~ Beta(5, 2), negative ~ Beta(2, 5), overlapping."""
+    truth = rng.random((n, k)) < 0.3
+    scores = np.where(truth, rng.beta(5, 2, (n, k)), rng.beta(2, 5, (n, k)))
+    return scores, truth
+
+
+def test_per_class_thresholds_hit_the_target_precision_on_held_out_data():
+    rng = np.random.default_rng(0)
+    cal_scores, cal_truth = _synthetic(4000, rng)
+    test_scores, test_truth = _synthetic(4000, rng)
+    for target in (0.8, 0.9, 0.95):
+        thresholds = calibrate_thresholds(cal_scores, cal_truth, target)
+        predicted = test_scores > thresholds
+        precision = (predicted & test_truth).sum(0) / predicted.sum(0)
+        assert np.all(precision > target - 0.03), (target, precision)
+        assert np.all(predicted.sum(0) > 100)  # not trivially precise by accepting almost nothing
+
+
+def test_per_class_threshold_by_hand_and_fallback_warns(caplog):
+    scores = np.array([[0.9], [0.8], [0.7], [0.6], [0.5]])
+    truth = np.array([[1], [1], [0], [1], [0]])
+    # precision of the top 1..5: 1, 1, 2/3, 3/4, 3/5 -> for 0.75 accept the top 4: threshold between 0.6 and 0.5
+    assert calibrate_thresholds(scores, truth, 0.75, min_positives=1) == pytest.approx([0.55])
+    assert calibrate_thresholds(scores, truth, 0.95, min_positives=1) == pytest.approx([0.75])
+    assert calibrate_thresholds(scores, truth, 0.9, fallback=0.42, min_positives=5) == pytest.approx([0.42])
+    assert "fallback threshold 0.42" in caplog.text
+
+
+def test_gmm_separates_two_synthetic_modes():
+    rng = np.random.default_rng(1)
+    high = rng.normal(0.85, 0.05, 150).clip(0, 1)
+    low = rng.normal(0.15, 0.08, 350).clip(0, 1)
+    scores = np.r_[high, low][:, None]
+    labels = gmm_labels(scores)
+    assert labels[:150, 0].mean() > 0.98 and labels[150:, 0].mean() < 0.02
+
+
+def test_gmm_with_few_images_warns_and_thresholds(caplog):
+    labels = gmm_labels(np.array([[0.2], [0.7]]), fallback=0.5)
+    assert labels[:, 0].tolist() == [False, True] and "using the threshold 0.50" in caplog.text
+
+
+def test_every_class_of_every_region_counts_and_the_original_is_kept_or_dropped():
+    regions = [np.array([[0.9, 0.6, 0.1], [0.2, 0.1, 0.7]])]  # class 1 is never an argmax but scores 0.6
+    scores = image_scores(regions)
+    assert scores.tolist() == [[0.9, 0.6, 0.7]]
+    assert label_images(scores, np.array([0]), "threshold", 0.5).tolist() == [[True, True, True]]
+    low = np.array([[0.1, 0.2, 0.9]])
+    assert apply_original(low > 0.5, np.array([0]), keep_original=True).tolist() == [[True, False, True]]
+    assert apply_original(low > 0.5, np.array([0]), keep_original=False).tolist() == [[False, False, True]]
+    # dropping the original never leaves an image without labels
+    assert apply_original(low > 0.95, np.array([1]), keep_original=False).tolist() == [[False, True, False]]
+
+
+def test_the_seeds_argmax_rule_by_hand():
+    from labelers.relabel.labeling import argmax_union
+
+    regions = [np.array([[0.9, 0.6, 0.1], [0.2, 0.1, 0.55], [0.3, 0.4, 0.2]])]
+    assert argmax_union(regions, 0.5).tolist() == [[True, False, True]]  # region 3's argmax 0.4 is below
+    assert argmax_union(regions, None).tolist() == [[True, True, True]]  # naive: every argmax counts

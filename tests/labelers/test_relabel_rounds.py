@@ -1,0 +1,95 @@
+"""Metrics by hand; rounds on synthetic region embeddings: gain over keep-original, files per round, resume."""
+import json
+
+import numpy as np
+import pytest
+
+from labelers.relabel.metrics import multi_hot, real_top1, set_metrics
+from labelers.relabel.rounds import Holdout, RelabelSettings, best_round, run_rounds
+
+
+def test_set_metrics_by_hand_and_empty_truth_is_unscored():
+    predicted = multi_hot([[0, 1], [2], [0], [1]], 3)
+    truth = multi_hot([[0], [1, 2], [], [1]], 3)
+    m = set_metrics(predicted, truth)
+    # image 0: J 1/2 P 1/2 R 1 F1 2/3; image 1: J 1/2 P 1 R 1/2 F1 2/3; image 2 unscored; image 3: all 1
+    assert m["jaccard"] == pytest.approx((0.5 + 0.5 + 1) / 3)
+    assert m["precision"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert m["recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert m["f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert m["cardinality"] == pytest.approx(4 / 3) and m["unscored"] == 1
+    assert real_top1(np.array([[0.9, 0.1, 0], [0.9, 0.1, 0], [1, 0, 0], [0, 1, 0]]), truth) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match=r"row 0: label 5"):
+        multi_hot([[5]], 3)
+
+
+def _scenes(n, rng, k=4, dim=16, two_share=0.5, prototypes=None, noise=2.0):
+    """Images of 1 or 2 objects: whole-image embedding = the objects' mean prototype + noise; regions 1..2
+    are the objects alone. The original label is the first object."""
+    prototypes = rng.normal(size=(k, dim)) * 3 if prototypes is None else prototypes
+    regions, truth, original = [], [], []
+    for _ in range(n):
+        objects = rng.choice(k, 2 if rng.random() < two_share else 1, replace=False)
+        parts = [prototypes[o] + rng.normal(size=dim) * noise for o in objects]
+        regions.append(np.stack([np.mean(parts, axis=0)] + parts + [parts[0]]).astype(np.float32))
+        truth.append(sorted(objects.tolist()))
+        original.append(int(objects[0]))
+    return regions, multi_hot(truth, k), np.array(original), prototypes
+
+
+def test_rounds_beat_keep_original_write_every_round_and_resume(tmp_path):
+    rng = np.random.default_rng(0)
+    regions, truth, original, prototypes = _scenes(300, rng)
+    held_regions, held_truth, _, _ = _scenes(120, rng, prototypes=prototypes)
+    names = [f"c{i}" for i in range(4)]
+    settings = RelabelSettings(confidence="mc-dropout", passes=8, rule="per-class", target_precision=0.9)
+    history = run_rounds(regions, original, names, settings, rounds=3, holdout=Holdout(held_regions, held_truth),
+                         output_dir=tmp_path)
+    keep = set_metrics(multi_hot([[o] for o in original], 4), truth)
+    ours = set_metrics(multi_hot(best_round(history).labels, 4), truth)
+    assert ours["f1"] > keep["f1"] + 0.05 and ours["precision"] >= 0.88, (ours, keep)
+    assert history[0].labels == [[int(o)] for o in original]
+    summary = json.loads((tmp_path / "rounds.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [h.round for h in history]
+    for h in history:  # every round's labels and metrics on disk
+        saved = json.loads((tmp_path / f"round_{h.round}.json").read_text())
+        assert [row["labels"] for row in saved["data"]] == h.labels and "cardinality" in saved["metrics"]
+    assert not list(tmp_path.glob(".*.tmp"))
+    resumed = run_rounds(regions, original, names, settings, rounds=3, holdout=Holdout(held_regions, held_truth),
+                         output_dir=tmp_path, resume=True)
+    assert [h.labels for h in resumed] == [h.labels for h in history]
+
+
+def test_rounds_stop_when_the_held_out_metric_stops_improving():
+    rng = np.random.default_rng(1)
+    regions, truth, original, prototypes = _scenes(200, rng, two_share=0.0)  # nothing to add: cannot improve
+    held_regions, held_truth, _, _ = _scenes(80, rng, two_share=0.0, prototypes=prototypes)
+    history = run_rounds(regions, original, [f"c{i}" for i in range(4)], RelabelSettings(confidence="naive"),
+                         rounds=5, holdout=Holdout(held_regions, held_truth))
+    assert len(history) < 6 and history[-1].metrics["stopped"]
+    assert best_round(history).round in (history[-1].round if history[-1].metrics["accepted"] else history[-2].round,)
+
+
+def test_mc_perturbation_rounds_use_the_views_the_perturb_function_gives():
+    from labelers.relabel.rounds import region_confidences
+
+    class Head:  # scores = sigmoid of the first two feature coordinates
+        def predict_proba(self, x):
+            return 1 / (1 + np.exp(-np.asarray(x)[:, :2]))
+
+    regions = [np.zeros((2, 3)), np.zeros((3, 3))]
+    calls = []
+
+    def perturb(i, passes, seed):
+        calls.append((i, passes, seed))
+        views = np.zeros((passes, len(regions[i]), 3))
+        views[0, :, 0] = 10.0  # one of the passes sees class 0 strongly
+        return views
+
+    settings = RelabelSettings(confidence="mc-perturbation", passes=4, seed=5)
+    confidences = region_confidences(Head(), regions, settings, perturb)
+    assert calls == [(0, 4, 5), (1, 4, 5)]
+    expected = (1 / (1 + np.exp(-10)) + 3 * 0.5) / 4  # mean of one strong and three neutral passes
+    assert confidences[1][:, 0] == pytest.approx([expected] * 3) and confidences[1][:, 1] == pytest.approx([0.5] * 3)
+    with pytest.raises(ValueError, match="needs the images"):
+        region_confidences(Head(), regions, settings)
