@@ -305,7 +305,7 @@ def audit(
     try:
         class_list = parse_classes(classes)
         labels = read_audit_labels(source, images, class_list, label_control, multi_label=multi)
-        gold = labels.meta.get("true_labels")
+        gold = labels.true_labels  # a gold VLM run keeps the truth beside the VLM's labels
         known_truth = read_truth(truth, labels, images) if truth else (
             gold if gold is not None and (np.asarray(gold) >= 0).any() else None)
         given = labels.meta["multi_hot"] if multi else labels.ord_labels

@@ -110,9 +110,11 @@ def test_data_manager_shows_our_scores_and_pre_annotations(label_studio, cifar_f
             raise AssertionError(f"the Data Manager shows {br.table_rows(browser)[:3]} (screenshot "
                                  f"{tmp_path / 'data-manager.png'})") from None
 
-        # The Data Manager shows the score with three decimals, sorted ascending, and the labels predicted.
+        # The Data Manager shows the score rounded to three decimals (0 as "0"), sorted ascending, and the labels
+        # predicted.
         shown = [(row.task_id, row.cells["Prediction score"]) for row in rows]
-        assert shown == [(row.task_id, f"{predicted[row.task_id]['score']:.3f}") for row in rows]
+        assert [(t, round(float(s), 3)) for t, s in shown] == [
+            (row.task_id, round(predicted[row.task_id]["score"], 3)) for row in rows]
         assert [float(s) for _, s in shown] == sorted(float(s) for _, s in shown)
         for row in rows:
             label = steps.predicted_label(predicted[row.task_id])
