@@ -85,11 +85,13 @@ def audit_version(task_ids: list[int], features: np.ndarray, y: np.ndarray,
 
 
 def metrics_view(audit: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Return the /metrics form of a stored audit: the counts, reasons and the first METRICS_TASKS task ids."""
+    """Return the /metrics form of a stored audit: the counts and reasons, and the METRICS_TASKS most suspect
+    items ("items", with "tasks" their ids); "suspects" still counts them all."""
     if not audit:
         return None
-    shown = {k: v for k, v in audit.items() if k != "items"}
-    shown["tasks"] = [item["task"] for item in audit.get("items", [])[:METRICS_TASKS]]
+    shown = dict(audit)
+    shown["items"] = audit.get("items", [])[:METRICS_TASKS]
+    shown["tasks"] = [item["task"] for item in shown["items"]]
     return shown
 
 

@@ -148,7 +148,7 @@ def test_metrics_count_the_suspects_after_a_retrain(make_client, docroot):
     # 3 annotations per class: every one judged, over 3 folds (the smallest class)
     assert found["state"] == "judged" and found["annotations"] == len(TASKS) and found["judged"] == len(TASKS)
     assert found["folds"] == 3 and found["suspects"] == len(stored["items"])
-    assert found["tasks"] == [item["task"] for item in stored["items"]]
+    assert found["tasks"] == [item["task"] for item in stored["items"]] and found["items"] == stored["items"]
     assert details[-1]["suspects"]["judged"] == len(TASKS)
 
 
