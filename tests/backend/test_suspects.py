@@ -179,3 +179,30 @@ def test_status_shows_a_suspects_column(suspects_status, shown):
     render({"projects": {"1": {"model_version": "v1", "suspects": suspects_status}}}, {}, console)
     text = console.export_text()
     assert "suspects" in text and shown in text
+
+
+def test_on_real_cifar10_embeddings_the_injected_wrong_labels_rank_first():
+    """300 CIFAR-10 training images (30 per class), EfficientNet-Lite0 at 64 px (the e2e size), 10 % of the
+    labels moved to another class. Measured: 126 flagged, precision 0.20, recall 0.83; the 30 most suspect
+    are 47 % injected (a random pick: 10 %)."""
+    from labelers.images import load_image
+    from labelers.sample_data import CIFAR10_CLASSES, cifar10_subset
+    from tests.backend.conftest import shared_loader
+    from tests.e2e.ls_steps import label_config
+
+    paths, truth = cifar10_subset("train", 30)
+    features = shared_loader("efficientnet-lite0@64").encode_images(
+        [load_image(p.read_bytes(), name=str(p)) for p in paths], batch_size=50)
+    rng = np.random.default_rng(0)
+    wrong = rng.choice(len(truth), len(truth) // 10, replace=False)
+    given = truth.copy()
+    given[wrong] = (truth[wrong] + rng.integers(1, 10, len(wrong))) % 10
+    target = parse_label_config(label_config(list(CIFAR10_CLASSES)))
+    audit = audit_version(list(range(len(truth))), np.asarray(features), given, target)
+    injected = set(int(i) for i in wrong)
+    flagged = [item["task"] for item in audit["items"]]
+    top = set(flagged[:len(injected)])
+    assert audit["state"] == "judged" and audit["judged"] == len(truth)
+    assert len(set(flagged) & injected) / len(injected) >= 0.7  # most wrong labels are suspects
+    assert len(set(flagged) & injected) / len(flagged) >= 0.15  # above the 10 % a random flag would reach
+    assert len(top & injected) / len(injected) >= 0.35  # the ranking puts them first
