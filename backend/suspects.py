@@ -127,7 +127,7 @@ class SuspectAuditor:
         except Exception as exc:  # a bug or a solver failure: the version stays published, the run says why
             log.warning("project %s: label audit of %s failed (%s)", project_id, version, self.redactor.error(exc))
             audit = {"state": "failed", "annotations": len(task_ids), "judged": 0, "suspects": 0,
-                     "not_judged": len(task_ids), "reasons": [f"audit failed: {type(exc).__name__}: {exc}"],
+                     "not_judged": len(task_ids), "reasons": [f"audit failed: {self.redactor.error(exc)}"],
                      "items": []}
         if audit["state"] == "judged" and self.ls.configured:
             audit["label_studio"] = self._review_in_label_studio(project_id, version, audit, target)
@@ -153,7 +153,7 @@ class SuspectAuditor:
         except Exception as exc:  # Label Studio unreachable or refusing: the counts still stand
             log.warning("project %s: could not show the suspect labels in Label Studio (%s)", project_id,
                         self.redactor.error(exc))
-            return {"error": f"{type(exc).__name__}: {self.redactor.error(exc)}"}
+            return {"error": self.redactor.error(exc)}
 
 
 def describe(audit: dict[str, Any] | None) -> str:

@@ -206,3 +206,36 @@ def test_on_real_cifar10_embeddings_the_injected_wrong_labels_rank_first():
     assert len(set(flagged) & injected) / len(injected) >= 0.7  # most wrong labels are suspects
     assert len(set(flagged) & injected) / len(flagged) >= 0.15  # above the 10 % a random flag would reach
     assert len(top & injected) / len(injected) >= 0.35  # the ranking puts them first
+
+
+def test_label_studio_refusing_the_view_keeps_the_counts(tmp_path):
+    from backend.store import Store
+
+    class Refusing(RecordingLabelStudio):
+        def upsert_view(self, project, title, filters, view_id=None):
+            raise ConnectionError("Label Studio is down")
+
+    store = Store(tmp_path)
+    _register(store)
+    features, given, wrong = clustered()
+    note = SuspectAuditor(store, Refusing()).after_publish("1", "v1", list(range(len(given))), features, given,
+                                                          TARGET)
+    audit = store.get_version("1", "v1").audit
+    assert audit["suspects"] == len(wrong) and note.startswith(f"{len(wrong)} suspect label(s)")
+    assert audit["label_studio"] == {"error": "ConnectionError: Label Studio is down"}
+    shown = Console(record=True, width=400)
+    render({"projects": {"1": {"suspects": audit}}}, {}, shown)
+    assert "not shown in Label Studio: ConnectionError" in shown.export_text()
+
+
+def test_multiple_choice_projects_are_audited_as_multi_label():
+    xml = XML.replace('toName="image">', 'toName="image" choice="multiple">')
+    target = parse_label_config(xml)
+    features, given, wrong = clustered()
+    y = np.eye(len(CLASSES))[given]  # what the head is fitted on: a 0/1 matrix
+    audit = audit_version(list(range(len(given))), features, y, target)
+    flagged = {item["task"] for item in audit["items"]}
+    injected = set(int(i) for i in wrong)
+    assert audit["state"] == "judged" and len(flagged & injected) / len(injected) >= 0.8
+    caught = next(item for item in audit["items"] if item["task"] in injected)
+    assert caught["given"] == [CLASSES[given[caught["task"]]]] and caught["suggested"] != caught["given"]
