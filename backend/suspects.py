@@ -129,7 +129,8 @@ class SuspectAuditor:
             audit = {"state": "failed", "annotations": len(task_ids), "judged": 0, "suspects": 0,
                      "not_judged": len(task_ids), "reasons": [f"audit failed: {self.redactor.error(exc)}"],
                      "items": []}
-        if audit["state"] == "judged" and self.ls.configured:
+        # Not judged: a view made by an earlier audit is emptied, so it never shows another version's suspects
+        if self.ls.configured and (audit["state"] == "judged" or self.store.kv_get(project_id, VIEW_KEY)):
             audit["label_studio"] = self._review_in_label_studio(project_id, version, audit, target)
         try:
             self.store.set_audit(project_id, version, audit)

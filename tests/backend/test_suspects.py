@@ -239,3 +239,22 @@ def test_multiple_choice_projects_are_audited_as_multi_label():
     assert audit["state"] == "judged" and len(flagged & injected) / len(injected) >= 0.8
     caught = next(item for item in audit["items"] if item["task"] in injected)
     assert caught["given"] == [CLASSES[given[caught["task"]]]] and caught["suggested"] != caught["given"]
+
+
+def test_a_version_that_cannot_be_judged_empties_the_earlier_view(tmp_path):
+    from backend.store import Store
+
+    store, ls = Store(tmp_path), RecordingLabelStudio()
+    _register(store)
+    features, given, _ = clustered()
+    SuspectAuditor(store, ls).after_publish("1", "v1", list(range(len(given))), features, given, TARGET)
+    store.publish_version("1", 2, "v2", "/nowhere", 5)
+    SuspectAuditor(store, ls).after_publish("1", "v2", [1, 2, 3, 4, 5], features[:5], np.arange(5), TARGET)
+    assert store.get_version("1", "v2").audit["state"] == "not_judged"
+    assert ls.views[1]["filters"] == view_filter([])
+    # a project that never had a view gets none while its labels cannot be judged
+    fresh = RecordingLabelStudio()
+    store.ensure_project("2", "spec", "v0", XML)
+    store.publish_version("2", 1, "w1", "/nowhere", 5)
+    SuspectAuditor(store, fresh).after_publish("2", "w1", [1, 2, 3, 4, 5], features[:5], np.arange(5), TARGET)
+    assert fresh.views == {}
