@@ -27,6 +27,7 @@ from backend.model import EventError, LabelloopModel
 from backend.runtime import Runtime
 from backend.version_sync import STATE_KEY
 from backend.vlm_models import VLMUnavailable
+from backend.suspects import metrics_view
 from backend.schemas import (PayloadError, PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent,
                              project_id)
 
@@ -362,6 +363,7 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
             "model_version": project.model_version,
             "label_studio_model_version": store.kv_get(project.id, STATE_KEY),
             "accuracy": served.accuracy if served else None,
+            "suspects": _suspects_status(runtime, served),
             "embedder": project.embedder,
             "annotations": store.count_annotations(project.id),
             "training": {
@@ -378,10 +380,19 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
 
 
 def version_details(version) -> dict[str, Any]:
-    """Return one /versions "details" item: the version, its project, revision, annotations and accuracy."""
+    """Return one /versions "details" item: the version, its project, revision, annotations, accuracy and
+    suspect-label counts."""
     return {"model_version": version.model_version, "project": version.project, "revision": version.revision,
             "n_annotations": version.n_annotations, "created_at": version.created_at,
-            "accuracy": version.accuracy}
+            "accuracy": version.accuracy, "suspects": metrics_view(version.audit)}
+
+
+def _suspects_status(runtime: Runtime, served) -> dict[str, Any] | None:
+    """Return the served version's suspect labels for /metrics ({"state": "off"} with LABELLOOP_AUDIT off;
+    None before the first audited retrain)."""
+    if served is not None and served.audit:
+        return metrics_view(served.audit)
+    return None if runtime.settings.audit else {"state": "off"}
 
 
 def _predictor_status(runtime: Runtime, project: str) -> dict[str, Any]:

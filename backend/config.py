@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     retrain_debounce_seconds: float = Field(1.0, ge=0, validation_alias="LABELLOOP_RETRAIN_DEBOUNCE")
     sync_project_version: bool = _env(True, "LABELLOOP_SYNC_PROJECT_VERSION")
     push_predictions: bool = _env(False, "LABELLOOP_PUSH_PREDICTIONS")
+    audit: bool = _env(True, "LABELLOOP_AUDIT")  # suspect labels after each retrain (backend/suspects.py)
     basic_auth_user: str | None = _env(None, "BASIC_AUTH_USER")
     basic_auth_pass: str | None = _env(None, "BASIC_AUTH_PASS", secret=True)
     webhook_secret: str | None = _env(None, "LABELLOOP_WEBHOOK_SECRET", secret=True)

@@ -68,8 +68,9 @@ class HeadTrainer:
     """Trains and publishes heads; owns the re-read of annotations and the optional push of predictions."""
 
     def __init__(self, store: Store, embeddings, heads: HeadCache, ls, version_sync, rules: PredictorRules,
-                 push_predictions: bool = False, redactor: Redactor | None = None):
+                 push_predictions: bool = False, redactor: Redactor | None = None, suspects=None):
         self.store, self.embeddings, self.heads, self.ls = store, embeddings, heads, ls
+        self.suspects = suspects  # backend.suspects.SuspectAuditor, run after each publish (never fails it)
         self.version_sync, self.rules = version_sync, rules
         self.push_enabled = push_predictions
         self.redactor = redactor or Redactor()
@@ -132,6 +133,9 @@ class HeadTrainer:
             notes.append(f"{len(embedded.errors)} annotated image(s) unreadable")
         if self.push_enabled and self.ls.configured:
             notes.append(self._push_after_publish(project_id))
+        if self.suspects is not None:  # same features and labels as the head: no image is read again
+            notes.append(self.suspects.after_publish(project_id, version, [task_ids[i] for i in rows], features,
+                                                     y, target))
         return version, int(len(rows)), "; ".join(notes) or None
 
     @staticmethod

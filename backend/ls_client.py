@@ -58,7 +58,7 @@ def _as_dict(item: Any) -> dict[str, Any]:
 
 
 class LabelStudioClient:
-    """Lists tasks, stores predictions and sets the project's model_version. Needs LABEL_STUDIO_URL +
+    """Lists tasks, stores predictions, keeps a Data Manager view and sets the project's model_version. Needs LABEL_STUDIO_URL +
     LABEL_STUDIO_API_KEY (`configured`)."""
 
     def __init__(self, settings: Settings, http: httpx.Client, redactor: Redactor | None = None):
@@ -100,6 +100,27 @@ class LabelStudioClient:
         """Store predictions ({"task", "result", "score", "model_version"}) in Label Studio in one call."""
         self._call(lambda: self.sdk().projects.import_predictions(id=int(project), request=predictions,
                                                                   request_options=NO_SDK_RETRIES))
+
+    def upsert_view(self, project: str, title: str, filters: dict[str, Any], view_id: int | None = None) -> int:
+        """Create or update the project's Data Manager view `title` so it shows the tasks `filters` selects;
+        returns its id. `view_id` (remembered from an earlier call) is updated when it still exists; otherwise
+        a view with this title is looked up and updated, so the view is never duplicated. Raises on Label
+        Studio errors (LabelStudioRejected on 401/403)."""
+        data = {"title": title, "filters": filters}
+        views = self.sdk().views
+        if view_id is None:
+            found = self._call(lambda: views.list(project=int(project), request_options=NO_SDK_RETRIES))
+            view_id = next((int(v.id) for v in found if ((v.data or {}).get("title") == title)), None)
+        if view_id is not None:
+            try:
+                self._call(lambda: views.update(id=str(view_id), project=int(project), data=data,
+                                                request_options=NO_SDK_RETRIES))
+                return int(view_id)
+            except Exception as exc:
+                if _status(exc) != 404:  # deleted in Label Studio since: create it again below
+                    raise
+        created = self._call(lambda: views.create(project=int(project), data=data, request_options=NO_SDK_RETRIES))
+        return int(created.id)
 
     def set_project_version(self, project: str, model_version: str) -> bool:
         """Set the project's model_version so Label Studio's score column and sort use our newest predictions.

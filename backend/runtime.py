@@ -24,6 +24,7 @@ from backend.ls_auth import LabelStudioAuth
 from backend.ls_client import LabelStudioClient
 from backend.media import MediaResolver
 from backend.model import LabelloopModel
+from backend.suspects import SuspectAuditor
 from backend.predictor import PredictorRules
 from backend.store import Store
 from backend.training import TrainingQueue
@@ -79,7 +80,8 @@ class Runtime:
         self.version_sync = VersionSync(self.store, self.ls, self.served_version,
                                         enabled=settings.sync_project_version)
         self.trainer = HeadTrainer(self.store, self.embeddings, self.heads, self.ls, self.version_sync, self.rules,
-                                   push_predictions=settings.push_predictions, redactor=self.redactor)
+                                   push_predictions=settings.push_predictions, redactor=self.redactor,
+                                   suspects=SuspectAuditor(self.store, self.ls, settings.audit, self.redactor))
         self.queue = TrainingQueue(self.store, self.trainer, settings.retrain_debounce_seconds,
                                    describe_error=self.redactor.error)
         self.warmer = CacheWarmer(self.store, self.ls, self.embeddings, enabled=settings.warm_cache,

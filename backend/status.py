@@ -1,7 +1,7 @@
 """`labelloop status`: what a running backend is doing, read from its /metrics and /versions.
 
 Prints one table of projects (version served and in Label Studio, training state, warm-up progress, accuracy,
-last error) and the learning curve (estimated accuracy against annotations, one point per published
+suspect labels, last error) and the learning curve (estimated accuracy against annotations, one point per published
 version); `--plot FILE` writes the curve as a PNG.
 """
 from __future__ import annotations
@@ -68,6 +68,25 @@ def _accuracy(accuracy: dict | None) -> str:
     return f"{accuracy['accuracy']:.0%} [{accuracy['low']:.0%}, {accuracy['high']:.0%}] n={accuracy['n']}"
 
 
+def _suspects(suspects: dict | None) -> str:
+    """Return e.g. "3 of 120 judged", "off" or "not judged: <reason>" for the suspects column."""
+    if not suspects:
+        return "-"
+    state = suspects.get("state")
+    if state == "off":
+        return "off"
+    if state == "judged":
+        text = f"{suspects['suspects']} of {suspects['judged']} judged"
+        if suspects.get("not_judged"):
+            text += f" ({suspects['not_judged']} not judged)"
+        review = suspects.get("label_studio") or {}
+        if review.get("error"):
+            text += f"; not shown in Label Studio: {review['error']}"
+        return text
+    reasons = "; ".join(suspects.get("reasons") or []) or "no reason given"
+    return f"{'not judged' if state == 'not_judged' else 'audit failed'}: {reasons}"
+
+
 def _last_error(project: dict) -> str:
     training = project.get("training") or {}
     failure = training.get("last_failure")
@@ -89,7 +108,7 @@ def render(metrics: dict, versions: dict, console: Console) -> None:
     """Print the projects table and each project's learning curve to `console`."""
     table = Table(title="labelloop projects")
     for column in ("project", "version", "in Label Studio", "annotations", "training", "warm-up", "accuracy",
-                   "last error"):
+                   "suspects", "last error"):
         table.add_column(column, overflow="fold")
     projects = metrics.get("projects") or {}
     for pid, project in projects.items():
@@ -99,7 +118,7 @@ def render(metrics: dict, versions: dict, console: Console) -> None:
         table.add_row(str(pid), project.get("model_version") or "-",
                       project.get("label_studio_model_version") or "not yet", str(project.get("annotations", 0)),
                       state, _warm_up(project.get("warm_cache")), _accuracy(project.get("accuracy")),
-                      _last_error(project))
+                      _suspects(project.get("suspects")), _last_error(project))
     console.print(table)
     for pid in projects:
         curve = learning_curve(versions, pid)

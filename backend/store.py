@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS versions(
     created_at REAL NOT NULL,
     fingerprint TEXT,                  -- hash of the training set (tasks, labels, images, label config)
     accuracy TEXT,                     -- JSON: estimated accuracy on the project's annotations (k-fold)
+    audit TEXT,                        -- JSON: the suspect labels found after the retrain (backend.suspects)
     PRIMARY KEY(project, revision)
 );
 CREATE TABLE IF NOT EXISTS annotations(
@@ -109,11 +110,13 @@ class Version:
     created_at: float
     fingerprint: str | None = None
     accuracy: dict[str, Any] | None = None  # backend.accuracy.estimate_accuracy's dict, None when not measured
+    audit: dict[str, Any] | None = None  # backend.suspects.audit_version's summary, None when not audited
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Version":
         values = dict(row)
         values["accuracy"] = json.loads(values["accuracy"]) if values.get("accuracy") else None
+        values["audit"] = json.loads(values["audit"]) if values.get("audit") else None
         return cls(**values)
 
 
@@ -190,7 +193,7 @@ class Store:
 
     def _migrate(self) -> None:
         """Add columns introduced after a MODEL_DIR was created (older databases keep working)."""
-        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy")}
+        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy", "audit")}
         for table, names in added.items():
             columns = {r["name"] for r in self._conn().execute(f"PRAGMA table_info({table})")}
             for name in names:
@@ -292,6 +295,14 @@ class Store:
                         json.dumps(accuracy) if accuracy is not None else None))
             db.execute("UPDATE projects SET model_version=?, revision=?, updated_at=? WHERE id=?",
                        (model_version, revision, now, project))
+
+    def set_audit(self, project: str, model_version: str, audit: dict[str, Any]) -> None:
+        """Store the label audit (backend.suspects) of a published version; raises StoreError when unknown."""
+        with self._tx() as db:
+            changed = db.execute("UPDATE versions SET audit=? WHERE project=? AND model_version=?",
+                                 (json.dumps(audit), project, model_version)).rowcount
+        if not changed:
+            raise StoreError(f"project {project} has no version {model_version!r} to attach an audit to")
 
     # -- retrain requests (coalesced across processes) ------------------------------------------------------------
     def request_training(self, project: str) -> int:
