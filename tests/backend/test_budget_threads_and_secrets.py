@@ -16,21 +16,27 @@ def _labelloop_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("labelloop-")}
 
 
+
+def seven_seconds_per_download(runtime) -> list[float]:
+    """Make every download take 7 s on a fake clock the fetch deadline reads; returns the start times seen."""
+    now, starts = [0.0], []
+    real_fetch = runtime.media.fetch
+
+    def slow_fetch(url, task_id=None):
+        starts.append(now[0])
+        now[0] += 7.0
+        return real_fetch(url, task_id)
+
+    runtime.fetcher.clock = lambda: now[0]
+    runtime.media.fetch = slow_fetch
+    return starts
+
 def test_no_download_starts_after_the_fetch_deadline_derived_from_the_budget(make_client, docroot):
     # Budget 30 s, fetch timeout 10 s: downloads may start until 20 s, so each one ends within the budget.
     # A fake clock advances 7 s per download: they start at 0, 7 and 14; the fourth would start at 21.
     with make_client(local_files_document_root=docroot, predict_budget_seconds=30, fetch_timeout_seconds=10,
                      threads=1, warm_cache=False) as (client, runtime):
-        now, starts = [0.0], []
-        real_fetch = runtime.media.fetch
-
-        def slow_fetch(url, task_id=None):
-            starts.append(now[0])
-            now[0] += 7.0
-            return real_fetch(url, task_id)
-
-        runtime.fetcher.clock = lambda: now[0]
-        runtime.media.fetch = slow_fetch
+        starts = seven_seconds_per_download(runtime)
         setup_project(client)
         resp = client.post("/predict", json={"tasks": NINE, "project": "1.1"})
         counters = client.get("/metrics").json()["counters"]
@@ -167,16 +173,7 @@ def test_the_vlm_starts_no_download_after_the_fetch_deadline(make_client, make_s
                              predict_budget_seconds=30, fetch_timeout_seconds=10, threads=1, warm_cache=False)
     runtime = Runtime(settings, embedder_loader=shared_loader, vlm_loader=lambda spec: FakeVLM())
     with make_client(runtime=runtime) as (client, _):
-        now, starts = [0.0], []
-        real_fetch = runtime.media.fetch
-
-        def slow_fetch(url, task_id=None):
-            starts.append(now[0])
-            now[0] += 7.0
-            return real_fetch(url, task_id)
-
-        runtime.fetcher.clock = lambda: now[0]
-        runtime.media.fetch = slow_fetch
+        starts = seven_seconds_per_download(runtime)
         setup_project(client)
         results = client.post("/predict", json={"tasks": NINE, "project": "1.1"}).json()["results"]
     assert starts == [0.0, 7.0, 14.0] and FakeVLM.seen == 3
