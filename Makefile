@@ -48,13 +48,19 @@ setup-browser:
 screenshots: setup setup-ls setup-browser
 	LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/python -m scripts.screenshots --out docs/images
 
-# Each benchmark rewrites its own section of benchmarks/RESULTS.md (slow: about an hour on 2 cores).
+# Each benchmark rewrites its own section of benchmarks/RESULTS.md (slow: several hours on 2 cores).
 bench: setup
 	$(VENV)/bin/python -m benchmarks.bench_speed --write
 	$(VENV)/bin/python -m benchmarks.bench_active_learning --seeds 10 --write
 	$(VENV)/bin/python -m benchmarks.bench_trainers  # prints tables; paste into its RESULTS.md section
 	$(VENV)/bin/python -m benchmarks.bench_vlm --write
 	$(VENV)/bin/python -m benchmarks.bench_backend --write
+	$(VENV)/bin/python -m benchmarks.bench_zero_shot_prior --seeds 20 --budgets 10,20,100,500 --write
+	$(VENV)/bin/python -m benchmarks.bench_cold_start --seeds 10 --write
+	$(VENV)/bin/python -m benchmarks.bench_audit --train-per-class 1000 --test-per-class 200 --seeds 2
+	$(VENV)/bin/python -m benchmarks.bench_cl_matrices --per-class 2000 --seeds 1 2 --write
+	$(VENV)/bin/python -m benchmarks.bench_similarity --n 1000000 --dim 512 --clusters 1000 --queries 1000 --threads 1 --write
+	$(VENV)/bin/python -m benchmarks.bench_relabel --scenes 500 --seeds 2 --holdout 300 --test 300 --noise 0.0 --num-crops 6 --px 96
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .pytest_cache
