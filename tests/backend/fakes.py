@@ -185,6 +185,12 @@ class FakeLabelStudio:
                 self.versions_with_predictions.update(r["model_version"] for r in rows)
             return {"created": len(rows)}
 
+        @app.get("/api/projects/{pid}/model-versions/")
+        async def model_versions(pid: int):
+            if self.versions_with_predictions is None:
+                return JSONResponse({"detail": "Not found."}, status_code=404)  # as an older Label Studio
+            return {version: 1 for version in sorted(self.versions_with_predictions)}
+
         @app.patch("/api/projects/{pid}/")
         async def update_project(pid: int, request: Request):
             body = await request.json()

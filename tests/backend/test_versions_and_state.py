@@ -148,6 +148,28 @@ def test_project_version_follows_after_predict_without_a_refused_update(make_cli
     assert "did not take model_version" not in caplog.text
 
 
+def test_version_switch_waits_until_label_studio_lists_the_stored_predictions(make_client, docroot, caplog):
+    # Label Studio stores a /predict answer after receiving it; for 200 tasks that takes seconds, during which
+    # it would refuse the switch (HTTP 400). The backend asks which versions have predictions first.
+    caplog.set_level(logging.INFO)
+    fake = FakeLabelStudio(image=png(), tasks=[], versions_with_predictions=set())
+    with ServerThread(fake.app()) as ls:
+        with make_client(local_files_document_root=docroot, label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN,
+                         warm_cache=False) as (client, runtime):
+            runtime.version_sync.delays = (0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2)
+            setup_project(client)
+            annotate_all(client)
+            assert runtime.queue.wait_idle(120)
+            v1 = runtime.store.current_version("1")
+            predict(client)  # answered, but not stored in Label Studio yet
+            assert eventually(lambda: sum(r["path"].endswith("/model-versions/") for r in fake.requests) >= 2)
+            fake.versions_with_predictions.add(v1)  # now stored
+            assert eventually(lambda: fake.project_versions == {1: v1})
+    patches = [r for r in fake.requests if r["method"] == "PATCH"]
+    assert len(patches) == 1
+    assert "did not take model_version" not in caplog.text
+
+
 # -- warm-up you can see ----------------------------------------------------------------------------------------
 def ls_with_tasks(docroot_tasks=TASKS, **kwargs) -> FakeLabelStudio:
     return FakeLabelStudio(image=png(), tasks=[dict(t) for t in docroot_tasks], **kwargs)
