@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     label_studio_url: str | None = _env(None, "LABEL_STUDIO_URL", "LABEL_STUDIO_HOST")
     label_studio_api_key: str | None = _env(None, "LABEL_STUDIO_API_KEY", secret=True)
+    # A file holding the key instead: re-read when it changes, so a fixed key needs no restart (ls_auth).
+    label_studio_api_key_file: Path | None = _env(None, "LABEL_STUDIO_API_KEY_FILE")
     verify_ssl: bool = _env(True, "VERIFY_SSL")
     model_dir: Path = _env(Path("./model_dir"), "MODEL_DIR")
     host: str = _env("127.0.0.1", "HOST")  # loopback unless asked: see docs/backend.md §7
@@ -127,8 +129,8 @@ class Settings(BaseSettings):
 
     @property
     def label_studio_connected(self) -> bool:
-        """True when both the Label Studio URL and an API key are configured."""
-        return bool(self.label_studio_url and self.label_studio_api_key)
+        """True when both the Label Studio URL and an API key (or a key file) are configured."""
+        return bool(self.label_studio_url and (self.label_studio_api_key or self.label_studio_api_key_file))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

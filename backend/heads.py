@@ -42,29 +42,47 @@ class ImageNetPriors:
     def __init__(self):
         self._priors: dict[tuple, Any] = {}
         self._status: dict[tuple, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts only: /health never waits for a prior being built
+        self._building: dict[tuple, threading.Lock] = {}  # one lock per label set while its prior is built
+        self.built = 0  # how many priors were computed (tests check one per label set)
 
     def get(self, target: ImageClassification, embedder):
         """Return the ClassifierPrior for `target`'s labels, or None when the embedder has a text tower or no
-        ImageNet classifier, or WordNet is missing (logged as a warning: the head starts uniform)."""
+        ImageNet classifier, or WordNet is missing (logged as a warning: the head starts uniform).
+
+        Computed once per (labels, embedder): a second caller waits for the first (the background build
+        started by /setup, see LabelloopModel.setup) instead of computing it again."""
         if getattr(embedder, "has_text", False) or not has_imagenet_classifier(embedder):
             return None
         key = (target.labels, target.model_names, embedder.id)
         with self._lock:
             if key in self._priors:
                 return self._priors[key]
-            from labelers.imagenet_prior import WordNetMissing, imagenet_prior
-
-            try:
-                prior = imagenet_prior(list(target.labels), embedder, [list(n) for n in target.model_names])
-                status = {"matched": prior.matched, "details": prior.details}
-            except WordNetMissing as exc:
-                log.warning("no ImageNet prior for labels %s (%s): predictions start uniform until annotations "
-                            "arrive", list(target.labels), exc)
-                prior, status = None, {"matched": [], "error": str(exc)}
-            self._priors[key] = prior
-            self._status[key] = {"labels": list(target.labels), "embedder": embedder.id, **status}
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self._priors:
+                    return self._priors[key]
+            prior, status = self._build(target, embedder)
+            with self._lock:
+                self._priors[key] = prior
+                self._status[key] = {"labels": list(target.labels), "embedder": embedder.id, **status}
+                self._building.pop(key, None)
+                self.built += 1
             return prior
+
+    @staticmethod
+    def _build(target: ImageClassification, embedder):
+        """Return (prior or None, status) for `target`'s labels: the WordNet mapping, 5-10 s on a small CPU."""
+        from labelers.imagenet_prior import WordNetMissing, imagenet_prior
+
+        try:
+            prior = imagenet_prior(list(target.labels), embedder, [list(n) for n in target.model_names])
+            return prior, {"matched": prior.matched, "details": prior.details}
+        except WordNetMissing as exc:
+            log.warning("no ImageNet prior for labels %s (%s): predictions start uniform until annotations "
+                        "arrive", list(target.labels), exc)
+            return None, {"matched": [], "error": str(exc)}
 
     def status(self) -> list[dict[str, Any]]:
         """Return one entry per label set seen: {"labels", "embedder", "matched", "details" | "error"}."""

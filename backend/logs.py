@@ -25,6 +25,11 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None] = ()):
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
+    def add(self, secret: str | None) -> None:
+        """Also remove `secret` from now on (e.g. a new key read from LABEL_STUDIO_API_KEY_FILE)."""
+        self.secrets = sorted({*self.secrets, *([secret] if secret and len(secret) >= 4 else [])}, key=len,
+                              reverse=True)
+
     def text(self, message: str) -> str:
         """Return `message` without configured secrets, URL query strings, headers or token-like pairs."""
         for secret in self.secrets:

@@ -7,6 +7,12 @@ token is refreshed shortly before it expires and again whenever Label Studio ans
 `LabelStudioAuth` is an `httpx.Auth`: the SDK client (backend.ls_client) and media downloads use it, so
 there is one refresh, one cache and one place that notices a rejected key. A rejected key (401/403 that a
 refresh cannot cure) is not transient: `rejected` says why, /health reports it, and the log says it once.
+
+Recovery without a restart: while the key is refused, `recheck()` (called by /health) asks Label Studio again
+at most every RECHECK_SECONDS, and at once when LABEL_STUDIO_API_KEY_FILE changed; the first answer that
+accepts the key clears the state. So fixing the token on Label Studio's side (re-enabling legacy tokens, a
+new token written into the key file) ends the degraded state; a key given only in LABEL_STUDIO_API_KEY is
+fixed by changing it in the process's environment, which only a restart can do.
 """
 from __future__ import annotations
 
@@ -15,7 +21,9 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+
 import httpx
 
 log = logging.getLogger(__name__)
@@ -23,6 +31,8 @@ log = logging.getLogger(__name__)
 # Refresh this many seconds before the access token's exp, so a request never leaves with a dying token.
 REFRESH_MARGIN_SECONDS = 30.0
 REJECTED_STATUSES = (401, 403)
+RECHECK_SECONDS = 30.0  # while the key is refused, /health asks Label Studio again at most this often
+PROBE_PATH = "/api/current-user/whoami"  # the cheapest call that needs a valid key
 
 
 class AuthError(RuntimeError):
@@ -51,7 +61,9 @@ def is_personal_access_token(key: str) -> bool:
 class LabelStudioAuth(httpx.Auth):
     """Builds the Authorization header for Label Studio requests and notices a rejected key; thread-safe."""
 
-    def __init__(self, base_url: str | None, api_key: str | None, client: httpx.Client):
+    def __init__(self, base_url: str | None, api_key: str | None, client: httpx.Client,
+                 key_file: Path | None = None, on_new_key: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.base_url = (base_url or "").rstrip("/")
         self.api_key = api_key or None
         self._client = client
@@ -59,6 +71,64 @@ class LabelStudioAuth(httpx.Auth):
         self._access: str | None = None
         self._access_exp: float = 0.0
         self.rejected: str | None = None  # why Label Studio refuses the key; None while it has not
+        self.key_file, self._key_stamp = (Path(key_file) if key_file else None), None
+        self._on_new_key = on_new_key or (lambda key: None)  # e.g. the log redactor learning the new secret
+        self._clock, self._checked_at = clock, float("-inf")
+        if self.key_file is not None:
+            self.reload_key()
+
+    def reload_key(self) -> bool:
+        """Re-read LABEL_STUDIO_API_KEY_FILE when it changed (size or mtime); returns True for a new key.
+
+        Raises AuthError naming the file when it cannot be read or is empty (a clear error, not a silent
+        fallback to the old key)."""
+        if self.key_file is None:
+            return False
+        try:
+            stat = self.key_file.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._key_stamp:
+                return False
+            key = self.key_file.read_text().strip()
+        except OSError as exc:
+            raise AuthError(f"cannot read LABEL_STUDIO_API_KEY_FILE {self.key_file}: {exc.strerror}") from None
+        if not key:
+            raise AuthError(f"LABEL_STUDIO_API_KEY_FILE {self.key_file} is empty")
+        with self._lock:
+            self._key_stamp = stamp
+            changed = key != self.api_key
+            self.api_key = key
+            if changed:
+                self._access, self._access_exp = None, 0.0
+                self._checked_at = float("-inf")  # ask Label Studio about the new key at the next recheck
+        if changed:
+            self._on_new_key(key)
+            log.info("LABEL_STUDIO_API_KEY_FILE %s: using the new key", self.key_file)
+        return changed
+
+    def recheck(self) -> str | None:
+        """While the key is refused, ask Label Studio again (at most every RECHECK_SECONDS, at once after the
+        key file changed); returns `rejected` afterwards (None: the key works again)."""
+        if self.rejected is None or not self.configured:
+            return self.rejected
+        try:
+            self.reload_key()
+        except AuthError as exc:
+            self.rejected = str(exc)
+            return self.rejected
+        with self._lock:
+            if self._clock() - self._checked_at < RECHECK_SECONDS:
+                return self.rejected
+            self._checked_at = self._clock()
+        first = self.rejected  # names the call that was refused first: the probe's own refusal says less
+        try:  # goes through auth_flow, which clears `rejected` on success
+            self._client.get(f"{self.base_url}{PROBE_PATH}", timeout=5.0)
+        except (httpx.HTTPError, AuthError) as exc:
+            log.info("re-checking LABEL_STUDIO_API_KEY: Label Studio not reachable (%s)", type(exc).__name__)
+        with self._lock:
+            if self.rejected is not None:
+                self.rejected = first
+        return self.rejected
 
     @property
     def configured(self) -> bool:
@@ -90,6 +160,7 @@ class LabelStudioAuth(httpx.Auth):
         if not self._is_ls(request.url):
             yield request
             return
+        self.reload_key()
         request.headers.update(self.headers())
         response = yield request
         if response.status_code == 401 and self.kind == "personal-access-token":

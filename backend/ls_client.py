@@ -140,6 +140,28 @@ class LabelStudioClient:
                      self.redactor.error(exc))
             return False
 
+    def has_predictions_of(self, project: str, model_version: str) -> bool:
+        """True when Label Studio lists stored predictions of `model_version` for the project (GET
+        /api/projects/{id}/model-versions/), so it will take that version; also True when the list cannot be
+        read (an older Label Studio: the update itself is then the test). Raises LabelStudioRejected on
+        401/403."""
+        url = f"{self.settings.label_studio_url.rstrip('/')}/api/projects/{int(project)}/model-versions/"
+        try:
+            response = self._call(lambda: self.http.get(url, timeout=10.0))
+        except LabelStudioRejected:
+            raise
+        except Exception:  # unreachable: the update attempt that follows says so
+            return True
+        if response.status_code in (401, 403):
+            raise LabelStudioRejected(f"Label Studio refused LABEL_STUDIO_API_KEY (HTTP {response.status_code})")
+        try:
+            counts = response.json() if response.status_code == 200 else None
+        except ValueError:
+            counts = None
+        if not isinstance(counts, dict):
+            return True
+        return bool(counts.get(model_version))
+
     def _first_page(self, project: str):
         return self.sdk().tasks.list(project=int(project), fields="all", request_options=NO_SDK_RETRIES)
 

@@ -15,6 +15,7 @@ import logging
 from functools import cached_property
 from typing import Any, Callable
 
+from backend.embedders import describe_spec
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
 from backend.labels import ImageClassification, label_interface, parse_label_config
 from backend.predictor import PredictorChoice, PredictorRules
@@ -110,10 +111,24 @@ class LabelloopModel:
         project gets its tasks embedded in the background when Label Studio credentials are configured.
         """
         _ = self.target, self.strategy, self.predictor  # validate before recording anything
-        _, created = self._connect()
+        project, created = self._connect()
         if created or not self.warmer.started(self.project_id):
             self.warmer.warm(self.project_id)  # the head trains on embeddings, VLM project or not
+        if self.predictor.predictor == "head" and not describe_spec(project.embedder)["zero_shot"]:
+            # The label set's WordNet -> ImageNet prior takes 5-10 s: built now, not in the first /predict
+            # (a CLIP project needs none: its r0 is zero-shot from the text tower).
+            self.warmer.run_in_background(self._prepare_prior)
         return self.model_version
+
+    def _prepare_prior(self) -> None:
+        """Build the ImageNet prior of the project's labels (cached per label set; a no-op once built or
+        when the embedder has a text tower). Best effort: a failure is logged and /predict tries again."""
+        try:
+            project = self.store.get_project(self.project_id)
+            self.heads.priors.get(self.target, self.embeddings.embedder(project))
+        except Exception as exc:
+            log.warning("project %s: building the ImageNet prior ahead of /predict failed (%s); the first "
+                        "/predict builds it", self.project_id, exc)
 
     def _connect(self):
         """Return (stored project, created), registering it with the default embedder on first contact."""

@@ -62,7 +62,8 @@ class Runtime:
         (self.store.model_dir / "locks").mkdir(exist_ok=True)
         self.cache = EmbeddingCache(self.store.model_dir / "embeddings.sqlite3")
         self.http = http_client or httpx.Client(verify=settings.verify_ssl, timeout=settings.fetch_timeout_seconds)
-        self.auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, self.http)
+        self.auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key, self.http,
+                                    key_file=settings.label_studio_api_key_file, on_new_key=self.redactor.add)
         self.http.auth = self.auth  # every call to the Label Studio host, SDK or media, is signed by it
         self.media = MediaResolver(settings, self.auth, self.http)
         self.fetcher = Fetcher(self.media, settings.threads)
@@ -126,8 +127,10 @@ class Runtime:
         self.store.close()
 
     def problems(self) -> list[str]:
-        """Return what keeps the backend from working fully (e.g. a refused LABEL_STUDIO_API_KEY)."""
-        problems = [self.auth.rejected] if self.auth.rejected else []
+        """Return what keeps the backend from working fully (e.g. a refused LABEL_STUDIO_API_KEY). A refused
+        key is asked about again here (LabelStudioAuth.recheck), so a fixed key clears it without a restart."""
+        rejected = self.auth.recheck()
+        problems = [rejected] if rejected else []
         return problems + self.warmer.problems()
 
     def embedder_status(self) -> dict[str, Any]:

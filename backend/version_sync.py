@@ -5,8 +5,10 @@ either as live model or as static predictions", HTTP 400). So the switch is aske
 of the served version are known to exist: after the backend pushed them (LABELLOOP_PUSH_PREDICTIONS), or
 after a /predict answered with them (Retrieve Predictions, an annotator opening a task). The version whose
 predictions exist is remembered in SQLite (PREDICTED_KEY), so every worker process agrees. Label Studio
-stores a /predict answer only after receiving it, hence the first attempt waits `delays[0]` seconds; further
-attempts back off (tenacity). The first success ends them, and a refused API key (401/403) ends them at once:
+stores a /predict answer only after receiving it (for a few hundred tasks, seconds later), hence the first
+attempt waits `delays[0]` seconds, and each attempt first asks Label Studio which versions have stored
+predictions (GET /api/projects/{id}/model-versions/): the update is sent only once ours is listed, so it
+is never refused; further attempts back off (tenacity). The first success ends them, and a refused API key (401/403) ends them at once:
 it is not transient. The last version set is remembered in the project's key-value state.
 """
 from __future__ import annotations
@@ -80,6 +82,10 @@ class VersionSync:
             return True
         if self.store.kv_get(project, PREDICTED_KEY) != current:
             return False  # Label Studio would refuse it; the next predict or push of `current` asks again
+        if not self.client.has_predictions_of(project, current):
+            # Label Studio has not stored the /predict answer yet: asking now would be refused (HTTP 400)
+            log.debug("project %s: no stored predictions of %s in Label Studio yet", project, current)
+            return False
         if self.client.set_project_version(project, current):
             self.store.kv_set(project, STATE_KEY, current)
             log.info("project %s: Label Studio's model_version is now %s", project, current)

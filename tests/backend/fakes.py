@@ -87,6 +87,7 @@ class FakeLabelStudio:
     pat: str = ""
     access_tokens: set[str] = field(default_factory=set)
     reject_next_bearer: bool = False
+    other_legacy_tokens: set[str] = field(default_factory=set)  # accepted too (a key fixed on LS's side)
     # None: accept any model_version; a set: like Label Studio, only versions with stored predictions
     versions_with_predictions: set[str] | None = None
     imported_predictions: list[dict[str, Any]] = field(default_factory=list)
@@ -98,7 +99,7 @@ class FakeLabelStudio:
 
     def _authorized(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
-        if header == f"Token {LEGACY_TOKEN}":
+        if header == f"Token {LEGACY_TOKEN}" or header.removeprefix("Token ") in self.other_legacy_tokens:
             return True
         if header.startswith("Bearer ") and header[7:] in self.access_tokens:
             if self.reject_next_bearer:  # simulate an access token revoked/expired server-side
@@ -130,6 +131,10 @@ class FakeLabelStudio:
                                "n": self.refreshes})
             self.access_tokens.add(access)
             return {"access": access}
+
+        @app.get("/api/current-user/whoami")
+        async def whoami():
+            return {"id": 1, "email": "annotator@example.com"}
 
         @app.get("/storage-data/uploaded/")
         async def uploaded(filepath: str):
@@ -179,6 +184,12 @@ class FakeLabelStudio:
             if self.versions_with_predictions is not None:
                 self.versions_with_predictions.update(r["model_version"] for r in rows)
             return {"created": len(rows)}
+
+        @app.get("/api/projects/{pid}/model-versions/")
+        async def model_versions(pid: int):
+            if self.versions_with_predictions is None:
+                return JSONResponse({"detail": "Not found."}, status_code=404)  # as an older Label Studio
+            return {version: 1 for version in sorted(self.versions_with_predictions)}
 
         @app.patch("/api/projects/{pid}/")
         async def update_project(pid: int, request: Request):

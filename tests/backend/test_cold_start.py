@@ -239,3 +239,32 @@ def test_without_wordnet_the_head_starts_uniform_and_says_so(monkeypatch, caplog
     (status,) = priors.status()
     assert status["matched"] == [] and "apt-get install wordnet" in status["error"]
     assert any("no ImageNet prior" in r.message and "start uniform" in r.message for r in caplog.records)
+
+
+def test_setup_builds_the_imagenet_prior_once_before_the_first_predict(make_settings, pool, monkeypatch):
+    """The WordNet mapping (5-10 s) starts when a project connects, so the first Retrieve Predictions does
+    not pay for it; it is built once per label set however many /setup and /predict calls follow."""
+    from fastapi.testclient import TestClient
+
+    import labelers.imagenet_prior as imagenet
+    from backend.app import create_app
+    from backend.heads import ImageNetPriors
+
+    calls = []
+    real = imagenet.imagenet_prior
+    monkeypatch.setattr(imagenet, "imagenet_prior", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    root, tasks, _ = pool
+    settings = make_settings(embedder="efficientnet-lite0-fake", local_files_document_root=root)
+    runtime = Runtime(settings, embedder_loader=lambda spec: EMBEDDER)
+    runtime.heads.priors = ImageNetPriors()  # not the process-wide one other tests have filled
+    with TestClient(create_app(runtime=runtime, preload=False)) as client:
+        setup_project(client, "1.1700000000", XML)
+        # no /predict yet: the prior is built in the background by /setup
+        assert eventually(lambda: runtime.heads.priors.status(), timeout=60)
+        assert calls == [CLASSES] and runtime.counters.snapshot().get("predict_requests", 0) == 0
+        setup_project(client, "1.1700000000", XML)  # Label Studio calls /setup again before each retrieve
+        predict(client, tasks[:5])
+        setup_project(client, "2.1700000000", XML)  # a second project with the same labels shares it
+        assert eventually(lambda: runtime.warmer._pool._work_queue.empty(), timeout=60)
+        predict(client, tasks[:5])
+    assert calls == [CLASSES] and runtime.heads.priors.built == 1

@@ -148,6 +148,28 @@ def test_project_version_follows_after_predict_without_a_refused_update(make_cli
     assert "did not take model_version" not in caplog.text
 
 
+def test_version_switch_waits_until_label_studio_lists_the_stored_predictions(make_client, docroot, caplog):
+    # Label Studio stores a /predict answer after receiving it; for 200 tasks that takes seconds, during which
+    # it would refuse the switch (HTTP 400). The backend asks which versions have predictions first.
+    caplog.set_level(logging.INFO)
+    fake = FakeLabelStudio(image=png(), tasks=[], versions_with_predictions=set())
+    with ServerThread(fake.app()) as ls:
+        with make_client(local_files_document_root=docroot, label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN,
+                         warm_cache=False) as (client, runtime):
+            runtime.version_sync.delays = (0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2)
+            setup_project(client)
+            annotate_all(client)
+            assert runtime.queue.wait_idle(120)
+            v1 = runtime.store.current_version("1")
+            predict(client)  # answered, but not stored in Label Studio yet
+            assert eventually(lambda: sum(r["path"].endswith("/model-versions/") for r in fake.requests) >= 2)
+            fake.versions_with_predictions.add(v1)  # now stored
+            assert eventually(lambda: fake.project_versions == {1: v1})
+    patches = [r for r in fake.requests if r["method"] == "PATCH"]
+    assert len(patches) == 1
+    assert "did not take model_version" not in caplog.text
+
+
 # -- warm-up you can see ----------------------------------------------------------------------------------------
 def ls_with_tasks(docroot_tasks=TASKS, **kwargs) -> FakeLabelStudio:
     return FakeLabelStudio(image=png(), tasks=[dict(t) for t in docroot_tasks], **kwargs)
@@ -224,6 +246,52 @@ def test_wrong_key_is_a_clear_state_and_not_retried(make_client, docroot):
             health = client.get("/health").json()
     assert warm["attempt"] == 1 and "refused LABEL_STUDIO_API_KEY" in warm["last_error"]
     assert health["status"] == "DEGRADED"
+
+
+def test_a_fixed_key_file_recovers_without_a_restart(make_client, docroot, tmp_path):
+    key_file = tmp_path / "ls-key"
+    key_file.write_text("wrong-key-0123456789\n")
+    fake = ls_with_tasks()
+    with ServerThread(fake.app()) as ls:
+        with make_client(local_files_document_root=docroot, label_studio_url=ls.url,
+                         label_studio_api_key_file=key_file) as (client, runtime):
+            setup_project(client)
+            assert eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "failed", timeout=60)
+            degraded = client.get("/health").json()
+            key_file.write_text(LEGACY_TOKEN + "\n")  # the operator fixes the key; the backend keeps running
+            healthy = client.get("/health").json()  # a changed key file is asked about at once
+            setup_project(client)  # Label Studio's next /setup restarts the failed warm-up
+            assert eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "done", timeout=60)
+            warm = runtime.warmer.status("1")
+    assert degraded["status"] == "DEGRADED" and "refused LABEL_STUDIO_API_KEY" in degraded["problems"][0]
+    assert healthy["status"] == "UP" and healthy["problems"] == []
+    assert warm["embedded"] == len(fake.tasks) and warm["failed"] == 0
+    assert runtime.redactor.text(f"key {LEGACY_TOKEN}") == "key ***"  # the new key is redacted too
+
+
+def test_a_key_label_studio_accepts_again_clears_the_state_at_the_next_recheck(make_client, docroot):
+    from backend.ls_auth import RECHECK_SECONDS
+
+    key = "revoked-then-restored-0123456789"
+    fake = ls_with_tasks()
+    now = [1000.0]
+    with ServerThread(fake.app()) as ls:
+        with make_client(local_files_document_root=docroot, label_studio_url=ls.url,
+                         label_studio_api_key=key) as (client, runtime):
+            runtime.auth._clock = lambda: now[0]
+            setup_project(client)
+            assert eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "failed", timeout=60)
+            first = client.get("/health").json()  # asks Label Studio: still refused
+            fake.other_legacy_tokens.add(key)  # the token is fixed on Label Studio's side
+            now[0] += RECHECK_SECONDS / 2
+            soon = client.get("/health").json()  # too soon to ask again: Label Studio is not hammered
+            probes = sum(r["path"] == "/api/current-user/whoami" for r in fake.requests)
+            now[0] += RECHECK_SECONDS
+            later = client.get("/health").json()
+            setup_project(client)
+            assert eventually(lambda: (runtime.warmer.status("1") or {}).get("state") == "done", timeout=60)
+    assert first["status"] == soon["status"] == "DEGRADED" and probes == 1
+    assert later["status"] == "UP"
 
 
 def test_wrong_document_root_shows_in_the_warm_up(make_client, docroot, tmp_path):

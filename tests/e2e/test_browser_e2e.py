@@ -33,6 +33,11 @@ def imported(label_studio, cifar_files) -> int:
     return int(match.group(1))
 
 
+def shown_score(score: float) -> str:
+    """How the Data Manager renders a prediction score: three decimals, and 0 as "0"."""
+    return "0" if score == 0 else f"{score:.3f}"
+
+
 @pytest.fixture(scope="module")
 def chromium():
     """The Chromium and chromedriver paths; their absence fails the test with the install command."""
@@ -110,11 +115,10 @@ def test_data_manager_shows_our_scores_and_pre_annotations(label_studio, cifar_f
             raise AssertionError(f"the Data Manager shows {br.table_rows(browser)[:3]} (screenshot "
                                  f"{tmp_path / 'data-manager.png'})") from None
 
-        # The Data Manager shows the score rounded to three decimals (0 as "0"), sorted ascending, and the labels
-        # predicted.
+        # The Data Manager shows the score with three decimals (a score of exactly 0, the first task of the
+        # cold-start order, as "0"), sorted ascending, and the labels predicted.
         shown = [(row.task_id, row.cells["Prediction score"]) for row in rows]
-        assert [(t, round(float(s), 3)) for t, s in shown] == [
-            (row.task_id, round(predicted[row.task_id]["score"], 3)) for row in rows]
+        assert shown == [(row.task_id, shown_score(predicted[row.task_id]["score"])) for row in rows]
         assert [float(s) for _, s in shown] == sorted(float(s) for _, s in shown)
         for row in rows:
             label = steps.predicted_label(predicted[row.task_id])

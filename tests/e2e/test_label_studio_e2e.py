@@ -254,3 +254,24 @@ def test_failed_and_crashed_training_keep_the_old_model_serving(label_studio, ci
     assert not [p.name for p in heads.iterdir() if p.name.startswith(".")]
     steps.retrieve_predictions(ls, project.id)
     check_predictions(steps.list_tasks(ls, project.id), v2)
+
+
+def test_a_wrong_key_recovers_without_restarting_the_backend(label_studio, cifar_files, backend_factory, tmp_path):
+    key_file = tmp_path / "ls-key"
+    key_file.write_text("not-the-token-0123456789\n")  # LABEL_STUDIO_API_KEY_FILE wins over the env key
+    backend = backend_factory(label_studio, extra_env={"LABEL_STUDIO_API_KEY_FILE": str(key_file)})
+    ls = label_studio.client()
+    project = steps.create_project(ls, "e2e wrong key", cifar_files)
+    steps.connect(ls, project, backend)  # /setup starts the warm-up, which Label Studio refuses
+    steps.wait_until(lambda: (steps.project_metrics(backend, project.id)["warm_cache"] or {}).get("state")
+                     == "failed", "the warm-up to fail on the refused key")
+    degraded = backend.get("/health").json()
+    assert degraded["status"] == "DEGRADED" and "refused LABEL_STUDIO_API_KEY" in degraded["problems"][0]
+
+    key_file.write_text(label_studio.token + "\n")  # fixed while the backend runs
+    assert backend.get("/health").json()["status"] == "UP"
+    steps.served_version(backend, project.id)  # the next /setup (Label Studio sends one per retrieve)
+    warm = steps.wait_until(lambda: (e := steps.project_metrics(backend, project.id)["warm_cache"])
+                            and e["state"] == "done" and e, "the warm-up after the key was fixed")
+    assert warm["embedded"] == len(cifar_files)
+    assert backend.process.alive()
