@@ -97,6 +97,18 @@ def annotation_rows(features, labels, prior, budgets, seeds) -> list[tuple[int, 
     return rows
 
 
+def precheck_rows(probs: np.ndarray, labels: np.ndarray, floors=(0.5, 0.7)) -> list[str]:
+    """Markdown rows: for each pre-check floor, the share of images an untrained head pre-checks, how many of
+    those are right, and the mean probability it states (honest when the two agree)."""
+    top, choice = probs.max(axis=1), probs.argmax(axis=1)
+    rows = []
+    for floor in floors:
+        shown = top >= floor
+        right = (choice[shown] == labels[shown]).mean() if shown.any() else float("nan")
+        rows.append(f"| {floor:g} | {shown.mean():.1%} | {right:.1%} | {top[shown].mean():.2f} |")
+    return rows
+
+
 def report(seeds: int, budgets: tuple[int, ...], per_class: int = 1000) -> str:
     """Run the benchmark and return its Markdown section."""
     from labelers.embedders import EfficientNetLite0Embedder
@@ -124,6 +136,8 @@ def report(seeds: int, budgets: tuple[int, ...], per_class: int = 1000) -> str:
     per_class = [(probs.argmax(axis=1)[labels == c] == c).mean() for c in range(len(class_names))]
     lines += ["", "Per-class zero-shot accuracy (library prior): "
               + ", ".join(f"{n} {a:.0%}" for n, a in zip(class_names, per_class)), ""]
+    lines += ["| pre-check floor (r0, backend.heads.PRIOR_PRECHECK) | images pre-checked | of those right "
+              "| mean stated probability |", "|---|---|---|---|", *precheck_rows(probs, labels), ""]
     lines += [f"| annotations (random, {seeds} seeds) | head | accuracy on the other images | 95 % CI |",
               "|---|---|---|---|"]
     lines += [f"| {n} | {name} | {acc:.1%} | +- {half:.1%} |"

@@ -21,6 +21,7 @@ import re
 
 import pytest
 
+from backend.heads import PRIOR_PRECHECK
 from tests.e2e import ls_steps as steps
 from tests.e2e.test_label_studio_e2e import backend_factory  # noqa: F401  (fixture)
 from tests.e2e.walkthrough import copy_images, imported_project, labelloop_import
@@ -83,10 +84,10 @@ def test_readme_steps_on_a_class_sorted_folder(label_studio, class_sorted_folder
     scores = [t["predictions_score"] for t in ascending]
     assert len(ascending) == len(truth) and None not in scores
     assert scores == sorted(scores) and len(set(scores)) == len(scores)  # the cold-start order: never tied
-    # r0 pre-checks a label only where the ImageNet prior gives it 0.5 or more, with that probability.
+    # r0 pre-checks a label only where the ImageNet prior gives it PRIOR_PRECHECK or more, with that probability.
     r0 = [p for t in ascending for p in steps.predictions_of(t, v0)]
     regions = [r for p in r0 for r in p["result"]]
-    assert len(r0) == len(truth) and all(r["score"] >= 0.5 for r in regions), regions[:3]
+    assert len(r0) == len(truth) and all(r["score"] >= PRIOR_PRECHECK for r in regions), regions[:3]
     right = sum(steps.predicted_label(p) == project.task(t["id"]).truth
                 for t in ascending for p in steps.predictions_of(t, v0) if p["result"])
     first_page = [project.task(t["id"]) for t in ascending[:FIRST_PAGE]]
