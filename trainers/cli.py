@@ -64,8 +64,12 @@ def train(
                                       "the final run."),
     restarts: int = typer.Option(1, "--restarts", help="Train N initialisations; keep the best by the "
                                  "validation metric."),
-    ordinary_weight: float = typer.Option(0.0, "--ordinary-weight", help="With --gold-count: also train on the "
-                                          "gold labels, cross-entropy times this weight."),
+    ordinary_weight: Optional[float] = typer.Option(None, "--ordinary-weight", help="Cross-entropy times this "
+                                                    "weight on the gold labels (--gold-count) and on "
+                                                    "--ordinary-labels (default 1 with --ordinary-labels, else 0)."),
+    ordinary_labels: Optional[str] = typer.Option(None, "--ordinary-labels", help="The VLM's ordinary labels "
+                                                  "for the same images (an ordinary VLM run or auto_labels.csv), "
+                                                  "trained on beside the complementary labels."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="Adam weight decay (L2)."),
     early_stop: Optional[int] = typer.Option(None, "--early-stop", help="Stop after N validations without a "
                                              "better score (the --valid-type metric)."),
@@ -87,6 +91,7 @@ def train(
                       valid_split=valid_split, classes=parse_classes(classes), test_data=test_data,
                       embedder=embedder, cache=str(cache) if cache else None, image_size=image_size, augment=augment,
                       gold_count=gold_count, matrix_rounds=matrix_rounds, restarts=restarts, ordinary_weight=ordinary_weight,
+                      ordinary_labels=ordinary_labels,
                       weight_decay=weight_decay, early_stop=early_stop, max_train=max_train, eval_every=eval_every, accelerator=accelerator,
                       progress=progress, cl_control=cl_control, label_control=label_control)
     try:

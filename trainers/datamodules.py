@@ -67,18 +67,22 @@ class CLDataModule(pl.LightningDataModule):
 
     Training batches carry ``train.ord_labels`` (what Ord learns from); validation batches carry
     ``valid_truth`` (default ``train.truth``), so an Ord run on a label file validates on the truth.
+    ``train_targets`` (default ``train.ord_labels``) replaces the training batches' labels: what a CL
+    strategy's ordinary term trains on (gold and ``--ordinary-labels``, see ``train.ordinary_targets``).
     """
 
     def __init__(self, train: LabelSet, train_inputs: torch.Tensor, valid_index: np.ndarray,
                  test: LabelSet | None = None, test_inputs: torch.Tensor | None = None, batch_size: int = 256,
-                 augment=None, scale=None, seed: int = 0, valid_truth: np.ndarray | None = None):
+                 augment=None, scale=None, seed: int = 0, valid_truth: np.ndarray | None = None,
+                 train_targets: np.ndarray | None = None):
         super().__init__()
         self.train_set, self.test_set = train, test
         self.batch_size, self.seed = batch_size, seed
         train_index = np.setdiff1d(np.arange(len(train)), valid_index)
         self.train_index, self.valid_index = train_index, valid_index
+        targets = train.ord_labels if train_targets is None else train_targets
         self.train_data = BatchDataset(train_inputs[train_index], train.cl_labels[train_index],
-                                       train.ord_labels[train_index], transform=augment, scale=scale)
+                                       targets[train_index], transform=augment, scale=scale)
         valid_truth = train.truth if valid_truth is None else valid_truth
         self.valid_data = BatchDataset(train_inputs[valid_index], train.cl_labels[valid_index],
                                        valid_truth[valid_index], scale=scale)
@@ -145,12 +149,14 @@ class ImageDataModule(CLDataModule):
 
     def __init__(self, train: LabelSet, valid_index: np.ndarray, test: LabelSet | None = None,
                  batch_size: int = 256, image_size: int | None = None, augment: bool = False, seed: int = 0,
-                 progress: bool = False, valid_truth: np.ndarray | None = None):
+                 progress: bool = False, valid_truth: np.ndarray | None = None,
+                 train_targets: np.ndarray | None = None):
         train_x = image_tensor(train, image_size, progress=progress)
         test_x = None if test is None else image_tensor(test, image_size or train_x.shape[-1],
                                                         channels=train_x.shape[1], progress=progress)
         super().__init__(train, train_x, valid_index, test, test_x, batch_size,
-                         augment=crop_flip if augment else None, scale=scale_uint8, seed=seed, valid_truth=valid_truth)
+                         augment=crop_flip if augment else None, scale=scale_uint8, seed=seed, valid_truth=valid_truth,
+                         train_targets=train_targets)
 
 
 class EmbeddingDataModule(CLDataModule):
@@ -162,7 +168,7 @@ class EmbeddingDataModule(CLDataModule):
 
     def __init__(self, train: LabelSet, valid_index: np.ndarray, test: LabelSet | None = None,
                  batch_size: int = 256, seed: int = 0, standardize: bool = True,
-                 valid_truth: np.ndarray | None = None):
+                 valid_truth: np.ndarray | None = None, train_targets: np.ndarray | None = None):
         if train.features is None or (test is not None and test.features is None):
             raise ValueError("EmbeddingDataModule needs features on every label set")
         x = torch.as_tensor(np.asarray(train.features), dtype=torch.float32)
@@ -172,4 +178,5 @@ class EmbeddingDataModule(CLDataModule):
             mean, std = x[fit].mean(0), x[fit].std(0).clamp(min=1e-6)
             x = (x - mean) / std
             test_x = None if test_x is None else (test_x - mean) / std
-        super().__init__(train, x, valid_index, test, test_x, batch_size, seed=seed, valid_truth=valid_truth)
+        super().__init__(train, x, valid_index, test, test_x, batch_size, seed=seed, valid_truth=valid_truth,
+                         train_targets=train_targets)

@@ -273,3 +273,43 @@ def _check_same_classes(run_classes: list[str], base_classes: list[str], path: P
         raise DataSourceError(f"{path}: the run's classes ({', '.join(run_classes)}) differ from the dataset's "
                               f"({', '.join(base_classes)})")
 
+
+
+def attach_vlm_ordinary_labels(base: LabelSet, label_path: str | Path, long_label: bool = True,
+                               classes: list[str] | None = None) -> LabelSet:
+    """Return ``base`` with ``vlm_labels`` read from a second label file of ordinary labels (``--ordinary-labels``).
+
+    The file (an ordinary VLM run, its ``labels.jsonl``, or an ``auto_labels.csv``) is matched to the
+    images of ``base`` by key, as ``--label-path`` is (``match_rows``); images it does not label get -1.
+    Its labels never touch ``ord_labels`` / ``true_labels``: validation and gold stay as they are.
+    Raises DataSourceError for a complementary run, other classes, a row matching no image, or
+    ``base`` images that share a name (the labels could not be put back on one image).
+    """
+    if len(set(base.names)) != len(base.names):
+        raise DataSourceError(f"{label_path}: the dataset has images sharing one name, so ordinary labels cannot "
+                              f"be put back on one image each")
+    labelled = attach_labels(base, label_path, ordinary=True, long_label=long_label, classes=classes)
+    if list(labelled.class_names) != list(base.class_names):
+        raise DataSourceError(f"{label_path}: its classes ({', '.join(labelled.class_names)}) differ from the "
+                              f"complementary labels' ({', '.join(base.class_names)})")
+    row_of = {name: i for i, name in enumerate(base.names)}
+    vlm = np.full(len(base), -1, dtype=np.int64)
+    vlm[[row_of[name] for name in labelled.names]] = labelled.ord_labels
+    log.info("%s: ordinary labels on %d of %d images", label_path, int((vlm >= 0).sum()), len(base))
+    return replace(base, vlm_labels=vlm, meta={**base.meta, "ordinary_labels": str(label_path)})
+
+
+def drop_contradicting_ordinary_labels(labels: LabelSet) -> tuple[LabelSet, int]:
+    """Return (``labels`` with each VLM ordinary label that is also one of the image's own CLs set to -1, how many).
+
+    The VLM said both "this is a cat" and "this is not a cat" about one image: one of the two answers
+    is wrong and nothing says which, so the ordinary term skips that image (its CLs are still trained on).
+    """
+    if labels.vlm_labels is None:
+        return labels, 0
+    clash = (labels.vlm_labels >= 0) & (labels.cl_labels == labels.vlm_labels[:, None]).any(axis=1)
+    count = int(clash.sum())
+    if count:
+        log.warning("%d of %d images have a VLM ordinary label that is also one of their own complementary "
+                    "labels; they are left out of the ordinary term", count, int((labels.vlm_labels >= 0).sum()))
+    return replace(labels, vlm_labels=np.where(clash, -1, labels.vlm_labels)), count

@@ -24,7 +24,8 @@ class LabelSet:
     uint8 (N, H, W) or (N, H, W, C). ``paths``: optional image files. ``features``: optional (N, D).
     ``true_labels``: (N,) ground truth when it differs from ``ord_labels`` (ordinary labels read from a
     label file over a labelled folder: train on ``ord_labels``, validate on ``true_labels``); None means
-    ``ord_labels`` are the truth.
+    ``ord_labels`` are the truth. ``vlm_labels``: (N,) ordinary labels read from a second label file
+    (``--ordinary-labels``, -1 = none): trained on by the ordinary term only, never read as truth.
     """
 
     class_names: list[str]
@@ -35,6 +36,7 @@ class LabelSet:
     paths: list[Path] | None = None
     features: np.ndarray | None = None
     true_labels: np.ndarray | None = None
+    vlm_labels: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -43,8 +45,12 @@ class LabelSet:
         self.ord_labels = np.asarray(self.ord_labels, dtype=np.int64).reshape(n)
         if self.true_labels is not None:
             self.true_labels = np.asarray(self.true_labels, dtype=np.int64).reshape(n)
+        if self.vlm_labels is not None:
+            self.vlm_labels = np.asarray(self.vlm_labels, dtype=np.int64).reshape(n)
         K = len(self.class_names)
         checked = [("cl_labels", self.cl_labels), ("ord_labels", self.ord_labels), ("true_labels", self.truth)]
+        if self.vlm_labels is not None:
+            checked.append(("vlm_labels", self.vlm_labels))
         for what, values in checked:
             bad = np.argwhere((values < -1) | (values >= K))
             if len(bad):
@@ -86,7 +92,8 @@ class LabelSet:
             images=None if self.images is None else self.images[index],
             paths=None if self.paths is None else [self.paths[i] for i in index],
             features=None if self.features is None else self.features[index],
-            true_labels=None if self.true_labels is None else self.true_labels[index], meta=dict(self.meta))
+            true_labels=None if self.true_labels is None else self.true_labels[index],
+            vlm_labels=None if self.vlm_labels is None else self.vlm_labels[index], meta=dict(self.meta))
 
     def keep_cls(self, num_cl: int | None) -> "LabelSet":
         """Return a copy keeping the first ``num_cl`` CL columns (all when None or 0)."""

@@ -77,7 +77,7 @@ class CLLModule(pl.LightningModule):
         """Return ``ordinary_weight`` times the cross-entropy on the batch rows with an ordinary label (else 0).
 
         Training batches carry ordinary labels only where the run has them (the gold images of
-        ``--gold-count``), so a CL run also learns from the labels it paid for.
+        ``--gold-count``, the VLM's ``--ordinary-labels``), so a CL run also learns from them.
         """
         known = true >= 0
         if not self.ordinary_weight or not bool(known.any()):

@@ -56,7 +56,9 @@ class TrainConfig:
     eval_every: int = 1
     weight_decay: float = 0.0
     early_stop: int | None = None  # stop after this many validations without a better score
-    ordinary_weight: float = 0.0  # CL strategies: add this times the cross-entropy on the gold labels
+    ordinary_weight: float | None = None  # CL strategies: this times the cross-entropy on the gold labels and
+    # the --ordinary-labels; None = 1 with ordinary_labels, else 0
+    ordinary_labels: str | None = None  # a second label file of VLM ordinary labels for the ordinary term
     matrix_rounds: int = 2  # anchor / em: how many train-then-estimate rounds before the final run
     restarts: int = 1  # train this many initialisations; keep the one with the best validation score
     accelerator: str = "auto"
@@ -99,9 +101,9 @@ def prepare(cfg: TrainConfig) -> PreparedData:
     spec = losses.get(cfg.strategy, cfg.type)
     _check_gold_count(cfg, spec)
     _check_ordinary_weight(cfg, spec)
-    sources = load_sources(cfg.data, cfg.label_path, ordinary=spec.ordinary, long_label=cfg.long_label,
+    sources = _with_vlm_ordinary_labels(cfg, load_sources(cfg.data, cfg.label_path, ordinary=spec.ordinary, long_label=cfg.long_label,
                            classes=cfg.classes, test_data=cfg.test_data, cl_control=cfg.cl_control,
-                           label_control=cfg.label_control, image_key=cfg.image_key)
+                           label_control=cfg.label_control, image_key=cfg.image_key))
     train, test = sources.train, sources.test
     K = train.num_classes
     if K < 2:
@@ -129,6 +131,7 @@ def prepare(cfg: TrainConfig) -> PreparedData:
         train = train.keep_cls(SEED_NUM_CL if cfg.num_cl is None and not synthetic else cfg.num_cl)
         train = _count_repeats(train)
         train = train.subset((train.cl_labels >= 0).any(axis=1))
+        train = _drop_contradictions(train)
         if cfg.gold_count is not None:
             train = _keep_gold(train, cfg.gold_count, cfg.seed)
     if len(train) < 2:
@@ -169,18 +172,60 @@ def _count_repeats(train: LabelSet) -> LabelSet:
     return replace(train, meta={**train.meta, "repeated_cls": repeats})
 
 
+def ordinary_weight(cfg: TrainConfig) -> float:
+    """Return the weight of the ordinary term: ``cfg.ordinary_weight``, or 1 with ``--ordinary-labels`` and 0 without."""
+    if cfg.ordinary_weight is not None:
+        return float(cfg.ordinary_weight)
+    return 1.0 if cfg.ordinary_labels else 0.0
+
+
 def _check_ordinary_weight(cfg: TrainConfig, spec: losses.LossSpec) -> None:
-    """``--ordinary-weight`` trains on the gold labels too; without ``--gold-count`` it would use every true label."""
-    if not cfg.ordinary_weight:
+    """The ordinary term trains on gold labels (``--gold-count``) and/or ``--ordinary-labels``, never on all truth."""
+    if cfg.ordinary_labels and spec.ordinary:
+        raise TrainError("--ordinary-labels adds VLM ordinary labels to a complementary-label strategy; for Ord "
+                         "pass the ordinary run as --label-path")
+    weight = ordinary_weight(cfg)
+    if not weight:
         return
-    if cfg.ordinary_weight < 0:
-        raise TrainError(f"--ordinary-weight must be >= 0, got {cfg.ordinary_weight}")
+    if weight < 0:
+        raise TrainError(f"--ordinary-weight must be >= 0, got {weight}")
     if spec.ordinary:
         raise TrainError("--ordinary-weight adds ordinary labels to a complementary-label strategy; Ord already "
                          "trains on them (drop --ordinary-weight)")
-    if cfg.gold_count is None:
-        raise TrainError("--ordinary-weight trains on the gold labels of --gold-count N; without it every true "
-                         "label of the data would train the model")
+    if cfg.gold_count is None and not cfg.ordinary_labels:
+        raise TrainError("--ordinary-weight trains on the gold labels of --gold-count N or on --ordinary-labels; "
+                         "without either every true label of the data would train the model")
+
+
+def _with_vlm_ordinary_labels(cfg: TrainConfig, sources):
+    """Return ``sources`` with the training images' ``vlm_labels`` read from ``--ordinary-labels`` (if given)."""
+    if not cfg.ordinary_labels:
+        return sources
+    from trainers.label_files import attach_vlm_ordinary_labels
+
+    return replace(sources, train=attach_vlm_ordinary_labels(sources.train, cfg.ordinary_labels, cfg.long_label,
+                                                             cfg.classes))
+
+
+def _drop_contradictions(train: LabelSet) -> LabelSet:
+    """Return ``train`` without the VLM ordinary labels that are one of the image's own CLs (counted in meta)."""
+    from trainers.label_files import drop_contradicting_ordinary_labels
+
+    if train.vlm_labels is None:
+        return train
+    kept, clashes = drop_contradicting_ordinary_labels(train)
+    return replace(kept, meta={**kept.meta, "ordinary_contradictions": clashes})
+
+
+def ordinary_targets(cfg: TrainConfig, train: LabelSet) -> np.ndarray:
+    """Return (N,) what the ordinary term of a CL strategy trains on: the gold label, else the VLM label, else -1.
+
+    Without ``--gold-count`` the data's truth is never a target (``ord_labels`` then holds every true
+    label); the VLM labels never reach validation, which reads ``train.truth``.
+    """
+    gold = train.ord_labels if cfg.gold_count is not None else np.full(len(train), -1, dtype=np.int64)
+    vlm = train.vlm_labels if train.vlm_labels is not None else np.full(len(train), -1, dtype=np.int64)
+    return np.where(gold >= 0, gold, vlm)
 
 
 def _keep_gold(train: LabelSet, gold_count: int, seed: int) -> LabelSet:
@@ -303,7 +348,7 @@ def _fit(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Pa
     pl.seed_everything(cfg.seed if init_seed is None else init_seed, workers=True, verbose=False)
     model = build_model(cfg.model, dm.input_shape, len(T))
     module = CLLModule(model, cfg.strategy, cfg.type, T, prior, cfg.lr, valid_type, cfg.weight_decay,
-                       cfg.ordinary_weight)
+                       ordinary_weight(cfg))
     mode = VALID_TYPES[valid_type]
     last = output / "checkpoints" / "last.ckpt"
     # save_last is not used: Lightning >= 2.6 writes last.ckpt only together with a new best, so it
@@ -387,6 +432,16 @@ def _matrix_from_predictions(cfg: TrainConfig, name: str, dm, prior, valid_type:
     return T, info
 
 
+def _ordinary_summary(cfg: TrainConfig, train: LabelSet, dm) -> dict | None:
+    """Return what ``--ordinary-labels`` gave the run (None without it): file, images trained on, contradictions."""
+    if not cfg.ordinary_labels:
+        return None
+    vlm = train.vlm_labels
+    return {"file": str(cfg.ordinary_labels), "images": int((vlm >= 0).sum()),
+            "fit_images": int((vlm[dm.train_index] >= 0).sum()),
+            "contradictions_dropped": int(train.meta.get("ordinary_contradictions", 0))}
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train one model per ``cfg``; write checkpoints, metrics and ``results.json`` under ``output_dir``.
 
@@ -411,11 +466,13 @@ def run(cfg: TrainConfig) -> dict:
     else:
         kind = data.kind
     valid_type, valid_truth, valid_labels, valid_count = _choose_validation(cfg, train, data.valid_index)
+    targets = None if losses.get(cfg.strategy, cfg.type).ordinary else ordinary_targets(cfg, train)
     if kind == "features":
-        dm = EmbeddingDataModule(train, data.valid_index, test, cfg.batch_size, cfg.seed, valid_truth=valid_truth)
+        dm = EmbeddingDataModule(train, data.valid_index, test, cfg.batch_size, cfg.seed, valid_truth=valid_truth,
+                                 train_targets=targets)
     else:
         dm = ImageDataModule(train, data.valid_index, test, cfg.batch_size, cfg.image_size, cfg.augment, cfg.seed,
-                             progress=cfg.progress, valid_truth=valid_truth)
+                             progress=cfg.progress, valid_truth=valid_truth, train_targets=targets)
     fit_cl = train.cl_labels[dm.train_index]
     counts = np.bincount(fit_cl[fit_cl >= 0], minlength=train.num_classes).astype(np.float64)
     prior = counts / counts.sum() if counts.sum() else None
@@ -440,7 +497,8 @@ def run(cfg: TrainConfig) -> dict:
         "valid_images": len(data.valid_index), "num_cl": int(train.cl_labels.shape[1]),
         "synthetic_cls": data.synthetic, "transition_matrix": info.describe(),
         "matrix_oracle": info.oracle, "gold_labels": info.gold_labels, "weight_decay": cfg.weight_decay,
-        "ordinary_weight": cfg.ordinary_weight, "early_stop": cfg.early_stop,
+        "ordinary_weight": ordinary_weight(cfg), "ordinary_labels": _ordinary_summary(cfg, train, dm),
+        "early_stop": cfg.early_stop,
         "restart_scores": restart_scores, "inputs": kind,
         "device": str(module.device),
     }
