@@ -193,8 +193,8 @@ def _check_ordinary_weight(cfg: TrainConfig, spec: losses.LossSpec) -> None:
         raise TrainError("--ordinary-weight adds ordinary labels to a complementary-label strategy; Ord already "
                          "trains on them (drop --ordinary-weight)")
     if cfg.gold_count is None and not cfg.ordinary_labels:
-        raise TrainError("--ordinary-weight trains on the gold labels of --gold-count N or on --ordinary-labels; "
-                         "without either every true label of the data would train the model")
+        raise TrainError("--ordinary-weight trains on the gold labels of --gold-count N (or on --ordinary-labels); "
+                         "without it every true label of the data would train the model")
 
 
 def _with_vlm_ordinary_labels(cfg: TrainConfig, sources):

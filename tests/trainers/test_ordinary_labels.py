@@ -124,3 +124,28 @@ def test_noisy_ordinary_labels_improve_accuracy_over_cls_alone(tmp_path):
     assert both["ordinary_weight"] == 1.0
     print("test accuracy: CLs alone", alone["test_Accuracy"], "with ordinary labels", both["test_Accuracy"])
     assert both["test_Accuracy"] > alone["test_Accuracy"] + 0.05, (alone["test_Accuracy"], both["test_Accuracy"])
+
+
+def test_cli_trains_with_ordinary_labels_and_reports_the_contradictions(tmp_path, folder_with_both):
+    from typer.testing import CliRunner
+
+    from labelloop.cli import app
+
+    folder, csv, run_dir, *_ = folder_with_both
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["train", "--strategy", "FWD", "--model", "linear", "--data", str(folder),
+                                      "--label-path", str(csv), "--long-label", "--num-cl", "1",
+                                      "--ordinary-labels", str(run_dir), "--ordinary-weight", "0.5", "--epoch", "1",
+                                      "--output-dir", str(out), "--no-progress", "--accelerator", "cpu"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results["ordinary_weight"] == 0.5
+    assert results["ordinary_labels"]["contradictions_dropped"] == 5
+    assert results["ordinary_labels"]["images"] == 55
+
+
+def test_ordinary_labels_are_refused_for_ord(tmp_path, folder_with_both):
+    folder, csv, run_dir, *_ = folder_with_both
+    cfg = TrainConfig(strategy="Ord", data=str(folder), ordinary_labels=str(run_dir), progress=False)
+    with pytest.raises(ValueError, match="--ordinary-labels"):
+        prepare(cfg)
