@@ -107,3 +107,37 @@ class SimilarityOrder:
             self.computed += 1
         log.info("project %s: tasks ordered by similarity to %s over %d embedded tasks", project, ref, len(known))
         return ranked
+
+
+def cli_project_embeddings(model_dir, project: str):
+    """Return (features (N, D), names "task <id>", embedder spec, embedder id) of every embedded task of
+    `project` in MODEL_DIR's cache, for `labelloop similar --project` (registered by backend.cli).
+
+    Raises ValueError naming what is missing: the folder, the project (listing the known ones), or embeddings."""
+    from pathlib import Path
+
+    from labelers.cache import EmbeddingCache
+
+    from backend.store import Store
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "embeddings.sqlite3").is_file():
+        raise ValueError(f"{model_dir} holds no backend state (no embeddings.sqlite3): pass the MODEL_DIR the "
+                         "backend runs with")
+    store = Store(model_dir)
+    try:
+        found = store.get_project(str(project))
+        if found is None:
+            known = ", ".join(p.id for p in store.list_projects()) or "none"
+            raise ValueError(f"project {project} is not in {model_dir} (projects: {known})")
+        tasks = store.embedded_tasks(found.id)
+        vectors = EmbeddingCache(model_dir / "embeddings.sqlite3").get_many(found.embedder_id, list(set(tasks.values()))) \
+            if found.embedder_id and tasks else {}
+    finally:
+        store.close()
+    rows = [(t, key) for t, key in tasks.items() if key in vectors]
+    if not rows:
+        raise ValueError(f"project {project} has no embedded task in {model_dir} yet (the backend embeds a "
+                         "project's tasks after /setup; see `labelloop status`)")
+    features = np.stack([vectors[key] for _, key in rows])
+    return features, [f"task {t}" for t, _ in rows], found.embedder, found.embedder_id
