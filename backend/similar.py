@@ -131,8 +131,8 @@ def cli_project_embeddings(model_dir, project: str):
             known = ", ".join(p.id for p in store.list_projects()) or "none"
             raise ValueError(f"project {project} is not in {model_dir} (projects: {known})")
         tasks = store.embedded_tasks(found.id)
-        vectors = EmbeddingCache(model_dir / "embeddings.sqlite3").get_many(found.embedder_id, list(set(tasks.values()))) \
-            if found.embedder_id and tasks else {}
+        cache = EmbeddingCache(model_dir / "embeddings.sqlite3")
+        vectors = cache.get_many(found.embedder_id, list(tasks.values())) if found.embedder_id and tasks else {}
     finally:
         store.close()
     rows = [(t, key) for t, key in tasks.items() if key in vectors]
