@@ -87,6 +87,14 @@ def status(
         typer.echo(f"learning curve ({drawn} point(s)) written to {plot}")
 
 
+def project_embeddings(model_dir: Path, project: str):
+    """`labelloop similar --project`: a backend project's cached embeddings (backend.similar, imported here
+    so `labelloop --help` stays instant)."""
+    from backend.similar import cli_project_embeddings
+
+    return cli_project_embeddings(model_dir, project)
+
+
 def register(app: typer.Typer) -> None:
     """Add this room's subcommands to the labelloop app."""
     from backend.importer import import_command  # light: the SDK is imported inside the command
@@ -94,3 +102,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("import")(import_command)
     app.command("status")(status)
+    import labelers.cli
+
+    labelers.cli.PROJECT_EMBEDDINGS = project_embeddings  # `labelloop similar --project`

@@ -79,6 +79,17 @@ def _hash_order(keys, seed: int) -> list[str]:
     return sorted(keys, key=lambda k: _digest(seed, k))
 
 
+def project_embeddings(store, cache, project: str, embedder_id: str,
+                       keys: list[str] | None = None) -> tuple[list[str], np.ndarray | None]:
+    """Return (content keys, their (N, D) features) for the embedded images of `project` that the cache
+    holds for `embedder_id`, keys sorted (so nothing depends on the order tasks were embedded in); features
+    is None when there are none. `keys`: the project's content keys when already read."""
+    keys = sorted(store.project_content_keys(project) if keys is None else keys)
+    vectors = cache.get_many(embedder_id, keys) if keys else {}
+    known = [k for k in keys if k in vectors]
+    return known, (np.stack([vectors[k] for k in known]) if known else None)
+
+
 class ColdStartOrder:
     """Per project: {content key: score} over its cached embeddings; thread-safe.
 
@@ -118,11 +129,10 @@ class ColdStartOrder:
     def _compute(self, project: str, embedder_id: str, n_labels: int, keys: list[str]) -> list[str]:
         """Return the project's content keys in coverage order (keys sorted first: the order depends on the
         images, never on task ids or the order they were embedded in)."""
-        vectors = self.cache.get_many(embedder_id, keys) if keys else {}
-        known = [k for k in keys if k in vectors]
+        known, features = project_embeddings(self.store, self.cache, project, embedder_id, keys)
         if not known:
             return []
-        order = coverage_order(np.stack([vectors[k] for k in known]), n_labels, project_seed(project), known)
+        order = coverage_order(features, n_labels, project_seed(project), known)
         self.computed += 1
         log.info("project %s: cold-start order over %d embedded tasks (k-means coverage, seed %d)",
                  project, len(known), project_seed(project))

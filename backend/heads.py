@@ -169,12 +169,14 @@ class HeadCache:
         log.info("project %s: serving head %s", project, version.model_version)
         return head
 
-    def predictions(self, project: str, version, target: ImageClassification, embedded, strategy: str):
+    def predictions(self, project: str, version, target: ImageClassification, embedded, strategy: str,
+                    similar_scores: dict[str, float] | None = None):
         """Return the items `head_predictions` returns for `embedded` with the head serving `version`, scored
-        by the project's cold-start order while `in_cold_start` holds (else by `strategy`)."""
+        by `similar_scores` when given ({content key: score}, backend.similar: "more like this"), else by the
+        project's cold-start order while `in_cold_start` holds, else by `strategy`."""
         head = self.get(project, version, target, embedded.embedder)
-        cold = None
-        if self.cold_start is not None and in_cold_start(version, embedded.embedder, target):
+        cold = similar_scores
+        if cold is None and self.cold_start is not None and in_cold_start(version, embedded.embedder, target):
             cold = self.cold_start.scores(project, embedded.embedder.id, len(target.labels))
         return head_predictions(head, target, embedded, strategy, version.model_version, cold_scores=cold)
 

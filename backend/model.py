@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 from backend.embedders import describe_spec
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
-from backend.labels import ImageClassification, label_interface, parse_label_config
+from backend.labels import ImageClassification, LabelConfigError, label_interface, parse_label_config
 from backend.predictor import PredictorChoice, PredictorRules
 from backend.schemas import ModelResponse, PredictionValue
+from backend.similar import PARAM as SIMILAR_PARAM, parse_reference
 from backend.versions import initial_version
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class LabelloopModel:
     TRAIN_EVENTS = TRAIN_EVENTS
 
     def __init__(self, project_id: str, label_config: str | None = None, extra_params: dict[str, Any] | None = None,
-                 *, store, embeddings, heads, vlm, training, warmer, rules: PredictorRules,
+                 *, store, embeddings, heads, vlm, training, warmer, rules: PredictorRules, similar=None,
                  served_version: Callable[..., str | None], default_embedder: str, counters,
                  predict_budget: float | None = None, retrain_on_submit: bool = True,
                  label_studio_connected: bool = False, on_drift: Callable[[str, str], None] | None = None):
@@ -39,6 +40,7 @@ class LabelloopModel:
         self._label_config, self._extra_params = label_config, extra_params
         self.store, self.embeddings, self.heads, self.vlm = store, embeddings, heads, vlm
         self.training, self.warmer, self.rules, self.counters = training, warmer, rules, counters
+        self.similar = similar  # a backend.similar.SimilarityOrder: extra_params similar_to
         self.served_version, self.default_embedder = served_version, default_embedder
         self.predict_budget, self.retrain_on_submit = predict_budget, retrain_on_submit
         self.label_studio_connected = label_studio_connected
@@ -94,6 +96,11 @@ class LabelloopModel:
         """The uncertainty strategy behind `score`: extra_params["strategy"], else the configured default."""
         return self.rules.strategy(self.extra_params)
 
+    @property
+    def similar_to(self) -> int | str | None:
+        """The "more like this" reference (extra_params similar_to: a task id or an image URL), or None."""
+        return parse_reference(self.extra_params)
+
     def get(self, key: str) -> str | None:
         return self.store.kv_get(self.project_id, key)
 
@@ -111,6 +118,7 @@ class LabelloopModel:
         project gets its tasks embedded in the background when Label Studio credentials are configured.
         """
         _ = self.target, self.strategy, self.predictor  # validate before recording anything
+        self._check_reference()
         project, created = self._connect()
         if created or not self.warmer.started(self.project_id):
             self.warmer.warm(self.project_id)  # the head trains on embeddings, VLM project or not
@@ -119,6 +127,38 @@ class LabelloopModel:
             # (a CLIP project needs none: its r0 is zero-shot from the text tower).
             self.warmer.run_in_background(self._prepare_prior)
         return self.model_version
+
+    def _check_reference(self) -> None:
+        """Refuse (LabelConfigError, 422) a similar_to task id that the project's embedded tasks show cannot
+        be the reference. Judged at /predict instead when nothing is embedded yet (the warm-up runs after
+        /setup) and for an image URL (embedding it needs the weights, which /setup never loads)."""
+        ref = self.similar_to
+        if ref is None:
+            return
+        if self.predictor.predictor == "vlm":
+            raise LabelConfigError(f"extra_params {SIMILAR_PARAM} orders tasks over the head's embeddings; "
+                                   "it does not apply to predictor vlm")
+        project = self.store.get_project(self.project_id)
+        if isinstance(ref, int) and project is not None and project.embedder_id \
+                and self.store.embedded_tasks(self.project_id):
+            self.similar.task_reference(self.project_id, project.embedder_id, ref)
+
+    def _similar_scores(self, project, embedder) -> dict[str, float] | None:
+        """{content key: similarity rank score} while similar_to is set, else None; raises LabelConfigError
+        when the reference cannot be found or embedded."""
+        ref = self.similar_to
+        if ref is None:
+            return None
+
+        def embed_url(url: str):
+            got = self.embeddings.embed(project, [{"data": {self.target.data_key: url}}], self.target.data_key)
+            if not got.ok[0]:
+                reason = got.errors.get(0, "not fetched within the predict budget")
+                raise LabelConfigError(f"extra_params {SIMILAR_PARAM}: cannot embed {url!r}: {reason}")
+            return got.features[0]
+
+        reference = self.similar.reference(self.project_id, embedder.id, ref, embed_url)
+        return self.similar.scores(self.project_id, embedder.id, ref, reference)
 
     def _prepare_prior(self) -> None:
         """Build the ImageNet prior of the project's labels (cached per label set; a no-op once built or
@@ -164,7 +204,8 @@ class LabelloopModel:
         version = self.store.get_version(self.project_id, project.model_version)
         embedded = self.embeddings.embed(project, tasks, self.target.data_key, budget=self.predict_budget)
         # Scored by the project's cold-start order until the head has evidence (backend.heads.in_cold_start).
-        items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy)
+        items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy,
+                                       similar_scores=self._similar_scores(project, embedded.embedder))
         if embedded.pending:
             self.warmer.embed_new_tasks(self.project_id, [tasks[i] for i in embedded.pending])
             log.warning("project %s: %d of %d tasks not predicted within the %g s budget "

@@ -14,6 +14,7 @@ import httpx
 from backend.config import ConfigError, Settings
 from backend.counters import Counters
 from backend.cold_start import ColdStartOrder
+from backend.similar import SimilarityOrder
 from backend.embedders import EmbedderPool, choose_spec, describe_spec
 from backend.embedding import EmbeddingService
 from backend.fetching import Fetcher
@@ -72,6 +73,7 @@ class Runtime:
         self.embeddings = EmbeddingService(self.store, self.cache, self.embedders, self.fetcher,
                                            settings.embed_batch_size, settings.fetch_timeout_seconds)
         self.heads = HeadCache(cold_start=ColdStartOrder(self.store, self.cache))
+        self.similar = SimilarityOrder(self.store, self.cache)
         self.vlm_settings = _vlm_settings(settings)
         self.rules = PredictorRules(settings, self.vlm_settings)
         self.vlms = VLMPool(settings, self.vlm_settings, vlm_loader)  # loaded on first VLM /predict only
@@ -100,7 +102,7 @@ class Runtime:
         settings = self.settings
         return LabelloopModel(
             project, label_config, extra_params, store=self.store, embeddings=self.embeddings, heads=self.heads,
-            vlm=self.vlm, training=self.queue, warmer=self.warmer, rules=self.rules,
+            vlm=self.vlm, training=self.queue, warmer=self.warmer, rules=self.rules, similar=self.similar,
             served_version=self.served_version, default_embedder=self.default_spec, counters=self.counters,
             predict_budget=settings.predict_budget_seconds, retrain_on_submit=settings.retrain == "on_submit",
             label_studio_connected=self.ls.configured,

@@ -402,6 +402,12 @@ class Store:
         return [r["content_key"] for r in self._conn().execute(
             "SELECT DISTINCT content_key FROM tasks WHERE project=? AND content_key IS NOT NULL", (project,))]
 
+    def embedded_tasks(self, project: str) -> dict[int, str]:
+        """Return task_id -> content key for every task of `project` whose image was embedded."""
+        return {r["task_id"]: r["content_key"] for r in self._conn().execute(
+            "SELECT task_id, content_key FROM tasks WHERE project=? AND content_key IS NOT NULL ORDER BY task_id",
+            (project,))}
+
     # -- training runs ----------------------------------------------------------------------------------------
     def start_run(self, project: str, reason: str) -> int:
         with self._tx() as db:

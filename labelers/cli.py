@@ -32,7 +32,7 @@ The .npz holds features, labels, class_names, names (each row's image as <class>
 
 SIMILAR_HELP = f"""Print the embeddings nearest to IMAGE ("more like this"), most similar first.
 
-IMAGE is an image file (embedded with the embeddings' own embedder) or the name of a row in them. --embeddings is an .npz with features and names (`labelloop embed` writes one) or an image folder (embedded through the cache). Search is exact below --exact-below rows, a faiss IVF index above.
+IMAGE is an image file (embedded with the embeddings' own embedder) or the name of a row in them. --embeddings is an .npz with features and names (`labelloop embed` writes one) or an image folder (embedded through the cache); --project ID --model-dir DIR searches a backend project's cached embeddings instead (IMAGE: a task id or an image file; rows are "task <id>"). Search is exact below --exact-below rows, a faiss IVF index above.
 
 {EMBEDDER_SPECS}"""
 
@@ -269,9 +269,34 @@ def _embed_any_folder(folder: Path, embedder_spec: str, cache_path: Optional[Pat
                      model.spec, model.id)
 
 
+# Set by backend.cli.register (labelers never imports backend): (model_dir, project) -> (features, names,
+# embedder spec, embedder id) of a backend project's cached embeddings, for `similar --project`.
+PROJECT_EMBEDDINGS = None
+
+
+def _project_embedded(model_dir: Optional[Path], project: str) -> _Embedded:
+    """Return a backend project's cached embeddings (rows named "task <id>") through PROJECT_EMBEDDINGS."""
+    import numpy as np
+
+    from .datasets import FeatureDataset
+
+    if PROJECT_EMBEDDINGS is None:
+        _fail("--project needs the backend (backend.cli): it is not installed in this environment")
+    if model_dir is None:
+        _fail("--project needs --model-dir (or env MODEL_DIR): the backend's state folder")
+    features, names, spec, embedder_id = PROJECT_EMBEDDINGS(model_dir, project)
+    return _Embedded(FeatureDataset(features, np.zeros(len(features), np.int64), ["?"]), names, spec, embedder_id)
+
+
 def similar(
-    image: str = typer.Argument(..., help="reference image file, or the name of a row in --embeddings"),
-    embeddings: Path = typer.Option(..., "--embeddings", help="features .npz (with names) or an image folder"),
+    image: str = typer.Argument(..., help="reference image file, or the name of a row in the embeddings "
+                                          "(with --project: a task id)"),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings",
+                                              help="features .npz (with names) or an image folder"),
+    project: Optional[str] = typer.Option(None, "--project",
+                                          help="a backend project's id: search its cached embeddings instead"),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", envvar="MODEL_DIR",
+                                             help="the backend's state folder (with --project)"),
     k: int = typer.Option(10, "--k", min=1, help="how many neighbours to print"),
     embedder: Optional[str] = typer.Option(None, help="embedder spec (default: the .npz's own; auto for a folder)"),
     cache: Optional[Path] = typer.Option(None, help="embedding cache file (default: user cache)"),
@@ -281,14 +306,21 @@ def similar(
     from .datasets import DatasetError
     from .similarity import EXACT_BELOW, SimilarityIndex
 
-    if not embeddings.exists():
+    if (embeddings is None) == (project is None):
+        _fail("pass exactly one of --embeddings (an .npz or image folder) and --project (a backend project)")
+    if project is not None:
+        image = f"task {image}" if image.strip().isdigit() else image
+    elif not embeddings.exists():
         _fail(f"{embeddings}: no such file or folder")
-    if embeddings.suffix in (".sqlite", ".db"):
+    elif embeddings.suffix in (".sqlite", ".db"):
         _fail(f"{embeddings} is an embedding cache: it is keyed by image content and holds no names. Pass the "
               f"image folder as --embeddings and this file as --cache")
     try:
-        embedded = _load_npz(embeddings) if embeddings.is_file() else \
-            _embed_any_folder(embeddings, embedder or "auto", cache)
+        if project is not None:
+            embedded = _project_embedded(model_dir, project)
+        else:
+            embedded = _load_npz(embeddings) if embeddings.is_file() else \
+                _embed_any_folder(embeddings, embedder or "auto", cache)
         query, row = _reference_vector(image, embedded, embedder, cache)
         index = SimilarityIndex(embedded.dataset.features, exact_below=exact_below or EXACT_BELOW)
         sims, idx = index.search(query, k + (row is not None))
