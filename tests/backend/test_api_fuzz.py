@@ -13,7 +13,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.backend.conftest import CHOICES_XML, setup_project
+from tests.backend.conftest import CHOICES_XML, local_task, setup_project
 
 # Per operation and generation mode; 7 operations x 2 modes x 30 stays within seconds in process.
 MAX_EXAMPLES = 30
@@ -65,20 +65,37 @@ def operations(app):
     return [result.ok() for result in schema.get_all_operations()]
 
 
+PROJECT = "1.1700000000"
+
+
+def on_served_project(case):
+    """Point a generated body at the project set up before the fuzz, so /predict and /webhook reach the model
+    (a random project id mostly stops at "no such project"); half the tasks get a real local image."""
+    if isinstance(case.body, dict):
+        case.body["project"] = PROJECT
+        for i, task in enumerate(case.body.get("tasks") or []):
+            if isinstance(task, dict) and i % 2 == 0:
+                task["data"] = {"image": "/data/local-files/?d=imgs/red0.png"}
+    return case
+
+
 @pytest.mark.timeout(180)  # a hang fails the test instead of stalling CI; not a speed assertion
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
-def test_fuzz_every_operation(make_client, mode):
-    with make_client(raise_server_exceptions=False, basic_auth_user=USER, basic_auth_pass=PASSWORD) as (client, _):
+@pytest.mark.parametrize("mode, served", [(GenerationMode.POSITIVE, False), (GenerationMode.NEGATIVE, False),
+                                          (GenerationMode.POSITIVE, True)], ids=["valid", "invalid", "served"])
+def test_fuzz_every_operation(make_client, docroot, mode, served):
+    with make_client(raise_server_exceptions=False, basic_auth_user=USER, basic_auth_pass=PASSWORD,
+                     local_files_document_root=docroot) as (client, _):
         client.headers["Authorization"] = BASIC  # for setup_project; send() sets its own per case
-        setup_project(client, xml=CHOICES_XML)  # a served project, so /predict and /webhook reach the model
+        setup_project(client, project=PROJECT, xml=CHOICES_XML)
         ops = operations(client.app)
         assert {op.path for op in ops} >= {"/", "/health", "/setup", "/predict", "/webhook", "/versions",
                                            "/metrics"}
         seen: dict[str, set[int]] = {}
         for op in ops:
+            strategy = op.as_strategy(generation_mode=mode)
 
             @FUZZ_SETTINGS
-            @given(case=op.as_strategy(generation_mode=mode))
+            @given(case=strategy.map(on_served_project) if served else strategy)
             def fuzz(case):
                 response = send(client, case, authorized=mode == GenerationMode.POSITIVE)
                 seen.setdefault(f"{op.method.upper()} {op.path}", set()).add(response.status_code)
@@ -112,3 +129,17 @@ def test_error_body_matches_declared_schema(make_client):
     assert set(error_schema["required"]) == set(body)
     assert {k: v["type"] for k, v in error_schema["properties"].items()} == {"detail": "string", "status": "integer"}
     assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_setup_with_an_empty_schema_keeps_the_stored_config(make_client, docroot):
+    """Regression (found by the fuzz): /setup with "schema": "" answered 200 after validating the stored config,
+    then stored "" over it, so every later /predict answered 422 "the label config is empty"."""
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        version = setup_project(client, xml=CHOICES_XML)
+        resp = client.post("/setup", json={"project": "1.1700000000", "schema": ""})
+        assert resp.status_code == 200 and resp.json()["model_version"] == version
+        assert runtime.store.get_project("1").label_config == CHOICES_XML
+        task = local_task(1, "imgs/red0.png")
+        predicted = client.post("/predict", json={"tasks": [task], "project": "1.1700000000"})
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["results"][0]["result"][0]["value"]["choices"][0] in {"red", "green", "blue"}
