@@ -44,7 +44,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # selenium drives the system chromium/chromedriver (make setup-browser) in the browser e2e test.
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.15,<5"],
+    # schemathesis fuzzes the API from its own OpenAPI schema (tests/backend/test_api_fuzz.py).
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.15,<5", "schemathesis>=4.32,<5"],
     "bench": ["tabulate>=0.9"],
 }
 

@@ -28,8 +28,8 @@ from backend.runtime import Runtime
 from backend.version_sync import STATE_KEY
 from backend.vlm_models import VLMUnavailable
 from backend.suspects import metrics_view
-from backend.schemas import (PayloadError, PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookEvent,
-                             project_id)
+from backend.schemas import (ErrorResponse, PayloadError, PredictRequest, PredictResponse, SetupRequest, SetupResponse,
+                             WebhookEvent, project_id)
 
 log = logging.getLogger("backend.app")
 
@@ -200,8 +200,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         yield
         runtime.close()
 
+    # "default" declares our own error body for every error status, replacing FastAPI's HTTPValidationError
+    # for 422 (a list of field errors), which _error never sends.
     app = FastAPI(title="labelloop ML backend", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None,
+                  responses={"default": {"model": ErrorResponse, "description": "an error, named in detail"}})
     app.state.runtime = runtime
     app.add_middleware(BodySizeLimit, limit=runtime.settings.max_request_bytes)
     _install_log_redaction()

@@ -37,7 +37,9 @@ class LabelloopModel:
                  predict_budget: float | None = None, retrain_on_submit: bool = True,
                  label_studio_connected: bool = False, on_drift: Callable[[str, str], None] | None = None):
         self.project_id = str(project_id)
-        self._label_config, self._extra_params = label_config, extra_params
+        # An empty config means "not given" everywhere: it is validated as the stored one, so it must not be
+        # stored over it either (a /setup with schema "" used to answer 200 and break every later /predict).
+        self._label_config, self._extra_params = label_config or None, extra_params
         self.store, self.embeddings, self.heads, self.vlm = store, embeddings, heads, vlm
         self.training, self.warmer, self.rules, self.counters = training, warmer, rules, counters
         self.similar = similar  # a backend.similar.SimilarityOrder: extra_params similar_to

@@ -54,6 +54,13 @@ class SetupRequest(_Open):
     extra_params: dict[str, Any] | None = None
 
 
+class ErrorResponse(BaseModel):
+    """The body of every error answer (4xx/5xx): what went wrong, and the status code again."""
+
+    detail: str
+    status: int
+
+
 class SetupResponse(BaseModel):
     model_version: str
 
