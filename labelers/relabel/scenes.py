@@ -56,14 +56,20 @@ def pair_scenes(paths: Sequence[Path], labels: Sequence[int], n_scenes: int, out
         order = [0, 1] if rng.random() < 0.5 or len(chosen) == 1 else [1, 0]
         path = out_dir / f"scene_{s:05d}.png"
         side_by_side([tiles[o] for o in order], tile).save(path)
-        given = int(labels[first])
-        if rng.random() < noise:
-            given = int(rng.choice([c for c in range(k) if c != given]))
-        scene_paths.append(path)
-        original.append(given)
-        truth.append(sorted({int(labels[i]) for i in chosen}))
+        _record(scene_paths, original, truth, path, int(labels[first]), [int(labels[i]) for i in chosen],
+                k, noise, rng)
     return SceneSet(scene_paths, np.asarray(original, np.int64), truth)
 
+
+
+def _record(scene_paths, original, truth, path, given: int, present: list[int], k: int, noise: float, rng) -> None:
+    """Append one scene: its path, its given single label (flipped to another class with probability `noise`)
+    and its true label set."""
+    if rng.random() < noise:
+        given = int(rng.choice([c for c in range(k) if c != given]))
+    scene_paths.append(path)
+    original.append(given)
+    truth.append(sorted(set(present)))
 
 def compose_scenes(paths: Sequence[Path], labels: Sequence[int], n_scenes: int, out_dir: Path,
                    count_probs: Sequence[float] = (0.84, 0.10, 0.04, 0.02), canvas: int = 96,
@@ -97,10 +103,6 @@ def compose_scenes(paths: Sequence[Path], labels: Sequence[int], n_scenes: int, 
             image.paste(Image.open(paths[i]).convert("RGB").resize((side, side), Image.BILINEAR), (x, y))
         path = out_dir / f"scene_{s:05d}.png"
         image.save(path)
-        given = int(labels[chosen[0]])
-        if rng.random() < noise:
-            given = int(rng.choice([c for c in range(k) if c != given]))
-        scene_paths.append(path)
-        original.append(given)
-        truth.append(sorted({int(labels[i]) for i in chosen}))
+        _record(scene_paths, original, truth, path, int(labels[chosen[0]]), [int(labels[i]) for i in chosen],
+                k, noise, rng)
     return SceneSet(scene_paths, np.asarray(original, np.int64), truth)
