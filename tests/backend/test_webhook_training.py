@@ -317,9 +317,10 @@ def test_project_version_is_synced_once_label_studio_has_its_predictions(make_cl
             fake.versions_with_predictions.add(v1)  # Retrieve Predictions stores them...
             predict(client)  # ...right after this call returns
             assert eventually(lambda: fake.project_versions == {1: v1}), fake.requests[-3:]
+            # the backend records the switch once Label Studio's answer is back: wait for that as well
+            assert eventually(lambda: runtime.store.kv_get("1", "labelloop.label_studio_model_version") == v1)
             patches = sum(r["method"] == "PATCH" for r in fake.requests)
             predict(client)  # already in step: no further update
-            assert runtime.store.kv_get("1", "labelloop.label_studio_model_version") == v1
     assert sum(r["method"] == "PATCH" for r in fake.requests) == patches == 1
     assert "did not take model_version" not in caplog.text  # no refused update in the log
 
