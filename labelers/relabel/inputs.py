@@ -108,6 +108,19 @@ SEED_AGGREGATION = {"average": "mean", "majority": "vote"}
 SEED_IGNORED = {"num_workers", "batch_size", "model", "model_path", "device", "seed"}
 
 
+# The seed's config keys -> (our option, conversion); keys with a closed set of values are mapped first.
+def _as_is(value):
+    return value
+
+
+SEED_KEYS = {
+    "crop_method": ("regions", _as_is), "num_crops": ("num_crops", int), "crop_size_method": ("crop_size", _as_is),
+    "confidence_measure": ("confidence", _as_is), "dropout_rate": ("dropout_rate", float),
+    "post_proc_logits": ("aggregation", _as_is), "threshold": ("threshold", float), "num_relabel": ("max_images", int),
+    "relabeled_dataset_save_path": ("save_path", Path), "json_dir": ("data", Path), "num_passes": ("passes", int),
+}
+SEED_CHOICES = {"confidence_measure": SEED_CONFIDENCE, "post_proc_logits": SEED_AGGREGATION}
+
 def read_seed_config(path: Path) -> dict:
     """Return our option names -> values from a seed config (relabel_naive.yaml etc.).
 
@@ -121,35 +134,17 @@ def read_seed_config(path: Path) -> dict:
         raise RelabelInputError(f"{path}: a config is a mapping of keys to values")
     out: dict = {"label": "argmax", "keep_original": True, "rounds": 1}
     for key, value in raw.items():
-        if key == "crop_method":
-            if value == "rpn":
-                log.warning("%s: crop_method rpn (a Faster R-CNN) is not available; using felzenszwalb proposals", path)
-                value = "felzenszwalb"
-            out["regions"] = value
-        elif key == "num_crops":
-            out["num_crops"] = int(value)
-        elif key == "crop_size_method":
-            out["crop_size"] = value
-        elif key == "confidence_measure":
-            if value not in SEED_CONFIDENCE:
-                raise RelabelInputError(f"{path}: confidence_measure {value!r} is not one of {', '.join(SEED_CONFIDENCE)}")
-            out["confidence"] = SEED_CONFIDENCE[value]
-        elif key == "dropout_rate":
-            out["dropout_rate"] = float(value)
-        elif key == "post_proc_logits":
-            if value not in SEED_AGGREGATION:
-                raise RelabelInputError(f"{path}: post_proc_logits {value!r} is not one of {', '.join(SEED_AGGREGATION)}")
-            out["aggregation"] = SEED_AGGREGATION[value]
-        elif key == "threshold":
-            out["threshold"] = float(value)
-        elif key == "num_relabel":
-            out["max_images"] = int(value)
-        elif key == "relabeled_dataset_save_path":
-            out["save_path"] = Path(value)
-        elif key == "json_dir":
-            out["data"] = Path(value)
-        elif key == "num_passes":
-            out["passes"] = int(value)
+        if key == "crop_method" and value == "rpn":
+            log.warning("%s: crop_method rpn (a Faster R-CNN) is not available; using felzenszwalb proposals", path)
+            value = "felzenszwalb"
+        if key in SEED_CHOICES:
+            choices = SEED_CHOICES[key]
+            if value not in choices:
+                raise RelabelInputError(f"{path}: {key} {value!r} is not one of {', '.join(choices)}")
+            value = choices[value]
+        if key in SEED_KEYS:
+            ours, convert = SEED_KEYS[key]
+            out[ours] = convert(value)
         elif key not in SEED_IGNORED:
             log.warning("%s: key %r is not used by labelloop relabel", path, key)
     return out
