@@ -156,7 +156,7 @@ def simulate(
     output_dir: Path = typer.Option(Path("runs/simulate"), "--output-dir"),
 ) -> None:
     from .datasets import DatasetError
-    from .learning_curves import format_summary, paired_gaps, plot_curves, summarize
+    from .learning_curves import format_summary, paired_gaps, summarize
     from .simulate import (SimulationSettings, binary_dataset, check_strategies, describe, simulate as run,
                            split_test)
 

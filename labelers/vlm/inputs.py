@@ -6,7 +6,6 @@ a local ``path`` and, when the source knows it, the ground-truth class name.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
