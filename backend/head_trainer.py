@@ -126,8 +126,13 @@ class HeadTrainer:
         features, y = embedded.features[rows], _targets(target, [labels[i] for i in rows])
         head = prior_head(target, embedded.embedder, self.heads.priors)  # the same prior as r0
         head.fit(features, y)
+        version = self.publish(project_id, head, len(rows), fingerprint)
+        # Estimated after publishing: the k-fold fits must not delay the version annotators are waiting for.
         accuracy = self.estimate(target, embedded.embedder, features, y, self.heads.priors)
-        version = self.publish(project_id, head, len(rows), fingerprint, accuracy)
+        if accuracy is not None:
+            self.store.set_accuracy(project_id, version, accuracy)
+        log.info("project %s: %s %s%s", project_id, version, describe(accuracy),
+                 f", estimated in {accuracy['seconds']:.2f}s" if accuracy else "")
         notes.append(describe(accuracy))
         if embedded.errors:
             notes.append(f"{len(embedded.errors)} annotated image(s) unreadable")
@@ -164,8 +169,7 @@ class HeadTrainer:
         self.store.remember_tasks(project_id, task_urls)
         return self.store.replace_annotations(project_id, annotations)
 
-    def publish(self, project_id: str, head, n_annotations: int, fingerprint: str | None = None,
-                accuracy: dict | None = None) -> str:
+    def publish(self, project_id: str, head, n_annotations: int, fingerprint: str | None = None) -> str:
         """Save `head` to a fresh folder, then switch the project to it in one SQLite transaction; returns
         the new version. Label Studio's project version follows once it has predictions of it (VersionSync)."""
         store = self.store
@@ -179,9 +183,8 @@ class HeadTrainer:
         if final.exists():  # left behind by a run that crashed after saving but before publishing
             shutil.rmtree(final)
         staging.rename(final)
-        store.publish_version(project_id, revision, version, str(final), n_annotations, fingerprint, accuracy)
-        log.info("project %s: published %s (%d annotations; %s%s)", project_id, version, n_annotations,
-                 describe(accuracy), f", estimated in {accuracy['seconds']:.2f}s" if accuracy else "")
+        store.publish_version(project_id, revision, version, str(final), n_annotations, fingerprint)
+        log.info("project %s: published %s (%d annotations)", project_id, version, n_annotations)
         # No project-version update here: Label Studio refuses it until predictions of this version exist.
         # It follows after the push below, or after the first /predict of the new version.
         return version

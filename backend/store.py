@@ -283,26 +283,32 @@ class Store:
         return (row["r"] if row and row["r"] is not None else 0) + 1
 
     def publish_version(self, project: str, revision: int, model_version: str, head_dir: str,
-                        n_annotations: int, fingerprint: str | None = None,
-                        accuracy: dict[str, Any] | None = None) -> None:
-        """Atomically record a new version (with its training-set fingerprint and estimated accuracy) and make
-        it the project's current one."""
+                        n_annotations: int, fingerprint: str | None = None) -> None:
+        """Atomically record a new version (with its training-set fingerprint) and make it the project's current
+        one; its estimated accuracy follows through set_accuracy."""
         now = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations, created_at,"
-                       " fingerprint, accuracy) VALUES (?,?,?,?,?,?,?,?)",
-                       (project, revision, model_version, head_dir, n_annotations, now, fingerprint,
-                        json.dumps(accuracy) if accuracy is not None else None))
+                       " fingerprint) VALUES (?,?,?,?,?,?,?)",
+                       (project, revision, model_version, head_dir, n_annotations, now, fingerprint))
             db.execute("UPDATE projects SET model_version=?, revision=?, updated_at=? WHERE id=?",
                        (model_version, revision, now, project))
 
     def set_audit(self, project: str, model_version: str, audit: dict[str, Any]) -> None:
         """Store the label audit (backend.suspects) of a published version; raises StoreError when unknown."""
+        self._set_version_detail(project, model_version, "audit", audit)
+
+    def set_accuracy(self, project: str, model_version: str, accuracy: dict[str, Any]) -> None:
+        """Store the estimated accuracy (backend.accuracy) of a published version; raises StoreError when unknown."""
+        self._set_version_detail(project, model_version, "accuracy", accuracy)
+
+    def _set_version_detail(self, project: str, model_version: str, column: str, value: dict[str, Any]) -> None:
+        assert column in ("audit", "accuracy")  # a column name, never user input
         with self._tx() as db:
-            changed = db.execute("UPDATE versions SET audit=? WHERE project=? AND model_version=?",
-                                 (json.dumps(audit), project, model_version)).rowcount
+            changed = db.execute(f"UPDATE versions SET {column}=? WHERE project=? AND model_version=?",
+                                 (json.dumps(value), project, model_version)).rowcount
         if not changed:
-            raise StoreError(f"project {project} has no version {model_version!r} to attach an audit to")
+            raise StoreError(f"project {project} has no version {model_version!r} to attach its {column} to")
 
     # -- retrain requests (coalesced across processes) ------------------------------------------------------------
     def request_training(self, project: str) -> int:
