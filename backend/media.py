@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit
 
 import httpx
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from backend.config import Settings
 from backend.ls_auth import AuthError, LabelStudioAuth
@@ -233,6 +233,8 @@ class MediaResolver:
                 width, height = image.size
         except Image.DecompressionBombError as exc:
             raise MediaError(f"{where}: refused as a decompression bomb ({exc})") from None
+        except UnidentifiedImageError:
+            raise MediaError(f"{where}: not a readable image (no image format Pillow knows)") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise MediaError(f"{where}: not a readable image ({exc})") from None
         if width * height > self.settings.max_image_pixels:

@@ -175,7 +175,7 @@ def _embed(embedder: Embedder, cache: EmbeddingCache | None, readers: Sequence[C
             bar.update(len(local_ids) + len(bad))
         bar.close()
     for i, message in errors.items():
-        log.warning("skipped image: %s", message)
+        log.warning("unreadable image: %s", message)
     return EmbedResult(features, keys, errors, computed=len(todo) - failed)
 
 

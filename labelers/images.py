@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Refuse decompression bombs before decoding: 64 megapixels is far above any labeling use.
 MAX_PIXELS = 64_000_000
@@ -35,5 +35,7 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
             return image.convert("RGB")
         except ImageLoadError:
             raise
+        except UnidentifiedImageError:
+            raise ImageLoadError(f"{label}: not a readable image (no image format Pillow knows)") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageLoadError(f"{label}: not a readable image ({exc})") from None

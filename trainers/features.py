@@ -39,5 +39,7 @@ def with_features(labels: LabelSet, embedder, cache, batch_size: int = 64, progr
         raise FeatureError("no images to embed: the label set has neither files nor arrays")
     if result.errors:
         first = next(iter(result.errors.values()))
-        raise FeatureError(f"{len(result.errors)} images could not be embedded, e.g. {first}")
+        count = len(result.errors)
+        raise FeatureError(f"{count} image{'s' if count > 1 else ''} could not be read (the first: {first}); "
+                           "fix or remove them and run again")
     return replace(labels, features=result.features.astype(np.float32))

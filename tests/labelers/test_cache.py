@@ -130,3 +130,11 @@ def test_embed_blobs_and_load_image_errors():
     assert list(result.ok) == [True, False] and "task 7" in result.errors[1]
     with pytest.raises(ImageLoadError, match="exceeds"):
         load_image(good.getvalue(), name="big", max_pixels=10)
+
+
+def test_a_file_that_is_no_image_is_named_without_python_internals(tmp_path, images):
+    junk = tmp_path / "notes.jpg"
+    junk.write_text("not an image")
+    result = embed_files(CountingEmbedder(), None, [junk, images[0]])
+    message = result.errors[0]
+    assert message.startswith(f"{junk}: not a readable image") and "BytesIO" not in message
