@@ -1,0 +1,246 @@
+"""Batch jobs on Ray Data (`--ray`): the job's own per-batch function, run in an actor pool.
+
+Every batch job (`embed`, `label`, `relabel`, `pseudo-label`) cuts its inputs into batches and has one
+function that turns a batch into results, built once per process because it holds a model. `map_batches`
+runs that function on Ray Data instead of in this process:
+
+- each actor builds the function once in ``__init__`` (the model loads once per actor) and is called with
+  one job batch per row, so batches are exactly the single-process run's (padding, hence scores, match);
+- the inputs are only the batch descriptions (paths, ids): images are read inside the actors;
+- results come back in input order as each block finishes, and the caller writes them to the job's usual
+  files at once (a killed driver loses only batches not yet written; a resume skips what was written);
+- a block whose actor dies is retried on a restarted actor, a block whose function raises is retried
+  (``RETRIES`` times each) before the run fails;
+- the pool leaves one CPU free: Ray Data schedules its own tasks on CPUs, and actors that hold every CPU
+  make the dataset hang; processing starts as soon as the first actor is ready.
+
+Ray is imported only here and only when a job runs with ``--ray`` (the optional extra
+``pip install labelloop[ray]``). See docs/scale.md.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+# Retries of one block: after its actor died (process killed, node lost) and after its function raised.
+RETRIES = 3
+INSTALL_HINT = "Ray is not installed: pip install 'labelloop[ray]'"
+
+
+class RaySetupError(RuntimeError):
+    """The Ray run cannot start: Ray missing, the cluster unreachable, or a pool it cannot hold."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a job runs on Ray: the `--ray-address`, `--actors`, `--gpus-per-actor` flags.
+
+    ``address`` None starts Ray on this machine (or joins the cluster RAY_ADDRESS names, as ray.init does);
+    ``actors`` None sizes the pool from the cluster (see `pool_size`).
+    """
+    address: str | None = None
+    actors: int | None = None
+    gpus_per_actor: float = 0.0
+
+
+def ray_options(use_ray: bool, address: str | None, actors: int | None, gpus_per_actor: float) -> RayOptions | None:
+    """Return the RayOptions of a command's flags, or None without ``--ray``.
+
+    Raises ValueError when a Ray flag is given without ``--ray`` (it would be silently ignored).
+    """
+    if not use_ray:
+        given = [flag for flag, value in (("--ray-address", address), ("--actors", actors),
+                                          ("--gpus-per-actor", gpus_per_actor or None)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --ray")
+        return None
+    if actors is not None and actors < 1:
+        raise ValueError(f"--actors must be at least 1, got {actors}")
+    if gpus_per_actor < 0:
+        raise ValueError(f"--gpus-per-actor must be >= 0, got {gpus_per_actor}")
+    return RayOptions(address, actors, gpus_per_actor)
+
+
+def pool_size(options: RayOptions, resources: dict) -> int:
+    """Return how many actors to start on a cluster with ``resources`` (ray.cluster_resources()).
+
+    Each actor takes one CPU (and ``gpus_per_actor`` GPUs). Default: one actor per CPU but one, or with
+    GPUs as many as the GPUs hold. Raises RaySetupError when the pool would take every CPU (Ray Data's
+    tasks would then never be scheduled and the run would hang) or needs more GPUs than there are.
+    """
+    cpus, gpus = int(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    spare_cpus = cpus - 1  # one CPU stays free for Ray Data's own tasks
+    if spare_cpus < 1:
+        raise RaySetupError(f"the Ray cluster has {cpus} CPU(s); a run needs at least 2: one per actor and one "
+                            "left for Ray Data's tasks")
+    by_gpu = int(gpus // options.gpus_per_actor) if options.gpus_per_actor else None
+    if by_gpu == 0:
+        raise RaySetupError(f"--gpus-per-actor {options.gpus_per_actor} but the Ray cluster has {gpus:g} GPU(s)")
+    wanted = options.actors or min(spare_cpus, by_gpu or spare_cpus)
+    if wanted > spare_cpus:
+        raise RaySetupError(f"--actors {wanted} would take every CPU of the Ray cluster ({cpus}): Ray Data then "
+                            f"has none left for its own tasks and the run hangs; use at most {spare_cpus}")
+    if by_gpu is not None and wanted > by_gpu:
+        raise RaySetupError(f"--actors {wanted} x --gpus-per-actor {options.gpus_per_actor} needs more than the "
+                            f"cluster's {gpus:g} GPU(s); use at most {by_gpu} actors")
+    return wanted
+
+
+def connect(options: RayOptions):
+    """Return the ray module, connected to ``options.address`` (or a local Ray) unless already connected.
+
+    Raises RaySetupError when Ray is not installed or the cluster cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RaySetupError(INSTALL_HINT) from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=options.address, log_to_driver=False, include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RaySetupError(f"cannot connect to Ray at {options.address or 'a local cluster'}: {exc}") from None
+    return ray
+
+
+class _BatchWorker:
+    """The Ray Data callable class: builds the job's per-batch function once, then runs it on each row's batch."""
+
+    def __init__(self, make_function: Callable, args: tuple):
+        self.function = make_function(*args)
+
+    def __call__(self, rows: dict) -> dict:
+        import numpy as np
+
+        results = [pickle.dumps(self.function(pickle.loads(batch))) for batch in rows["batch"]]
+        return {"index": rows["index"], "result": np.array(results, dtype=object)}
+
+
+def map_batches(batches: Sequence[Sequence], make_function: Callable, args: tuple,
+                options: RayOptions) -> Iterator[Any]:
+    """Yield ``make_function(*args)(batch)`` for each batch, in input order, as soon as each is done.
+
+    ``make_function`` and ``args`` must be picklable (a module-level function): each actor calls it once to
+    build the per-batch function (loading the model there). Raises RaySetupError (see `connect`,
+    `pool_size`); a batch that keeps failing after RETRIES retries raises Ray's error, and everything
+    yielded before it has been handed to the caller.
+    """
+    if not batches:
+        return
+    ray = connect(options)
+    import ray.data
+
+    actors = pool_size(options, ray.cluster_resources())
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # written in input order, like the single-process run
+    context.wait_for_min_actors_s = -1  # start on the first ready actor, do not wait for the whole pool
+    context.retried_map_errors, context.max_map_retries = True, RETRIES
+    rows = [{"index": i, "batch": pickle.dumps(list(batch))} for i, batch in enumerate(batches)]
+    # One batch per block, so each batch's result reaches the driver (and its files) on its own.
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    gpus = {"num_gpus": options.gpus_per_actor} if options.gpus_per_actor else {}
+    results = dataset.map_batches(
+        _BatchWorker, fn_constructor_args=(make_function, args), batch_size=1, num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
+        max_restarts=RETRIES, max_task_retries=RETRIES, **gpus)
+    for row in results.iter_rows():
+        yield pickle.loads(row["result"])
+
+
+def in_batches(items: Sequence, batch_size: int) -> list[list]:
+    """Return ``items`` cut into consecutive batches of ``batch_size`` (the last one shorter)."""
+    return [list(items[start:start + batch_size]) for start in range(0, len(items), batch_size)]
+
+
+# -- embed ---------------------------------------------------------------------------------------------
+
+def _content_keys_function():
+    """Return the key step of embedding: paths -> (content key or None, error or None) each."""
+    from .cache import content_key
+
+    def keys(paths):
+        out = []
+        for path in paths:
+            try:
+                out.append((content_key(Path(path).read_bytes()), None))
+            except OSError as exc:
+                out.append((None, f"{path}: cannot read ({exc.strerror or exc})"))
+        return out
+    return keys
+
+
+def _embedding_function(spec: str):
+    """Return the embedding step, its model loaded once: paths -> (vector or None, error or None) each."""
+    import torch
+
+    from .embedders import make_embedder
+    from .images import ImageLoadError, load_image
+
+    embedder = make_embedder(spec)
+
+    def embed(paths):
+        tensors, out = [], []
+        for path in paths:
+            try:
+                tensors.append(embedder.preprocess(load_image(Path(path).read_bytes(), name=str(path))))
+                out.append([None, None])
+            except (ImageLoadError, OSError) as exc:
+                out.append([None, str(exc)])
+        if tensors:
+            vectors = iter(embedder.encode_batch(torch.stack(tensors)))
+            for slot in out:
+                if slot[1] is None:
+                    slot[0] = next(vectors)
+        return [tuple(slot) for slot in out]
+    return embed
+
+
+def embed_files_on_ray(embedder, cache, paths: Sequence[str | Path], batch_size: int, options: RayOptions):
+    """Return the EmbedResult `labelers.cache.embed_files` returns, embedding on Ray.
+
+    As there: every file is keyed by its content, cached keys are not embedded again (so a killed run
+    resumes where its cache stops), each distinct image is embedded once, and each batch's vectors go into
+    ``cache`` as soon as the batch is done. ``embedder.spec`` names the model the actors load.
+    """
+    import numpy as np
+
+    from .cache import EmbedResult
+
+    paths = [str(p) for p in paths]
+    features = np.full((len(paths), embedder.dim), np.nan, dtype=np.float32)
+    keys: list[str | None] = [None] * len(paths)
+    errors: dict[int, str] = {}
+    row = 0
+    for batch in map_batches(in_batches(paths, batch_size), _content_keys_function, (), options):
+        for key, error in batch:
+            keys[row] = key
+            if error:
+                errors[row] = error
+            row += 1
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key:
+            rows_of.setdefault(key, []).append(i)
+    known = cache.get_many(embedder.id, list(rows_of)) if cache else {}
+    for key, vector in known.items():
+        features[rows_of[key]] = vector
+    todo = [rows[0] for key, rows in rows_of.items() if key not in known]  # one row per distinct image
+    computed = 0
+    todo_batches = in_batches(todo, batch_size)
+    results = map_batches([[paths[i] for i in batch] for batch in todo_batches], _embedding_function,
+                          (embedder.spec,), options)
+    for batch, answers in zip(todo_batches, results):
+        fresh = {}
+        for i, (vector, error) in zip(batch, answers):
+            if error:
+                errors.update(dict.fromkeys(rows_of[keys[i]], error))
+            else:
+                features[rows_of[keys[i]]] = vector
+                fresh[keys[i]] = vector
+        if cache and fresh:
+            cache.put_many(embedder.id, fresh)
+        computed += len(fresh)
+    return EmbedResult(features, keys, errors, computed=computed)
