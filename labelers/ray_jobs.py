@@ -119,7 +119,7 @@ class _BatchWorker:
         return {"index": rows["index"], "result": np.array(results, dtype=object)}
 
 
-def map_batches(batches: Sequence[Sequence], make_function: Callable, args: tuple,
+def map_batches(batches: Sequence, make_function: Callable, args: tuple,
                 options: RayOptions) -> Iterator[Any]:
     """Yield ``make_function(*args)(batch)`` for each batch, in input order, as soon as each is done.
 
@@ -138,7 +138,7 @@ def map_batches(batches: Sequence[Sequence], make_function: Callable, args: tupl
     context.execution_options.preserve_order = True  # written in input order, like the single-process run
     context.wait_for_min_actors_s = -1  # start on the first ready actor, do not wait for the whole pool
     context.retried_map_errors, context.max_map_retries = True, RETRIES
-    rows = [{"index": i, "batch": pickle.dumps(list(batch))} for i, batch in enumerate(batches)]
+    rows = [{"index": i, "batch": pickle.dumps(batch)} for i, batch in enumerate(batches)]
     # One batch per block, so each batch's result reaches the driver (and its files) on its own.
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     gpus = {"num_gpus": options.gpus_per_actor} if options.gpus_per_actor else {}
@@ -244,3 +244,101 @@ def embed_files_on_ray(embedder, cache, paths: Sequence[str | Path], batch_size:
             cache.put_many(embedder.id, fresh)
         computed += len(fresh)
     return EmbedResult(features, keys, errors, computed=computed)
+
+
+# -- label (VLM) ---------------------------------------------------------------------------------------
+
+def _labeling_function(model: str | None, settings, device: str, dtype: str):
+    """Return `labelers.vlm.run.label_batch` over a VLM loaded once here: (batch, step) -> its result."""
+    from .vlm.labeler import VLMLabeler
+    from .vlm.run import label_batch
+    from .vlm.sampling import CandidateSampler
+
+    labeler = VLMLabeler.from_pretrained(model, settings, device=device, dtype=dtype)
+    cfg = settings.complementary
+
+    def label(job):
+        batch, step = job
+        sampler = None
+        if step["mode"] == "complementary":  # without -R balancing a draw depends only on the image and round
+            sampler = CandidateSampler(len(step["class_names"]), cfg.num_options, step["rounds"], len(batch),
+                                       cfg.distinct, False, cfg.quota_floor, cfg.seed)
+        return label_batch(labeler, batch, sampler, **step)
+    return label
+
+
+def check_labeling(settings, mode: str) -> None:
+    """Raise ValueError when a labeling run cannot go on Ray: -R balancing updates the class quotas after
+    every batch, in order, so its candidate sets depend on every batch before them."""
+    if mode == "complementary" and settings.complementary.balance:
+        raise ValueError("--ray cannot run -R balanced complementary labels (the quotas move after every batch, "
+                         "in order); pass --no-balance, or run without --ray")
+
+
+def labeler_without_weights(model: str | None, settings):
+    """Return a VLMLabeler that names the model and hashes the prompts as the loaded one would, without
+    loading weights (the driver of a Ray run; the actors load the model). Raises VLMLoadError."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from .vlm.labeler import VLMLabeler
+    from .vlm.loading import LoadedVLM, VLMLoadError, resolve_model
+
+    name = resolve_model(model, settings)
+    try:
+        processor, config = AutoProcessor.from_pretrained(name), AutoConfig.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise VLMLoadError(f"cannot load VLM {name!r}: {exc}") from None
+    vlm = LoadedVLM(model=None, processor=processor, model_id=name, model_type=getattr(config, "model_type", "unknown"),
+                    device="ray", dtype=None)
+    return VLMLabeler(vlm, settings)
+
+
+def labeling_on_ray(model: str | None, settings, device: str, dtype: str, options: RayOptions) -> Callable:
+    """Return the ``run_batches`` of `labelers.vlm.run.run_labeling` that labels each batch on Ray."""
+    def run_batches(batches, step):
+        return map_batches([(batch, step) for batch in batches], _labeling_function,
+                           (model, settings, device, dtype), options)
+    return run_batches
+
+
+# -- pseudo-label ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ProposerName:
+    """What the driver of a Ray run knows of the proposer the actors build: its name (for model_version)."""
+    name: str
+
+
+def _pseudo_labeling_function(settings, device: str):
+    """Return `labelers.pseudo.run.label_batch` over a proposer and VLM built once here: (batch, step) -> records."""
+    from .pseudo.proposals import make_proposer
+    from .pseudo.run import label_batch
+    from .vlm.loading import load_vlm, pick_device
+    from .vlm.settings import load_settings
+
+    proposer = make_proposer(settings.proposer, settings.sam, settings.felzenszwalb, device=str(pick_device(device)))
+    vlm = load_vlm(settings.model, load_settings(), device=device)
+
+    def label(job):
+        batch, step = job
+        return label_batch(batch, proposer, vlm, **step)
+    return label
+
+
+def pseudo_labeling_on_ray(settings, device: str, options: RayOptions):
+    """Return (the proposer's name, the VLM without weights, the ``label_batches`` of
+    `labelers.pseudo.run.run_pseudo_labels` that labels each batch on Ray).
+
+    The driver loads no model: the VLM returned only names it (``model_id``, ``model_type``) for the answer
+    prefix and the outputs' model_version. Raises ValueError for an unknown proposer, VLMLoadError.
+    """
+    from .vlm.settings import load_settings
+
+    if settings.proposer not in ("sam", "felzenszwalb"):
+        raise ValueError(f"unknown proposer {settings.proposer!r}; use sam or felzenszwalb")
+    vlm = labeler_without_weights(settings.model, load_settings()).vlm
+
+    def label_batches(batches, step):
+        return map_batches([(batch, step) for batch in batches], _pseudo_labeling_function, (settings, device),
+                           options)
+    return _ProposerName(settings.proposer), vlm, label_batches
