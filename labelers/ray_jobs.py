@@ -9,8 +9,9 @@ runs that function on Ray Data instead of in this process:
 - the inputs are only the batch descriptions (paths, ids): images are read inside the actors;
 - results come back in input order as each block finishes, and the caller writes them to the job's usual
   files at once (a killed driver loses only batches not yet written; a resume skips what was written);
-- a block whose actor dies is retried on a restarted actor, a block whose function raises is retried
-  (``RETRIES`` times each) before the run fails;
+- a block whose actor dies (process killed, node lost) is retried on a restarted actor (Ray Data's own
+  default for actor pools, without a limit), a block whose function raises is retried ``RETRIES`` times
+  before the run fails;
 - the pool leaves one CPU free: Ray Data schedules its own tasks on CPUs, and actors that hold every CPU
   make the dataset hang; processing starts as soon as the first actor is ready.
 
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-# Retries of one block: after its actor died (process killed, node lost) and after its function raised.
+# Retries of one block whose per-batch function raised (a transient error: CUDA out of memory, a network
+# file system hiccup); a deterministic error fails the run after these, and a resume redoes only the rest.
 RETRIES = 3
 INSTALL_HINT = "Ray is not installed: pip install 'labelloop[ray]'"
 
@@ -125,8 +127,8 @@ def map_batches(batches: Sequence, make_function: Callable, args: tuple,
 
     ``make_function`` and ``args`` must be picklable (a module-level function): each actor calls it once to
     build the per-batch function (loading the model there). Raises RaySetupError (see `connect`,
-    `pool_size`); a batch that keeps failing after RETRIES retries raises Ray's error, and everything
-    yielded before it has been handed to the caller.
+    `pool_size`); a batch whose function still raises after RETRIES retries raises Ray's error, and
+    everything yielded before it has been handed to the caller.
     """
     if not batches:
         return
@@ -144,8 +146,7 @@ def map_batches(batches: Sequence, make_function: Callable, args: tuple,
     gpus = {"num_gpus": options.gpus_per_actor} if options.gpus_per_actor else {}
     results = dataset.map_batches(
         _BatchWorker, fn_constructor_args=(make_function, args), batch_size=1, num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
-        max_restarts=RETRIES, max_task_retries=RETRIES, **gpus)
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors), **gpus)
     for row in results.iter_rows():
         yield pickle.loads(row["result"])
 
