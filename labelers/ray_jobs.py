@@ -121,12 +121,18 @@ class _BatchWorker:
         return {"index": rows["index"], "result": np.array(results, dtype=object)}
 
 
-def map_batches(batches: Sequence, make_function: Callable, args: tuple,
-                options: RayOptions) -> Iterator[Any]:
+def _run_in_task(rows: dict, make_function: Callable, args: tuple) -> dict:
+    """The Ray Data function of a model-free step: builds the per-batch function for each call (it is cheap)."""
+    return _BatchWorker(make_function, args)(rows)
+
+
+def map_batches(batches: Sequence, make_function: Callable, args: tuple, options: RayOptions,
+                stateful: bool = True) -> Iterator[Any]:
     """Yield ``make_function(*args)(batch)`` for each batch, in input order, as soon as each is done.
 
     ``make_function`` and ``args`` must be picklable (a module-level function): each actor calls it once to
-    build the per-batch function (loading the model there). Raises RaySetupError (see `connect`,
+    build the per-batch function (loading the model there). A step with nothing to load passes
+    ``stateful=False`` and runs as Ray tasks instead (their worker processes are reused across runs). Raises RaySetupError (see `connect`,
     `pool_size`); a batch whose function still raises after RETRIES retries raises Ray's error, and
     everything yielded before it has been handed to the caller.
     """
@@ -143,10 +149,14 @@ def map_batches(batches: Sequence, make_function: Callable, args: tuple,
     rows = [{"index": i, "batch": pickle.dumps(batch)} for i, batch in enumerate(batches)]
     # One batch per block, so each batch's result reaches the driver (and its files) on its own.
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    gpus = {"num_gpus": options.gpus_per_actor} if options.gpus_per_actor else {}
-    results = dataset.map_batches(
-        _BatchWorker, fn_constructor_args=(make_function, args), batch_size=1, num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors), **gpus)
+    if stateful:
+        gpus = {"num_gpus": options.gpus_per_actor} if options.gpus_per_actor else {}
+        results = dataset.map_batches(
+            _BatchWorker, fn_constructor_args=(make_function, args), batch_size=1, num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors), **gpus)
+    else:
+        results = dataset.map_batches(_run_in_task, fn_kwargs={"make_function": make_function, "args": args},
+                                      batch_size=1, num_cpus=1, concurrency=actors)
     for row in results.iter_rows():
         yield pickle.loads(row["result"])
 
@@ -215,7 +225,7 @@ def embed_files_on_ray(embedder, cache, paths: Sequence[str | Path], batch_size:
     keys: list[str | None] = [None] * len(paths)
     errors: dict[int, str] = {}
     row = 0
-    for batch in map_batches(in_batches(paths, batch_size), _content_keys_function, (), options):
+    for batch in map_batches(in_batches(paths, batch_size), _content_keys_function, (), options, stateful=False):
         for key, error in batch:
             keys[row] = key
             if error:
@@ -343,3 +353,35 @@ def pseudo_labeling_on_ray(settings, device: str, options: RayOptions):
         return map_batches([(batch, step) for batch in batches], _pseudo_labeling_function, (settings, device),
                            options)
     return _ProposerName(settings.proposer), vlm, label_batches
+
+
+# -- relabel ------------------------------------------------------------------------------------------
+
+def _regions_function(spec: str, cache_path: str, relabel_options: dict, seed: int):
+    """Return `labelers.relabel.cli.embed_chunk` over an embedder built once here: (paths, start) -> its result.
+
+    The actor embeds crops through the cache file at ``cache_path`` (on a cluster: each node's own file
+    at that path, unless it is on shared storage), so a second round or a resume re-reads them."""
+    from .cache import EmbeddingCache
+    from .embedders import make_embedder
+    from .relabel.cli import embed_chunk
+
+    embedder, cache = make_embedder(spec), EmbeddingCache(cache_path)
+
+    def embed(job):
+        paths, start = job
+        return embed_chunk(paths, start, embedder, cache, relabel_options, seed)
+    return embed
+
+
+def regions_on_ray(paths: Sequence, chunk: int, spec: str, cache_path, relabel_options: dict, seed: int,
+                   options: RayOptions):
+    """Return (region embeddings per image, boxes per image) of ``paths``, as `labelers.relabel.cli._embed_set`
+    does, each chunk of ``chunk`` images embedded on Ray."""
+    jobs = [(list(paths[start:start + chunk]), start) for start in range(0, len(paths), chunk)]
+    features, boxes = [], []
+    args = (spec, str(cache_path), relabel_options, seed)
+    for chunk_features, chunk_boxes in map_batches(jobs, _regions_function, args, options):
+        features += chunk_features
+        boxes += chunk_boxes
+    return features, boxes

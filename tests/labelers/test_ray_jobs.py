@@ -245,3 +245,19 @@ print(sorted(name for name in sys.modules if name == "ray" or name.startswith("r
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "e.npz").exists()
+
+
+# -- relabel: the same label sets -------------------------------------------------------------------------
+
+def test_relabel_on_ray_gives_the_single_process_label_sets(app, ray_address, image_folder, tiny_clip_spec, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(image_folder, folder, ignore=shutil.ignore_patterns("broken.png"))
+    common = ["relabel", "--data", folder, "--embedder", tiny_clip_spec, "--rounds", 1, "--confidence", "naive",
+              "--regions", "random", "--num-crops", 2, "--label", "threshold", "--threshold", 0.2]
+    invoke(app, *common, "--output-dir", tmp_path / "one", "--cache", tmp_path / "one.sqlite")
+    invoke(app, *common, "--output-dir", tmp_path / "ray", "--cache", tmp_path / "ray.sqlite", "--ray")
+    one = json.loads((tmp_path / "one" / "labels.json").read_text())
+    assert len(one["data"]) == 20
+    assert json.loads((tmp_path / "ray" / "labels.json").read_text()) == one
+    with_scores = lambda run: json.loads((tmp_path / run / "suggestions_ls.json").read_text())  # noqa: E731
+    assert with_scores("ray") == with_scores("one")
