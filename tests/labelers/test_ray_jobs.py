@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_COCO = Path("/work/shared/data/tiny-coco/small_coco")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_address():
-    """A local Ray with 2 CPUs for the whole session (started once: a start costs seconds); its address."""
+    """A local Ray with 2 CPUs, started once (a start costs seconds) for this module, the session's only Ray
+    tests, and shut down after it, so later tests do not fork a process that holds Ray's threads; its address."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
