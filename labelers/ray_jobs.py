@@ -20,7 +20,6 @@ Ray is imported only here and only when a job runs with ``--ray`` (the optional 
 """
 from __future__ import annotations
 
-import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +90,8 @@ def pool_size(options: RayOptions, resources: dict) -> int:
     return wanted
 
 
-def connect(options: RayOptions):
-    """Return the ray module, connected to ``options.address`` (or a local Ray) unless already connected.
+def connect(options: RayOptions) -> None:
+    """Connect to Ray at ``options.address`` (or a local Ray) unless this process is connected already.
 
     Raises RaySetupError when Ray is not installed or the cluster cannot be reached.
     """
@@ -105,7 +104,6 @@ def connect(options: RayOptions):
             ray.init(address=options.address, log_to_driver=False, include_dashboard=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RaySetupError(f"cannot connect to Ray at {options.address or 'a local cluster'}: {exc}") from None
-    return ray
 
 
 class _BatchWorker:
@@ -132,13 +130,14 @@ def map_batches(batches: Sequence, make_function: Callable, args: tuple, options
 
     ``make_function`` and ``args`` must be picklable (a module-level function): each actor calls it once to
     build the per-batch function (loading the model there). A step with nothing to load passes
-    ``stateful=False`` and runs as Ray tasks instead (their worker processes are reused across runs). Raises RaySetupError (see `connect`,
-    `pool_size`); a batch whose function still raises after RETRIES retries raises Ray's error, and
-    everything yielded before it has been handed to the caller.
+    ``stateful=False`` and runs as Ray tasks instead (their worker processes are reused across runs).
+    Raises RaySetupError (see `connect`, `pool_size`); a batch whose function still raises after RETRIES
+    retries raises Ray's error, and everything yielded before it has been handed to the caller.
     """
     if not batches:
         return
-    ray = connect(options)
+    connect(options)
+    import ray
     import ray.data
 
     actors = pool_size(options, ray.cluster_resources())
@@ -358,13 +357,14 @@ def pseudo_labeling_on_ray(settings, device: str, options: RayOptions):
 # -- relabel ------------------------------------------------------------------------------------------
 
 def _regions_function(spec: str, cache_path: str, relabel_options: dict, seed: int):
-    """Return `labelers.relabel.cli.embed_chunk` over an embedder built once here: (paths, start) -> its result.
+    """Return `labelers.relabel.region_features.embed_chunk` over an embedder built once here:
+    (paths, start) -> its result.
 
     The actor embeds crops through the cache file at ``cache_path`` (on a cluster: each node's own file
     at that path, unless it is on shared storage), so a second round or a resume re-reads them."""
     from .cache import EmbeddingCache
     from .embedders import make_embedder
-    from .relabel.cli import embed_chunk
+    from .relabel.region_features import embed_chunk
 
     embedder, cache = make_embedder(spec), EmbeddingCache(cache_path)
 

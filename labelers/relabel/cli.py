@@ -44,23 +44,11 @@ def _merged(config: Optional[Path], given: dict) -> dict:
 CHUNK = 32  # images per embedding call: batches of a few hundred crops, a bounded number of images in memory
 
 
-def embed_chunk(paths, start: int, embedder, cache, options, seed):
-    """Return (region embeddings per image, boxes per image) of the images ``paths`` that start at position
-    ``start`` of the set (it seeds their random regions). The per-batch step, in one process or on Ray."""
-    from ..images import load_image
-    from .region_features import embed_regions
-    from .regions import propose
-
-    size = int(options["crop_size"]) if str(options["crop_size"]).isdigit() else options["crop_size"]
-    images = [load_image(p) for p in paths]
-    boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j, name=str(path))
-             for j, (image, path) in enumerate(zip(images, paths))]
-    return embed_regions(embedder, cache, images, boxes, [str(p) for p in paths]), boxes
-
-
 def _embed_set(paths, embedder, cache, options, seed, what, ray=None):
     """Return (images' region embeddings, boxes per image) for image files (on Ray with ``ray``)."""
     from tqdm.auto import tqdm
+
+    from .region_features import embed_chunk
 
     if ray is not None:
         from ..ray_jobs import regions_on_ray

@@ -216,8 +216,8 @@ def test_pseudo_label_on_ray_gives_the_single_process_coco(app, ray_address, tin
     one = json.loads((tmp_path / "one" / "instances.json").read_text())
     on_ray = json.loads((tmp_path / "ray" / "instances.json").read_text())
     assert one["annotations"], "the single-process run found no boxes: the comparison would be empty"
-    scores = lambda coco: [a.pop("score") for a in coco["annotations"]]  # noqa: E731
-    np.testing.assert_allclose(scores(on_ray), scores(one), rtol=0, atol=1e-6)
+    scores = [[a.pop("score") for a in coco["annotations"]] for coco in (one, on_ray)]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=0, atol=1e-6)
     assert on_ray == one
     for name in ("raw.json", "ls_tasks.json"):
         assert (tmp_path / "ray" / name).exists()
@@ -260,5 +260,5 @@ def test_relabel_on_ray_gives_the_single_process_label_sets(app, ray_address, im
     one = json.loads((tmp_path / "one" / "labels.json").read_text())
     assert len(one["data"]) == 20
     assert json.loads((tmp_path / "ray" / "labels.json").read_text()) == one
-    with_scores = lambda run: json.loads((tmp_path / run / "suggestions_ls.json").read_text())  # noqa: E731
-    assert with_scores("ray") == with_scores("one")
+    suggestions = [json.loads((tmp_path / run / "suggestions_ls.json").read_text()) for run in ("one", "ray")]
+    assert suggestions[1] == suggestions[0]
