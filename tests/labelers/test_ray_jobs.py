@@ -25,6 +25,7 @@ def ray_address():
     tests, and shut down after it, so later tests do not fork a process that holds Ray's threads; its address."""
     import ray
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # loopback only: nothing to report to
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
