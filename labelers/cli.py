@@ -246,7 +246,7 @@ def embed(
     import numpy as np
 
     from .datasets import DatasetError, list_image_folder
-    from .ray_jobs import RaySetupError, ray_options
+    from .ray_jobs import RayRunError, ray_options
 
     try:
         ray = ray_options(use_ray, ray_address, actors, gpus_per_actor)
@@ -261,7 +261,7 @@ def embed(
             test, test_paths, _ = _embed_folder(test_folder, embedder, cache, batch_size, embedder=model, ray=ray)
             arrays.update(test_features=test.features, test_labels=test.labels,
                           test_names=np.asarray([p.relative_to(test_folder).as_posix() for p in test_paths]))
-    except (DatasetError, RaySetupError, ValueError) as exc:
+    except (DatasetError, RayRunError, ValueError) as exc:
         _fail(str(exc))
     np.savez(output, **arrays)
     extra = f", test {arrays['test_features'].shape}" if test_folder is not None else ""

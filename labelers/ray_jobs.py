@@ -31,8 +31,9 @@ RETRIES = 3
 INSTALL_HINT = "Ray is not installed: pip install 'labelloop[ray]'"
 
 
-class RaySetupError(RuntimeError):
-    """The Ray run cannot start: Ray missing, the cluster unreachable, or a pool it cannot hold."""
+class RayRunError(RuntimeError):
+    """A Ray run cannot start (Ray missing, the cluster unreachable, a pool it cannot hold) or stopped (a
+    batch still failed after its retries)."""
 
 
 @dataclass(frozen=True)
@@ -69,23 +70,23 @@ def pool_size(options: RayOptions, resources: dict) -> int:
     """Return how many actors to start on a cluster with ``resources`` (ray.cluster_resources()).
 
     Each actor takes one CPU (and ``gpus_per_actor`` GPUs). Default: one actor per CPU but one, or with
-    GPUs as many as the GPUs hold. Raises RaySetupError when the pool would take every CPU (Ray Data's
+    GPUs as many as the GPUs hold. Raises RayRunError when the pool would take every CPU (Ray Data's
     tasks would then never be scheduled and the run would hang) or needs more GPUs than there are.
     """
     cpus, gpus = int(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     spare_cpus = cpus - 1  # one CPU stays free for Ray Data's own tasks
     if spare_cpus < 1:
-        raise RaySetupError(f"the Ray cluster has {cpus} CPU(s); a run needs at least 2: one per actor and one "
+        raise RayRunError(f"the Ray cluster has {cpus} CPU(s); a run needs at least 2: one per actor and one "
                             "left for Ray Data's tasks")
     by_gpu = int(gpus // options.gpus_per_actor) if options.gpus_per_actor else None
     if by_gpu == 0:
-        raise RaySetupError(f"--gpus-per-actor {options.gpus_per_actor} but the Ray cluster has {gpus:g} GPU(s)")
+        raise RayRunError(f"--gpus-per-actor {options.gpus_per_actor} but the Ray cluster has {gpus:g} GPU(s)")
     wanted = options.actors or min(spare_cpus, by_gpu or spare_cpus)
     if wanted > spare_cpus:
-        raise RaySetupError(f"--actors {wanted} would take every CPU of the Ray cluster ({cpus}): Ray Data then "
+        raise RayRunError(f"--actors {wanted} would take every CPU of the Ray cluster ({cpus}): Ray Data then "
                             f"has none left for its own tasks and the run hangs; use at most {spare_cpus}")
     if by_gpu is not None and wanted > by_gpu:
-        raise RaySetupError(f"--actors {wanted} x --gpus-per-actor {options.gpus_per_actor} needs more than the "
+        raise RayRunError(f"--actors {wanted} x --gpus-per-actor {options.gpus_per_actor} needs more than the "
                             f"cluster's {gpus:g} GPU(s); use at most {by_gpu} actors")
     return wanted
 
@@ -93,17 +94,17 @@ def pool_size(options: RayOptions, resources: dict) -> int:
 def connect(options: RayOptions) -> None:
     """Connect to Ray at ``options.address`` (or a local Ray) unless this process is connected already.
 
-    Raises RaySetupError when Ray is not installed or the cluster cannot be reached.
+    Raises RayRunError when Ray is not installed or the cluster cannot be reached.
     """
     try:
         import ray
     except ImportError:
-        raise RaySetupError(INSTALL_HINT) from None
+        raise RayRunError(INSTALL_HINT) from None
     if not ray.is_initialized():
         try:
             ray.init(address=options.address, log_to_driver=False, include_dashboard=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RaySetupError(f"cannot connect to Ray at {options.address or 'a local cluster'}: {exc}") from None
+            raise RayRunError(f"cannot connect to Ray at {options.address or 'a local cluster'}: {exc}") from None
 
 
 class _BatchWorker:
@@ -131,8 +132,9 @@ def map_batches(batches: Sequence, make_function: Callable, args: tuple, options
     ``make_function`` and ``args`` must be picklable (a module-level function): each actor calls it once to
     build the per-batch function (loading the model there). A step with nothing to load passes
     ``stateful=False`` and runs as Ray tasks instead (their worker processes are reused across runs).
-    Raises RaySetupError (see `connect`, `pool_size`); a batch whose function still raises after RETRIES
-    retries raises Ray's error, and everything yielded before it has been handed to the caller.
+    Raises RayRunError (see `connect`, `pool_size`), also when a batch still fails after RETRIES retries
+    (naming its error): Ray then aborts the run, and batches done but not yet yielded are lost to this run
+    (a resume redoes them).
     """
     if not batches:
         return
@@ -156,8 +158,23 @@ def map_batches(batches: Sequence, make_function: Callable, args: tuple, options
     else:
         results = dataset.map_batches(_run_in_task, fn_kwargs={"make_function": make_function, "args": args},
                                       batch_size=1, num_cpus=1, concurrency=actors)
-    for row in results.iter_rows():
-        yield pickle.loads(row["result"])
+    try:
+        for expected, row in enumerate(results.iter_rows()):
+            if row["index"] != expected:  # never hand a batch's results to another batch
+                raise RayRunError(f"Ray returned batch {row['index']} where batch {expected} was due")
+            yield pickle.loads(row["result"])
+    except RayRunError:
+        raise
+    except Exception as exc:  # Ray wraps the batch's error in its own types; say what happened and what now
+        raise RayRunError(f"a batch failed on Ray after {RETRIES} retries: {_first_cause(exc)} (the batches "
+                          "before it are written; fix the cause and run the command again to resume)") from exc
+
+
+def _first_cause(exc: Exception) -> str:
+    """Return the last line of the innermost traceback in a Ray error's text (``ValueError: ...``): Ray
+    rebuilds the batch's error on the driver as text, wrapped in its own exceptions."""
+    text = str(exc).split("The above exception was the direct cause")[0].strip()
+    return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
 def in_batches(items: Sequence, batch_size: int) -> list[list]:

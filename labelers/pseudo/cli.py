@@ -70,7 +70,7 @@ def run(
 ) -> None:
     """Pseudo-label the images [start, end) of SOURCE into --output-dir."""
     from labelers.pseudo.proposals import ProposerError, make_proposer
-    from labelers.ray_jobs import RaySetupError, pseudo_labeling_on_ray, ray_options
+    from labelers.ray_jobs import RayRunError, pseudo_labeling_on_ray, ray_options
     from labelers.pseudo.run import PseudoRunError, list_coco, list_folder, run_pseudo_labels, write_outputs
     from labelers.pseudo.settings import PseudoSettingsError, load_pseudo_settings
     from labelers.vlm.loading import VLMLoadError, load_vlm, pick_device
@@ -110,7 +110,7 @@ def run(
         summary = run_pseudo_labels(items, props, vlm, categories, settings, records_path, resume=resume,
                                     batch_size=batch_size, answer_prefix=vlm_settings.prefix_for(vlm.model_type),
                                     save_masks=masks, label_batches=label_batches)
-    except (PseudoRunError, RaySetupError) as exc:
+    except (PseudoRunError, RayRunError) as exc:
         _fail(str(exc))
     from labelers.pseudo.run import read_records
 

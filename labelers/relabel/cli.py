@@ -116,7 +116,7 @@ def relabel(
     from ..formats.ls_relabel import write_multichoice_predictions
     from ..formats.relabel_json import ClassIndex, RelabelFormatError, write_class_index, write_relabel_json
     from ..images import ImageLoadError
-    from ..ray_jobs import RaySetupError, ray_options
+    from ..ray_jobs import RayRunError, ray_options
     from ..sample_data import cache_dir
     from .confidence import autoaugment_views
     from .inputs import RelabelInputError, read_input
@@ -163,7 +163,7 @@ def relabel(
                              img_paths=[str(p) for p in dataset.paths], resume=resume,
                              perturb=perturb if settings.confidence == "mc-perturbation" else None, progress=True)
     except (RelabelInputError, RelabelFormatError, DatasetError, RegionError, ImageLoadError, EmbedderUnavailable,
-            RaySetupError, ValueError) as exc:
+            RayRunError, ValueError) as exc:
         _fail(str(exc))
     best = best_round(history)
     rows = list(zip([str(p) for p in dataset.paths], best.labels))

@@ -85,7 +85,7 @@ def label(
     --batch_size 8 --seed 1126 --num_rounds 3 --output_dir logs/ [--auto_cl] [--long_label]`.
     """
     from labelers.formats.class_names import ShortNameCollision
-    from labelers.ray_jobs import RaySetupError, check_labeling, ray_options
+    from labelers.ray_jobs import RayRunError, check_labeling, ray_options
     from labelers.vlm.inputs import InputError, read_inputs
     from labelers.vlm.loading import VLMLoadError, resolve_model
     from labelers.vlm.run import RunError, check_run_dir, run_settings
@@ -129,7 +129,7 @@ def label(
                    f"{mode.value} labels by {settings.method}", err=True)
         summary = run_labeling(labeler, items, class_names, output_dir, mode.value, rounds, long_label, resume,
                                settings.batch_size, settings.method, progress, run_batches=run_batches)
-    except (VLMLoadError, RunError, ShortNameCollision, RaySetupError, ValueError) as exc:
+    except (VLMLoadError, RunError, ShortNameCollision, RayRunError, ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted; finished batches are saved, continue with --resume --output-dir {output_dir}",

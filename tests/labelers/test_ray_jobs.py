@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from labelers.ray_jobs import RayOptions, RaySetupError, map_batches, pool_size, ray_options
+from labelers.ray_jobs import RayOptions, RayRunError, map_batches, pool_size, ray_options
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_COCO = Path("/work/shared/data/tiny-coco/small_coco")
@@ -77,7 +77,7 @@ def test_pool_size(resources, options, actors):
     ({"CPU": 8}, RayOptions(gpus_per_actor=1), "has 0 GPU"),
 ])
 def test_pool_size_refuses_what_would_hang_or_never_start(resources, options, message):
-    with pytest.raises(RaySetupError, match=message):
+    with pytest.raises(RayRunError, match=message):
         pool_size(options, resources)
 
 
@@ -112,6 +112,26 @@ def test_a_failed_block_is_retried(ray_address, tmp_path, how):
     results = list(map_batches(batches, _fails_once_per_batch, (str(tmp_path), how), RayOptions()))
     assert results == [[1, 4], [9, 16], [25]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seen-1", "seen-3", "seen-5"]  # each failed once
+
+
+def _fails_on_batch_3():
+    def square(batch):
+        if batch[0] == 3:
+            raise ValueError("image 3 is cursed")
+        return [x * x for x in batch]
+    return square
+
+
+def test_a_block_that_keeps_failing_stops_the_run_naming_its_error(ray_address):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    handed = []
+    with pytest.raises(RayRunError, match="image 3 is cursed") as raised:
+        for result in map_batches([[1, 2], [3, 4], [5]], _fails_on_batch_3, (), RayOptions()):
+            handed.append(result)
+    # Ray aborts the dataset on the failure: a batch done but not yet handed over is redone by a resume.
+    assert handed in ([], [[1, 4]]) and "run the command again to resume" in str(raised.value)
 
 
 # -- embed: the same vectors per key, cached keys skipped ---------------------------------------------------
