@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-USE_RAY = typer.Option(False, "--ray", help="Run the batches on Ray Data (pip install 'labelloop[ray]'): an "
-                                            "actor pool, the model loaded once per actor; see docs/scale.md.")
+# No square brackets in the help: Typer's rich markup would swallow "[ray]".
+USE_RAY = typer.Option(False, "--ray", help="Run the batches on Ray Data (labelloop's ray extra): an actor "
+                                            "pool, the model loaded once per actor; see docs/scale.md.")
 RAY_ADDRESS: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (e.g. head:6379 "
                                                                       "or auto; default: RAY_ADDRESS, else a "
                                                                       "local Ray on this machine).")
