@@ -156,7 +156,7 @@ def test_embed_on_ray_skips_what_the_cache_holds(ray_address, image_folder, tiny
     paths = sorted(p for p in image_folder.rglob("*") if p.is_file())
     good = [p for p in paths if p.name != "broken.png"]
     cache = EmbeddingCache(tmp_path / "c.sqlite")
-    first = embed_files_on_ray(embedder, cache, good[:8], 4, RayOptions())   # a run stopped after 8 images
+    first = embed_files(embedder, cache, good[:8], batch_size=4)   # a run stopped after 8 images
     rest = embed_files_on_ray(embedder, cache, paths, 4, RayOptions())
     assert first.computed == 8 and rest.computed == len(good) - 8
     assert cache.count(embedder.id) == len(good)
