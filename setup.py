@@ -47,6 +47,8 @@ EXTRAS = {
     # schemathesis fuzzes the API from its own OpenAPI schema (tests/backend/test_api_fuzz.py).
     "test": ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.15,<5", "schemathesis>=4.32,<5"],
     "bench": ["tabulate>=0.9"],
+    # --ray on the batch jobs (labelers/ray_jobs.py): Ray Data's actor pools; 2.60 has the map-retry settings.
+    "ray": ["ray[data]>=2.60,<3"],
 }
 
 setup(

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from . import ray_flags
+
 # Typer rewraps help text; "\b" keeps the spec list's lines as written.
 EMBEDDER_SPECS = """\b
 Embedder specs:
@@ -63,17 +65,19 @@ def _load_npz(data: Path) -> _Embedded:
     return _Embedded(dataset, names, spec, embedder_id)
 
 
-def _embed_folder(data: Path, embedder_spec: str, cache_path: Optional[Path], batch_size: int, embedder=None):
+def _embed_folder(data: Path, embedder_spec: str, cache_path: Optional[Path], batch_size: int, embedder=None,
+                  ray=None):
     """Return (FeatureDataset, the image files it holds in its row order, the embedder) of a labeled folder.
 
-    Unreadable images are reported and left out, so the files returned are the ones embedded.
+    Unreadable images are reported and left out, so the files returned are the ones embedded. With ``ray``
+    (RayOptions) the images are embedded on Ray.
     """
     from .datasets import FeatureDataset, list_image_folder
 
     paths, labels, names = list_image_folder(data)
     embedder = embedder or _make_embedder(embedder_spec)
     typer.echo(f"embedder: {embedder.id}; {len(paths)} images in {len(names)} classes under {data}")
-    features, ok = _embed_paths(embedder, cache_path, paths, batch_size)
+    features, ok = _embed_paths(embedder, cache_path, paths, batch_size, ray)
     return FeatureDataset(features[ok], labels[ok], names), [p for p, keep in zip(paths, ok) if keep], embedder
 
 
@@ -85,13 +89,19 @@ def _make_embedder(spec: str):
     return embedder
 
 
-def _embed_paths(embedder, cache_path: Optional[Path], paths, batch_size: int = 64):
-    """Return (features, ok mask) of image files through the cache, reporting unreadable ones."""
+def _embed_paths(embedder, cache_path: Optional[Path], paths, batch_size: int = 64, ray=None):
+    """Return (features, ok mask) of image files through the cache (on Ray with ``ray``), reporting unreadable
+    ones."""
     from .cache import EmbeddingCache, embed_files
     from .sample_data import cache_dir
 
     cache = EmbeddingCache(cache_path or cache_dir() / "embeddings.sqlite")
-    result = embed_files(embedder, cache, paths, batch_size=batch_size, progress=len(paths) > 1)
+    if ray is not None:
+        from .ray_jobs import embed_files_on_ray
+
+        result = embed_files_on_ray(embedder, cache, paths, batch_size, ray)
+    else:
+        result = embed_files(embedder, cache, paths, batch_size=batch_size, progress=len(paths) > 1)
     for message in list(result.errors.values())[:10]:
         typer.secho(f"skipped: {message}", fg="yellow", err=True)
     return result.features, result.ok
@@ -228,24 +238,30 @@ def embed(
     embedder: str = typer.Option("auto", help="embedder spec (listed above)"),
     cache: Optional[Path] = typer.Option(None, help="embedding cache file (default: user cache)"),
     batch_size: int = typer.Option(64, "--batch-size"),
+    use_ray: bool = ray_flags.USE_RAY,
+    ray_address: Optional[str] = ray_flags.RAY_ADDRESS,
+    actors: Optional[int] = ray_flags.ACTORS,
+    gpus_per_actor: float = ray_flags.GPUS_PER_ACTOR,
 ) -> None:
     import numpy as np
 
     from .datasets import DatasetError, list_image_folder
+    from .ray_jobs import RayRunError, ray_options
 
     try:
+        ray = ray_options(use_ray, ray_address, actors, gpus_per_actor)
         if test_folder is not None:  # check the classes before spending time on embedding
             _check_same_classes(list_image_folder(folder)[2], list_image_folder(test_folder)[2], folder, test_folder)
-        dataset, paths, model = _embed_folder(folder, embedder, cache, batch_size)
+        dataset, paths, model = _embed_folder(folder, embedder, cache, batch_size, ray=ray)
         arrays = {"features": dataset.features, "labels": dataset.labels,
                   "class_names": np.asarray(dataset.class_names),
                   "names": np.asarray([p.relative_to(folder).as_posix() for p in paths]),
                   "embedder_spec": np.asarray(model.spec), "embedder_id": np.asarray(model.id)}
         if test_folder is not None:
-            test, test_paths, _ = _embed_folder(test_folder, embedder, cache, batch_size, embedder=model)
+            test, test_paths, _ = _embed_folder(test_folder, embedder, cache, batch_size, embedder=model, ray=ray)
             arrays.update(test_features=test.features, test_labels=test.labels,
                           test_names=np.asarray([p.relative_to(test_folder).as_posix() for p in test_paths]))
-    except (DatasetError, ValueError) as exc:
+    except (DatasetError, RayRunError, ValueError) as exc:
         _fail(str(exc))
     np.savez(output, **arrays)
     extra = f", test {arrays['test_features'].shape}" if test_folder is not None else ""

@@ -7,6 +7,8 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
+from labelers import ray_flags
+
 
 class _RunByDefault(TyperGroup):
     """`pseudo-label SOURCE ...` means `pseudo-label run SOURCE ...`; `pseudo-label merge ...` merges."""
@@ -61,9 +63,14 @@ def run(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per batch (written after each)."),
     masks: bool = typer.Option(False, "--masks", help="Keep RLE masks in records and COCO."),
     device: str = typer.Option("auto", "--device"),
+    use_ray: bool = ray_flags.USE_RAY,
+    ray_address: Optional[str] = ray_flags.RAY_ADDRESS,
+    actors: Optional[int] = ray_flags.ACTORS,
+    gpus_per_actor: float = ray_flags.GPUS_PER_ACTOR,
 ) -> None:
     """Pseudo-label the images [start, end) of SOURCE into --output-dir."""
     from labelers.pseudo.proposals import ProposerError, make_proposer
+    from labelers.ray_jobs import RayRunError, pseudo_labeling_on_ray, ray_options
     from labelers.pseudo.run import PseudoRunError, list_coco, list_folder, run_pseudo_labels, write_outputs
     from labelers.pseudo.settings import PseudoSettingsError, load_pseudo_settings
     from labelers.vlm.loading import VLMLoadError, load_vlm, pick_device
@@ -89,18 +96,21 @@ def run(
         _fail(f"--end {end} must be greater than --start {start}")
     items = items[start:end]
     try:
-        torch_device = pick_device(device)
-        props = make_proposer(settings.proposer, settings.sam, settings.felzenszwalb, device=str(torch_device))
-        vlm_settings = load_settings()
-        vlm = load_vlm(settings.model, vlm_settings, device=device)
+        vlm_settings, ray = load_settings(), ray_options(use_ray, ray_address, actors, gpus_per_actor)
+        if ray is not None:  # the actors build the proposer and the VLM
+            props, vlm, label_batches = pseudo_labeling_on_ray(settings, device, ray)
+        else:
+            torch_device = pick_device(device)
+            props = make_proposer(settings.proposer, settings.sam, settings.felzenszwalb, device=str(torch_device))
+            vlm, label_batches = load_vlm(settings.model, vlm_settings, device=device), None
     except (ProposerError, VLMLoadError, ValueError) as exc:
         _fail(str(exc))
     records_path = output_dir / records_name(start, end)
     try:
         summary = run_pseudo_labels(items, props, vlm, categories, settings, records_path, resume=resume,
                                     batch_size=batch_size, answer_prefix=vlm_settings.prefix_for(vlm.model_type),
-                                    save_masks=masks)
-    except PseudoRunError as exc:
+                                    save_masks=masks, label_batches=label_batches)
+    except (PseudoRunError, RayRunError) as exc:
         _fail(str(exc))
     from labelers.pseudo.run import read_records
 

@@ -86,9 +86,10 @@ def _mask_rle(mask) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _label_batch(batch: Sequence[ImageItem], proposer: Proposer, vlm, categories: Sequence[str],
-                 settings: PseudoSettings, answer_prefix: str, save_masks: bool) -> list[dict]:
-    """Return one record per item of ``batch``: masks for all images, then one batched question chain."""
+def label_batch(batch: Sequence[ImageItem], proposer: Proposer, vlm, categories: Sequence[str],
+                settings: PseudoSettings, answer_prefix: str, save_masks: bool) -> list[dict]:
+    """Return one record per item of ``batch``: masks for all images, then one batched question chain.
+    The per-batch step of a run, the same in one process and on Ray (labelers.ray_jobs)."""
     from PIL import Image
 
     records, images = [], []
@@ -126,11 +127,14 @@ def _label_batch(batch: Sequence[ImageItem], proposer: Proposer, vlm, categories
 
 def run_pseudo_labels(items: Sequence[ImageItem], proposer: Proposer, vlm, categories: Sequence[str],
                       settings: PseudoSettings, records_path: Path, resume: bool = False, batch_size: int = 4,
-                      answer_prefix: str = "", save_masks: bool = False, progress: bool = True) -> dict:
+                      answer_prefix: str = "", save_masks: bool = False, progress: bool = True,
+                      label_batches=None) -> dict:
     """Label ``items`` into ``records_path`` (JSONL), appending and flushing after every batch.
 
     With ``resume`` the images already in the file are skipped; without it an existing non-empty file
     is refused (PseudoRunError), so nothing is overwritten. Returns {done, skipped, errors}.
+    ``label_batches(batches, step)`` maps the batches to `label_batch` records in order, given ``step`` (its
+    keyword arguments after ``vlm``); by default here with ``proposer`` and ``vlm`` (labelers.ray_jobs: on Ray).
     """
     from tqdm import tqdm
 
@@ -143,10 +147,13 @@ def run_pseudo_labels(items: Sequence[ImageItem], proposer: Proposer, vlm, categ
     records_path.parent.mkdir(parents=True, exist_ok=True)
     summary = {"done": 0, "skipped": len(items) - len(todo), "errors": 0}
     bar = tqdm(total=len(items), initial=summary["skipped"], unit="img", desc="pseudo-labels", disable=not progress)
+    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    step = dict(categories=list(categories), settings=settings, answer_prefix=answer_prefix, save_masks=save_masks)
+    results = label_batches(batches, step) if label_batches is not None else \
+        (label_batch(batch, proposer, vlm, **step) for batch in batches)
     with open(records_path, "a", encoding="utf-8") as out:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            for record in _label_batch(batch, proposer, vlm, categories, settings, answer_prefix, save_masks):
+        for batch, records in zip(batches, results):
+            for record in records:
                 if record["error"]:
                     summary["errors"] += 1
                     warnings.warn(record["error"])

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from .. import ray_flags
+
 RELABEL_HELP = """Relabel single-label images into multi-label ones: regions -> confidence -> label -> retrain -> repeat.
 
 --data is an image folder root/<class>/*, a CSV (image,label), the relabeler JSON {"data": [{"img_path",
@@ -39,30 +41,31 @@ def _merged(config: Optional[Path], given: dict) -> dict:
     return options
 
 
-def _embed_set(paths, embedder, cache, options, seed, what):
-    """Return (images' region embeddings, boxes per image, names) for image files."""
+CHUNK = 32  # images per embedding call: batches of a few hundred crops, a bounded number of images in memory
+
+
+def _embed_set(paths, embedder, cache, options, seed, what, ray=None):
+    """Return (images' region embeddings, boxes per image) for image files (on Ray with ``ray``)."""
     from tqdm.auto import tqdm
 
-    from ..images import load_image
-    from .region_features import embed_regions
-    from .regions import propose
+    from .region_features import embed_chunk
 
+    if ray is not None:
+        from ..ray_jobs import regions_on_ray
+
+        return regions_on_ray(paths, CHUNK, embedder.spec, cache.path, options, seed, ray)
     boxes, region_features = [], []
-    size = int(options["crop_size"]) if str(options["crop_size"]).isdigit() else options["crop_size"]
-    chunk = 32  # images per embedding call: batches of a few hundred crops, a bounded number of images in memory
     bar = tqdm(total=len(paths), desc=f"regions {what}", unit="img")
-    for start in range(0, len(paths), chunk):
-        images = [load_image(p) for p in paths[start:start + chunk]]
-        chunk_boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
-                               name=str(path)) for j, (image, path) in enumerate(zip(images, paths[start:start + chunk]))]
+    for start in range(0, len(paths), CHUNK):
+        chunk_features, chunk_boxes = embed_chunk(paths[start:start + CHUNK], start, embedder, cache, options, seed)
         boxes += chunk_boxes
-        region_features += embed_regions(embedder, cache, images, chunk_boxes, [str(p) for p in paths[start:start + chunk]])
-        bar.update(len(images))
+        region_features += chunk_features
+        bar.update(len(chunk_boxes))
     bar.close()
     return region_features, boxes
 
 
-def _holdout(path: Path, class_names, embedder, cache, options, seed):
+def _holdout(path: Path, class_names, embedder, cache, options, seed, ray=None):
     from ..formats.relabel_json import read_relabel_json
     from .inputs import _resolve
     from .metrics import multi_hot
@@ -70,7 +73,7 @@ def _holdout(path: Path, class_names, embedder, cache, options, seed):
 
     rows = read_relabel_json(path, len(class_names))
     paths = [_resolve(image, [path.parent], path, row) for row, (image, _) in enumerate(rows)]
-    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout")
+    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout", ray)
     return Holdout(regions, multi_hot([labels for _, labels in rows], len(class_names)))
 
 
@@ -100,6 +103,10 @@ def relabel(
     embedder: str = typer.Option("efficientnet-lite0", help="embedder spec"),
     cache: Optional[Path] = typer.Option(None, help="embedding cache file (default: user cache)"),
     seed: int = typer.Option(0),
+    use_ray: bool = ray_flags.USE_RAY,
+    ray_address: Optional[str] = ray_flags.RAY_ADDRESS,
+    actors: Optional[int] = ray_flags.ACTORS,
+    gpus_per_actor: float = ray_flags.GPUS_PER_ACTOR,
 ) -> None:
     if ctx.invoked_subcommand:
         return
@@ -109,6 +116,7 @@ def relabel(
     from ..formats.ls_relabel import write_multichoice_predictions
     from ..formats.relabel_json import ClassIndex, RelabelFormatError, write_class_index, write_relabel_json
     from ..images import ImageLoadError
+    from ..ray_jobs import RayRunError, ray_options
     from ..sample_data import cache_dir
     from .confidence import autoaugment_views
     from .inputs import RelabelInputError, read_input
@@ -128,16 +136,18 @@ def relabel(
                                target_precision=options["target_precision"], keep_original=options["keep_original"],
                                seed=seed)
     try:
+        ray = ray_options(use_ray, ray_address, actors, gpus_per_actor)
         dataset = read_input(Path(options["data"]), class_index, image_root)
         if options["max_images"]:
             dataset.paths, dataset.original = dataset.paths[:options["max_images"]], dataset.original[:options["max_images"]]
         model = make_embedder(embedder)
+        model.spec = embedder  # what the actors of a Ray run build it from
         store = EmbeddingCache(cache or cache_dir() / "embeddings.sqlite")
         typer.echo(f"{len(dataset.paths)} images, {len(dataset.class_names)} classes; embedder {model.id}; "
                    f"{settings.confidence} x{settings.passes if settings.confidence != 'naive' else 1}, "
                    f"rule {settings.rule}, {'keep' if settings.keep_original else 'drop'} original")
-        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train")
-        held = _holdout(holdout, dataset.class_names, model, store, options, seed) if holdout else None
+        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train", ray)
+        held = _holdout(holdout, dataset.class_names, model, store, options, seed, ray) if holdout else None
 
         def perturb(i, n_passes, pass_seed):
             from ..images import load_image
@@ -153,7 +163,7 @@ def relabel(
                              img_paths=[str(p) for p in dataset.paths], resume=resume,
                              perturb=perturb if settings.confidence == "mc-perturbation" else None, progress=True)
     except (RelabelInputError, RelabelFormatError, DatasetError, RegionError, ImageLoadError, EmbedderUnavailable,
-            ValueError) as exc:
+            RayRunError, ValueError) as exc:
         _fail(str(exc))
     best = best_round(history)
     rows = list(zip([str(p) for p in dataset.paths], best.labels))

@@ -10,7 +10,8 @@ from PIL import Image
 
 from ..cache import EmbeddingCache, embed_blobs
 from ..embedders import Embedder
-from .regions import Box, crop_regions
+from ..images import load_image
+from .regions import Box, crop_regions, propose
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -47,3 +48,13 @@ def embed_regions(embedder: Embedder, cache: EmbeddingCache | None, images: Sequ
                                     batch_size))
     flat = np.concatenate(features) if features else np.zeros((0, embedder.dim), np.float32)
     return np.split(flat, np.cumsum(sizes)[:-1])
+
+
+def embed_chunk(paths, start: int, embedder, cache, options, seed):
+    """Return (region embeddings per image, boxes per image) of the images ``paths`` that start at position
+    ``start`` of the set (it seeds their random regions). The per-batch step, in one process or on Ray."""
+    size = int(options["crop_size"]) if str(options["crop_size"]).isdigit() else options["crop_size"]
+    images = [load_image(p) for p in paths]
+    boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j, name=str(path))
+             for j, (image, path) in enumerate(zip(images, paths))]
+    return embed_regions(embedder, cache, images, boxes, [str(p) for p in paths]), boxes

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from labelers import ray_flags
+
 
 class Mode(str, Enum):
     ordinary = "ordinary"
@@ -72,6 +74,10 @@ def label(
     local_files_root: Optional[Path] = typer.Option(None, "--local-files-root", "--local_files_root",
                                                     help="Label Studio local-files/media root for JSON exports."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    use_ray: bool = ray_flags.USE_RAY,
+    ray_address: Optional[str] = ray_flags.RAY_ADDRESS,
+    actors: Optional[int] = ray_flags.ACTORS,
+    gpus_per_actor: float = ray_flags.GPUS_PER_ACTOR,
 ) -> None:
     """Label images with a vision-language model into OUTPUT_DIR (auto_labels.csv + labels.jsonl).
 
@@ -79,6 +85,7 @@ def label(
     --batch_size 8 --seed 1126 --num_rounds 3 --output_dir logs/ [--auto_cl] [--long_label]`.
     """
     from labelers.formats.class_names import ShortNameCollision
+    from labelers.ray_jobs import RayRunError, check_labeling, ray_options
     from labelers.vlm.inputs import InputError, read_inputs
     from labelers.vlm.loading import VLMLoadError, resolve_model
     from labelers.vlm.run import RunError, check_run_dir, run_settings
@@ -87,12 +94,15 @@ def label(
     try:
         source = _one_source(source, dataset)
         mode = _mode(mode, auto_cl)
+        ray = ray_options(use_ray, ray_address, actors, gpus_per_actor)
         complementary = {key: value for key, value in dict(num_options=num_options, distinct=distinct,
                                                            balance=balance, seed=seed).items() if value is not None}
         settings = load_settings(config, method=method.value if method else None, max_retries=max_retries,
                                  batch_size=batch_size, complementary=complementary or None)
         items, class_names = read_inputs(source, _class_list(classes), local_files_root)
         _check_before_loading(settings, mode, class_names, rounds, len(items), long_label)
+        if ray is not None:
+            check_labeling(settings, mode.value)
         # the run directory too: a refused resume must not cost a model load
         check_run_dir(output_dir, run_settings(settings, mode.value, class_names, long_label, rounds, None,
                                                settings.batch_size, resolve_model(model, settings), None), resume)
@@ -107,12 +117,19 @@ def label(
         from labelers.vlm.labeler import VLMLabeler
         from labelers.vlm.run import run_labeling
 
-        labeler = VLMLabeler.from_pretrained(model, settings, device=device, dtype=dtype)
+        run_batches = None
+        if ray is not None:  # the actors load the model; here only its name and prompts are needed
+            from labelers.ray_jobs import labeler_without_weights, labeling_on_ray
+
+            labeler = labeler_without_weights(model, settings)
+            run_batches = labeling_on_ray(model, settings, device, dtype, ray)
+        else:
+            labeler = VLMLabeler.from_pretrained(model, settings, device=device, dtype=dtype)
         typer.echo(f"{labeler.model_id} on {labeler.vlm.device}: {len(items)} images, {len(class_names)} classes, "
                    f"{mode.value} labels by {settings.method}", err=True)
         summary = run_labeling(labeler, items, class_names, output_dir, mode.value, rounds, long_label, resume,
-                               settings.batch_size, settings.method, progress)
-    except (VLMLoadError, RunError, ShortNameCollision, ValueError) as exc:
+                               settings.batch_size, settings.method, progress, run_batches=run_batches)
+    except (VLMLoadError, RunError, ShortNameCollision, RayRunError, ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted; finished batches are saved, continue with --resume --output-dir {output_dir}",

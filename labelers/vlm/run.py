@@ -151,20 +151,49 @@ def _prepare_dir(out_dir: Path, run: RunSettings, resume: bool) -> dict[str, lis
     return done
 
 
+def label_batch(labeler, batch: Sequence, sampler: CandidateSampler | None, class_names: Sequence[str], mode: str,
+                rounds: int, long_label: bool, method: str, batch_size: int) -> tuple[list, list, dict[str, str]]:
+    """Return (the items of ``batch`` whose image loaded, their answers per round, {key: error} of the rest).
+
+    The per-batch step of a run, the same in one process and on Ray (labelers.ray_jobs); ``sampler`` draws
+    the complementary candidates (None for ordinary labels).
+    """
+    from labelers.images import ImageLoadError, load_image
+
+    loaded, images, failed = [], [], {}
+    for item in batch:
+        try:
+            images.append(load_image(item.path, name=item.key))
+            loaded.append(item)
+        except ImageLoadError as exc:
+            failed[item.key] = str(exc)
+    if not loaded:
+        return loaded, [], failed
+    keys = [item.key for item in loaded]
+    if mode == "complementary":
+        answers = labeler.complementary(images, class_names, keys, sampler, long_label, method, batch_size)
+    else:
+        answers = labeler.ordinary(images, class_names, keys, rounds, long_label, method, batch_size)
+    return loaded, answers, failed
+
+
 def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: str | Path, mode: str,
                  rounds: int | None = None, long_label: bool = True, resume: bool = False,
                  batch_size: int | None = None, method: str | None = None, progress: bool = True,
-                 on_batch: Callable[[int], None] | None = None) -> RunSummary:
+                 on_batch: Callable[[int], None] | None = None,
+                 run_batches: Callable | None = None) -> RunSummary:
     """Label ``items`` (ImageItems) into ``out_dir``; return a RunSummary.
 
     ``mode`` is ``ordinary`` or ``complementary``; ``rounds`` defaults to 1 (ordinary) or the
     settings' complementary rounds. Unreadable images are reported in ``summary.failed`` and left
     out of ``auto_labels.csv``; the rest is still labeled. Raises RunError for a directory that
     holds another run, ShortNameCollision when short names merge classes.
+
+    ``run_batches(batches, step)`` maps the batches to `label_batch` results in order, given ``step``
+    (label_batch's keyword arguments after the sampler); by default they run here one after another
+    (labelers.ray_jobs.labeling_on_ray runs them on Ray, ``labeler`` then only names the model and prompts).
     """
     from tqdm import tqdm
-
-    from labelers.images import ImageLoadError, load_image
 
     settings = labeler.settings
     cfg = settings.complementary
@@ -193,21 +222,15 @@ def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: 
     position = {item.key: i for i, item in enumerate(items)}
     summary = RunSummary(out_dir, skipped=len(items) - len(todo))
     bar = tqdm(total=len(items), initial=summary.skipped, unit="img", desc=f"{mode} labels", disable=not progress)
+    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+    step = dict(class_names=list(class_names), mode=mode, rounds=rounds, long_label=long_label, method=method,
+                batch_size=batch_size)
+    results = run_batches(batches, step) if run_batches is not None else \
+        (label_batch(labeler, batch, sampler, **step) for batch in batches)  # lazily: quotas move per batch
     with open(out_dir / JSONL_NAME, "a", encoding="utf-8") as fh:
-        for start in range(0, len(todo), batch_size):
-            batch, images = [], []
-            for item in todo[start:start + batch_size]:
-                try:
-                    images.append(load_image(item.path, name=item.key))
-                    batch.append(item)
-                except ImageLoadError as exc:
-                    summary.failed[item.key] = str(exc)
+        for todo_batch, (batch, answers, failed) in zip(batches, results):
+            summary.failed.update(failed)
             if batch:
-                keys = [item.key for item in batch]
-                if mode == "complementary":
-                    answers = labeler.complementary(images, class_names, keys, sampler, long_label, method, batch_size)
-                else:
-                    answers = labeler.ordinary(images, class_names, keys, rounds, long_label, method, batch_size)
                 for item, per_round in zip(batch, answers):
                     truth = index.get(item.label) if item.label is not None else None
                     records = [answer_record(item.key, item.path, r, a, names, run, truth, position[item.key])
@@ -217,7 +240,7 @@ def run_labeling(labeler, items: Sequence, class_names: Sequence[str], out_dir: 
                 fh.flush()
                 os.fsync(fh.fileno())
             summary.labeled += len(batch)
-            bar.update(len(todo[start:start + batch_size]))
+            bar.update(len(todo_batch))
             if on_batch is not None:
                 on_batch(summary.labeled)
     bar.close()
