@@ -265,7 +265,8 @@ def propose_boxes(image, proposer, pipeline, settings: BoxSettings) -> list:
         box = (min(image.width, round(x0 * factor)), min(image.height, round(y0 * factor)),
                min(image.width, round(x1 * factor)), min(image.height, round(y1 * factor)))
         if box[2] > box[0] and box[3] > box[1]:
-            out.append((proposal.mask, float(proposal.score), box, small))
+            # a random or untrained SAM can predict an IoU below 0: a score is a probability here
+            out.append((proposal.mask, min(1.0, max(0.0, float(proposal.score))), box, small))
     return out
 
 
