@@ -154,3 +154,17 @@ def test_a_single_choice_project_asking_for_relabel_is_refused_at_setup(make_cli
         resp = client.post("/setup", json={"project": "1.1", "schema": CHOICES_XML,
                                            "extra_params": {"relabel": {"regions": "grid"}}})
     assert resp.status_code == 422 and 'choice=\\"multiple\\"' in json.dumps(resp.json())
+
+
+def test_labelloop_status_shows_what_annotators_kept():
+    from rich.console import Console
+
+    from backend.status import render
+
+    console = Console(record=True, width=300)
+    summary = {"kind": "choices", "annotations": 3, "kept": 4, "removed": 1, "added": 2, "kept_share": 0.8}
+    render({"projects": {"1": {"model_version": "v1", "suggestions": summary}, "2": {"model_version": "v2"}}},
+           {}, console)
+    rows = [line for line in console.export_text().splitlines() if "│ v" in line]
+    assert "kept 4, removed 1, added 2 (80%) in 3 annotations" in rows[0]
+    assert "kept" not in rows[1]
