@@ -150,9 +150,15 @@ class LabelloopModel:
         """Refuse (LabelConfigError, 422) a similar_to task id that the project's embedded tasks show cannot
         be the reference. Judged at /predict instead when nothing is embedded yet (the warm-up runs after
         /setup) and for an image URL (embedding it needs the weights, which /setup never loads)."""
+        if self.relabel is not None and self.predictor.predictor == "vlm":
+            raise LabelConfigError("extra_params relabel scores regions with the head; it does not apply to "
+                                   "predictor vlm")
         ref = self.similar_to
         if ref is None:
             return
+        if self.boxes is not None or self.relabel is not None:
+            raise LabelConfigError(f"extra_params {SIMILAR_PARAM} orders classification predictions; it does not "
+                                   "apply to relabel suggestions or box pre-annotations")
         if self.predictor.predictor == "vlm":
             raise LabelConfigError(f"extra_params {SIMILAR_PARAM} orders tasks over the head's embeddings; "
                                    "it does not apply to predictor vlm")

@@ -168,3 +168,13 @@ def test_labelloop_status_shows_what_annotators_kept():
     rows = [line for line in console.export_text().splitlines() if "│ v" in line]
     assert "kept 4, removed 1, added 2 (80%) in 3 annotations" in rows[0]
     assert "kept" not in rows[1]
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"relabel": {}, "predictor": "vlm"}, "does not apply to predictor vlm"),
+    ({"relabel": {}, "similar_to": 3}, "does not apply to relabel suggestions"),
+])
+def test_relabel_with_what_it_cannot_honour_is_refused_at_setup(make_client, extra, fragment):
+    with make_client() as (client, _):
+        resp = client.post("/setup", json={"project": "1.1", "schema": MULTI, "extra_params": extra})
+    assert resp.status_code == 422 and fragment in resp.json()["detail"]
