@@ -178,3 +178,46 @@ def test_relabel_with_what_it_cannot_honour_is_refused_at_setup(make_client, ext
     with make_client() as (client, _):
         resp = client.post("/setup", json={"project": "1.1", "schema": MULTI, "extra_params": extra})
     assert resp.status_code == 422 and fragment in resp.json()["detail"]
+
+
+def test_on_real_features_regions_find_the_second_object_the_whole_image_misses():
+    """EfficientNet-Lite0 at 64 px (real weights) + a sigmoid head trained on 30 single CIFAR-10 training
+    images per class; 40 scenes of two test-split objects in random quadrants of a grey 64 px canvas. Measured
+    (threshold 0.5): whole image P 0.72 R 0.61 F1 0.66; best region (2x2 grid + whole) P 0.56 R 0.94 F1 0.70."""
+    from labelers.head import ClassifierHead
+    from labelers.relabel.regions import crop_regions
+    from labelers.sample_data import CIFAR10_CLASSES, cifar10_subset
+    from tests.backend.conftest import shared_loader
+
+    embedder = shared_loader("efficientnet-lite0@64")
+    paths, labels = cifar10_subset("train", per_class=30)
+    train = [(p, CLASSES.index(CIFAR10_CLASSES[y])) for p, y in zip(paths, labels) if CIFAR10_CLASSES[y] in CLASSES]
+    targets = np.zeros((len(train), len(CLASSES)))
+    targets[np.arange(len(train)), [k for _, k in train]] = 1
+    head = ClassifierHead(list(CLASSES), multi_label=True).fit(
+        embedder.encode_images([Image.open(p).convert("RGB") for p, _ in train]), targets)
+    test_paths, test_labels = cifar10_subset("test", per_class=20)
+    by_class = {c: [p for p, y in zip(test_paths, test_labels) if CIFAR10_CLASSES[y] == c] for c in CLASSES}
+    rng = np.random.default_rng(0)
+    scenes, truth = [], np.zeros((40, len(CLASSES)), bool)
+    for s in range(40):
+        canvas = Image.new("RGB", (64, 64), (128, 128, 128))
+        for c, q in zip(rng.choice(4, 2, replace=False), rng.choice(4, 2, replace=False)):
+            canvas.paste(Image.open(by_class[CLASSES[c]][s % 20]).convert("RGB"), ((q % 2) * 32, (q // 2) * 32))
+            truth[s, c] = True
+        scenes.append(canvas)
+
+    def embed(images, boxes, names):
+        return [embedder.encode_images(crop_regions(image, b)) for image, b in zip(images, boxes)]
+
+    def precision_recall_f1(scores):
+        pred = np.asarray(scores) >= 0.5
+        p, r = (pred & truth).sum() / pred.sum(), (pred & truth).sum() / truth.sum()
+        return p, r, 2 * p * r / (p + r)
+
+    regions = region_scores(scenes, RelabelSettings(regions="grid", grid_rows=2), embed, head.predict_proba)
+    whole = head.predict_proba(embedder.encode_images(scenes))
+    _, whole_recall, whole_f1 = precision_recall_f1(whole)
+    _, region_recall, region_f1 = precision_recall_f1(np.stack(regions))
+    assert region_recall >= whole_recall + 0.2  # 0.94 vs 0.61: the second object is found
+    assert region_f1 > whole_f1  # and not bought with more wrong labels than it gains
