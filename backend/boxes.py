@@ -109,7 +109,7 @@ def box_target(xml: str | None, extra: dict[str, Any] | None = None) -> BoxTarge
 class BoxSettings:
     """extra_params {"boxes": {...}}: proposer, filters and how many boxes to emit."""
 
-    proposer: str | None = None        # sam | felzenszwalb; None: the operator's pseudo config (LABELLOOP_PSEUDO_CONFIG)
+    proposer: str | None = None        # sam | felzenszwalb; None: the operator's (LABELLOOP_PSEUDO_CONFIG)
     min_score: float | None = None     # proposal score cut (CoT-PL 0.7); None: the pseudo config's
     mask_nms_iou: float | None = None  # mask NMS (CoT-PL 0.8)
     fallback_top_k: int | None = None  # proposals kept when none survive (CoT-PL 3)
