@@ -202,3 +202,54 @@ def test_route_labels_boxes_with_the_vlm_and_loads_sam_from_a_local_folder(make_
         assert result["model_version"] == version
         for box in result["result"]:
             assert box["value"]["rectanglelabels"][0] in LABELS and 0 <= box["score"] <= 1
+
+
+def test_on_real_features_the_classical_pipeline_finds_most_pasted_objects():
+    """20 scenes of two CIFAR-10 test objects (40-63 px) pasted on a plain 160x120 canvas; Felzenszwalb
+    proposals with the default filters, EfficientNet-Lite0 at 64 px (real weights) + a softmax head trained on
+    30 single training images per class. Measured: 82.5 % of the objects get a box of the right label at
+    IoU >= 0.5, among 9.6 boxes per image (the classical proposer scores every segment 1.0, so fragments are
+    kept too: precision is low; SAM's scores are what CoT-PL's filters expect)."""
+    from collections import Counter
+
+    import numpy as np
+    from PIL import Image
+
+    from backend.acceptance import box_iou
+    from backend.boxes import head_labels, propose_boxes
+    from labelers.head import ClassifierHead
+    from labelers.pseudo.proposals import FelzenszwalbProposer
+    from labelers.pseudo.settings import load_pseudo_settings
+    from labelers.sample_data import CIFAR10_CLASSES, cifar10_subset
+    from tests.backend.conftest import shared_loader
+
+    classes = ["airplane", "cat", "ship", "truck"]
+    target = box_target('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
+                        + "".join(f'<Label value="{c}"/>' for c in classes) + "</RectangleLabels></View>")
+    embedder = shared_loader("efficientnet-lite0@64")
+    paths, labels = cifar10_subset("train", per_class=30)
+    train = [(p, classes.index(CIFAR10_CLASSES[y])) for p, y in zip(paths, labels) if CIFAR10_CLASSES[y] in classes]
+    head = ClassifierHead(classes).fit(embedder.encode_images([Image.open(p).convert("RGB") for p, _ in train]),
+                                       np.array([k for _, k in train]))
+    test_paths, test_labels = cifar10_subset("test", per_class=10)
+    by_class = {c: [p for p, y in zip(test_paths, test_labels) if CIFAR10_CLASSES[y] == c] for c in classes}
+    rng = np.random.default_rng(0)
+    pipeline = load_pseudo_settings(None, {"proposer": "felzenszwalb"})
+    settings = BoxSettings(max_side=160)
+    found = emitted = 0
+    for s in range(20):
+        canvas = Image.new("RGB", (160, 120), tuple(int(v) for v in rng.integers(60, 200, 3)))
+        truth = []
+        for j, c in enumerate(rng.choice(4, 2, replace=False)):
+            side = int(rng.integers(40, 64))
+            x0, y0 = 10 + j * 80 + int(rng.integers(0, 10)), int(rng.integers(5, 120 - side))
+            canvas.paste(Image.open(by_class[classes[c]][s % 10]).convert("RGB").resize((side, side)), (x0, y0))
+            truth.append((classes[c], {"x": x0 / 1.6, "y": y0 / 1.2, "width": side / 1.6, "height": side / 1.2}))
+        proposals = propose_boxes(canvas, FelzenszwalbProposer(pipeline.felzenszwalb), pipeline, settings)
+        boxes = head_labels(proposals, canvas, target, embedder.encode_images, head.predict_proba, None, Counter())
+        result = to_prediction(boxes, canvas, target, settings, "v")["result"]
+        emitted += len(result)
+        found += sum(any(r["value"]["rectanglelabels"][0] == label and box_iou(r["value"], box) >= 0.5
+                         for r in result) for label, box in truth)
+    assert found / 40 >= 0.7
+    assert emitted <= 20 * settings.max_boxes
