@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from backend.acceptance import boxes_suggestion
+from backend.embedding import fetch_deadline
 from backend.labels import ImageClassification, LabelConfigError, _image_of, _split_names, _truthy, \
     label_interface, parse_label_config
 from backend.loading import LoadOncePool
@@ -382,10 +383,15 @@ class BoxPredictor:
                 return head_labels(proposals, image, target, embed,
                                    lambda f: label_probabilities(head, target.classes, f), evident, counts)
 
+        # as the VLM path: no image is started after the deadline, so Label Studio gets an answer in time
+        deadline = None if budget is None else fetch_deadline(self.fetcher.clock(), budget, self.fetch_timeout)
         got = load_task_images(self.fetcher, tasks, target.data_key, budget, self.fetch_timeout)
         items: list[Any] = [PredictionValue(result=[], score=None, model_version=served) for _ in tasks]
         remembered = {}
         for i in sorted(got.images):
+            if deadline is not None and self.fetcher.clock() >= deadline:
+                got.not_reached.append(i)
+                continue
             image = got.images[i]
             with self.proposers.compute_lock:
                 proposals = propose_boxes(image, proposer, pipeline, settings)
@@ -398,7 +404,8 @@ class BoxPredictor:
         self.ledger.remember(project.id, remembered)
         for i in got.not_reached:
             items[i] = []
-        counts.update(tasks_predicted=len(got.images), tasks_failed=len(got.errors),
+        counts.update(tasks_predicted=len(got.images) - len(set(got.not_reached) & set(got.images)),
+                      tasks_failed=len(got.errors),
                       tasks_not_predicted=len(got.not_reached), images_fetched=got.fetched)
-        counts[f"box_proposer_{proposer_name}"] += len(got.images)
+        counts[f"box_proposer_{proposer_name}"] += counts["tasks_predicted"]
         return items, dict(counts), got.errors

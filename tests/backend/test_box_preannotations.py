@@ -253,3 +253,29 @@ def test_on_real_features_the_classical_pipeline_finds_most_pasted_objects():
                          for r in result) for label, box in truth)
     assert found / 40 >= 0.7
     assert emitted <= 20 * settings.max_boxes
+
+
+def test_no_image_is_started_after_the_predict_budget(make_client, photos, monkeypatch):
+    """A clock that jumps past the budget once the first image has its boxes: the rest get [] (Label Studio
+    stores nothing for them and asks again) instead of an answer that comes too late."""
+    import backend.boxes as boxes_module
+
+    now = [0.0]
+    real = boxes_module.propose_boxes
+
+    def slow(*args, **kwargs):
+        found = real(*args, **kwargs)
+        now[0] += 1000.0  # the first image took "forever"
+        return found
+
+    monkeypatch.setattr(boxes_module, "propose_boxes", slow)
+    tasks = photo_tasks(photos)[:3]
+    with make_client(local_files_document_root=photos, predict_budget_seconds=60.0) as (client, runtime):
+        runtime.fetcher.clock = lambda: now[0]
+        setup = client.post("/setup", json={"project": "1.1", "schema": BOXES_XML, "extra_params": SMALL})
+        assert setup.status_code == 200, setup.text
+        resp = client.post("/predict", json={"tasks": tasks, "project": "1.1", "label_config": BOXES_XML})
+        counters = client.get("/metrics").json()["counters"]
+    results = resp.json()["results"]
+    assert results[0]["result"] and results[1:] == [[], []]
+    assert counters["tasks_not_predicted"] == 2 and counters["tasks_predicted"] == 1
