@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from backend.acceptance import choices_suggestion
+from backend.embedding import fetch_deadline
 from backend.labels import ImageClassification, LabelConfigError
 
 PARAM = "relabel"
+CHUNK = 16  # images whose regions are embedded together; the predict budget is checked between chunks
 CONFIDENCE = ("naive", "mc-dropout")  # mc-perturbation re-embeds 25 views per region: `labelloop relabel` only
 
 
@@ -149,19 +151,27 @@ class RelabelSuggester:
 
         embedder = self.embeddings.embedder(project)
         head = self.heads.get(project.id, version, target, embedder)
+        # as the VLM path: no chunk of images is started after the deadline, so Label Studio gets an answer
+        deadline = None if budget is None else fetch_deadline(self.fetcher.clock(), budget, self.fetch_timeout)
         got = load_task_images(self.fetcher, tasks, target.data_key, budget, self.fetch_timeout)
-        rows = sorted(got.images)
         lock = self.embeddings.embedders.compute_locks.get(embedder.id) or threading.Lock()
 
         def embed(images, boxes, names):
             with lock:
                 return embed_regions(embedder, self.cache, images, boxes, names)
 
-        per_image = region_scores([got.images[i] for i in rows], settings, embed,
-                                  lambda f: label_probabilities(head, target, f))
+        scored: list[tuple[int, Any]] = []
+        rows = sorted(got.images)
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start:start + CHUNK]
+            if deadline is not None and self.fetcher.clock() >= deadline:
+                got.not_reached += rows[start:]
+                break
+            scored += zip(chunk, region_scores([got.images[i] for i in chunk], settings, embed,
+                                               lambda f: label_probabilities(head, target, f)))
         items: list[Any] = [PredictionValue(result=[], score=None, model_version=served) for _ in tasks]
         good = []
-        for i, value in zip(rows, per_image):
+        for i, value in scored:
             if isinstance(value, str):
                 got.errors[i] = f"task {got.ids[i]}: {value}"
             else:

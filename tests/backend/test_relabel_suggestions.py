@@ -221,3 +221,26 @@ def test_on_real_features_regions_find_the_second_object_the_whole_image_misses(
     _, region_recall, region_f1 = precision_recall_f1(np.stack(regions))
     assert region_recall >= whole_recall + 0.2  # 0.94 vs 0.61: the second object is found
     assert region_f1 > whole_f1  # and not bought with more wrong labels than it gains
+
+
+def test_no_chunk_of_images_is_started_after_the_predict_budget(make_client, scenes, monkeypatch):
+    """A clock that jumps past the budget once the first chunk is scored: the tasks of later chunks get []."""
+    import backend.relabel_suggestions as module
+
+    now = [0.0]
+    real = module.region_scores
+
+    def slow(*args, **kwargs):
+        out = real(*args, **kwargs)
+        now[0] += 1000.0
+        return out
+
+    monkeypatch.setattr(module, "region_scores", slow)
+    monkeypatch.setattr(module, "CHUNK", 2)
+    with make_client(local_files_document_root=scenes, retrain="manual", predict_budget_seconds=60.0) as (client,
+                                                                                                          runtime):
+        runtime.fetcher.clock = lambda: now[0]
+        setup_project(client, xml=MULTI, relabel={"threshold": 0.2})
+        resp = client.post("/predict", json={"tasks": tasks()[:3], "project": "1.1", "label_config": MULTI})
+    results = resp.json()["results"]
+    assert all(isinstance(r, dict) and r["score"] is not None for r in results[:2]) and results[2] == []
