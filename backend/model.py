@@ -1,8 +1,9 @@
 """LabelloopModel: one Label Studio project as an ML model, in the shape of upstream's LabelStudioMLBase.
 
 Read this class to understand the backend: `setup()` connects a project, `predict()` pre-annotates tasks with
-an active-learning score, and `fit()` reacts to Label Studio's webhook events by storing annotations and
-queueing a retrain. The model is handed a few narrow collaborators (built once per process by
+an active-learning score (or, for a box project or one asking for relabel suggestions, hands the tasks to the
+pre-annotators that look inside images: `_suggest`), and `fit()` reacts to Label Studio's webhook events by
+storing annotations, counting what they kept of our suggestions, and queueing a retrain. The model is handed a few narrow collaborators (built once per process by
 backend.runtime): the store (SQLite in MODEL_DIR), an embedding service, the heads, a VLM predictor, a
 training queue whose worker is the head trainer, a background warmer and the function that names the served
 version. None of them ever builds a model.
