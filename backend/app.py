@@ -247,7 +247,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         # embeddings keep working; "problems" says what does not (e.g. a refused LABEL_STUDIO_API_KEY).
         problems = runtime.problems()
         return {"status": "DEGRADED" if problems else "UP", "model_class": LabelloopModel.__name__,
-                "problems": problems, "embedder": runtime.embedder_status(), "vlm": runtime.vlms.status()}
+                "problems": problems, "embedder": runtime.embedder_status(), "vlm": runtime.vlms.status(),
+                "boxes": runtime.suggestions.proposers.status()}
 
     @app.get("/", dependencies=[Depends(require_auth)])
     def root() -> dict[str, Any]:
@@ -377,6 +378,7 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
             },
             "warm_cache": runtime.warmer.status(project.id),
             "predictor": _predictor_status(runtime, project.id),
+            "suggestions": runtime.suggestions.ledger.summary(project.id),  # acceptance (backend.acceptance)
         }
     return {"worker_pid": os.getpid(), "projects": projects, "vlm": runtime.vlms.status(),
             "counters": runtime.counters.snapshot()}

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     vlm_device: str = _env("auto", "LABELLOOP_VLM_DEVICE")
     vlm_dtype: str = _env("auto", "LABELLOOP_VLM_DTYPE")
     vlm_config: str | None = _env(None, "LABELLOOP_VLM_CONFIG")
+    pseudo_config: str | None = _env(None, "LABELLOOP_PSEUDO_CONFIG")  # box pre-annotations (backend.boxes)
     embed_batch_size: int = Field(32, gt=0, validation_alias="LABELLOOP_EMBED_BATCH_SIZE")
     warm_cache: bool = _env(True, "LABELLOOP_WARM_CACHE")
     retrain: Literal[RETRAIN_POLICIES] = _env("on_submit", "LABELLOOP_RETRAIN")

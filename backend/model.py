@@ -1,8 +1,9 @@
 """LabelloopModel: one Label Studio project as an ML model, in the shape of upstream's LabelStudioMLBase.
 
 Read this class to understand the backend: `setup()` connects a project, `predict()` pre-annotates tasks with
-an active-learning score, and `fit()` reacts to Label Studio's webhook events by storing annotations and
-queueing a retrain. The model is handed a few narrow collaborators (built once per process by
+an active-learning score (or, for a box project or one asking for relabel suggestions, hands the tasks to the
+pre-annotators that look inside images: `_suggest`), and `fit()` reacts to Label Studio's webhook events by
+storing annotations, counting what they kept of our suggestions, and queueing a retrain. The model is handed a few narrow collaborators (built once per process by
 backend.runtime): the store (SQLite in MODEL_DIR), an embedding service, the heads, a VLM predictor, a
 training queue whose worker is the head trainer, a background warmer and the function that names the served
 version. None of them ever builds a model.
@@ -15,10 +16,12 @@ import logging
 from functools import cached_property
 from typing import Any, Callable
 
+from backend.boxes import BoxTarget, box_settings, box_target
 from backend.embedders import describe_spec
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
 from backend.labels import ImageClassification, LabelConfigError, label_interface, parse_label_config
 from backend.predictor import PredictorChoice, PredictorRules
+from backend.relabel_suggestions import RelabelSettings, relabel_settings
 from backend.schemas import ModelResponse, PredictionValue
 from backend.similar import PARAM as SIMILAR_PARAM, parse_reference
 from backend.versions import initial_version
@@ -35,7 +38,8 @@ class LabelloopModel:
                  *, store, embeddings, heads, vlm, training, warmer, rules: PredictorRules, similar=None,
                  served_version: Callable[..., str | None], default_embedder: str, counters,
                  predict_budget: float | None = None, retrain_on_submit: bool = True,
-                 label_studio_connected: bool = False, on_drift: Callable[[str, str], None] | None = None):
+                 label_studio_connected: bool = False, on_drift: Callable[[str, str], None] | None = None,
+                 suggestions=None):
         self.project_id = str(project_id)
         # An empty config means "not given" everywhere: it is validated as the stored one, so it must not be
         # stored over it either (a /setup with schema "" used to answer 200 and break every later /predict).
@@ -47,6 +51,7 @@ class LabelloopModel:
         self.predict_budget, self.retrain_on_submit = predict_budget, retrain_on_submit
         self.label_studio_connected = label_studio_connected
         self.on_drift = on_drift or (lambda project, message: log.info(message))
+        self.suggestions = suggestions  # a backend.runtime.Suggestions: relabel suggestions, boxes, acceptance
 
     # -- upstream-compatible properties ----------------------------------------------------------------------
     @property
@@ -70,8 +75,19 @@ class LabelloopModel:
 
     @cached_property
     def target(self) -> ImageClassification:
-        """The control this backend serves; raises LabelConfigError when the config has none."""
-        return parse_label_config(self.label_config)
+        """The control this backend serves (a box project: its labels as classes); raises LabelConfigError
+        when the config has none."""
+        return self.boxes.classes if self.boxes else parse_label_config(self.label_config)
+
+    @cached_property
+    def boxes(self) -> BoxTarget | None:
+        """The <RectangleLabels> control of a box project (backend.boxes), else None."""
+        return box_target(self.label_config, self.extra_params)
+
+    @cached_property
+    def relabel(self) -> RelabelSettings | None:
+        """Relabel suggestions asked for by extra_params "relabel" (backend.relabel_suggestions), else None."""
+        return None if self.boxes else relabel_settings(self.extra_params, self.target)
 
     @property
     def extra_params(self) -> dict[str, Any]:
@@ -119,7 +135,8 @@ class LabelloopModel:
         Raises LabelConfigError when the label config or extra_params cannot be served. A newly connected
         project gets its tasks embedded in the background when Label Studio credentials are configured.
         """
-        _ = self.target, self.strategy, self.predictor  # validate before recording anything
+        _ = self.target, self.strategy, self.predictor, self.relabel  # validate before recording anything
+        _ = self.boxes and box_settings(self.extra_params)
         self._check_reference()
         project, created = self._connect()
         if created or not self.warmer.started(self.project_id):
@@ -134,9 +151,15 @@ class LabelloopModel:
         """Refuse (LabelConfigError, 422) a similar_to task id that the project's embedded tasks show cannot
         be the reference. Judged at /predict instead when nothing is embedded yet (the warm-up runs after
         /setup) and for an image URL (embedding it needs the weights, which /setup never loads)."""
+        if self.relabel is not None and self.predictor.predictor == "vlm":
+            raise LabelConfigError("extra_params relabel scores regions with the head; it does not apply to "
+                                   "predictor vlm")
         ref = self.similar_to
         if ref is None:
             return
+        if self.boxes is not None or self.relabel is not None:
+            raise LabelConfigError(f"extra_params {SIMILAR_PARAM} orders classification predictions; it does not "
+                                   "apply to relabel suggestions or box pre-annotations")
         if self.predictor.predictor == "vlm":
             raise LabelConfigError(f"extra_params {SIMILAR_PARAM} orders tasks over the head's embeddings; "
                                    "it does not apply to predictor vlm")
@@ -196,6 +219,8 @@ class LabelloopModel:
         annotations, the score is the project's cold-start order and nothing is pre-checked without evidence
         (docs/backend.md §4a)."""
         choice = self.predictor
+        if self.boxes is not None or self.relabel is not None:
+            return self._suggest(tasks)
         project, _ = self._connect()
         if choice.predictor == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
             version = self.model_version
@@ -219,6 +244,23 @@ class LabelloopModel:
                           tasks_not_predicted=len(embedded.pending), images_fetched=embedded.fetched)
         return ModelResponse(model_version=version.model_version, predictions=items)
 
+    def _suggest(self, tasks: list[dict[str, Any]]) -> ModelResponse:
+        """Box pre-annotations or relabel suggestions (one item per task, as `predict`), remembered so that
+        the annotators' acceptance is counted (backend.acceptance)."""
+        project, _ = self._connect()
+        version, served = self.store.get_version(self.project_id, project.model_version), self.model_version
+        if self.boxes is not None:
+            items, counts, errors = self.suggestions.boxes.predict(
+                project, version, served, tasks, self.boxes, box_settings(self.extra_params), self.predictor,
+                budget=self.predict_budget)
+        else:
+            items, counts, errors = self.suggestions.relabel.predict(
+                project, version, served, tasks, self.target, self.relabel, self.strategy, budget=self.predict_budget)
+        for i, message in sorted(errors.items()):
+            log.warning("project %s: no prediction for %s", self.project_id, message)
+        self.counters.add(**counts)
+        return ModelResponse(model_version=served, predictions=items)
+
     # -- fit: webhook events -----------------------------------------------------------------------------------
     def fit(self, event: str, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Record what `event` changes and queue a retrain when it should trigger one; returns at once.
@@ -240,6 +282,8 @@ class LabelloopModel:
         if event not in TRAIN_EVENTS:
             return {"status": "ignored", "detail": f"event {event} is not used by labelloop"}
         self._connect()
+        if event == "START_TRAINING" and self.boxes is not None:
+            return {"status": "ignored", "detail": "box projects are not retrained (backend.boxes)"}
         if event == "START_TRAINING":
             self.training.request(self.project_id, event, full_sync=self.label_studio_connected)
             return {"status": "queued", "detail": "training queued"}
@@ -248,6 +292,8 @@ class LabelloopModel:
             detail = f"{self.store.delete_annotations(self.project_id, ids)} of {len(ids)} annotation(s) deleted"
         else:
             detail = self._store_annotations(event, data)
+        if self.boxes is not None:
+            return {"status": "stored", "detail": detail + "; box projects are not retrained"}
         if self.retrain_on_submit:
             self.training.request(self.project_id, event)
             return {"status": "queued", "detail": detail + "; retrain queued"}
@@ -258,6 +304,8 @@ class LabelloopModel:
         if changes.task_urls:
             self.store.remember_tasks(self.project_id, changes.task_urls)
         stored = self.store.upsert_annotations(self.project_id, changes.keep)
+        if self.suggestions is not None:  # how much of our suggestion each annotation kept
+            self.suggestions.ledger.review(self.project_id, changes.keep)
         if changes.drop:
             self.store.delete_annotations(self.project_id, changes.drop)
         dropped = len(changes.drop)

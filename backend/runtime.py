@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import httpx
@@ -24,7 +25,10 @@ from backend.logs import OnceLog, Redactor, quiet_http_loggers
 from backend.ls_auth import LabelStudioAuth
 from backend.ls_client import LabelStudioClient
 from backend.media import MediaResolver
+from backend.acceptance import SuggestionLedger
+from backend.boxes import BoxPredictor, ProposerPool
 from backend.model import LabelloopModel
+from backend.relabel_suggestions import RelabelSuggester
 from backend.suspects import SuspectAuditor
 from backend.predictor import PredictorRules
 from backend.store import Store
@@ -46,6 +50,16 @@ def _vlm_settings(settings: Settings):
         return load_vlm_settings(settings.vlm_config)
     except (SettingsError, OSError) as exc:
         raise ConfigError(f"vlm_config (LABELLOOP_VLM_CONFIG): {exc}") from None
+
+
+@dataclass(frozen=True)
+class Suggestions:
+    """The pre-annotators that look inside images, and the ledger of what annotators kept of them."""
+
+    relabel: RelabelSuggester
+    boxes: BoxPredictor
+    ledger: SuggestionLedger
+    proposers: ProposerPool
 
 
 class Runtime:
@@ -78,7 +92,14 @@ class Runtime:
         self.rules = PredictorRules(settings, self.vlm_settings)
         self.vlms = VLMPool(settings, self.vlm_settings, vlm_loader)  # loaded on first VLM /predict only
         self.vlm = VLMPredictor(self.vlms, self.fetcher, settings.fetch_timeout_seconds)
-        self.served_version = ServedVersion(self.store, self.rules)
+        self.served_version = ServedVersion(self.store, self.rules, settings.pseudo_config)
+        ledger = SuggestionLedger(self.store)
+        proposers = ProposerPool(settings.vlm_device)
+        self.suggestions = Suggestions(
+            RelabelSuggester(self.embeddings, self.heads, self.cache, self.fetcher, ledger,
+                             settings.fetch_timeout_seconds),
+            BoxPredictor(self.embeddings, self.heads, self.cache, self.fetcher, self.vlms, proposers, ledger,
+                         settings.pseudo_config, settings.fetch_timeout_seconds), ledger, proposers)
         self.ls = LabelStudioClient(settings, self.http, self.redactor)
         self.version_sync = VersionSync(self.store, self.ls, self.served_version,
                                         enabled=settings.sync_project_version)
@@ -105,7 +126,7 @@ class Runtime:
             vlm=self.vlm, training=self.queue, warmer=self.warmer, rules=self.rules, similar=self.similar,
             served_version=self.served_version, default_embedder=self.default_spec, counters=self.counters,
             predict_budget=settings.predict_budget_seconds, retrain_on_submit=settings.retrain == "on_submit",
-            label_studio_connected=self.ls.configured,
+            label_studio_connected=self.ls.configured, suggestions=self.suggestions,
             on_drift=lambda pid, message: self.once.warning(f"embedder-{pid}", "%s", message))
 
     def start(self, preload: bool = True) -> None:

@@ -1,7 +1,7 @@
 """`labelloop status`: what a running backend is doing, read from its /metrics and /versions.
 
 Prints one table of projects (version served and in Label Studio, training state, warm-up progress, accuracy,
-suspect labels, last error) and the learning curve (estimated accuracy against annotations, one point per published
+suspect labels, what annotators kept of relabel/box suggestions, last error) and the learning curve (estimated accuracy against annotations, one point per published
 version); `--plot FILE` writes the curve as a PNG.
 """
 from __future__ import annotations
@@ -87,6 +87,15 @@ def _suspects(suspects: dict | None) -> str:
     return f"{'not judged' if state == 'not_judged' else 'audit failed'}: {reasons}"
 
 
+def _suggestions(summary: dict | None) -> str:
+    """Return e.g. "kept 17, removed 5, added 3 (77%) in 12 annotations" for the suggestions column."""
+    if not summary:
+        return "-"
+    share = f" ({summary['kept_share']:.0%})" if summary.get("kept_share") is not None else ""
+    return (f"kept {summary['kept']}, removed {summary['removed']}, added {summary['added']}{share} "
+            f"in {summary['annotations']} annotations")
+
+
 def _last_error(project: dict) -> str:
     training = project.get("training") or {}
     failure = training.get("last_failure")
@@ -108,7 +117,7 @@ def render(metrics: dict, versions: dict, console: Console) -> None:
     """Print the projects table and each project's learning curve to `console`."""
     table = Table(title="labelloop projects")
     for column in ("project", "version", "in Label Studio", "annotations", "training", "warm-up", "accuracy",
-                   "suspects", "last error"):
+                   "suspects", "suggestions", "last error"):
         table.add_column(column, overflow="fold")
     projects = metrics.get("projects") or {}
     for pid, project in projects.items():
@@ -118,7 +127,8 @@ def render(metrics: dict, versions: dict, console: Console) -> None:
         table.add_row(str(pid), project.get("model_version") or "-",
                       project.get("label_studio_model_version") or "not yet", str(project.get("annotations", 0)),
                       state, _warm_up(project.get("warm_cache")), _accuracy(project.get("accuracy")),
-                      _suspects(project.get("suspects")), _last_error(project))
+                      _suspects(project.get("suspects")), _suggestions(project.get("suggestions")),
+                      _last_error(project))
     console.print(table)
     for pid in projects:
         curve = learning_curve(versions, pid)

@@ -490,6 +490,12 @@ class Store:
             db.execute("INSERT INTO kv(project, key, value) VALUES (?,?,?)"
                        " ON CONFLICT(project, key) DO UPDATE SET value=excluded.value", (project, key, str(value)))
 
+    def kv_items(self, project: str, prefix: str) -> dict[str, str]:
+        """Return {key: value} of the project's key-value state whose key starts with `prefix`."""
+        rows = self._conn().execute("SELECT key, value FROM kv WHERE project=? AND substr(key, 1, ?)=?",
+                                    (project, len(prefix), prefix))
+        return {r["key"]: r["value"] for r in rows}
+
     def heads_dir(self, project: str) -> Path:
         return self.model_dir / "projects" / _safe_name(project) / "heads"
 

@@ -1,13 +1,16 @@
-"""The version a project's predictions carry: "<model>-p<project>-r<n>" for its head, or its VLM's version.
+"""The version a project's predictions carry: "<model>-p<project>-r<n>" for its head, or its VLM's version;
+relabel suggestions and box pre-annotations add a suffix naming their settings ("-relabel-<hash>", "-boxes-<hash>").
 
 `ServedVersion` is the one function that names it; the model, /metrics and the Label Studio version sync all
 call it, so they never disagree.
 """
 from __future__ import annotations
 
+from backend.boxes import box_settings, box_target, box_version, pipeline_settings
 from backend.embedders import version_prefix
 from backend.labels import LabelConfigError, parse_label_config
 from backend.predictor import PredictorRules
+from backend.relabel_suggestions import relabel_settings, relabel_version
 
 
 def head_version(embedder_spec: str, project: str, revision: int) -> str:
@@ -23,8 +26,8 @@ def initial_version(embedder_spec: str, project: str) -> str:
 class ServedVersion:
     """`served(project)` -> the version its predictions carry now, or None for a project never connected."""
 
-    def __init__(self, store, rules: PredictorRules):
-        self.store, self.rules = store, rules
+    def __init__(self, store, rules: PredictorRules, pseudo_config: str | None = None):
+        self.store, self.rules, self.pseudo_config = store, rules, pseudo_config
 
     def __call__(self, project: str, label_config: str | None = None, extra_params: dict | None = None
                  ) -> str | None:
@@ -35,10 +38,17 @@ class ServedVersion:
             return None
         extra = stored.extra_params if extra_params is None else extra_params
         try:
-            target = parse_label_config(label_config or stored.label_config)
+            boxes = box_target(label_config or stored.label_config, extra)
+            target = boxes.classes if boxes else parse_label_config(label_config or stored.label_config)
             choice = self.rules.choice(extra, target)
+            vlm = self.rules.vlm_version(choice, target, project) if choice.predictor == "vlm" else None
+            if boxes is not None:  # names the box pipeline too: Label Studio asks again when it changes
+                settings = box_settings(extra)
+                return box_version(vlm or stored.model_version, boxes, settings,
+                                   pipeline_settings(self.pseudo_config, settings), vlm or "head")
+            relabel = relabel_settings(extra, target)
         except LabelConfigError:
             return stored.model_version
-        if choice.predictor == "vlm":
-            return self.rules.vlm_version(choice, target, project)
-        return stored.model_version
+        if vlm:
+            return vlm
+        return relabel_version(stored.model_version, relabel) if relabel else stored.model_version

@@ -46,6 +46,15 @@ def read_single_choice_export(path: str | Path, control: str | None = None, imag
     return images, labels, control
 
 
+def multichoice_result(labels: Sequence[str], scores: dict[str, float], from_name: str = "label",
+                       to_name: str = "image") -> dict:
+    """Return one Label Studio `choices` result choosing `labels`, each label's score in `meta.scores` and the
+    lowest of them as the result's `score` (0.0 for no label); raises KeyError for a label without a score."""
+    per_label = {c: round(float(scores[c]), 6) for c in labels}
+    return {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": list(labels)},
+            "meta": {"scores": per_label}, "score": min(per_label.values()) if per_label else 0.0}
+
+
 def write_multichoice_predictions(path: str | Path, images: Sequence[str], label_sets: Sequence[Sequence[str]],
                                   scores: Sequence[dict[str, float]], from_name: str = "label",
                                   to_name: str = "image", image_key: str = "image",
@@ -61,10 +70,7 @@ def write_multichoice_predictions(path: str | Path, images: Sequence[str], label
         missing = [c for c in chosen if c not in score]
         if missing:
             raise ValueError(f"task {number} ({image}): no score for {', '.join(missing)}")
-        per_label = {c: round(float(score[c]), 6) for c in chosen}
-        result = {"from_name": from_name, "to_name": to_name, "type": "choices",
-                  "value": {"choices": list(chosen)}, "meta": {"scores": per_label},
-                  "score": min(per_label.values()) if per_label else 0.0}
+        result = multichoice_result(chosen, score, from_name, to_name)
         tasks.append({"data": {image_key: image},
                       "predictions": [{"model_version": model_version, "score": result["score"],
                                        "result": [result]}]})
