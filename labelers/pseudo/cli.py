@@ -41,6 +41,17 @@ def records_name(start: int, end: Optional[int]) -> str:
     return f"records-{start}-{end if end is not None else 'all'}.jsonl"
 
 
+def _check_base(base: Path) -> None:
+    import json
+
+    from labelers.pseudo.coco import CocoError, check_coco
+
+    try:
+        check_coco(json.loads(base.read_text(encoding="utf-8")), str(base))
+    except (OSError, json.JSONDecodeError, CocoError) as exc:
+        _fail(f"--base: {exc}")
+
+
 def _list_source(source: Path, images_root: Optional[Path], image_key: Optional[str]):
     """Return (items, category names or None) of an image folder, COCO file or Label Studio export."""
     import json
@@ -104,6 +115,8 @@ def run(
         items, names = _list_source(source, images_root, image_key)
     except (PseudoRunError, ValueError) as exc:
         _fail(str(exc))
+    if base is not None:  # a bad base file is refused now, not after hours of labeling
+        _check_base(base)
     categories = None if open_vocabulary else (_labels(labels) or names or None)
     typer.echo(f"{len(items)} images; categories: " +
                (", ".join(categories) if categories else "open vocabulary (generated names)"))

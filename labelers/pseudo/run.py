@@ -223,18 +223,29 @@ def _report(record: dict, summary: dict) -> None:
 def merge_records(paths: Iterable[Path]) -> list[dict]:
     """Return the records of several shard JSONLs, sorted by image id.
 
-    Raises PseudoRunError naming the image ids and files when shards overlap.
+    An image in two shards (overlapping ranges) with the same record in both is kept once, with a
+    warning naming the image and both files; with different records it cannot be told which is right,
+    so PseudoRunError names every such image and the files, and nothing is merged.
     """
-    seen: dict[int, Path] = {}
-    merged = []
+    seen: dict[int, tuple[Path, dict]] = {}
+    conflicts, repeats = [], []
     for path in paths:
         for record in read_records(Path(path)):
-            if record["image_id"] in seen:
-                raise PseudoRunError(f"image {record['image_id']} is in both {seen[record['image_id']]} and {path}: "
-                                     "overlapping shard ranges")
-            seen[record["image_id"]] = Path(path)
-            merged.append(record)
-    return sorted(merged, key=lambda r: r["image_id"])
+            image_id = record["image_id"]
+            if image_id not in seen:
+                seen[image_id] = (Path(path), record)
+            elif seen[image_id][1] == record:
+                repeats.append(f"{image_id} ({seen[image_id][0]}, {path})")
+            else:
+                conflicts.append(f"{image_id} ({seen[image_id][0]}, {path})")
+    if conflicts:
+        raise PseudoRunError(f"overlapping shard ranges: images {', '.join(conflicts[:10])}"
+                             f"{' ...' if len(conflicts) > 10 else ''} are in two shards with different "
+                             "results; merge shards of disjoint --start/--end ranges")
+    if repeats:
+        warnings.warn(f"overlapping shard ranges: images {', '.join(repeats[:10])} are in two shards with the "
+                      f"same result; kept once ({len(repeats)} images)")
+    return [record for _, (_, record) in sorted(seen.items())]
 
 
 def write_outputs(records: Sequence[dict], output_dir: Path, categories: Sequence[str] | None = None,
