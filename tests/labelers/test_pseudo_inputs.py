@@ -142,3 +142,16 @@ def test_merge_maps_open_names_onto_labels_and_counts_the_rest(tmp_path):
     assert [(a["category_id"], a["score"]) for a in coco["annotations"]] == [(1, 0.9)]   # one object, one label
     kept = read_records(tmp_path / "m" / "records.jsonl")[0]
     assert [b["category"] for b in kept["unmapped"]] == ["lamp"]                    # on disk, not lost
+
+
+def test_merge_text_encoder_maps_through_open_clip_and_refuses_one_without_text(tiny_clip_spec, tmp_path):
+    records = [{"image_id": 1, "file": "a.jpg", "width": 100, "height": 100, "error": None,
+                "boxes": [{"bbox": [0, 0, 40, 40], "category": "sports car", "foreground": True, "score": 0.9}]}]
+    write_records(records, tmp_path / "shard" / "records-0-all.jsonl")
+    result = invoke("pseudo-label", "merge", tmp_path / "shard", "--output-dir", tmp_path / "m", "--map-to",
+                    "dog,cat", "--text-encoder", tiny_clip_spec, "--min-similarity", "-1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m" / "name_mapping.json").read_text())["matched"] == {"embedding": 1}
+    result = invoke("pseudo-label", "merge", tmp_path / "shard", "--output-dir", tmp_path / "m2", "--map-to",
+                    "dog,cat", "--text-encoder", "efficientnet-lite0")
+    assert result.exit_code == 2 and "has no text tower" in result.output
