@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from labelers.pseudo.chat import chat
 from labelers.pseudo.settings import QuestionSettings
 
 # Answers that parse as words but name nothing; asking again is the honest move.
@@ -60,7 +61,6 @@ def ask_names(vlm, prompt_images: Sequence, settings: QuestionSettings, answer_p
     ``settings.open_max_retries`` times. ``generate`` defaults to labelers.vlm.generation.generate_answers
     (a test passes a scripted one).
     """
-    from labelers.pseudo.questions import chat
     from labelers.vlm.generation import generate_answers
 
     generate = generate or generate_answers

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from labelers.pseudo.chat import chat
 from labelers.pseudo.settings import QuestionSettings
 from labelers.vlm.prompting import option_letters
 from labelers.vlm.scoring import score_options, softmax
@@ -54,12 +55,6 @@ def foreground_question(category: str, settings: QuestionSettings) -> str:
     """Return the step-3 text with ``category`` filled in."""
     return settings.foreground.format(category=category,
                                       options=options_text(settings.foreground_options, settings))
-
-
-def chat(processor, text: str) -> str:
-    """Return ``text`` after one image placeholder, in the processor's chat template, ready for the answer."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def option_probabilities(vlm, images: Sequence, texts: Sequence[str], n_options: int, answer_prefix: str,
