@@ -146,42 +146,23 @@ def coco_eval(truth_scenes, detections) -> tuple[float, float]:
     return float(evaluator.stats[0]), float(evaluator.stats[1])
 
 
-def scene_quality(n_scenes: int, per_class: int, seed: int, px: int) -> dict:
-    from labelers.embedders import make_embedder
+def classify(head, embedder, scene, proposals) -> dict[int, dict]:
+    """Return {id(proposal): box} with the classifier standing in for the chain's questions."""
+    probs = head.predict_proba(embedder.encode_images([crop_box(scene, p.box) for p in proposals], batch_size=64))
+    answer = {}
+    for p, row in zip(proposals, probs):
+        p_object = 1.0 - float(row[-1])
+        objects_only = row[:-1] / max(row[:-1].sum(), 1e-12)
+        c = int(np.argmax(objects_only))
+        x0, y0, x1, y1 = p.box
+        answer[id(p)] = {"bbox": [x0, y0, x1 - x0, y1 - y0], "category": CIFAR10_CLASSES[c], "foreground": True,
+                         "score": p_object * float(objects_only[c]),
+                         "is_object": int(np.argmax(row)) != len(CIFAR10_CLASSES)}
+    return answer
 
-    rng = np.random.default_rng(seed)
-    bgs = backgrounds()
-    embedder = make_embedder(f"efficientnet-lite0@{px}", device="cpu")
-    head = train_classifier(embedder, bgs, rng, per_class)
-    objects, labels = cifar10_subset("test", 100)
-    settings = FilterSettings(min_box_area=MIN_BOX_AREA)
-    proposer = FelzenszwalbProposer(FelzenszwalbSettings())
-    truth_scenes, stage_records = [], {}
-    n_truth = n_crowd = 0
-    for index in range(n_scenes):
-        scene, truth = make_scene(index, bgs[8:], objects, labels, rng)
-        truth_scenes.append(truth)
-        n_truth += len(truth)
-        n_crowd += sum(t["iscrowd"] for t in truth)
-        proposals = proposer.propose([scene])[0]
-        stages = stage_boxes(proposals, settings)
-        raw = stages["raw proposals"]
-        probs = head.predict_proba(embedder.encode_images([crop_box(scene, p.box) for p in raw], batch_size=64))
-        answer = {}
-        for p, row in zip(raw, probs):
-            p_object = 1.0 - float(row[-1])
-            objects_only = row[:-1] / max(row[:-1].sum(), 1e-12)
-            c = int(np.argmax(objects_only))
-            x0, y0, x1, y1 = p.box
-            answer[id(p)] = {"bbox": [x0, y0, x1 - x0, y1 - y0], "category": CIFAR10_CLASSES[c],
-                             "foreground": True, "score": p_object * float(objects_only[c]),
-                             "is_object": int(np.argmax(row)) != len(CIFAR10_CLASSES)}
-        for name, kept in stages.items():
-            stage_records.setdefault(name, []).append({"image_id": index + 1,
-                                                       "boxes": [answer[id(p)] for p in kept]})
-        last = stage_records["top-k + box area"][-1]["boxes"]
-        stage_records.setdefault("step 1: object, not background", []).append(
-            {"image_id": index + 1, "boxes": [b for b in last if b["is_object"]]})
+
+def evaluate_stages(stage_records: dict, truth_scenes, n_scenes: int) -> list[dict]:
+    """Add the post-processing steps to the filter steps' records and return one AP row per step."""
     objects_stage = stage_records["step 1: object, not background"]
     stage_records["cross-category NMS 0.7"] = cross_category_nms(objects_stage, CROSS_NMS_IOU)
     min_count = max(1, n_scenes // 20)
@@ -193,8 +174,48 @@ def scene_quality(n_scenes: int, per_class: int, seed: int, px: int) -> dict:
                        "bbox": b["bbox"], "score": b["score"]} for r in records for b in r["boxes"]]
         ap, ap50 = coco_eval(truth_scenes, detections)
         rows.append({"step": name, "boxes_per_scene": len(detections) / n_scenes, "AP50": ap50, "AP": ap})
+    return rows
+
+
+# One Felzenszwalb scale partitions the image (no two regions overlap, so mask NMS and inner suppression
+# cannot act); the union over three scales overlaps like SAM's multi-point masks and exercises them.
+PROPOSER_SETS = {"Felzenszwalb, scale 200 (default)": (200.0,),
+                 "Felzenszwalb, scales 200 + 800 + 3200 (overlapping)": (200.0, 800.0, 3200.0)}
+
+
+def scene_quality(n_scenes: int, per_class: int, seed: int, px: int) -> dict:
+    from labelers.embedders import make_embedder
+
+    rng = np.random.default_rng(seed)
+    bgs = backgrounds()
+    embedder = make_embedder(f"efficientnet-lite0@{px}", device="cpu")
+    head = train_classifier(embedder, bgs, rng, per_class)
+    print("classifier trained", flush=True)
+    objects, labels = cifar10_subset("test", 100)
+    settings = FilterSettings(min_box_area=MIN_BOX_AREA)
+    proposers = {scale: FelzenszwalbProposer(FelzenszwalbSettings(scale=scale))
+                 for scales in PROPOSER_SETS.values() for scale in scales}
+    truth_scenes, stage_records = [], {name: {} for name in PROPOSER_SETS}
+    n_truth = n_crowd = 0
+    for index in range(n_scenes):
+        scene, truth = make_scene(index, bgs[8:], objects, labels, rng)
+        truth_scenes.append(truth)
+        n_truth += len(truth)
+        n_crowd += sum(t["iscrowd"] for t in truth)
+        by_scale = {scale: proposer.propose([scene])[0] for scale, proposer in proposers.items()}
+        answer = classify(head, embedder, scene, [p for found in by_scale.values() for p in found if p.mask.any()])
+        for name, scales in PROPOSER_SETS.items():
+            stages = stage_boxes([p for scale in scales for p in by_scale[scale]], settings)
+            stages["step 1: object, not background"] = [p for p in stages["top-k + box area"]
+                                                          if answer[id(p)]["is_object"]]
+            for stage, kept in stages.items():
+                stage_records[name].setdefault(stage, []).append({"image_id": index + 1,
+                                                                  "boxes": [answer[id(p)] for p in kept]})
+        if (index + 1) % 25 == 0:
+            print(f"scene {index + 1}/{n_scenes}", flush=True)
+    tables = {name: evaluate_stages(records, truth_scenes, n_scenes) for name, records in stage_records.items()}
     return {"scenes": n_scenes, "objects": n_truth, "occluded_ignored": n_crowd, "train_per_class": per_class,
-            "px": px, "min_box_area": MIN_BOX_AREA, "rows": rows}
+            "px": px, "min_box_area": MIN_BOX_AREA, "tables": tables}
 
 
 def _timed(fn) -> float:
@@ -264,11 +285,16 @@ def markdown(quality: dict, speed: dict, command: str) -> str:
              f"objects, {quality['occluded_ignored']} under 30 % visible (iscrowd, ignored). Steps are cumulative; "
              f"the box-area cut is {quality['min_box_area']} px^2 (CoT-PL's 10 000 scaled to 256 px scenes); "
              "step 1 drops a box whose top class is background; box score = P(object) x P(class | object). "
-             "Felzenszwalb gives every region score 1.0, so the score cut changes nothing. pycocotools COCOeval, "
-             "bbox.",
-             "",
-             "| step | boxes / scene | AP50 | AP |", "|---|---|---|---|"]
-    lines += [f"| {r['step']} | {r['boxes_per_scene']:.1f} | {r['AP50']:.3f} | {r['AP']:.3f} |" for r in quality["rows"]]
+             "Felzenszwalb gives every region score 1.0, so the score cut changes nothing; one Felzenszwalb scale "
+             "partitions the image, so mask NMS and inner suppression find nothing to act on there, and the union of "
+             "three scales (overlapping regions, as SAM's masks overlap) is measured beside it on the same scenes. "
+             "pycocotools COCOeval, bbox; cells are boxes per scene, AP50, AP.",
+             "", "| step | " + " | ".join(f"{name}: boxes / scene, AP50, AP" for name in quality["tables"]) + " |",
+             "|---|" + "---|" * len(quality["tables"])]
+    steps = [r["step"] for r in next(iter(quality["tables"].values()))]
+    for k, step in enumerate(steps):
+        cells = [f"{t[k]['boxes_per_scene']:.1f}, {t[k]['AP50']:.3f}, {t[k]['AP']:.3f}" for t in quality["tables"].values()]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
     m, q = speed["masks"], speed["questions"]
     lines += ["",
               "**(b)** Throughput, tiny random models (mechanics; ratios only, measured alternately in one run, "
