@@ -172,7 +172,7 @@ def merge(
     map_to: Optional[str] = typer.Option(None, "--map-to", help="Map box names onto this label set (comma list "
                                          "or file): exact, synonym list, then --text-encoder similarity."),
     synonyms: Optional[str] = typer.Option(None, "--synonyms", help="Synonyms over the packaged list: a YAML "
-                                           "file {name: [synonyms]} or pairs 'puppy=dog,kitty=cat'."),
+                                           "file (name: list of synonyms) or pairs 'puppy=dog,kitty=cat'."),
     merge_synonyms: bool = typer.Option(False, "--merge-synonyms", help="Rename synonyms to one name (without "
                                         "--map-to; implied by --synonyms)."),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Embedder spec with a text tower "
