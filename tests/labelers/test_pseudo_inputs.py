@@ -155,3 +155,12 @@ def test_merge_text_encoder_maps_through_open_clip_and_refuses_one_without_text(
     result = invoke("pseudo-label", "merge", tmp_path / "shard", "--output-dir", tmp_path / "m2", "--map-to",
                     "dog,cat", "--text-encoder", "efficientnet-lite0")
     assert result.exit_code == 2 and "has no text tower" in result.output
+
+
+def test_label_studio_export_with_repeated_task_ids_is_refused(tmp_path):
+    from labelers.pseudo.run import PseudoRunError, list_label_studio
+
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([{"id": 4, "data": {"image": "a.png"}}, {"id": 4, "data": {"image": "b.png"}}]))
+    with pytest.raises(PseudoRunError, match=r"task ids \[4\] repeat"):
+        list_label_studio(export)
