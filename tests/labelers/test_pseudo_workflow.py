@@ -51,6 +51,7 @@ def test_documented_workflow_runs_from_another_directory(tmp_path, monkeypatch, 
                                                                for a in instances["annotations"])}
     assert names and not names & {"person", "dog", "stick"}            # excluded ones went to background
     new = [c for c in merged["categories"] if c["supercategory"] == "pseudo"]
-    assert all(c["id"] > max(b["id"] for b in base["categories"]) for c in new)
+    assert new and all(c["id"] > max(b["id"] for b in base["categories"]) for c in new)
+    assert all(any(a["category_id"] == c["id"] for a in merged["annotations"]) for c in new)   # no empty class
     weights = json.loads(Path("merged/class_weights.json").read_text())
     assert len(weights["weights"]) == len(merged["categories"]) + 1 and weights["names"][-1] == "background"
