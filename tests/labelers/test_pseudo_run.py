@@ -148,7 +148,11 @@ def test_cli_on_tiny_coco_shards_merge_and_base(tiny_vlm_dirs, tmp_path, one_tor
     merged = json.loads((tmp_path / "merged" / "merged.json").read_text())
     base = json.loads((TINY_COCO / "instances_train2017_small.json").read_text())
     assert len(merged["annotations"]) > len(base["annotations"])
-    assert {c["name"] for c in merged["categories"] if c["supercategory"] == "pseudo"} == {"lamp", "stick"}
+    instances = json.loads((tmp_path / "merged" / "instances.json").read_text())
+    boxed = {c["name"] for c in instances["categories"] if any(a["category_id"] == c["id"]
+                                                               for a in instances["annotations"])}
+    # new categories: exactly the names with pseudo boxes that the base lacks (names with none are not added)
+    assert {c["name"] for c in merged["categories"] if c["supercategory"] == "pseudo"} == boxed - {"dog"}
     weights = json.loads((tmp_path / "weights.json").read_text())
     assert len(weights["weights"]) == len(merged["categories"]) + 1 and weights["weights"][-1] == 0.7
     again = runner.invoke(app, ["pseudo-label", *common, "--start", "0", "--end", "1",
