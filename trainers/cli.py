@@ -110,7 +110,8 @@ def export(
                                  "auto_labels.csv, libcll pickle, classification CSV or ImageFolder tree."),
     target: Path = typer.Argument(..., help="Where to write: .pkl (libcll), auto_labels*.csv, other .csv "
                                   "(path,label), .json (Label Studio import) or a directory (ImageFolder)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="libcll, auto-labels, csv, imagefolder or label-studio."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="libcll, auto-labels, csv, imagefolder or label-studio; "
+                                      "for boxes: records, cotpl-raw, coco or ls-boxes."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "--data", help="The images the labels refer to."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names: comma-separated or a file."),
     long_label: bool = typer.Option(False, "--long-label", "--long_label"),
@@ -121,7 +122,12 @@ def export(
     label_control: Optional[str] = typer.Option(None, "--label-control"),
     link: bool = typer.Option(False, "--link", help="ImageFolder: symlink instead of copying."),
 ):
-    """Convert labels between Label Studio, VLM runs, auto_labels.csv, libcll pickles, CSV and ImageFolder."""
+    """Convert labels between Label Studio, VLM runs, auto_labels.csv, libcll pickles, CSV and ImageFolder;
+    detection boxes between pseudo-label records, CoT-PL raw JSON, COCO instances and Label Studio boxes."""
+    from labelers.pseudo.convert import BOX_FORMATS, sniff_box_format
+
+    if sniff_box_format(source) or fmt in BOX_FORMATS:
+        return _export_boxes(source, target, fmt, dataset, classes)
     from trainers.export import export as write, read_any
     from trainers.sources import parse_classes
 
@@ -132,6 +138,21 @@ def export(
     except _USER_ERRORS as err:
         _fail(str(err).strip("'\""))
     typer.echo(f"wrote {len(labels)} images ({labels.num_classes} classes) to {written}")
+
+
+def _export_boxes(source: str, target: Path, fmt: Optional[str], dataset: Optional[str], classes: Optional[str]):
+    """`labelloop export` for pseudo-label boxes (labelers.pseudo.convert)."""
+    from labelers.pseudo.convert import BoxFormatError, read_boxes, target_box_format, write_boxes
+    from labelers.pseudo.coco import CocoError
+    from trainers.sources import parse_classes
+
+    try:
+        records = read_boxes(source, images=dataset)
+        written = write_boxes(records, target, target_box_format(target, fmt), parse_classes(classes))
+    except (BoxFormatError, CocoError, FileNotFoundError) as err:
+        _fail(str(err))
+    boxes = sum(len(r.get("boxes", [])) for r in records)
+    typer.echo(f"wrote {len(records)} images ({boxes} boxes) to {written}")
 
 
 def register(app: typer.Typer) -> None:

@@ -43,13 +43,48 @@ def records_name(start: int, end: Optional[int]) -> str:
     return f"records-{start}-{end if end is not None else 'all'}.jsonl"
 
 
+def _check_base(base: Path) -> None:
+    import json
+
+    from labelers.pseudo.coco import CocoError, check_coco
+
+    try:
+        check_coco(json.loads(base.read_text(encoding="utf-8")), str(base))
+    except (OSError, json.JSONDecodeError, CocoError) as exc:
+        _fail(f"--base: {exc}")
+
+
+def _list_source(source: Path, images_root: Optional[Path], image_key: Optional[str]):
+    """Return (items, category names or None) of an image folder, COCO file or Label Studio export."""
+    import json
+
+    from labelers.pseudo.run import list_coco, list_folder, list_label_studio
+
+    if source.is_dir():
+        return list_folder(source), None
+    if source.suffix != ".json" or not source.is_file():
+        raise ValueError(f"{source}: not an image folder, a COCO .json file or a Label Studio .json export")
+    try:
+        payload = json.loads(source.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc})") from None
+    if isinstance(payload, dict) and "images" in payload:
+        return list_coco(source, images_root)
+    return list_label_studio(source, images_root, image_key), None
+
+
 @pseudo_app.command("run")
 def run(
-    source: Path = typer.Argument(..., help="Image folder or COCO instances JSON."),
+    source: Path = typer.Argument(..., help="Image folder, COCO instances JSON or Label Studio JSON export."),
     images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder of a COCO file's images "
                                                                            "(default: the file's folder)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Categories: comma list or a file, one per line "
-                                                                "(default: a COCO file's categories)."),
+                                                                "(default: a COCO file's categories; none: open "
+                                                                "vocabulary, names generated)."),
+    open_vocabulary: bool = typer.Option(False, "--open-vocabulary", help="Generate names even for a COCO "
+                                                                          "source with categories."),
+    image_key: Optional[str] = typer.Option(None, "--image-key", help="Label Studio export: the data key "
+                                                                      "holding the image (default: image)."),
     start: int = typer.Option(0, "--start", min=0, help="First image (position in id order), as in the seed."),
     end: Optional[int] = typer.Option(None, "--end", min=1, help="One past the last image."),
     output_dir: Path = typer.Option(Path("pseudo_run"), "--output-dir", "--output_dir"),
@@ -71,7 +106,7 @@ def run(
     """Pseudo-label the images [start, end) of SOURCE into --output-dir."""
     from labelers.pseudo.proposals import ProposerError, make_proposer
     from labelers.ray_jobs import RayRunError, pseudo_labeling_on_ray, ray_options
-    from labelers.pseudo.run import PseudoRunError, list_coco, list_folder, run_pseudo_labels, write_outputs
+    from labelers.pseudo.run import PseudoRunError, run_pseudo_labels, write_outputs
     from labelers.pseudo.settings import PseudoSettingsError, load_pseudo_settings
     from labelers.vlm.loading import VLMLoadError, load_vlm, pick_device
     from labelers.vlm.settings import load_settings
@@ -83,15 +118,15 @@ def run(
         settings = load_pseudo_settings(config, overrides)
     except (PseudoSettingsError, FileNotFoundError) as exc:
         _fail(str(exc))
-    if source.is_dir():
-        items, names = list_folder(source), None
-    elif source.suffix == ".json" and source.is_file():
-        items, names = list_coco(source, images_root)
-    else:
-        _fail(f"{source}: not an image folder or a COCO .json file")
-    categories = _labels(labels) or names
-    if not categories:
-        _fail("no categories: pass --labels (open-vocabulary naming is not implemented yet)")
+    try:
+        items, names = _list_source(source, images_root, image_key)
+    except (PseudoRunError, ValueError) as exc:
+        _fail(str(exc))
+    if base is not None:  # a bad base file is refused now, not after hours of labeling
+        _check_base(base)
+    categories = None if open_vocabulary else (_labels(labels) or names or None)
+    typer.echo(f"{len(items)} images; categories: " +
+               (", ".join(categories) if categories else "open vocabulary (generated names)"))
     if end is not None and end <= start:
         _fail(f"--end {end} must be greater than --start {start}")
     items = items[start:end]
@@ -117,7 +152,8 @@ def run(
     files = write_outputs(read_records(records_path), output_dir, categories, base,
                           model_version=f"pseudo-{props.name}-{Path(vlm.model_id).name}")
     typer.echo(f"{summary['done']} images labeled, {summary['skipped']} skipped (resume), "
-               f"{summary['errors']} unreadable; records: {records_path}")
+               f"{summary['errors']} unreadable, {summary['no_regions']} without regions, "
+               f"{summary['unnamed']} regions unnamed; records: {records_path}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
 
@@ -143,6 +179,18 @@ def merge(
                                                       "class-weight vector here (needs --base)."),
     base_classes: Optional[str] = typer.Option(None, "--base-classes", help="Trained base classes for the "
                                                "weights (default: base categories with annotations)."),
+    map_to: Optional[str] = typer.Option(None, "--map-to", help="Map box names onto this label set (comma list "
+                                         "or file): exact, synonym list, then --text-encoder similarity."),
+    synonyms: Optional[str] = typer.Option(None, "--synonyms", help="Synonyms over the packaged list: a YAML "
+                                           "file (name: list of synonyms) or pairs 'puppy=dog,kitty=cat'."),
+    merge_synonyms: bool = typer.Option(False, "--merge-synonyms", help="Rename synonyms to one name (without "
+                                        "--map-to; implied by --synonyms)."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Embedder spec with a text tower "
+                                               "(open_clip:...) for similarity mapping."),
+    min_similarity: float = typer.Option(0.8, "--min-similarity", help="Cosine similarity an embedding match "
+                                         "needs."),
+    unmapped: str = typer.Option("drop", "--unmapped", help="drop (kept in records.jsonl under 'unmapped', out "
+                                 "of the outputs) or keep (under their own names); counted either way."),
 ) -> None:
     """Merge shard records into one set of raw / COCO / Label Studio files (overlapping shards refused),
     with CoT-PL's post-processing as options."""
@@ -151,6 +199,7 @@ def merge(
     from labelers.pseudo import postprocess
     from labelers.pseudo.coco import CocoError
     from labelers.pseudo.run import PseudoRunError, merge_records, write_outputs
+    from labelers.pseudo.vocabulary import VocabularyError
 
     paths = []
     for shard in shards:
@@ -163,6 +212,8 @@ def merge(
     try:
         records = merge_records(paths)
         shards_count = len(records)
+        records = _names(records, output_dir, map_to, synonyms, merge_synonyms, text_encoder, min_similarity,
+                         unmapped)
         if exclude or exclude_keywords:
             records = postprocess.exclude_categories(records, _labels(exclude) or (), _labels(exclude_keywords) or (),
                                                      substring)
@@ -171,8 +222,8 @@ def merge(
         if min_count:
             records, kept = postprocess.frequency_cut(records, min_count)
             typer.echo(f"frequency cut >= {min_count}: {len(kept)} categories kept: {', '.join(kept)}")
-        files = write_outputs(records, output_dir, _labels(labels), base)
-    except (PseudoRunError, CocoError) as exc:
+        files = write_outputs(records, output_dir, _labels(labels) or _labels(map_to), base)
+    except (PseudoRunError, CocoError, VocabularyError) as exc:
         _fail(str(exc))
     typer.echo(f"{shards_count} images from {len(paths)} shards")
     if class_weights_file:
@@ -187,6 +238,43 @@ def merge(
         typer.echo(f"class weights ({len(weights)}): {class_weights_file}")
     for name, path in files.items():
         typer.echo(f"{name}: {path}")
+
+
+def _names(records, output_dir: Path, map_to, synonyms, merge_synonyms, text_encoder, min_similarity, unmapped):
+    """Return records with names mapped onto --map-to (report printed and written to name_mapping.json),
+    or synonyms merged, or unchanged."""
+    import json
+
+    from labelers.pseudo import vocabulary
+
+    if not (map_to or synonyms or merge_synonyms):
+        return records
+    table = vocabulary.load_synonyms(synonyms)
+    if not map_to:
+        records, renamed = vocabulary.merge_synonyms(records, table)
+        typer.echo(f"synonyms merged: {sum(renamed.values())} boxes renamed " +
+                   ", ".join(f"{a}->{b} {n}" for (a, b), n in renamed.most_common(10)))
+        return records
+    if unmapped not in vocabulary.UNMAPPED_ACTIONS:
+        _fail(f"--unmapped must be one of {', '.join(vocabulary.UNMAPPED_ACTIONS)}, got {unmapped!r}")
+    encoder = None
+    if text_encoder:
+        from labelers.embedders import EmbedderUnavailable, make_embedder
+
+        try:
+            encoder = make_embedder(text_encoder)
+            encoder.encode_texts(["probe"])
+        except (EmbedderUnavailable, NotImplementedError, ValueError) as exc:
+            _fail(f"--text-encoder {text_encoder}: {exc}")
+    mapper = vocabulary.NameMapper(_labels(map_to), table, encoder, min_similarity)
+    records, report = vocabulary.map_records(records, mapper, unmapped)
+    typer.echo(report.summary())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "name_mapping.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
+    from labelers.pseudo.run import write_records
+
+    write_records(records, output_dir / "records.jsonl")  # the mapped records, unmapped boxes included
+    return records
 
 
 def register(app: typer.Typer) -> None:

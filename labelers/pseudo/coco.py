@@ -75,8 +75,10 @@ def coco_results(instances: dict) -> list[dict]:
 def merge_into_base(base: dict, pseudo: dict, base_source: str = "base COCO file") -> dict:
     """Return ``base`` plus ``pseudo``'s annotations (inputs untouched).
 
-    Categories match by name; unknown names get ids after the base's max, supercategory "pseudo".
-    Pseudo images missing from the base (by id) are added. Raises CocoError when either input has
+    Categories match by name; unknown names get ids after the base's max, supercategory "pseudo" (only
+    names with at least one pseudo annotation: a name the frequency cut or an exclusion emptied does not
+    become a detector class, as in CoT-PL, whose new names are its kept list). Pseudo images missing from
+    the base (by id) are added. Raises CocoError when either input has
     duplicate or dangling ids, or an image id names different files in the two.
     """
     check_coco(base, base_source)
@@ -85,7 +87,10 @@ def merge_into_base(base: dict, pseudo: dict, base_source: str = "base COCO file
     by_name = {c["name"]: c["id"] for c in out["categories"]}
     next_cat = max(by_name.values(), default=0) + 1
     remap = {}
+    used = {ann["category_id"] for ann in pseudo["annotations"]}
     for category in pseudo["categories"]:
+        if category["id"] not in used:
+            continue
         if category["name"] not in by_name:
             by_name[category["name"]] = next_cat
             out["categories"].append({"id": next_cat, "name": category["name"], "supercategory": "pseudo"})

@@ -27,6 +27,8 @@ def record_to_prediction(record: dict, from_name: str = "label", to_name: str = 
 
 
 def records_to_tasks(records: Iterable[dict], image_url_prefix: str = "", **kwargs) -> list[dict]:
-    """Return LS import tasks ``[{data: {image}, predictions: [...]}]``; images with an error are left out."""
-    return [{"data": {"image": image_url_prefix + record["file"]}, "predictions": [record_to_prediction(record, **kwargs)]}
+    """Return LS import tasks ``[{data: {image, image_id}, predictions: [...]}]``; images with an error are
+    left out. ``image_id`` keeps the record's id, so a conversion back finds the same image."""
+    return [{"data": {"image": image_url_prefix + record["file"], "image_id": record["image_id"]},
+             "predictions": [record_to_prediction(record, **kwargs)]}
             for record in records if not record.get("error")]

@@ -54,6 +54,33 @@ def list_coco(coco_file: Path, images_root: Path | None = None) -> tuple[list[Im
     return [ImageItem(int(im["id"]), root / im["file_name"], im["file_name"]) for im in images], names
 
 
+def list_label_studio(export_file: Path, images_root: Path | None = None,
+                      image_key: str | None = None) -> list[ImageItem]:
+    """Return the images of a Label Studio JSON export, one per task, sorted by task id.
+
+    The task id is the image id (the task's position, 1.., when it has none); ``file`` keeps the task's
+    own image reference, so the Label Studio predictions written later point at the same image. The
+    local file is found under ``images_root`` (default: the export's folder) the way labelloop reads
+    exports elsewhere (local-files and upload URLs, plain paths). A reference found nowhere is listed
+    with that missing path, so its image is recorded as unreadable (named) and the rest proceeds.
+    Raises LabelStudioExportError for a malformed export, PseudoRunError for repeated task ids.
+    """
+    from labelers.formats.label_studio import read_label_studio_export, resolve_image_path
+
+    root = Path(images_root) if images_root else Path(export_file).parent
+    tasks = read_label_studio_export(export_file, image_key)
+    items = []
+    for number, task in enumerate(tasks, 1):
+        image_id = int(task.id) if task.id is not None else number
+        found = resolve_image_path(task.image, [root])
+        items.append(ImageItem(image_id, found or root / task.image.lstrip("/"), task.image))
+    ids = [item.image_id for item in items]
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        raise PseudoRunError(f"{export_file}: task ids {repeated[:10]} repeat")
+    return sorted(items, key=lambda item: item.image_id)
+
+
 def read_records(path: Path, repair: bool = False) -> list[dict]:
     """Return the records of a JSONL file. A torn last line (a kill mid-write) is dropped with a warning,
     and with ``repair`` cut from the file; a bad line elsewhere raises PseudoRunError naming the line."""
@@ -76,6 +103,16 @@ def read_records(path: Path, repair: bool = False) -> list[dict]:
             break
         good_bytes += len(line) + 1
     return records
+
+
+def write_records(records: Iterable[dict], path: Path) -> Path:
+    """Write ``records`` as JSONL (one image per line) to ``path``; return it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+    return path
 
 
 def _mask_rle(mask) -> dict:
@@ -108,11 +145,20 @@ def label_batch(batch: Sequence[ImageItem], proposer: Proposer, vlm, categories:
     proposals = proposer.propose([images[i] for i in ok]) if ok else []
     regions, prompts = [], []  # (record index, proposal), visual prompt
     for i, found in zip(ok, proposals):
-        for proposal in filter_proposals(found, settings.filters):
+        kept = filter_proposals(found, settings.filters)
+        if not kept:  # a mask-less image: recorded with the reason, the batch goes on
+            records[i]["note"] = ("no region proposals" if not found else
+                                  f"no region left after the filters ({len(found)} proposals)")
+        for proposal in kept:
             regions.append((i, proposal))
             prompts.append(render_visual_prompt(images[i], proposal.mask, settings.visual_prompt))
     answers = ask_chain(vlm, prompts, categories, settings.questions, answer_prefix) if prompts else []
     for (i, proposal), answer in zip(regions, answers):
+        if answer.unnamed:  # open vocabulary, no parseable name after the re-asks: kept with its answers
+            x0, y0, x1, y1 = mask_box(proposal.mask)
+            records[i].setdefault("unnamed", []).append({"bbox": [x0, y0, x1 - x0, y1 - y0],
+                                                         "answers": answer.name_raw, "p_object": answer.p_object})
+            continue
         if answer.category is None:
             continue
         x0, y0, x1, y1 = mask_box(proposal.mask)
@@ -125,14 +171,16 @@ def label_batch(batch: Sequence[ImageItem], proposer: Proposer, vlm, categories:
     return records
 
 
-def run_pseudo_labels(items: Sequence[ImageItem], proposer: Proposer, vlm, categories: Sequence[str],
+def run_pseudo_labels(items: Sequence[ImageItem], proposer: Proposer, vlm, categories: Sequence[str] | None,
                       settings: PseudoSettings, records_path: Path, resume: bool = False, batch_size: int = 4,
                       answer_prefix: str = "", save_masks: bool = False, progress: bool = True,
                       label_batches=None) -> dict:
     """Label ``items`` into ``records_path`` (JSONL), appending and flushing after every batch.
 
     With ``resume`` the images already in the file are skipped; without it an existing non-empty file
-    is refused (PseudoRunError), so nothing is overwritten. Returns {done, skipped, errors}.
+    is refused (PseudoRunError), so nothing is overwritten. ``categories`` None names regions in open
+    vocabulary (labelers.pseudo.naming). Each unreadable image, image without regions and region left
+    unnamed is warned about by file name and counted. Returns {done, skipped, errors, no_regions, unnamed}.
     ``label_batches(batches, step)`` maps the batches to `label_batch` records in order, given ``step`` (its
     keyword arguments after ``vlm``); by default here with ``proposer`` and ``vlm`` (labelers.ray_jobs: on Ray).
     """
@@ -145,18 +193,16 @@ def run_pseudo_labels(items: Sequence[ImageItem], proposer: Proposer, vlm, categ
     done_ids = {r["image_id"] for r in read_records(records_path, repair=True)} if resume else set()
     todo = [item for item in items if item.image_id not in done_ids]
     records_path.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"done": 0, "skipped": len(items) - len(todo), "errors": 0}
+    summary = {"done": 0, "skipped": len(items) - len(todo), "errors": 0, "no_regions": 0, "unnamed": 0}
     bar = tqdm(total=len(items), initial=summary["skipped"], unit="img", desc="pseudo-labels", disable=not progress)
     batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
-    step = dict(categories=list(categories), settings=settings, answer_prefix=answer_prefix, save_masks=save_masks)
+    step = dict(categories=None if categories is None else list(categories), settings=settings, answer_prefix=answer_prefix, save_masks=save_masks)
     results = label_batches(batches, step) if label_batches is not None else \
         (label_batch(batch, proposer, vlm, **step) for batch in batches)
     with open(records_path, "a", encoding="utf-8") as out:
         for batch, records in zip(batches, results):
             for record in records:
-                if record["error"]:
-                    summary["errors"] += 1
-                    warnings.warn(record["error"])
+                _report(record, summary)
                 out.write(json.dumps(record) + "\n")
             out.flush()
             os.fsync(out.fileno())  # a kill after this line loses nothing of this batch
@@ -166,21 +212,47 @@ def run_pseudo_labels(items: Sequence[ImageItem], proposer: Proposer, vlm, categ
     return summary
 
 
+def _report(record: dict, summary: dict) -> None:
+    """Warn about and count what went wrong with one image (the run goes on)."""
+    if record["error"]:
+        summary["errors"] += 1
+        warnings.warn(record["error"])
+    elif record.get("note"):
+        summary["no_regions"] += 1
+        warnings.warn(f"image {record['image_id']} ({record['file']}): {record['note']}")
+    if record.get("unnamed"):
+        summary["unnamed"] += len(record["unnamed"])
+        answers = "; ".join(repr(u["answers"][-1]) for u in record["unnamed"][:3])
+        warnings.warn(f"image {record['image_id']} ({record['file']}): {len(record['unnamed'])} regions got no "
+                      f"category name after re-asks (last answers: {answers}); kept under 'unnamed' in the record")
+
+
 def merge_records(paths: Iterable[Path]) -> list[dict]:
     """Return the records of several shard JSONLs, sorted by image id.
 
-    Raises PseudoRunError naming the image ids and files when shards overlap.
+    An image in two shards (overlapping ranges) with the same record in both is kept once, with a
+    warning naming the image and both files; with different records it cannot be told which is right,
+    so PseudoRunError names every such image and the files, and nothing is merged.
     """
-    seen: dict[int, Path] = {}
-    merged = []
+    seen: dict[int, tuple[Path, dict]] = {}
+    conflicts, repeats = [], []
     for path in paths:
         for record in read_records(Path(path)):
-            if record["image_id"] in seen:
-                raise PseudoRunError(f"image {record['image_id']} is in both {seen[record['image_id']]} and {path}: "
-                                     "overlapping shard ranges")
-            seen[record["image_id"]] = Path(path)
-            merged.append(record)
-    return sorted(merged, key=lambda r: r["image_id"])
+            image_id = record["image_id"]
+            if image_id not in seen:
+                seen[image_id] = (Path(path), record)
+            elif seen[image_id][1] == record:
+                repeats.append(f"{image_id} ({seen[image_id][0]}, {path})")
+            else:
+                conflicts.append(f"{image_id} ({seen[image_id][0]}, {path})")
+    if conflicts:
+        raise PseudoRunError(f"overlapping shard ranges: images {', '.join(conflicts[:10])}"
+                             f"{' ...' if len(conflicts) > 10 else ''} are in two shards with different "
+                             "results; merge shards of disjoint --start/--end ranges")
+    if repeats:
+        warnings.warn(f"overlapping shard ranges: images {', '.join(repeats[:10])} are in two shards with the "
+                      f"same result; kept once ({len(repeats)} images)")
+    return [record for _, (_, record) in sorted(seen.items())]
 
 
 def write_outputs(records: Sequence[dict], output_dir: Path, categories: Sequence[str] | None = None,

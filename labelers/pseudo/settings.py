@@ -66,6 +66,13 @@ class QuestionSettings:
     option_separator: str = "\n"
     min_object_prob: Optional[float] = None
     batch_size: int = 8
+    # open vocabulary (no label set): the category is generated, parsed strictly, re-asked when unparseable
+    open_category: str = "What is the object inside the green box? Answer with its category in one or two words."
+    open_retry: str = ("{question}\nYour answer \"{previous}\" was not a category name. Answer with the category "
+                       "name only, in one or two words.")
+    open_max_words: int = 2
+    open_max_new_tokens: int = 8
+    open_max_retries: int = 2
 
 
 @dataclass
@@ -114,4 +121,6 @@ def load_pseudo_settings(path: str | Path | None = None, overrides: dict[str, An
     if "{category}" not in settings.questions.foreground:
         raise PseudoSettingsError(f"{source}: questions.foreground must contain {{category}} (CoT-PL's defect "
                                   "was a placeholder never filled)")
+    if settings.questions.open_max_retries < 0 or settings.questions.open_max_words < 1:
+        raise PseudoSettingsError(f"{source}: questions.open_max_retries must be >= 0 and open_max_words >= 1")
     return settings

@@ -1,4 +1,5 @@
-"""A tiny randomly initialised SAM checkpoint (about 56 k parameters) for tests and offline demos.
+"""A tiny randomly initialised SAM checkpoint (about 56 k parameters) for tests and offline demos, and
+``python -m labelers.pseudo.tiny FOLDER``, which writes it, the tiny Qwen2-VL and a demo config for both.
 
 Its masks are random; it exercises the real mask-generation pipeline (point grid, crops, filters,
 NMS) loaded back through ``from_pretrained`` like a real checkpoint. Nothing touches the network.
@@ -30,3 +31,43 @@ def build_tiny_sam(folder: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# Settings that make the random models' output reach every step of the chain on real photos: coarse
+# Felzenszwalb regions (few questions per image) and every region kept by step 1 (a random model's
+# "yes" means nothing). For demos and tests only; configs/pseudo.yaml stays CoT-PL's.
+DEMO_CONFIG = """\
+# labelloop pseudo-label --config for the tiny random models (labelers/pseudo/tiny.py): mechanics only
+felzenszwalb:
+  scale: 2000
+  min_size: 2000
+questions:
+  min_object_prob: 0.0
+"""
+
+
+def build_tiny_models(folder: str | Path) -> dict[str, Path]:
+    """Write a tiny random SAM (``sam/``), a tiny random Qwen2-VL (``qwen2-vl/``) and ``demo.yaml`` (settings
+    that suit them) into ``folder``; return their paths by name."""
+    from labelers.vlm.tiny import build_tiny_qwen2_vl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "demo.yaml").write_text(DEMO_CONFIG, encoding="utf-8")
+    return {"sam": build_tiny_sam(folder / "sam"), "qwen2-vl": build_tiny_qwen2_vl(folder / "qwen2-vl"),
+            "config": folder / "demo.yaml"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m labelers.pseudo.tiny FOLDER``: build the tiny models and demo config into FOLDER."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m labelers.pseudo.tiny FOLDER")
+    for name, path in build_tiny_models(args[0]).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -116,3 +116,10 @@ def test_merge_refuses_an_annotation_with_a_missing_category():
     base["categories"] = [c for c in base["categories"] if c["id"] != base["annotations"][0]["category_id"]]
     with pytest.raises(CocoError, match="names category"):
         merge_into_base(base, records_to_coco(tiny_coco_pseudo(base)))
+
+
+def test_merge_adds_no_category_that_has_no_pseudo_boxes():
+    base = json.loads(TINY_COCO.read_text())
+    pseudo = records_to_coco(RECORDS, categories=["dog", "lamp", "stick"])   # "stick": no box (cut, excluded)
+    merged = merge_into_base(base, pseudo)
+    assert [c["name"] for c in merged["categories"] if c["supercategory"] == "pseudo"] == ["lamp"]

@@ -9,7 +9,7 @@ from PIL import Image
 
 from labelers.pseudo.proposals import FelzenszwalbProposer
 from labelers.pseudo.run import (PseudoRunError, list_folder, merge_records, read_records, run_pseudo_labels,
-                                 write_outputs)
+                                 write_outputs, write_records)
 from labelers.pseudo.settings import load_pseudo_settings
 
 TINY_COCO = Path("/work/shared/data/tiny-coco/small_coco")
@@ -103,8 +103,14 @@ def test_shards_merged_equal_one_unsharded_run(folder, vlm, settings, tmp_path, 
     run(items[2:], vlm, settings, tmp_path / "s1.jsonl")
     merged = merge_records([tmp_path / "s1.jsonl", tmp_path / "s0.jsonl"])
     same_records(merged, read_records(tmp_path / "all.jsonl"))
-    with pytest.raises(PseudoRunError, match="image 2 is in both"):
-        merge_records([tmp_path / "s0.jsonl", tmp_path / "all.jsonl"])
+    with pytest.warns(UserWarning, match=r"images 2 \(.*s0.jsonl, .*all.jsonl\), 3 .* same result; kept once"):
+        same_records(merge_records([tmp_path / "s0.jsonl", tmp_path / "all.jsonl"]), read_records(tmp_path / "all.jsonl"))
+    changed = read_records(tmp_path / "s0.jsonl")
+    changed[1]["boxes"][0]["score"] += 0.1                       # image 3 labeled differently in another run
+    write_records(changed, tmp_path / "s0b.jsonl")
+    with pytest.raises(PseudoRunError, match=r"images 3 \(.*s0b.jsonl, .*all.jsonl\) are in two shards with "
+                                             "different results"):
+        merge_records([tmp_path / "s0b.jsonl", tmp_path / "all.jsonl"])
 
 
 def test_write_outputs_gives_all_three_formats(folder, vlm, settings, tmp_path, one_torch_thread):
@@ -142,7 +148,11 @@ def test_cli_on_tiny_coco_shards_merge_and_base(tiny_vlm_dirs, tmp_path, one_tor
     merged = json.loads((tmp_path / "merged" / "merged.json").read_text())
     base = json.loads((TINY_COCO / "instances_train2017_small.json").read_text())
     assert len(merged["annotations"]) > len(base["annotations"])
-    assert {c["name"] for c in merged["categories"] if c["supercategory"] == "pseudo"} == {"lamp", "stick"}
+    instances = json.loads((tmp_path / "merged" / "instances.json").read_text())
+    boxed = {c["name"] for c in instances["categories"] if any(a["category_id"] == c["id"]
+                                                               for a in instances["annotations"])}
+    # new categories: exactly the names with pseudo boxes that the base lacks (names with none are not added)
+    assert {c["name"] for c in merged["categories"] if c["supercategory"] == "pseudo"} == boxed - {"dog"}
     weights = json.loads((tmp_path / "weights.json").read_text())
     assert len(weights["weights"]) == len(merged["categories"]) + 1 and weights["weights"][-1] == 0.7
     again = runner.invoke(app, ["pseudo-label", *common, "--start", "0", "--end", "1",
