@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS versions(
     fingerprint TEXT,                  -- hash of the training set (tasks, labels, images, label config)
     accuracy TEXT,                     -- JSON: estimated accuracy on the project's annotations (k-fold)
     audit TEXT,                        -- JSON: the suspect labels found after the retrain (backend.suspects)
+    head_sha256 TEXT,                  -- digest of the head folder's files at publish (backend.heads.head_digest)
     PRIMARY KEY(project, revision)
 );
 CREATE TABLE IF NOT EXISTS annotations(
@@ -111,6 +112,7 @@ class Version:
     fingerprint: str | None = None
     accuracy: dict[str, Any] | None = None  # backend.accuracy.estimate_accuracy's dict, None when not measured
     audit: dict[str, Any] | None = None  # backend.suspects.audit_version's summary, None when not audited
+    head_sha256: str | None = None  # the head folder's digest when published; None for r0 and older versions
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Version":
@@ -193,7 +195,7 @@ class Store:
 
     def _migrate(self) -> None:
         """Add columns introduced after a MODEL_DIR was created (older databases keep working)."""
-        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy", "audit")}
+        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy", "audit", "head_sha256")}
         for table, names in added.items():
             columns = {r["name"] for r in self._conn().execute(f"PRAGMA table_info({table})")}
             for name in names:
@@ -283,14 +285,14 @@ class Store:
         return (row["r"] if row and row["r"] is not None else 0) + 1
 
     def publish_version(self, project: str, revision: int, model_version: str, head_dir: str,
-                        n_annotations: int, fingerprint: str | None = None) -> None:
-        """Atomically record a new version (with its training-set fingerprint) and make it the project's current
-        one; its estimated accuracy follows through set_accuracy."""
+                        n_annotations: int, fingerprint: str | None = None, head_sha256: str | None = None) -> None:
+        """Atomically record a new version (with its training-set fingerprint and its head folder's digest) and
+        make it the project's current one; its estimated accuracy follows through set_accuracy."""
         now = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations, created_at,"
-                       " fingerprint) VALUES (?,?,?,?,?,?,?)",
-                       (project, revision, model_version, head_dir, n_annotations, now, fingerprint))
+                       " fingerprint, head_sha256) VALUES (?,?,?,?,?,?,?,?)",
+                       (project, revision, model_version, head_dir, n_annotations, now, fingerprint, head_sha256))
             db.execute("UPDATE projects SET model_version=?, revision=?, updated_at=? WHERE id=?",
                        (model_version, revision, now, project))
 
