@@ -184,7 +184,11 @@ class HeadTrainer:
         heads_dir = store.heads_dir(project_id)
         final = heads_dir / f"r{revision}"
         staging = heads_dir / f".r{revision}-{uuid.uuid4().hex[:8]}"
-        head.save(staging)
+        try:
+            head.save(staging)
+        except BaseException:  # a full disk, say: leave no half-written folder behind
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         if final.exists():  # left behind by a run that crashed after saving but before publishing
             shutil.rmtree(final)
         staging.rename(final)

@@ -133,7 +133,8 @@ class Runtime:
         key is asked about again here (LabelStudioAuth.recheck), so a fixed key clears it without a restart."""
         rejected = self.auth.recheck()
         problems = [rejected] if rejected else []
-        return problems + self.warmer.problems() + self.heads.problems()
+        full = self.store.space_problem()
+        return problems + ([full] if full else []) + self.warmer.problems() + self.heads.problems()
 
     def embedder_status(self) -> dict[str, Any]:
         """Return what /health says about the default embedder (never loads it)."""

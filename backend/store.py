@@ -6,6 +6,7 @@ transaction.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -86,6 +87,20 @@ class StoreError(RuntimeError):
     """MODEL_DIR is missing, not writable, or its database cannot be opened; the message says which."""
 
 
+SPACE_PROBE_BYTES = 64 * 1024  # written (and deleted) to tell whether MODEL_DIR has room again
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for the errors a full (or over-quota) MODEL_DIR gives: OSError ENOSPC/EDQUOT from a file write,
+    SQLite's "database or disk is full" from the database or the embedding cache."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+        return True
+    # Writers that report the OS error only in their message (safetensors: "... (os error 28)").
+    return f"os error {errno.ENOSPC})" in str(exc) or os.strerror(errno.ENOSPC) in str(exc)
+
+
 @dataclass(frozen=True)
 class Project:
     """One Label Studio project as the backend knows it."""
@@ -157,6 +172,7 @@ class Store:
         self.model_dir = prepare_model_dir(model_dir)
         self.path = self.model_dir / "labelloop.sqlite3"
         self._local = threading.local()
+        self._full: str | None = None  # the last disk-full error this process saw, until a write succeeds
         try:
             self._conn().executescript(SCHEMA)  # executescript manages its own transaction
             self._migrate()
@@ -202,6 +218,35 @@ class Store:
                 if name not in columns:
                     with self._tx() as db:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
+
+    # -- a full MODEL_DIR --------------------------------------------------------------------------------------
+    def note_disk_full(self, exc: BaseException, what: str) -> bool:
+        """Remember `exc` when it says MODEL_DIR is full (see `space_problem`); returns whether it did."""
+        if not disk_full(exc):
+            return False
+        self._full = f"{what}: {type(exc).__name__}: {exc}"
+        return True
+
+    def space_problem(self) -> str | None:
+        """Return what /health says while MODEL_DIR is full: set by `note_disk_full`, cleared as soon as a
+        SPACE_PROBE_BYTES probe file can be written there again (no restart needed)."""
+        if self._full is None:
+            return None
+        probe = self.model_dir / f".space-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as out:
+                out.write(b"\0" * SPACE_PROBE_BYTES)
+                out.flush()
+                os.fsync(out.fileno())
+            self._full = None
+        except OSError:
+            pass
+        finally:
+            probe.unlink(missing_ok=True)
+        if self._full is None:
+            return None
+        return (f"MODEL_DIR {self.model_dir} is full ({self._full}): new annotations are not stored and retrains "
+                "cannot publish; the served model keeps serving. Free space there: nothing to restart")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

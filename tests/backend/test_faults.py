@@ -15,7 +15,7 @@ from tests.backend.serving import Served, annotate, fresh_client, predict, proje
 
 pytestmark = pytest.mark.slow
 
-TASKS = [local_task(i + 1, f"imgs/{c}{i}.png") for c in ("red", "green", "blue") for i in range(1)]
+TASKS = [local_task(i + 1, f"imgs/{c}0.png") for i, c in enumerate(("red", "green", "blue"))]
 
 
 def served_versions(client: httpx.Client, tasks=TASKS) -> set[str]:
@@ -28,7 +28,19 @@ def train_first_version(client: httpx.Client, served: Served) -> str:
     """Annotate one image per colour and wait for r1 to be served; returns it."""
     for ann_id, (task, label) in enumerate(zip(TASKS, ("red", "green", "blue")), start=1):
         assert annotate(client, ann_id, task["id"], task["data"]["image"].split("d=")[1], label).status_code == 201
-    return wait_for(lambda: (v := setup(client)).endswith("-r1") and v, "r1 to be served", log=served.log)
+    return settled_version(client, served)
+
+
+def settled_version(client: httpx.Client, served: Served) -> str:
+    """Wait until no run is queued or going (the debounce is 0, so a burst may take several runs); returns
+    the version then served."""
+    def settled():
+        metrics = project_metrics(client)
+        training = metrics["training"]
+        return (training["state"] == "idle" and (training["last_run"] or {}).get("status") != "running"
+                and not metrics["model_version"].endswith("-r0") and metrics["model_version"])
+
+    return wait_for(settled, "training to settle", log=served.log)
 
 
 def test_kill_9_of_the_training_worker_resumes_the_retrain_and_keeps_serving(tmp_path, docroot, tiny_clip_spec):
@@ -37,15 +49,14 @@ def test_kill_9_of_the_training_worker_resumes_the_retrain_and_keeps_serving(tmp
         setup(client)
         v1 = train_first_version(client, served)
         served.fault("hang")  # the next fit waits, so the run is caught in the middle
-        assert annotate(client, 10, 1, "imgs/red1.png", "green").status_code == 201
+        assert annotate(client, 10, 1, "imgs/red0.png", "green").status_code == 201
         running = wait_for(lambda: (r := project_metrics(client)["training"]["last_run"])["status"] == "running"
                            and r, "a run to start", log=served.log)
         assert served_versions(client) == {v1}  # while it trains, the old version is served
         os.kill(running["pid"], signal.SIGKILL)
         served.fault("")
         # uvicorn replaces the dead worker; whoever holds the lock marks the dead run failed and trains again.
-        v2 = wait_for(lambda: (v := setup(client)).endswith("-r2") and v, "the resumed retrain (r2)",
-                      log=served.log)
+        v2 = wait_for(lambda: (v := setup(client)) != v1 and v, "the resumed retrain", log=served.log)
         for _ in range(6):  # either worker, old or new, serves it
             assert served_versions(client) == {v2}
         # The run finishes after publishing (accuracy estimate, label audit).
@@ -63,3 +74,81 @@ def project_metrics_annotations(served: Served) -> int:
     from backend.store import Store
 
     return Store(served.model_dir).count_annotations("1")
+
+
+def mount_small_tmpfs(where, size: str = "2m") -> bool:
+    """Mount a `size` tmpfs at `where` (root in a container that allows it); False when not permitted."""
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+def fill(folder) -> "os.PathLike":
+    """Write a filler file into `folder` until its file system is full; returns the filler's path."""
+    import errno
+
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out:  # unbuffered: nothing left to flush at close
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_model_dir_full_keeps_serving_shows_the_failure_and_recovers(tmp_path, docroot, tiny_clip_spec):
+    """MODEL_DIR on a 2 MB tmpfs filled to the last byte in the middle of a retrain (a real full disk: SQLite,
+    the embedding cache and the head files all see ENOSPC). Where mounting is not permitted (a container
+    without CAP_SYS_ADMIN), the fault file makes the head save raise ENOSPC instead: the write the backend
+    does when it publishes; the webhook refused for lack of space is then not exercised."""
+    import subprocess
+
+    state = tmp_path / "state"
+    mounted = not os.environ.get("LABELLOOP_TEST_NO_MOUNT") and mount_small_tmpfs(state)  # env: try the fallback
+    try:
+        with Served(tmp_path, tiny_clip_spec, docroot, workers=1, model_dir=state) as served, \
+                fresh_client(served.url) as client:
+            setup(client)
+            v1 = train_first_version(client, served)
+            served.fault("hang")
+            assert annotate(client, 10, 1, "imgs/red0.png", "green").status_code == 201  # stored, then trains
+            wait_for(lambda: project_metrics(client)["training"]["last_run"]["status"] == "running",
+                     "the run to start", log=served.log)
+            filler = fill(state) if mounted else None
+            served.fault("" if mounted else "enospc")  # the run goes on and meets the full disk
+            if mounted:  # the backend finds the disk full, whatever write it was doing
+                health = wait_for(lambda: (h := client.get("/health").json())["status"] == "DEGRADED" and h,
+                                  "/health to report the full MODEL_DIR", log=served.log)
+                assert any("is full" in p for p in health["problems"]), health
+            else:  # only the head save fails: /health's probe write succeeds, /metrics shows the failed run
+                wait_for(lambda: (project_metrics(client)["training"]["last_failure"] or {}).get("error"),
+                         "/metrics to show the failed run", log=served.log)
+            during = [served_versions(client) for _ in range(3)]
+            refused = annotate(client, 11, 2, "imgs/green1.png", "blue") if mounted else None
+            if mounted:
+                filler.unlink()
+            else:
+                served.fault("")
+            # No new event: the run that met the full disk is tried again and publishes once space is back.
+            v2 = wait_for(lambda: (v := setup(client)) != v1 and v, "a version after space is back",
+                          log=served.log)
+            after = served_versions(client)
+            health_after = wait_for(lambda: (h := client.get("/health").json())["status"] == "UP" and h,
+                                    "/health to clear", log=served.log)
+            training = project_metrics(client)["training"]
+            log = served.log()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(state)], timeout=30)
+    assert during == [{v1}] * 3  # the served model stays
+    if mounted:  # an annotation arriving meanwhile is refused with a clear error, not a 500
+        assert refused.status_code == 507 and "is full" in refused.json()["detail"]
+    assert after == {v2} and not health_after["problems"]
+    assert "MODEL_DIR is full" in log and "training again" in log
+    # the failed run is in /metrics (recorded once SQLite had room again, when the disk was really full)
+    assert "No space left on device" in training["last_failure"]["error"]
+    assert training["last_run"]["status"] in ("succeeded", "running")
