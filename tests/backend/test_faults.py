@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from backend.training import DIED
-from tests.backend.conftest import local_task
+from tests.backend.conftest import choice_result, local_task
 from tests.backend.serving import Served, annotate, fresh_client, predict, project_metrics, setup, wait_for
 
 pytestmark = pytest.mark.slow
@@ -152,3 +152,46 @@ def test_model_dir_full_keeps_serving_shows_the_failure_and_recovers(tmp_path, d
     # the failed run is in /metrics (recorded once SQLite had room again, when the disk was really full)
     assert "No space left on device" in training["last_failure"]["error"]
     assert training["last_run"]["status"] in ("succeeded", "running")
+
+
+def test_label_studio_down_serves_from_cached_embeddings_and_reconnects(tmp_path, docroot, tiny_clip_spec):
+    from tests.backend.conftest import COLORS, png
+    from tests.backend.fakes import LEGACY_TOKEN, FakeLabelStudio, ServerThread
+
+    images = {f"upload/1/{c}{i}.png": png(color, noise=12, seed=i) for c, color in COLORS.items() for i in range(2)}
+    fake = FakeLabelStudio(image=png(), uploads=dict(images), old_uploads=dict(images))
+    uploaded = [dict(local_task(i + 1, "x"), data={"image": f"/data/{key}"}) for i, key in enumerate(images)]
+    known, new = uploaded[:3], uploaded[3:]
+    ls = ServerThread(fake.app()).__enter__()
+    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": LEGACY_TOKEN}
+    try:
+        with Served(tmp_path, tiny_clip_spec, docroot, workers=1, env=env) as served, \
+                fresh_client(served.url) as client:
+            setup(client)
+            before = predict(client, known).json()["results"]
+            ls.__exit__()  # Label Studio goes down
+            down_known = predict(client, known)
+            down_new = predict(client, new)
+            health_down = client.get("/health").json()
+            # An annotation arriving meanwhile is stored and trained on from the cached embeddings.
+            v0 = setup(client)
+            event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}, "task": known[0],
+                     "annotation": {"id": 1, "task": 1, "project": 1, "result": choice_result("red")}}
+            assert client.post("/webhook", json=event).status_code == 201
+            v1 = wait_for(lambda: (v := setup(client)) != v0 and v, "a retrain while Label Studio is down",
+                          log=served.log)
+            ls = ServerThread(fake.app(), port=ls.port).__enter__()  # and comes back on the same address
+            back_new = predict(client, new).json()["results"]
+            log = served.log()
+    finally:
+        ls.__exit__()
+    # Known tasks: answered from the cached embeddings, exactly as before.
+    assert down_known.status_code == 200 and down_known.json()["results"] == before
+    # New tasks: still a 200 (one bad image never sinks a batch), no prediction, and the log says why.
+    assert down_new.status_code == 200
+    assert all(r["result"] == [] and r["score"] is None for r in down_new.json()["results"])
+    assert "no prediction for task 4" in log and "Label Studio at http://127.0.0.1" in log and "unreachable" in log
+    assert health_down["status"] in ("UP", "DEGRADED")
+    assert v1.endswith("-r1")
+    # Back up: the same backend process fetches and predicts them, no restart or manual step.
+    assert all(r["result"] and r["score"] is not None for r in back_new)
