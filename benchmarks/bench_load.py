@@ -132,6 +132,20 @@ def annotation_bodies(tasks: list[dict[str, Any]], classes: list[str], count: in
     return bodies
 
 
+def warm_up(url: str, tasks: list[dict[str, Any]], workers: int, batch: int, attempts: int = 50) -> int:
+    """Send /predict batches on new connections until `workers` different worker processes have answered one
+    (each loads its embedder and head on its first call); returns how many answered. At most `attempts`."""
+    answered: set[int] = set()
+    for _ in range(attempts):
+        with httpx.Client(base_url=url, timeout=300) as http:  # one connection: both calls reach one worker
+            pid = http.get("/metrics").json()["worker_pid"]
+            http.post("/predict", json={"tasks": tasks[:batch], "project": f"{PROJECT}.0"}).raise_for_status()
+        answered.add(pid)
+        if len(answered) >= workers:
+            break
+    return len(answered)
+
+
 # -- the bounded asyncio client -----------------------------------------------------------------------------
 @dataclass
 class LoadResult:
@@ -233,8 +247,9 @@ def markdown(rows: list[dict[str, Any]], args, command: str) -> str:
         f"cached (synthetic) embeddings; each client sends {args.batch}-task /predict batches ({args.requests} "
         f"at least, on until a retrained version was served); meanwhile {args.webhooks} ANNOTATIONS_CREATED "
         f"webhooks of 10 annotations, one every {args.every} s, retrain the project (debounce {args.debounce} s). "
-        "Bounded asyncio client (httpx), one run per row on a shared 2-core machine: latencies include the CPU "
-        "the retrains take.",
+        "Every worker answers one /predict first (embedder and head loaded), then the timed run starts. "
+        "Bounded asyncio client (httpx), one run per row on a shared 2-core machine (other benchmarks may run "
+        "beside it): latencies include the CPU the retrains take.",
         "",
         "| clients | /predict calls | p50 ms | p99 ms | max ms | errors | 5xx | webhooks (errors) | webhook p99 ms "
         "| versions served |",
@@ -270,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             tasks = synthetic_project(backend, model_dir, args.embedder, args.tasks, CLASSES)
             bodies = annotation_bodies(tasks, CLASSES, args.webhooks)
+            warmed = warm_up(backend.url, tasks, args.workers, args.batch)
+            print(f"warm-up: {warmed} of {args.workers} workers answered", file=sys.stderr)
             result = asyncio.run(run_load(backend.url, tasks, clients, args.requests, args.batch, bodies,
                                           every=args.every, deadline=args.deadline))
         finally:

@@ -195,3 +195,30 @@ def test_label_studio_down_serves_from_cached_embeddings_and_reconnects(tmp_path
     assert v1.endswith("-r1")
     # Back up: the same backend process fetches and predicts them, no restart or manual step.
     assert all(r["result"] and r["score"] is not None for r in back_new)
+
+
+def test_a_corrupt_head_file_is_refused_and_the_previous_version_served(tmp_path, docroot, tiny_clip_spec):
+    from backend.store import Store
+
+    with Served(tmp_path, tiny_clip_spec, docroot, workers=1) as served, fresh_client(served.url) as client:
+        setup(client)
+        v1 = train_first_version(client, served)
+        assert annotate(client, 10, 1, "imgs/red0.png", "green").status_code == 201
+        v2 = settled_version(client, served)
+        served.stop()
+        head = Store(served.model_dir).get_version("1", v2).head_dir
+        (tmp_path / "state" / "projects" / "1" / "heads" / head.rsplit("/", 1)[1] / "head.safetensors"
+         ).write_bytes(b"\x00garbage, not a safetensors file")
+        served.start()  # a fresh process: the damaged head is read from disk
+        answered = served_versions(client)
+        health = client.get("/health").json()
+        # Start Training with nothing new still publishes, replacing the damaged version.
+        client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+        v3 = wait_for(lambda: (v := setup(client)) not in (v1, v2) and v, "a version replacing the damaged one",
+                      log=served.log)
+        after = served_versions(client)
+        log = served.log()
+    assert v1 != v2 and answered == {v1}
+    assert f"refused head {v2}" in log and head in log
+    assert any("refused" in p and v2 in p for p in health["problems"])
+    assert after == {v3}
