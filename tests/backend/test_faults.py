@@ -13,7 +13,7 @@ from backend.training import DIED
 from tests.backend.conftest import choice_result, local_task
 from tests.backend.serving import Served, annotate, fresh_client, predict, project_metrics, setup, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 TASKS = [local_task(i + 1, f"imgs/{c}0.png") for i, c in enumerate(("red", "green", "blue"))]
 

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.bench_load import Backend, annotation_bodies, run_load, synthetic_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 CLASSES = ["red", "green", "blue"]
 

@@ -12,7 +12,7 @@ from backend.store import Store
 from tests.backend.serving import Served, annotate, fresh_client, predict, setup, wait_for
 from tests.backend.conftest import local_task
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 PROJECTS = (1, 2, 3)
 IMAGES = [(f"imgs/{c}{i}.png", c) for c in ("red", "green", "blue") for i in range(3)]

@@ -51,6 +51,7 @@ def train_cli(out: Path, data: Path, *extra: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_ddp_on_two_cpu_processes_learns_as_one_process_does(tmp_path, clusters_npz):
     one = train_cli(tmp_path / "one", clusters_npz)
     two = train_cli(tmp_path / "two", clusters_npz, "--devices", "2", "--distributed", "ddp")
