@@ -91,5 +91,4 @@ def test_two_workers_three_projects_train_one_run_per_project_and_serve_no_stale
     for p in PROJECTS:
         assert no_overlapping_runs(store, str(p)), runs[p]  # one run at a time per project, across workers
         assert all(r["status"] in ("succeeded", "skipped") for r in runs[p]), runs[p]
-    assert len({r["pid"] for p in PROJECTS for r in runs[p]}) >= 1
     assert all(not current[p].endswith("-r0") for current, _ in served_after for p in PROJECTS)
