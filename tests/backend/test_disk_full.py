@@ -66,3 +66,23 @@ def test_a_retrain_that_meets_a_full_disk_runs_again_without_a_new_event(make_cl
     assert "No space left on device" in history[1]["error"]
     requested, trained = runtime.store.pending_seq("1")
     assert requested == trained
+
+
+def test_new_tasks_are_still_predicted_when_the_disk_is_full(make_client, docroot, monkeypatch):
+    """Nothing /predict writes (task URLs, content keys, the embedding cache) is worth the predictions: on a
+    full disk new tasks are embedded uncached and answered, and /health says MODEL_DIR is full."""
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        setup_project(client)
+
+        def full(*args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        for name in ("remember_tasks", "set_content_keys", "set_task_error", "kv_set"):
+            monkeypatch.setattr(runtime.store, name, full)
+        monkeypatch.setattr(runtime.cache, "put_many", full)
+        monkeypatch.setattr(runtime.store, "space_problem", lambda: runtime.store._full)  # no real probe
+        results = predict(client)
+        health = client.get("/health").json()
+    assert len(results) == len(TASKS) and all(r["result"] and r["score"] is not None for r in results)
+    assert runtime.cache.count() == 0  # embedded, not cached
+    assert health["status"] == "DEGRADED" and any("disk is full" in p for p in health["problems"])
