@@ -128,6 +128,7 @@ def test_model_dir_full_keeps_serving_shows_the_failure_and_recovers(tmp_path, d
                 wait_for(lambda: (project_metrics(client)["training"]["last_failure"] or {}).get("error"),
                          "/metrics to show the failed run", log=served.log)
             during = [served_versions(client) for _ in range(3)]
+            new_task = predict(client, [local_task(50, "imgs/blue2.png")])  # not embedded before: not cached
             refused = annotate(client, 11, 2, "imgs/green1.png", "blue") if mounted else None
             if mounted:
                 filler.unlink()
@@ -145,6 +146,7 @@ def test_model_dir_full_keeps_serving_shows_the_failure_and_recovers(tmp_path, d
         if mounted:
             subprocess.run(["umount", "-l", str(state)], timeout=30)
     assert during == [{v1}] * 3  # the served model stays
+    assert new_task.status_code == 200 and new_task.json()["results"][0]["result"]  # and answers new tasks
     if mounted:  # an annotation arriving meanwhile is refused with a clear error, not a 500
         assert refused.status_code == 507 and "is full" in refused.json()["detail"]
     assert after == {v2} and not health_after["problems"]
