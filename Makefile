@@ -7,13 +7,18 @@ PORT ?= 9090
 WORDNET_DIR ?= /usr/share/wordnet
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup setup-ls setup-browser screenshots bench clean
+.PHONY: run test test-faults setup setup-ls setup-browser screenshots bench clean
 
 run: setup
 	$(VENV)/bin/labelloop serve --port $(PORT)
 
 test: setup setup-ls setup-browser
 	LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/python -m pytest
+
+# The load / fault / multi-worker suite alone (real serve processes on loopback, a few minutes; also in `make test`).
+# The full-disk test mounts a 2 MB tmpfs when run as root with CAP_SYS_ADMIN, else injects ENOSPC.
+test-faults: setup
+	$(VENV)/bin/python -m pytest -m faults -q
 
 setup: $(VENV)/.installed $(WORDNET_DIR)/data.noun
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -237,6 +238,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     async def _bad_value(request: Request, exc: PayloadError):
         return _error(422, f"invalid request: {exc}")
 
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _storage(request: Request, exc: Exception):
+        # 507 Insufficient Storage: the caller (Label Studio's webhook log) sees that nothing was stored, and why.
+        if runtime.store.note_disk_full(exc, f"{request.method} {request.url.path}"):
+            log.error("%s %s: MODEL_DIR %s is full (%s); nothing was stored", request.method, request.url.path,
+                      runtime.store.model_dir, exc)
+            return _error(507, f"MODEL_DIR {runtime.store.model_dir} is full ({exc}): nothing was stored; free "
+                               "space there and send it again")
+        return await _crash(request, exc)
+
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
         log.exception("unhandled error in %s %s", request.method, request.url.path)
@@ -294,7 +306,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         # Label Studio stores these after we answer; then it accepts their version as the project's.
         stored = [p.model_version for p in response.predictions
                   if not isinstance(p, list) and (p.result or p.score is not None) and p.model_version]
-        runtime.version_sync.predictions_stored(pid, stored[0] if stored else None)
+        try:
+            runtime.version_sync.predictions_stored(pid, stored[0] if stored else None)
+        except (OSError, sqlite3.OperationalError) as exc:  # bookkeeping: never worth the predictions
+            if not runtime.store.note_disk_full(exc, "recording the predicted version"):
+                raise
+            log.warning("project %s: predictions served, but MODEL_DIR is full (%s): Label Studio's project "
+                        "version follows once space is back", pid, exc)
         return PredictResponse(results=response.predictions)
 
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])

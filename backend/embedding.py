@@ -99,8 +99,8 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
     known_ids = [(t, u) for t, u in zip(ids, urls) if t is not None]
     seen = store.content_keys(project, [t for t, _ in known_ids])
     changed = [(t, u) for t, u in known_ids if t not in seen or seen[t][0] != u]
-    if changed:  # only new tasks or changed URLs cost a write; a warm predict is read-only
-        store.remember_tasks(project, changed)
+    if changed and _stored(store, "remembering tasks", store.remember_tasks, project, changed):
+        # only new tasks or changed URLs cost a write; a warm predict is read-only
         seen.update(store.content_keys(project, [t for t, _ in changed]))
     for i, task_id in enumerate(ids):
         if task_id is not None and i not in errors:
@@ -128,8 +128,20 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
             break
     for i, message in errors.items():
         if ids[i] is not None:
-            store.set_task_error(project, ids[i], message)
+            _stored(store, "recording a task error", store.set_task_error, project, ids[i], message)
     return TaskEmbeddings(features, keys, errors, fetched, pending)
+
+
+def _stored(store, what: str, write, *args) -> bool:
+    """Run the bookkeeping `write(*args)`; on a full MODEL_DIR note it (store.space_problem, /health) and
+    return False instead of raising: the embeddings are still returned, only not remembered."""
+    try:
+        write(*args)
+        return True
+    except Exception as exc:
+        if not store.note_disk_full(exc, what):
+            raise
+        return False
 
 
 def _embed_fetched(project, blobs, ids, embedder, store, cache, batch_size, compute_lock, features, keys,
@@ -142,7 +154,12 @@ def _embed_fetched(project, blobs, ids, embedder, store, cache, batch_size, comp
         return
     names = [f"task {ids[i]}" for i in order]
     with compute_lock or threading.Lock():
-        result = embed_blobs(embedder, cache, [blobs[i] for i in order], names=names, batch_size=batch_size)
+        try:
+            result = embed_blobs(embedder, cache, [blobs[i] for i in order], names=names, batch_size=batch_size)
+        except Exception as exc:  # a full disk refuses the cache write: embed them anyway, uncached
+            if not store.note_disk_full(exc, "caching embeddings"):
+                raise
+            result = embed_blobs(embedder, None, [blobs[i] for i in order], names=names, batch_size=batch_size)
     new_keys: dict[int, str] = {}
     for j, i in enumerate(order):
         if j in result.errors:
@@ -153,4 +170,4 @@ def _embed_fetched(project, blobs, ids, embedder, store, cache, batch_size, comp
         if ids[i] is not None and keys[i]:
             new_keys[ids[i]] = keys[i]
     if new_keys:
-        store.set_content_keys(project, new_keys)
+        _stored(store, "recording content keys", store.set_content_keys, project, new_keys)

@@ -16,7 +16,7 @@ import numpy as np
 
 from backend.accuracy import describe, estimate_accuracy
 from backend.events import usable
-from backend.heads import HeadCache, label_probabilities, prior_head
+from backend.heads import HeadCache, head_digest, label_probabilities, prior_head
 from backend.labels import ImageClassification, parse_label_config
 from backend.logs import Redactor
 from backend.predictor import PredictorRules
@@ -106,7 +106,12 @@ class HeadTrainer:
         urls = self.store.content_keys(project_id, task_ids)
         fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls)
         served = self.store.get_version(project_id, project.model_version)
-        if served is not None and served.fingerprint == fingerprint:
+        if served is not None and served.fingerprint == fingerprint and not self.heads.intact(served):
+            # Same training set, but the served head is damaged on disk (refused when served): publish it anew.
+            log.warning("project %s: the head of %s is damaged on disk; retraining on the same annotations",
+                        project_id, served.model_version)
+            notes.append(f"the head of {served.model_version} was damaged on disk: trained again")
+        elif served is not None and served.fingerprint == fingerprint:
             # A burst's second run (LS's own START_TRAINING after the webhooks) or Start Training with nothing new.
             note = f"training set unchanged since {served.model_version}: nothing published"
             log.info("project %s: %s", project_id, note)
@@ -179,11 +184,16 @@ class HeadTrainer:
         heads_dir = store.heads_dir(project_id)
         final = heads_dir / f"r{revision}"
         staging = heads_dir / f".r{revision}-{uuid.uuid4().hex[:8]}"
-        head.save(staging)
+        try:
+            head.save(staging)
+        except BaseException:  # a full disk, say: leave no half-written folder behind
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         if final.exists():  # left behind by a run that crashed after saving but before publishing
             shutil.rmtree(final)
         staging.rename(final)
-        store.publish_version(project_id, revision, version, str(final), n_annotations, fingerprint)
+        store.publish_version(project_id, revision, version, str(final), n_annotations, fingerprint,
+                              head_sha256=head_digest(final))
         log.info("project %s: published %s (%d annotations)", project_id, version, n_annotations)
         # No project-version update here: Label Studio refuses it until predictions of this version exist.
         # It follows after the push below, or after the first /predict of the new version.

@@ -11,8 +11,10 @@ model has evidence for it: see `choose`.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,41 +142,114 @@ def in_cold_start(version, embedder, target: ImageClassification) -> bool:
     return version.n_annotations < COLD_START_PER_LABEL * len(target.labels)
 
 
-class HeadCache:
-    """(project, model_version, labels) -> head; thread-safe. Old entries of a project are dropped on reload."""
+def head_digest(folder: str | Path) -> str:
+    """Return the SHA-256 over a head folder's files (names and bytes, in name order): recorded when a version
+    is published and checked before its head is served, so a damaged file is refused, not served."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
-    def __init__(self, cold_start=None, priors: ImageNetPriors | None = None):
-        self._heads: dict[str, tuple[tuple, Any]] = {}
+
+class HeadUnreadable(RuntimeError):
+    """A published head folder cannot be served: missing, unreadable, or not the bytes that were published."""
+
+
+class HeadCache:
+    """(project, model_version, labels) -> head; thread-safe. Old entries of a project are dropped on reload.
+
+    A head whose folder cannot be read, or whose files no longer match the digest recorded at publish, is
+    refused with an error in the log (and in /health, `problems`); the newest earlier version whose head
+    loads is served instead, and its version is what the predictions carry. The next publish replaces it.
+    """
+
+    def __init__(self, cold_start=None, priors: ImageNetPriors | None = None, store=None):
+        self._heads: dict[str, tuple[tuple, Any, Any]] = {}
         self._lock = threading.Lock()
         self.loads = 0  # how many times a head was built or read from disk (tests check it stays put)
         self.cold_start = cold_start  # a backend.cold_start.ColdStartOrder, or None (strategy scores only)
         self.priors = priors or PRIORS
+        self.store = store  # a backend.store.Store: the earlier versions to fall back on (None: no fallback)
+        self._refused: dict[tuple[str, str], str] = {}  # (project, model_version) -> why it was refused
 
     def get(self, project: str, version, target: ImageClassification, embedder):
-        """Return the head serving `version` (a store.Version) for `target`; raises on an unreadable folder."""
+        """Return the head serving `version` (a store.Version) for `target` (see `serving`)."""
+        return self.serving(project, version, target, embedder)[0]
+
+    def serving(self, project: str, version, target: ImageClassification, embedder):
+        """Return (head, the store.Version it is): `version`'s head, or when that is refused the newest
+        earlier version's that loads. Raises HeadUnreadable when none does (r0 always loads)."""
         key = (version.model_version, target.labels, target.multiple, embedder.id)
         with self._lock:
             entry = self._heads.get(project)
             if entry and entry[0] == key:
-                return entry[1]
+                return entry[1], entry[2]
+        head, used = self._load_good(project, version, target, embedder)
+        with self._lock:
+            self._heads[project] = (key, head, used)
+            self.loads += 1
+        log.info("project %s: serving head %s", project, used.model_version)
+        return head, used
+
+    def _load_good(self, project: str, version, target: ImageClassification, embedder):
+        earlier = [] if self.store is None else sorted(
+            (v for v in self.store.list_versions(project) if v.revision < version.revision),
+            key=lambda v: -v.revision)
+        candidates = [version, *earlier]
+        for i, candidate in enumerate(candidates):
+            try:
+                return self._load(candidate, target, embedder), candidate
+            except HeadUnreadable as exc:
+                self._refused[(project, candidate.model_version)] = str(exc)
+                log.error("project %s: refused head %s: %s; %s", project, candidate.model_version, exc,
+                          "trying the version before it" if i + 1 < len(candidates) else "no version to serve")
+                if i + 1 == len(candidates):
+                    raise
+
+    def _load(self, version, target: ImageClassification, embedder):
         from labelers.head import ClassifierHead
 
-        if version.head_dir:
-            head = ClassifierHead.load(version.head_dir)
-        else:
-            head = prior_head(target, embedder, self.priors)
-        with self._lock:
-            self._heads[project] = (key, head)
-            self.loads += 1
-        log.info("project %s: serving head %s", project, version.model_version)
-        return head
+        if not version.head_dir:
+            return prior_head(target, embedder, self.priors)
+        try:
+            if version.head_sha256 and head_digest(version.head_dir) != version.head_sha256:
+                raise HeadUnreadable(f"the files in {version.head_dir} are not the ones published (SHA-256 "
+                                     "differs): damaged or replaced on disk")
+            return ClassifierHead.load(version.head_dir)
+        except HeadUnreadable:
+            raise
+        except Exception as exc:  # missing folder, truncated safetensors, bad JSON: all unservable
+            raise HeadUnreadable(f"cannot read {version.head_dir} ({type(exc).__name__}: {exc})") from None
+
+    def intact(self, version) -> bool:
+        """True when `version`'s head can be served: r0, or a folder that matches its published digest (read
+        whole for a version published before digests were recorded)."""
+        if not version.head_dir:
+            return True
+        try:
+            if version.head_sha256:
+                return head_digest(version.head_dir) == version.head_sha256
+            from labelers.head import ClassifierHead
+
+            ClassifierHead.load(version.head_dir)
+            return True
+        except Exception:  # unreadable in any way: not servable
+            return False
+
+    def problems(self) -> list[str]:
+        """Return one line per head this process refused (for /health), naming the version and why."""
+        current = {} if self.store is None else {p: self.store.current_version(p) for p, _ in self._refused}
+        return [f"project {project}: head {version} refused ({why}); an earlier version is served"
+                for (project, version), why in sorted(self._refused.items())
+                if self.store is None or current[project] == version]  # a newer publish ends the problem
 
     def predictions(self, project: str, version, target: ImageClassification, embedded, strategy: str,
                     similar_scores: dict[str, float] | None = None):
         """Return the items `head_predictions` returns for `embedded` with the head serving `version`, scored
         by `similar_scores` when given ({content key: score}, backend.similar: "more like this"), else by the
         project's cold-start order while `in_cold_start` holds, else by `strategy`."""
-        head = self.get(project, version, target, embedded.embedder)
+        head, version = self.serving(project, version, target, embedded.embedder)
         cold = similar_scores
         if cold is None and self.cold_start is not None and in_cold_start(version, embedded.embedder, target):
             cold = self.cold_start.scores(project, embedded.embedder.id, len(target.labels))

@@ -185,7 +185,11 @@ class MediaResolver:
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _get_from_ls(self, url: str, follow_redirects: bool = False) -> bytes:
-        status, _, body = self._download(url, follow_redirects)
+        try:
+            status, _, body = self._download(url, follow_redirects)
+        except httpx.TransportError as exc:  # down, restarting, unreachable: say who, not only the socket error
+            raise MediaError(f"Label Studio at {self.ls_url} is unreachable ({type(exc).__name__}: {exc}); the "
+                             "image is fetched when it answers again") from None
         if status != 200:
             raise _NotServed(f"Label Studio answered HTTP {status} for {_redact(url)}")
         return body

@@ -86,7 +86,7 @@ class Runtime:
         self.default_spec, self.embedder_reason = choose_spec(settings.embedder, settings.clip)
         self.embeddings = EmbeddingService(self.store, self.cache, self.embedders, self.fetcher,
                                            settings.embed_batch_size, settings.fetch_timeout_seconds)
-        self.heads = HeadCache(cold_start=ColdStartOrder(self.store, self.cache))
+        self.heads = HeadCache(cold_start=ColdStartOrder(self.store, self.cache), store=self.store)
         self.similar = SimilarityOrder(self.store, self.cache)
         self.vlm_settings = _vlm_settings(settings)
         self.rules = PredictorRules(settings, self.vlm_settings)
@@ -154,7 +154,8 @@ class Runtime:
         key is asked about again here (LabelStudioAuth.recheck), so a fixed key clears it without a restart."""
         rejected = self.auth.recheck()
         problems = [rejected] if rejected else []
-        return problems + self.warmer.problems()
+        full = self.store.space_problem()
+        return problems + ([full] if full else []) + self.warmer.problems() + self.heads.problems()
 
     def embedder_status(self) -> dict[str, Any]:
         """Return what /health says about the default embedder (never loads it)."""

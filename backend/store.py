@@ -6,6 +6,7 @@ transaction.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS versions(
     fingerprint TEXT,                  -- hash of the training set (tasks, labels, images, label config)
     accuracy TEXT,                     -- JSON: estimated accuracy on the project's annotations (k-fold)
     audit TEXT,                        -- JSON: the suspect labels found after the retrain (backend.suspects)
+    head_sha256 TEXT,                  -- digest of the head folder's files at publish (backend.heads.head_digest)
     PRIMARY KEY(project, revision)
 );
 CREATE TABLE IF NOT EXISTS annotations(
@@ -85,6 +87,20 @@ class StoreError(RuntimeError):
     """MODEL_DIR is missing, not writable, or its database cannot be opened; the message says which."""
 
 
+SPACE_PROBE_BYTES = 64 * 1024  # written (and deleted) to tell whether MODEL_DIR has room again
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for the errors a full (or over-quota) MODEL_DIR gives: OSError ENOSPC/EDQUOT from a file write,
+    SQLite's "database or disk is full" from the database or the embedding cache."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+        return True
+    # Writers that report the OS error only in their message (safetensors: "... (os error 28)").
+    return f"os error {errno.ENOSPC})" in str(exc) or os.strerror(errno.ENOSPC) in str(exc)
+
+
 @dataclass(frozen=True)
 class Project:
     """One Label Studio project as the backend knows it."""
@@ -111,6 +127,7 @@ class Version:
     fingerprint: str | None = None
     accuracy: dict[str, Any] | None = None  # backend.accuracy.estimate_accuracy's dict, None when not measured
     audit: dict[str, Any] | None = None  # backend.suspects.audit_version's summary, None when not audited
+    head_sha256: str | None = None  # the head folder's digest when published; None for r0 and older versions
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Version":
@@ -155,6 +172,7 @@ class Store:
         self.model_dir = prepare_model_dir(model_dir)
         self.path = self.model_dir / "labelloop.sqlite3"
         self._local = threading.local()
+        self._full: str | None = None  # the last disk-full error this process saw, until a write succeeds
         try:
             self._conn().executescript(SCHEMA)  # executescript manages its own transaction
             self._migrate()
@@ -193,13 +211,42 @@ class Store:
 
     def _migrate(self) -> None:
         """Add columns introduced after a MODEL_DIR was created (older databases keep working)."""
-        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy", "audit")}
+        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy", "audit", "head_sha256")}
         for table, names in added.items():
             columns = {r["name"] for r in self._conn().execute(f"PRAGMA table_info({table})")}
             for name in names:
                 if name not in columns:
                     with self._tx() as db:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
+
+    # -- a full MODEL_DIR --------------------------------------------------------------------------------------
+    def note_disk_full(self, exc: BaseException, what: str) -> bool:
+        """Remember `exc` when it says MODEL_DIR is full (see `space_problem`); returns whether it did."""
+        if not disk_full(exc):
+            return False
+        self._full = f"{what}: {type(exc).__name__}: {exc}"
+        return True
+
+    def space_problem(self) -> str | None:
+        """Return what /health says while MODEL_DIR is full: set by `note_disk_full`, cleared as soon as a
+        SPACE_PROBE_BYTES probe file can be written there again (no restart needed)."""
+        if self._full is None:
+            return None
+        probe = self.model_dir / f".space-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as out:
+                out.write(b"\0" * SPACE_PROBE_BYTES)
+                out.flush()
+                os.fsync(out.fileno())
+            self._full = None
+        except OSError:
+            pass
+        finally:
+            probe.unlink(missing_ok=True)
+        if self._full is None:
+            return None
+        return (f"MODEL_DIR {self.model_dir} is full ({self._full}): new annotations are not stored and retrains "
+                "cannot publish; the served model keeps serving. Free space there: nothing to restart")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -283,14 +330,14 @@ class Store:
         return (row["r"] if row and row["r"] is not None else 0) + 1
 
     def publish_version(self, project: str, revision: int, model_version: str, head_dir: str,
-                        n_annotations: int, fingerprint: str | None = None) -> None:
-        """Atomically record a new version (with its training-set fingerprint) and make it the project's current
-        one; its estimated accuracy follows through set_accuracy."""
+                        n_annotations: int, fingerprint: str | None = None, head_sha256: str | None = None) -> None:
+        """Atomically record a new version (with its training-set fingerprint and its head folder's digest) and
+        make it the project's current one; its estimated accuracy follows through set_accuracy."""
         now = time.time()
         with self._tx() as db:
             db.execute("INSERT INTO versions(project, revision, model_version, head_dir, n_annotations, created_at,"
-                       " fingerprint) VALUES (?,?,?,?,?,?,?)",
-                       (project, revision, model_version, head_dir, n_annotations, now, fingerprint))
+                       " fingerprint, head_sha256) VALUES (?,?,?,?,?,?,?,?)",
+                       (project, revision, model_version, head_dir, n_annotations, now, fingerprint, head_sha256))
             db.execute("UPDATE projects SET model_version=?, revision=?, updated_at=? WHERE id=?",
                        (model_version, revision, now, project))
 

@@ -25,6 +25,7 @@ from backend.store import Store, _safe_name
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 0.5
+DISK_FULL_RETRY_SECONDS = 5.0  # a run that found MODEL_DIR full is tried again this often, until space is back
 RESUME = "RESUME_AFTER_RESTART"  # the reason of a run queued at start-up for work a dead process left
 DIED = "process died during training"
 # Resume automatically unless this many runs in a row died: a run that kills its process every time (say an
@@ -59,6 +60,7 @@ class TrainingQueue:
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._unrecorded: dict[int, dict] = {}  # run id -> finish_run arguments a full disk kept from SQLite
         self.locks_dir = store.model_dir / "locks"
         self.locks_dir.mkdir(exist_ok=True)
 
@@ -145,8 +147,14 @@ class TrainingQueue:
             project, entry = item
             try:
                 self._run(project, entry)
-            except Exception:  # the worker must survive anything a run does
-                log.exception("training worker: unexpected error for project %s", project)
+            except Exception as exc:  # the worker must survive anything a run does
+                if self.store.note_disk_full(exc, f"training project {project}"):
+                    # Its requests stay owed (not marked trained): it trains once space is back, no new event.
+                    log.error("project %s: MODEL_DIR is full (%s); the previous model keeps serving; training "
+                              "again in %gs", project, exc, DISK_FULL_RETRY_SECONDS)
+                    self._again(project, entry, DISK_FULL_RETRY_SECONDS)
+                else:
+                    log.exception("training worker: unexpected error for project %s", project)
             finally:
                 with self._cond:
                     self._running = None
@@ -158,13 +166,10 @@ class TrainingQueue:
             lock.acquire(timeout=0)
         except Timeout:
             # Another worker process trains this project right now: try again shortly, keeping our reasons.
-            with self._cond:
-                again = self._pending.setdefault(project, _Pending(0, set(), False, time.monotonic()))
-                again.due = time.monotonic() + BUSY_RETRY_SECONDS
-                again.reasons |= entry.reasons
-                again.full_sync = again.full_sync or entry.full_sync
+            self._again(project, entry, BUSY_RETRY_SECONDS)
             return
         try:
+            self._record_unrecorded()
             self._clear_dead_runs(project)
             requested, trained = self.store.pending_seq(project)
             if requested <= trained:
@@ -184,17 +189,42 @@ class TrainingQueue:
             except Exception as exc:
                 error = self.describe_error(exc)
                 log.error("project %s: training failed (%s); the previous model keeps serving", project, error)
-                self.store.finish_run(run_id, "failed", error=error)
+                self._finish(run_id, "failed", error=error)
+                if self.store.note_disk_full(exc, f"training project {project}"):
+                    raise  # _loop queues it again: the requests it covers are not consumed
             else:
                 status = "succeeded" if version else "skipped"
-                self.store.finish_run(run_id, status, model_version=version, n_annotations=n_annotations,
-                                      note=note)
+                self._finish(run_id, status, model_version=version, n_annotations=n_annotations, note=note)
                 log.info("project %s: training %s in %.2fs -> %s (%s annotations)%s", project, status,
                          time.monotonic() - started, version, n_annotations, f"; {note}" if note else "")
             # Failed or not, this run consumed every request up to `requested`; newer ones run again.
             self.store.mark_trained(project, requested)
         finally:
             lock.release()
+
+    def _again(self, project: str, entry: _Pending, delay: float) -> None:
+        """Queue `project` again in `delay` seconds, keeping `entry`'s reasons."""
+        with self._cond:
+            again = self._pending.setdefault(project, _Pending(0, set(), False, time.monotonic()))
+            again.due = time.monotonic() + delay
+            again.reasons |= entry.reasons
+            again.full_sync = again.full_sync or entry.full_sync
+            self._cond.notify_all()
+
+    def _finish(self, run_id: int, status: str, **details) -> None:
+        """Record how run `run_id` ended; when SQLite refuses (a full disk), keep it for `_record_unrecorded`
+        and re-raise."""
+        try:
+            self.store.finish_run(run_id, status, **details)
+        except Exception:
+            self._unrecorded[run_id] = dict(status=status, **details)
+            raise
+
+    def _record_unrecorded(self) -> None:
+        """Record the run ends a full disk kept out of SQLite (else they would look like runs still going)."""
+        for run_id, finish in list(self._unrecorded.items()):
+            self.store.finish_run(run_id, **finish)
+            del self._unrecorded[run_id]
 
     def _clear_dead_runs(self, project: str) -> None:
         """With the project's lock held: fail the runs of dead processes and delete their unpublished heads."""

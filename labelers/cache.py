@@ -55,6 +55,11 @@ class EmbeddingCache:
         if status != "ok":
             raise CacheCorruptError(f"embedding cache {self.path} failed its integrity check ({status}); "
                                     "delete it to rebuild")
+        # Held open for the cache's life: SQLite deletes the -wal/-shm files when its last connection closes,
+        # and every read would then recreate them, which fails on a full disk ("disk I/O error") and would stop
+        # even cached embeddings from being read.
+        self._keeper = self._connect()
+        self._keeper.execute("SELECT COUNT(*) FROM embeddings WHERE 0").fetchone()  # opens the -wal/-shm
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60)

@@ -76,14 +76,27 @@ def train(
     max_train: Optional[int] = typer.Option(None, "--max-train", help="Use a seeded random subset of training images."),
     eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs."),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto, cpu or gpu."),
+    devices: int = typer.Option(1, "--devices", help="Processes (CPU) or GPUs to train on; more than 1 trains "
+                                "with DDP, --batch-size split between them."),
+    distributed: Optional[str] = typer.Option(None, "--distributed", help="Lightning strategy for --devices > 1: "
+                                              "ddp (gloo on CPU, nccl on GPU; the default)."),
+    stream_features: bool = typer.Option(False, "--stream-features", help="With --embedder: read the frozen "
+                                         "features from the cache per batch instead of holding the pool in memory."),
+    feature_block: int = typer.Option(4096, "--feature-block", help="--stream-features: images embedded or "
+                                      "summed at once."),
     cl_control: Optional[str] = typer.Option(None, "--cl-control", help="Label Studio control holding CLs."),
     label_control: Optional[str] = typer.Option(None, "--label-control", help="Label Studio control holding labels."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a classifier from complementary (or ordinary) labels with PyTorch Lightning."""
     from trainers.sources import parse_classes
-    from trainers.train import TrainConfig, run
+    from trainers.train import DISTRIBUTED, TrainConfig, run
 
+    if strategy.lower() in DISTRIBUTED:  # the seed's --strategy is the CL strategy, not Lightning's
+        _fail(f"--strategy names the complementary-label strategy (SCL, URE, FWD, ...); for {strategy} "
+              f"training pass --devices N --distributed {strategy.lower()}")
+    if devices > 1 and distributed is None:
+        distributed = "ddp"
     cfg = TrainConfig(strategy=strategy, type=type_, model=model, data=dataset, label_path=label_path, lr=lr,
                       batch_size=batch_size, epoch=epoch, valid_type=valid_type, output_dir=str(output_dir),
                       long_label=long_label, num_cl=num_cl, transition_matrix=transition_matrix,
@@ -93,11 +106,15 @@ def train(
                       gold_count=gold_count, matrix_rounds=matrix_rounds, restarts=restarts, ordinary_weight=ordinary_weight,
                       ordinary_labels=ordinary_labels,
                       weight_decay=weight_decay, early_stop=early_stop, max_train=max_train, eval_every=eval_every, accelerator=accelerator,
+                      devices=devices, distributed=distributed, stream_features=stream_features,
+                      feature_block=feature_block,
                       progress=progress, cl_control=cl_control, label_control=label_control)
     try:
         results = run(cfg)
     except _USER_ERRORS as err:
         _fail(str(err).strip("'\""))
+    if results.get("global_rank", 0) != 0:  # the other DDP processes: the first one reports
+        return
     typer.echo(f"strategy {results['strategy']}  T: {results['transition_matrix']}")
     for key in ("best_valid", "test_Accuracy"):
         if results.get(key) is not None:

@@ -3,6 +3,11 @@
 Every batch is (inputs, cl, true): ``cl`` (B, R) long padded with -1, ``true`` (B,) long, -1 unknown.
 Datasets serve whole batches at once (``__getitems__``) because per-item Python calls dominate the
 cost of small CPU models.
+
+Under DDP (``labelloop train --devices N --distributed ddp``) each process draws its share of the training
+batches (a seeded DistributedSampler, ``batch_size / N`` rows each, so the step sees as many rows as one
+process would); validation and test run whole on every process, so every process computes the same metrics
+over every row (no padding duplicates, and the checkpoint and early stopping agree across processes).
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from trainers.cached_features import CachedFeatures
 from trainers.labelset import LabelSet, split_indices  # noqa: F401  (re-exported)
 
 
@@ -81,10 +87,10 @@ class CLDataModule(pl.LightningDataModule):
         train_index = np.setdiff1d(np.arange(len(train)), valid_index)
         self.train_index, self.valid_index = train_index, valid_index
         targets = train.ord_labels if train_targets is None else train_targets
-        self.train_data = BatchDataset(train_inputs[train_index], train.cl_labels[train_index],
+        self.train_data = BatchDataset(_rows(train_inputs, train_index), train.cl_labels[train_index],
                                        targets[train_index], transform=augment, scale=scale)
         valid_truth = train.truth if valid_truth is None else valid_truth
-        self.valid_data = BatchDataset(train_inputs[valid_index], train.cl_labels[valid_index],
+        self.valid_data = BatchDataset(_rows(train_inputs, valid_index), train.cl_labels[valid_index],
                                        valid_truth[valid_index], scale=scale)
         self.test_data = None if test is None else BatchDataset(test_inputs, test.cl_labels, test.truth,
                                                                 scale=scale)
@@ -98,8 +104,19 @@ class CLDataModule(pl.LightningDataModule):
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, collate_fn=_keep_batch,
                           generator=generator, num_workers=0)
 
+    def _world(self) -> tuple[int, int]:
+        """Return (processes, this process's rank) of the attached Trainer; (1, 0) without one."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_dataloader(self):
-        return self._loader(self.train_data, shuffle=True)
+        world, rank = self._world()
+        if world == 1:
+            return self._loader(self.train_data, shuffle=True)
+        # Lightning calls set_epoch on this sampler every epoch, so each epoch is a new seeded shuffle.
+        sampler = DistributedSampler(self.train_data, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return DataLoader(self.train_data, batch_size=max(1, self.batch_size // world), sampler=sampler,
+                          collate_fn=_keep_batch, num_workers=0)
 
     def val_dataloader(self):
         return self._loader(self.valid_data, shuffle=False)
@@ -108,6 +125,12 @@ class CLDataModule(pl.LightningDataModule):
         if self.test_data is None:
             return []
         return self._loader(self.test_data, shuffle=False)
+
+
+def _rows(inputs, index: np.ndarray):
+    """Return the rows ``index`` of ``inputs``: a tensor's rows, or a lazy view of cached features
+    (trainers.cached_features.CachedFeatures.take), so selecting the split reads nothing."""
+    return inputs.take(index) if isinstance(inputs, CachedFeatures) else inputs[index]
 
 
 def image_tensor(labelset: LabelSet, image_size: int | None = None, channels: int | None = None,
@@ -164,6 +187,9 @@ class EmbeddingDataModule(CLDataModule):
 
     Features are standardised with the mean and standard deviation of the training rows (not the
     validation or test rows): L2-normalised embeddings have tiny per-dimension scales otherwise.
+    ``features`` may be a trainers.cached_features.CachedFeatures (``--stream-features``): rows are then
+    read from the embedding cache a batch at a time and the statistics computed over blocks, never the
+    whole pool in memory.
     """
 
     def __init__(self, train: LabelSet, valid_index: np.ndarray, test: LabelSet | None = None,
@@ -171,6 +197,15 @@ class EmbeddingDataModule(CLDataModule):
                  valid_truth: np.ndarray | None = None, train_targets: np.ndarray | None = None):
         if train.features is None or (test is not None and test.features is None):
             raise ValueError("EmbeddingDataModule needs features on every label set")
+        if isinstance(train.features, CachedFeatures):  # cached features: standardised as they are read
+            x, test_x = train.features, None if test is None else test.features
+            if standardize:
+                mean, std = x.take(np.setdiff1d(np.arange(len(x)), valid_index)).mean_std()
+                x = x.standardized(mean, std)
+                test_x = None if test_x is None else test_x.standardized(mean, std)
+            super().__init__(train, x, valid_index, test, test_x, batch_size, seed=seed, valid_truth=valid_truth,
+                             train_targets=train_targets)
+            return
         x = torch.as_tensor(np.asarray(train.features), dtype=torch.float32)
         test_x = None if test is None else torch.as_tensor(np.asarray(test.features), dtype=torch.float32)
         if standardize:

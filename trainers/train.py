@@ -62,6 +62,10 @@ class TrainConfig:
     matrix_rounds: int = 2  # anchor / em: how many train-then-estimate rounds before the final run
     restarts: int = 1  # train this many initialisations; keep the one with the best validation score
     accelerator: str = "auto"
+    devices: int = 1  # processes (CPU) or GPUs to train on; more than 1 trains with `distributed`
+    distributed: str | None = None  # Lightning strategy for devices > 1: "ddp" (gloo on CPU, nccl on GPU)
+    stream_features: bool = False  # --embedder: read features from the cache per batch, never the whole pool
+    feature_block: int = 4096  # rows embedded / summed at once when streaming features
     progress: bool = True
     cl_control: str | None = None
     label_control: str | None = None
@@ -321,6 +325,52 @@ def _choose_validation(cfg: TrainConfig, train: LabelSet, valid_index: np.ndarra
     return valid_type, truth, kind, with_truth
 
 
+DISTRIBUTED = ("ddp",)
+
+
+def _check_devices(cfg: TrainConfig) -> None:
+    """``--devices N`` (N > 1) trains with DDP; anything else Lightning could take is refused by name."""
+    if cfg.devices < 1:
+        raise TrainError(f"--devices must be at least 1, got {cfg.devices}")
+    if cfg.distributed is not None and cfg.distributed not in DISTRIBUTED:
+        raise TrainError(f"--distributed {cfg.distributed!r} is not supported; use one of {', '.join(DISTRIBUTED)}")
+    if cfg.distributed and cfg.devices == 1:
+        raise TrainError(f"--distributed {cfg.distributed} needs --devices 2 or more")
+    if cfg.stream_features and not cfg.embedder:
+        raise TrainError("--stream-features reads frozen features from the embedding cache: pass --embedder")
+
+
+def _lightning_strategy(cfg: TrainConfig):
+    """Return the Trainer's strategy: "auto" for one device, else DDP (gloo on CPU: no NCCL there)."""
+    if cfg.devices == 1:
+        return "auto"
+    from pytorch_lightning.strategies import DDPStrategy
+
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not _has_gpu())
+    return DDPStrategy(process_group_backend="gloo" if on_cpu else None)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def record_processes_callback():
+    """Return a callback that gathers every DDP process's pid at fit start into ``trainer.process_ids``
+    (one per rank, in rank order; [own pid] without DDP): the proof that N processes really trained."""
+    from pytorch_lightning.callbacks import Callback
+
+    class RecordProcesses(Callback):
+        def on_fit_start(self, trainer, pl_module):
+            import torch
+
+            pids = pl_module.all_gather(torch.tensor([os.getpid()], dtype=torch.long))
+            trainer.process_ids = [int(p) for p in pids.reshape(-1).tolist()]
+
+    return RecordProcesses()
+
+
 def _checkpoint_epoch(path: str | None) -> int | None:
     """Return the (0-based) epoch a Lightning checkpoint was saved in, or None without a checkpoint."""
     if not path:
@@ -355,10 +405,12 @@ def _fit(cfg: TrainConfig, T: np.ndarray, dm, prior, valid_type: str, output: Pa
     # would be a copy of best.ckpt. save_last_callback writes it at the end of every epoch instead.
     checkpoint = ModelCheckpoint(dirpath=output / "checkpoints", filename="best", monitor=f"valid_{valid_type}",
                                  mode=mode, save_last=False)
-    callbacks = [checkpoint, save_last_callback(last)]
+    callbacks = [checkpoint, save_last_callback(last), record_processes_callback()]
     if cfg.early_stop:
         callbacks.append(EarlyStopping(monitor=f"valid_{valid_type}", mode=mode, patience=cfg.early_stop))
-    trainer = pl.Trainer(max_epochs=cfg.epoch, accelerator=cfg.accelerator, devices=1, deterministic=True,
+    # use_distributed_sampler=False: the DataModule shards only the training batches (trainers.datamodules).
+    trainer = pl.Trainer(max_epochs=cfg.epoch, accelerator=cfg.accelerator, devices=cfg.devices,
+                         strategy=_lightning_strategy(cfg), use_distributed_sampler=False, deterministic=True,
                          logger=_loggers(output), callbacks=callbacks, check_val_every_n_epoch=cfg.eval_every,
                          enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                          log_every_n_steps=10)
@@ -442,6 +494,12 @@ def _ordinary_summary(cfg: TrainConfig, train: LabelSet, dm) -> dict | None:
             "contradictions_dropped": int(train.meta.get("ordinary_contradictions", 0))}
 
 
+def _rows_held(train: LabelSet) -> int | None:
+    """Return the most feature rows one read held with --stream-features (None for in-memory features)."""
+    stats = getattr(train.features, "stats", None)
+    return None if stats is None else stats.peak_rows
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train one model per ``cfg``; write checkpoints, metrics and ``results.json`` under ``output_dir``.
 
@@ -449,6 +507,7 @@ def run(cfg: TrainConfig) -> dict:
     Raises TrainError, DataSourceError, TransitionMatrixError or FileNotFoundError for bad inputs.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS when on GPU
+    _check_devices(cfg)
     data = prepare(cfg)  # before importing Lightning: bad inputs fail fast
     from trainers.datamodules import EmbeddingDataModule, ImageDataModule
 
@@ -456,12 +515,19 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.embedder:
         from labelers.cache import EmbeddingCache
         from labelers.embedders import make_embedder
+        from trainers.cached_features import with_cached_features
         from trainers.features import with_features
 
         embedder = make_embedder(cfg.embedder)
         cache = EmbeddingCache(cfg.cache or Path(cfg.output_dir) / "embeddings.sqlite")
-        train = with_features(train, embedder, cache, progress=cfg.progress)
-        test = None if test is None else with_features(test, embedder, cache, progress=cfg.progress)
+        if cfg.stream_features:
+            def featurize(labels):
+                return with_cached_features(labels, embedder, cache, cfg.feature_block, progress=cfg.progress)
+        else:
+            def featurize(labels):
+                return with_features(labels, embedder, cache, progress=cfg.progress)
+        train = featurize(train)
+        test = None if test is None else featurize(test)
         kind = "features"
     else:
         kind = data.kind
@@ -482,7 +548,6 @@ def run(cfg: TrainConfig) -> dict:
     name = cfg.transition_matrix.split(":")[0]
     if name in matrices.FROM_PREDICTIONS:
         T, info = _matrix_from_predictions(cfg, name, dm, prior, valid_type, output)
-    matrices.save(T, output / "transition_matrix.csv")
     trainer, module, checkpoint, restart_scores = _fit_restarts(cfg, T, dm, prior, valid_type, output)
     best = checkpoint.best_model_path or None
     last = Path(checkpoint.dirpath) / "last.ckpt"  # the chosen restart's
@@ -500,13 +565,21 @@ def run(cfg: TrainConfig) -> dict:
         "ordinary_weight": ordinary_weight(cfg), "ordinary_labels": _ordinary_summary(cfg, train, dm),
         "early_stop": cfg.early_stop,
         "restart_scores": restart_scores, "inputs": kind,
-        "device": str(module.device),
+        "device": str(module.device), "world_size": trainer.world_size,
+        "process_ids": getattr(trainer, "process_ids", None), "batch_size_per_process":
+            cfg.batch_size if trainer.world_size == 1 else max(1, cfg.batch_size // trainer.world_size),
+        "feature_rows_held": _rows_held(train),
     }
     if test is not None and test.has_true_labels:
         tested = trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
         results.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    results["global_rank"] = trainer.global_rank  # not written: which DDP process returns this dict
+    if trainer.global_rank != 0:  # every DDP process ran the same run; the first one writes it down
+        return results
+    matrices.save(T, output / "transition_matrix.csv")
     config = {k: v for k, v in asdict(cfg).items() if k != "extra"}
-    (output / "results.json").write_text(json.dumps({"results": results, "config": config}, indent=2),
+    written = {k: v for k, v in results.items() if k != "global_rank"}
+    (output / "results.json").write_text(json.dumps({"results": written, "config": config}, indent=2),
                                          encoding="utf-8")
     (output / "class_names.json").write_text(json.dumps(train.class_names), encoding="utf-8")
     return results

@@ -25,10 +25,10 @@ def make_jwt(claims: dict[str, Any]) -> str:
 class ServerThread:
     """Runs an ASGI app with uvicorn on 127.0.0.1:<free port> in a daemon thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, port: int = 0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))  # a given port: the same server back after a stop
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))

@@ -5,17 +5,24 @@ wraps two methods of the head every training run goes through. The fault file ($
 holds the mode, read at every call:
 - "raise": fitting the head raises, i.e. a training run fails inside the backend's process;
 - "exit": the process dies (os._exit, no cleanup) right after the new head is written to disk and before the
-  version is published, i.e. a crash in the middle of a training run.
+  version is published, i.e. a crash in the middle of a training run;
+- "hang": fitting the head waits until the file says something else (at most HANG_SECONDS), i.e. a long training
+  run that a test can kill -9 from outside (tests/backend/test_faults.py);
+- "enospc": saving the head raises OSError(ENOSPC), the error a full MODEL_DIR gives, for machines where a small
+  tmpfs cannot be mounted.
 Anything else (or no file) leaves training alone.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import time
 from pathlib import Path
 
 FAULT_FILE_ENV = "LABELLOOP_E2E_FAULT_FILE"
 CRASH_EXIT_CODE = 86
+HANG_SECONDS = 120.0  # a hung fit gives up waiting after this long (the tests kill it well before)
 
 
 def armed_mode() -> str:
@@ -35,9 +42,14 @@ def install() -> None:
     def faulty_fit(self, *args, **kwargs):
         if armed_mode() == "raise":
             raise RuntimeError("injected training failure (e2e fault file)")
+        deadline = time.monotonic() + HANG_SECONDS
+        while armed_mode() == "hang" and time.monotonic() < deadline:
+            time.sleep(0.05)
         return fit(self, *args, **kwargs)
 
     def faulty_save(self, *args, **kwargs):
+        if armed_mode() == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]) if args else None)
         written = save(self, *args, **kwargs)
         if armed_mode() == "exit":
             sys.stderr.write("e2e fault: process exits after writing the head, before publishing it\n")
