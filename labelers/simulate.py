@@ -3,7 +3,11 @@
 Every strategy sees the same fixed test set, the same initial labeled pool per seed (a paired design)
 and the same head training, so differences come from the query strategy alone.
 A strategy spec is a base strategy plus optional modifiers: "margin", "margin+kmeans", "entropy+balance",
-"gaussian+nn4" (each pick brings its 4 nearest neighbours: Active-Labeler's sampling_nn).
+"gaussian+nn4" (each pick brings its 4 nearest neighbours: Active-Labeler's sampling_nn), "margin+lp" (the
+learner is label spreading over the pool's k-NN graph, `labelers.propagation`, instead of the linear head:
+it both scores the pool and predicts the test set), "margin+lp+typical" (this strategy's initial pool is
+drawn by k-means typicality instead of the seed's shared one). Compare a "+lp" strategy with "random+lp":
+the same learner, so the difference is the query strategy's.
 """
 from __future__ import annotations
 
@@ -47,10 +51,15 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
             options["diversity"] = "kmeans"
         elif modifier == "balance":
             options["class_balance"] = True
+        elif modifier == "lp":
+            options["learner"] = "propagation"
+        elif modifier == "typical":
+            options["init"] = "typical"
         elif modifier.startswith("nn") and modifier[2:].isdigit() and int(modifier[2:]) > 0:
             options["n_closest"] = int(modifier[2:])
         else:
-            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance or +nn<N>")
+            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance, +lp, +typical "
+                             "or +nn<N>")
     return base, options
 
 
@@ -103,6 +112,12 @@ def describe(dataset: FeatureDataset, settings: SimulationSettings, test_source:
             f"{settings.seeds} seeds; strategies: {', '.join(settings.strategies)}")
 
 
+def split_learner_options(options: dict) -> tuple[str, str | None, dict]:
+    """Return (learner, init override or None, the options `select_batch` takes) from parsed modifiers."""
+    options = dict(options)
+    return options.pop("learner", "linear"), options.pop("init", None), options
+
+
 def split_test(dataset: FeatureDataset, fraction: float, seed: int = 0) -> FeatureDataset:
     """Return the dataset with a fixed stratified test split (kept if the dataset already has one)."""
     if dataset.test_features is not None:
@@ -121,26 +136,74 @@ def _accuracy(head: ClassifierHead, features: np.ndarray, labels: np.ndarray) ->
     return float((head.predict(features) == labels).mean())
 
 
+class Learner:
+    """The model a strategy trains each round: the linear head, or label spreading over the pool graph.
+
+    `fit(labeled)` trains on the oracle's answers for those pool rows; `pool_proba(rows)` returns class
+    probabilities of pool rows (what the strategy ranks); `test_accuracy()` scores the fixed test set."""
+
+    def __init__(self, kind: str, dataset: FeatureDataset, settings: SimulationSettings, seed: int, graph=None):
+        if kind == "propagation" and graph is None:
+            raise ValueError("the propagation learner needs the pool's k-NN graph")
+        self.kind, self.dataset, self.settings, self.seed, self.graph = kind, dataset, settings, seed, graph
+
+    def fit(self, labeled: np.ndarray) -> "Learner":
+        d = self.dataset
+        if self.kind == "propagation":
+            from .propagation import spread
+
+            self.scores = spread(self.graph, labeled, d.labels[labeled], len(d.class_names))
+        else:
+            self.head = ClassifierHead(d.class_names, l2=self.settings.l2, calibrate=False, seed=self.seed)
+            self.head.fit(d.features[labeled], d.labels[labeled])  # the oracle's answers
+        return self
+
+    def pool_proba(self, rows: np.ndarray) -> np.ndarray:
+        if self.kind == "propagation":
+            from .propagation import scores_to_proba
+
+            return scores_to_proba(self.scores[rows])
+        return self.head.predict_proba(self.dataset.features[rows])
+
+    def test_accuracy(self) -> float:
+        d = self.dataset
+        if self.kind == "propagation":
+            from .propagation import predict_new
+
+            predicted = predict_new(self.graph, self.scores, d.test_features).argmax(axis=1)
+            return float((predicted == d.test_labels).mean())
+        return _accuracy(self.head, d.test_features, d.test_labels)
+
+
 def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationSettings,
-            initial: np.ndarray) -> list[dict]:
-    """Run one strategy for one seed from a given initial pool; return one dict per round."""
+            initial: np.ndarray, graph=None) -> list[dict]:
+    """Run one strategy for one seed from a given initial pool; return one dict per round.
+
+    `graph` is the pool's k-NN graph (`labelers.propagation.knn_graph`), needed by "+lp" strategies."""
     base, options = parse_strategy(spec)
+    kind, init, options = split_learner_options(options)
+    if init is not None:
+        initial = cold_start(dataset.features, len(initial), init, seed=seed)
     labeled = np.zeros(len(dataset.labels), dtype=bool)
     labeled[initial] = True
     rows = []
     for round_ in range(settings.rounds + 1):
-        head = ClassifierHead(dataset.class_names, l2=settings.l2, calibrate=False, seed=seed)
-        head.fit(dataset.features[labeled], dataset.labels[labeled])  # the oracle's answers
+        learner = Learner(kind, dataset, settings, seed, graph).fit(np.flatnonzero(labeled))
         rows.append({"strategy": spec, "seed": seed, "round": round_, "n_labeled": int(labeled.sum()),
-                     "accuracy": _accuracy(head, dataset.test_features, dataset.test_labels)})
+                     "accuracy": learner.test_accuracy()})
         if round_ == settings.rounds:
             break
         pool = np.flatnonzero(~labeled)
-        probs = head.predict_proba(dataset.features[pool])
+        probs = learner.pool_proba(pool)
         picks = select_batch(probs, settings.batch_size, base, features=dataset.features[pool],
                              seed=seed * 1000 + round_, **options)
         labeled[pool[picks]] = True
     return rows
+
+
+def needs_graph(specs) -> bool:
+    """True when some strategy spec trains the propagation learner (so the k-NN graph must be built)."""
+    return any(split_learner_options(parse_strategy(s)[1])[0] == "propagation" for s in specs)
 
 
 def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bool = True) -> pd.DataFrame:
@@ -156,12 +219,17 @@ def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bo
     needed = settings.initial + settings.rounds * settings.batch_size
     if needed > len(dataset.labels):
         raise DatasetError(f"the schedule needs {needed} pool images but the pool has {len(dataset.labels)}")
+    graph = None
+    if needs_graph(settings.strategies):
+        from .propagation import knn_graph
+
+        graph = knn_graph(dataset.features)  # once: it depends on the pool's embeddings only
     rows = []
     bar = tqdm(total=settings.seeds * len(settings.strategies), desc="simulate", unit="run", disable=not progress)
     for seed in range(settings.seeds):
         initial = initial_pool(dataset.features, settings, seed)
         for spec in settings.strategies:
-            rows += run_one(dataset, spec, seed, settings, initial)
+            rows += run_one(dataset, spec, seed, settings, initial, graph)
             bar.update()
     bar.close()
     return pd.DataFrame(rows)
