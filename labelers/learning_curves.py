@@ -43,6 +43,8 @@ def summarize(curves: pd.DataFrame, baseline: str = "random", mid_budget: float 
     labels needed to reach the baseline's final accuracy, and the label ratio at the mid budget: the labels
     the strategy needs to reach the baseline's accuracy at `mid_budget` (default the middle budget of the
     schedule; the baseline curve is interpolated between budgets), divided by `mid_budget`.
+    When the curves have a `positive_f1` column (two-choice simulations) the positive class's F1 at the final
+    budget is added (final_positive_f1 with its CI).
     NaN in labels_to_baseline_final / label_ratio_at_mid means "never reached" within the schedule
     (`format_summary` says so). Raises ValueError when mid_budget lies outside the schedule."""
     pivot = curves.pivot_table(index=["strategy", "seed"], columns="n_labeled", values="accuracy")
@@ -68,7 +70,13 @@ def summarize(curves: pd.DataFrame, baseline: str = "random", mid_budget: float 
             row["label_ratio_at_mid"] = labels_to_reach(budgets, means.loc[strategy].to_numpy(), target_mid) / mid_budget
         row["final_accuracy"] = means.loc[strategy].iloc[-1]
         rows.append(row)
-    return pd.DataFrame(rows).set_index("strategy")
+    table = pd.DataFrame(rows).set_index("strategy")
+    if "positive_f1" in curves:  # a two-choice simulation: the positive class's F1 beside accuracy
+        f1 = curves.pivot_table(index=["strategy", "seed"], columns="n_labeled", values="positive_f1")
+        final = f1.iloc[:, -1].groupby(level="strategy")
+        table["final_positive_f1"] = final.mean()
+        table["final_positive_f1_ci"] = final.apply(lambda v: mean_ci(v.to_numpy())[1])
+    return table
 
 
 NEVER_REACHED = "never reached"

@@ -37,6 +37,9 @@ class SimulationSettings:
     # neighbours (all of `initial` when seed_nn is None), the rest drawn by `init`.
     reference: np.ndarray | None = None
     seed_nn: int | None = None
+    # Two-choice projects: the label index of the positive class ("Accept"); its F1 is recorded per round
+    # as `positive_f1` (accuracy alone flatters a head that answers "Reject" for a rare positive class).
+    positive: int | None = None
 
 
 def parse_strategy(spec: str) -> tuple[str, dict]:
@@ -132,15 +135,11 @@ def split_test(dataset: FeatureDataset, fraction: float, seed: int = 0) -> Featu
                           dataset.features[test], dataset.labels[test])
 
 
-def _accuracy(head: ClassifierHead, features: np.ndarray, labels: np.ndarray) -> float:
-    return float((head.predict(features) == labels).mean())
-
-
 class Learner:
     """The model a strategy trains each round: the linear head, or label spreading over the pool graph.
 
     `fit(labeled)` trains on the oracle's answers for those pool rows; `pool_proba(rows)` returns class
-    probabilities of pool rows (what the strategy ranks); `test_accuracy()` scores the fixed test set."""
+    probabilities of pool rows (what the strategy ranks); `test_predictions()` classifies the fixed test set."""
 
     def __init__(self, kind: str, dataset: FeatureDataset, settings: SimulationSettings, seed: int, graph=None):
         if kind == "propagation" and graph is None:
@@ -165,14 +164,21 @@ class Learner:
             return scores_to_proba(self.scores[rows])
         return self.head.predict_proba(self.dataset.features[rows])
 
-    def test_accuracy(self) -> float:
+    def test_predictions(self) -> np.ndarray:
+        """Return the predicted class of every test row."""
         d = self.dataset
         if self.kind == "propagation":
             from .propagation import predict_new
 
-            predicted = predict_new(self.graph, self.scores, d.test_features).argmax(axis=1)
-            return float((predicted == d.test_labels).mean())
-        return _accuracy(self.head, d.test_features, d.test_labels)
+            return predict_new(self.graph, self.scores, d.test_features).argmax(axis=1)
+        return self.head.predict(d.test_features)
+
+
+def positive_f1(truth: np.ndarray, predicted: np.ndarray, positive: int) -> float:
+    """Return the F1 of class `positive` (0.0 when it is neither predicted nor present, as scikit-learn)."""
+    tp = int(((predicted == positive) & (truth == positive)).sum())
+    denominator = int((predicted == positive).sum() + (truth == positive).sum())
+    return 2.0 * tp / denominator if denominator else 0.0
 
 
 def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationSettings,
@@ -189,8 +195,11 @@ def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationS
     rows = []
     for round_ in range(settings.rounds + 1):
         learner = Learner(kind, dataset, settings, seed, graph).fit(np.flatnonzero(labeled))
+        predicted = learner.test_predictions()
         rows.append({"strategy": spec, "seed": seed, "round": round_, "n_labeled": int(labeled.sum()),
-                     "accuracy": learner.test_accuracy()})
+                     "accuracy": float((predicted == dataset.test_labels).mean())})
+        if settings.positive is not None:
+            rows[-1]["positive_f1"] = positive_f1(dataset.test_labels, predicted, settings.positive)
         if round_ == settings.rounds:
             break
         pool = np.flatnonzero(~labeled)
