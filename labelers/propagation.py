@@ -24,7 +24,7 @@ import scipy.sparse as sp
 # Chosen on a CIFAR-10 development pool (10 000 EfficientNet-Lite0 test-split images, never the benchmark's
 # test set) and applied unchanged to every dataset; see benchmarks/RESULTS.md, "semi-supervised learner".
 DEFAULT_K = 20
-DEFAULT_ALPHA = 0.99
+DEFAULT_ALPHA = 0.9
 DEFAULT_POWER = 3.0
 DEFAULT_ITERATIONS = 40
 
@@ -37,6 +37,7 @@ class KnnGraph:
     vectors: np.ndarray  # the pool's unit-length features, for `predict_new`
     k: int
     power: float
+    test_neighbours: tuple | None = None  # `new_neighbours` of a fixed test set, kept by the simulator
 
 
 def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_POWER) -> KnnGraph:
@@ -100,21 +101,34 @@ def scores_to_proba(scores: np.ndarray, temperature: float = 0.1) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def predict_new(graph: KnnGraph, scores: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Return (M, K) class probabilities of new rows (e.g. a test set) from their k nearest pool rows'
-    spread scores, weighted like the graph's edges. The pool is not changed."""
+def new_neighbours(graph: KnnGraph, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, weights), each (M, k): the k nearest pool rows of each new row and their edge
+    weights (cosine clipped at 0, to the graph's power). Compute once for a fixed set (e.g. a test set)."""
     from .similarity import normalize
 
     q = normalize(features, "features")
     if q.shape[1] != graph.vectors.shape[1]:
         raise ValueError(f"features have {q.shape[1]} dimensions, the graph's pool {graph.vectors.shape[1]}")
-    out = np.empty((len(q), scores.shape[1]))
-    total = scores.sum(axis=1, keepdims=True)
-    share = np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float64), where=total > 0)
+    idx = np.empty((len(q), graph.k), np.int64)
+    weights = np.empty((len(q), graph.k), np.float32)
     step = 2048
     for start in range(0, len(q), step):
         sims = q[start:start + step] @ graph.vectors.T
         top = np.argpartition(-sims, graph.k - 1, axis=1)[:, :graph.k]
-        w = np.clip(np.take_along_axis(sims, top, axis=1), 0.0, None) ** graph.power
-        out[start:start + step] = np.einsum("mk,mkc->mc", w, share[top])
-    return scores_to_proba(out)
+        idx[start:start + step] = top
+        weights[start:start + step] = np.clip(np.take_along_axis(sims, top, axis=1), 0.0, None) ** graph.power
+    return idx, weights
+
+
+def predict_from_neighbours(scores: np.ndarray, neighbours: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Return (M, K) class probabilities of new rows from `new_neighbours` output and the pool's scores."""
+    idx, weights = neighbours
+    total = scores.sum(axis=1, keepdims=True)
+    share = np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float64), where=total > 0)
+    return scores_to_proba(np.einsum("mk,mkc->mc", weights, share[idx]))
+
+
+def predict_new(graph: KnnGraph, scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Return (M, K) class probabilities of new rows (e.g. a test set) from their k nearest pool rows'
+    spread scores, weighted like the graph's edges. The pool is not changed."""
+    return predict_from_neighbours(scores, new_neighbours(graph, features))

@@ -6,7 +6,8 @@ A strategy spec is a base strategy plus optional modifiers: "margin", "margin+km
 "gaussian+nn4" (each pick brings its 4 nearest neighbours: Active-Labeler's sampling_nn), "margin+lp" (the
 learner is label spreading over the pool's k-NN graph, `labelers.propagation`, instead of the linear head:
 it both scores the pool and predicts the test set), "margin+lp+typical" (this strategy's initial pool is
-drawn by k-means typicality instead of the seed's shared one). Compare a "+lp" strategy with "random+lp":
+drawn by k-means typicality instead of the seed's shared one), "margin+cover2" (TypiClust coverage picks,
+`labelers.coverage`, until 2 labels per class, then the base strategy). Compare a "+lp" strategy with "random+lp":
 the same learner, so the difference is the query strategy's.
 """
 from __future__ import annotations
@@ -58,11 +59,13 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
             options["learner"] = "propagation"
         elif modifier == "typical":
             options["init"] = "typical"
+        elif modifier.startswith("cover") and modifier[5:].isdigit() and int(modifier[5:]) > 0:
+            options["cover_per_class"] = int(modifier[5:])
         elif modifier.startswith("nn") and modifier[2:].isdigit() and int(modifier[2:]) > 0:
             options["n_closest"] = int(modifier[2:])
         else:
-            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance, +lp, +typical "
-                             "or +nn<N>")
+            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance, +lp, +typical, "
+                             "+cover<N> or +nn<N>")
     return base, options
 
 
@@ -116,7 +119,8 @@ def describe(dataset: FeatureDataset, settings: SimulationSettings, test_source:
 
 
 def split_learner_options(options: dict) -> tuple[str, str | None, dict]:
-    """Return (learner, init override or None, the options `select_batch` takes) from parsed modifiers."""
+    """Return (learner, init override or None, the options `select_batch` takes) from parsed modifiers
+    (the coverage switch `cover_per_class` stays in the last dict; `run_one` takes it out)."""
     options = dict(options)
     return options.pop("learner", "linear"), options.pop("init", None), options
 
@@ -145,6 +149,10 @@ class Learner:
         if kind == "propagation" and graph is None:
             raise ValueError("the propagation learner needs the pool's k-NN graph")
         self.kind, self.dataset, self.settings, self.seed, self.graph = kind, dataset, settings, seed, graph
+        if kind == "propagation" and getattr(graph, "test_neighbours", None) is None:
+            from .propagation import new_neighbours
+
+            graph.test_neighbours = new_neighbours(graph, dataset.test_features)  # fixed: find them once
 
     def fit(self, labeled: np.ndarray) -> "Learner":
         d = self.dataset
@@ -168,9 +176,9 @@ class Learner:
         """Return the predicted class of every test row."""
         d = self.dataset
         if self.kind == "propagation":
-            from .propagation import predict_new
+            from .propagation import predict_from_neighbours
 
-            return predict_new(self.graph, self.scores, d.test_features).argmax(axis=1)
+            return predict_from_neighbours(self.scores, self.graph.test_neighbours).argmax(axis=1)
         return self.head.predict(d.test_features)
 
 
@@ -188,6 +196,7 @@ def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationS
     `graph` is the pool's k-NN graph (`labelers.propagation.knn_graph`), needed by "+lp" strategies."""
     base, options = parse_strategy(spec)
     kind, init, options = split_learner_options(options)
+    cover_until = options.pop("cover_per_class", 0) * len(dataset.class_names)
     if init is not None:
         initial = cold_start(dataset.features, len(initial), init, seed=seed)
     labeled = np.zeros(len(dataset.labels), dtype=bool)
@@ -202,6 +211,12 @@ def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationS
             rows[-1]["positive_f1"] = positive_f1(dataset.test_labels, predicted, settings.positive)
         if round_ == settings.rounds:
             break
+        if labeled.sum() < cover_until:  # too few labels to trust uncertainty: cover the pool (TypiClust)
+            from .coverage import typiclust_batch
+
+            labeled[typiclust_batch(dataset.features, np.flatnonzero(labeled), settings.batch_size,
+                                    seed=seed * 1000 + round_)] = True
+            continue
         pool = np.flatnonzero(~labeled)
         probs = learner.pool_proba(pool)
         picks = select_batch(probs, settings.batch_size, base, features=dataset.features[pool],
