@@ -5,7 +5,9 @@ and the same head training, so differences come from the query strategy alone.
 A strategy spec is a base strategy plus optional modifiers: "margin", "margin+kmeans", "entropy+balance",
 "gaussian+nn4" (each pick brings its 4 nearest neighbours: Active-Labeler's sampling_nn), "margin+lp" (the
 learner is label spreading over the pool's k-NN graph, `labelers.propagation`, instead of the linear head:
-it both scores the pool and predicts the test set), "margin+lp+typical" (this strategy's initial pool is
+it both scores the pool and predicts the test set), "margin+mix" (the mean of the label-spreading and
+linear-head probabilities: spreading wins at a few labels per class, the head from a few dozen on, and the
+mean follows the better of the two), "margin+lp+typical" (this strategy's initial pool is
 drawn by k-means typicality instead of the seed's shared one), "margin+cover2" (TypiClust coverage picks,
 `labelers.coverage`, until 2 labels per class, then the base strategy). Compare a "+lp" strategy with "random+lp":
 the same learner, so the difference is the query strategy's.
@@ -57,6 +59,8 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
             options["class_balance"] = True
         elif modifier == "lp":
             options["learner"] = "propagation"
+        elif modifier == "mix":
+            options["learner"] = "mix"
         elif modifier == "typical":
             options["init"] = "typical"
         elif modifier.startswith("cover") and modifier[5:].isdigit() and int(modifier[5:]) > 0:
@@ -64,7 +68,7 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
         elif modifier.startswith("nn") and modifier[2:].isdigit() and int(modifier[2:]) > 0:
             options["n_closest"] = int(modifier[2:])
         else:
-            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance, +lp, +typical, "
+            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance, +lp, +mix, +typical, "
                              "+cover<N> or +nn<N>")
     return base, options
 
@@ -140,46 +144,55 @@ def split_test(dataset: FeatureDataset, fraction: float, seed: int = 0) -> Featu
 
 
 class Learner:
-    """The model a strategy trains each round: the linear head, or label spreading over the pool graph.
+    """The model a strategy trains each round: the linear head ("linear"), label spreading over the pool
+    graph ("propagation"), or the mean of their probabilities ("mix").
 
     `fit(labeled)` trains on the oracle's answers for those pool rows; `pool_proba(rows)` returns class
     probabilities of pool rows (what the strategy ranks); `test_predictions()` classifies the fixed test set."""
 
+    KINDS = ("linear", "propagation", "mix")
+
     def __init__(self, kind: str, dataset: FeatureDataset, settings: SimulationSettings, seed: int, graph=None):
-        if kind == "propagation" and graph is None:
-            raise ValueError("the propagation learner needs the pool's k-NN graph")
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown learner {kind!r}; use one of {', '.join(self.KINDS)}")
+        if kind != "linear" and graph is None:
+            raise ValueError(f"the {kind} learner needs the pool's k-NN graph")
         self.kind, self.dataset, self.settings, self.seed, self.graph = kind, dataset, settings, seed, graph
-        if kind == "propagation" and getattr(graph, "test_neighbours", None) is None:
+        if kind != "linear" and getattr(graph, "test_neighbours", None) is None:
             from .propagation import new_neighbours
 
             graph.test_neighbours = new_neighbours(graph, dataset.test_features)  # fixed: find them once
 
     def fit(self, labeled: np.ndarray) -> "Learner":
         d = self.dataset
-        if self.kind == "propagation":
+        if self.kind != "linear":
             from .propagation import spread
 
             self.scores = spread(self.graph, labeled, d.labels[labeled], len(d.class_names))
-        else:
+        if self.kind != "propagation":
             self.head = ClassifierHead(d.class_names, l2=self.settings.l2, calibrate=False, seed=self.seed)
             self.head.fit(d.features[labeled], d.labels[labeled])  # the oracle's answers
         return self
 
-    def pool_proba(self, rows: np.ndarray) -> np.ndarray:
+    def _combine(self, spread_proba, head_features) -> np.ndarray:
         if self.kind == "propagation":
-            from .propagation import scores_to_proba
+            return spread_proba()
+        head = self.head.predict_proba(head_features)
+        return head if self.kind == "linear" else 0.5 * (head + spread_proba())
 
-            return scores_to_proba(self.scores[rows])
-        return self.head.predict_proba(self.dataset.features[rows])
+    def pool_proba(self, rows: np.ndarray) -> np.ndarray:
+        from .propagation import scores_to_proba
+
+        return self._combine(lambda: scores_to_proba(self.scores[rows]), self.dataset.features[rows])
 
     def test_predictions(self) -> np.ndarray:
         """Return the predicted class of every test row."""
-        d = self.dataset
-        if self.kind == "propagation":
-            from .propagation import predict_from_neighbours
+        from .propagation import predict_from_neighbours
 
-            return predict_from_neighbours(self.scores, self.graph.test_neighbours).argmax(axis=1)
-        return self.head.predict(d.test_features)
+        d = self.dataset
+        proba = self._combine(lambda: predict_from_neighbours(self.scores, self.graph.test_neighbours),
+                              d.test_features)
+        return proba.argmax(axis=1)
 
 
 def positive_f1(truth: np.ndarray, predicted: np.ndarray, positive: int) -> float:
@@ -226,8 +239,8 @@ def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationS
 
 
 def needs_graph(specs) -> bool:
-    """True when some strategy spec trains the propagation learner (so the k-NN graph must be built)."""
-    return any(split_learner_options(parse_strategy(s)[1])[0] == "propagation" for s in specs)
+    """True when some strategy spec trains a learner with label spreading (so the k-NN graph must be built)."""
+    return any(split_learner_options(parse_strategy(s)[1])[0] != "linear" for s in specs)
 
 
 def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bool = True) -> pd.DataFrame:
