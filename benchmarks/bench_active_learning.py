@@ -79,7 +79,7 @@ def run_schedule(name: str, seeds: int, data: Path, folder: Path, strategies: tu
             same[base].to_csv(out / f"summary_vs_{base}.csv")
             gaps = pd.concat([gaps, paired_gaps(mine, base).assign(baseline=base)])
     gaps.to_csv(out / "paired_gaps.csv", index=False)
-    summary = (summary, same)
+    summary = (summary, same, int(curves["seed"].nunique()))
     return summary, gaps, out
 
 
@@ -100,11 +100,11 @@ def _with_final_ratio(summary: pd.DataFrame, final_budget: int) -> pd.DataFrame:
 
 def section(results: dict, command: str, seeds: int, pool: int, test: int, dataset: str = "cifar10",
             px: int = 128) -> str:
-    """Markdown for RESULTS.md from {schedule: ((summary, {baseline: same-learner summary}), gaps, folder)}."""
+    """Markdown for RESULTS.md from {schedule: ((summary, {baseline: same-learner summary}, seeds), gaps, folder)}."""
     title = {"cifar10": "CIFAR-10", "mnist": "MNIST"}[dataset]
     lines = [f"## Active learning on {title} (`benchmarks/bench_active_learning.py`)", "",
              f"Command: `{command}`. Pool {pool} training images, fixed test set {test}, "
-             f"EfficientNet-Lite0 @{px} px features, {seeds} seeds, paired initial pools. Learner: the linear head "
+             f"EfficientNet-Lite0 @{px} px features, paired initial pools. Learner: the linear head "
              "(`ClassifierHead`, l2 prior); with `+lp` label spreading over the pool's k-NN graph "
              "(`labelers/propagation.py`); with `+mix` the mean of both. `+typical`: the strategy's own first "
              "labels by k-means typicality; `+cover2`: TypiClust coverage picks until 2 labels per class. "
@@ -112,11 +112,11 @@ def section(results: dict, command: str, seeds: int, pool: int, test: int, datas
              "t-intervals. `label_ratio_at_mid` = labels the strategy needs to reach the baseline's accuracy at "
              "the mid budget, divided by that budget; `final_ratio` = labels to reach the baseline's final "
              "accuracy, divided by the final budget (target <= 0.67 for both; empty = never reached).", ""]
-    for name, ((summary, same), gaps, folder) in results.items():
+    for name, ((summary, same, n_seeds), gaps, folder) in results.items():
         rel = folder.relative_to(RESULTS.parent)
         schedule = SCHEDULES[name]
         final_budget = schedule["initial"] + schedule["rounds"] * schedule["batch_size"]
-        lines += [f"### {name}: {schedule}, every strategy against random (linear head)", "",
+        lines += [f"### {name}: {schedule}, {n_seeds} seeds, every strategy against random (linear head)", "",
                   _with_final_ratio(summary, final_budget).round(4).to_markdown(), ""]
         line = _low_budget_line(gaps, schedule["initial"], "random")
         lines += [line, ""] if line else []

@@ -82,3 +82,21 @@ def test_simulate_with_the_propagation_learner_is_perfect_on_separated_clusters(
     # Typicality picks one point per k-means cluster (one per blob), and spreading labels the rest.
     assert (typical_start["accuracy"] == 1.0).all()
     assert curves[curves["round"] == 2]["accuracy"].min() == 1.0
+
+
+def test_mix_learner_is_the_mean_of_spreading_and_the_head():
+    from labelers.simulate import Learner
+
+    x, y = _two_clusters(n=40)
+    xt, yt = _two_clusters(n=20, seed=7)
+    data = FeatureDataset(x.astype(np.float32), y, ["a", "b"], xt.astype(np.float32), yt)
+    graph = knn_graph(data.features, k=5)
+    settings = SimulationSettings()
+    labeled, rows = np.array([0, 1, 39]), np.arange(2, 39)
+    mix, lp, lin = (Learner(kind, data, settings, 0, graph).fit(labeled) for kind in ("mix", "propagation", "linear"))
+    np.testing.assert_allclose(mix.pool_proba(rows), 0.5 * (lp.pool_proba(rows) + lin.pool_proba(rows)), rtol=1e-6)
+    assert (mix.test_predictions() == yt).all()
+    with pytest.raises(ValueError, match="needs the pool's k-NN graph"):
+        Learner("mix", data, settings, 0, None)
+    with pytest.raises(ValueError, match="unknown learner 'knn'"):
+        Learner("knn", data, settings, 0, graph)
