@@ -163,7 +163,7 @@ class Learner:
 
             graph.test_neighbours = new_neighbours(graph, dataset.test_features)  # fixed: find them once
 
-    def fit(self, labeled: np.ndarray) -> "Learner":
+    def fit(self, labeled: np.ndarray) -> Learner:
         d = self.dataset
         if self.kind != "linear":
             from .propagation import spread

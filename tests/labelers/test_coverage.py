@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from labelers.coverage import typiclust_batch, typicality
+from labelers.coverage import typicality, typiclust_batch
 from labelers.simulate import parse_strategy
 
 

@@ -4,7 +4,12 @@ import pytest
 
 from labelers.datasets import FeatureDataset
 from labelers.propagation import knn_graph, predict_new, scores_to_proba, spread
-from labelers.simulate import SimulationSettings, parse_strategy, simulate, split_learner_options
+from labelers.simulate import (
+    SimulationSettings,
+    parse_strategy,
+    simulate,
+    split_learner_options,
+)
 
 
 def _two_clusters(n=60, dim=16, seed=0):
@@ -55,7 +60,7 @@ def test_scores_to_proba_rows_and_unreached_rows():
 
 
 def test_bad_inputs_are_refused():
-    x, y = _two_clusters(n=10)
+    x, _ = _two_clusters(n=10)
     with pytest.raises(ValueError, match="1 <= k < 10"):
         knn_graph(x, k=10)
     graph = knn_graph(x, k=3)
