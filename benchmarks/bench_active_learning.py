@@ -161,6 +161,8 @@ def main(seeds: int = 10, dataset: str = typer.Option("cifar10", help="cifar10 |
          schedules: str = typer.Option("mid,low", help="comma-separated: " + ", ".join(SCHEDULES)),
          strategies: str = typer.Option(",".join(STRATEGIES), help="comma-separated strategy specs"),
          section_name: str = typer.Option("", help="RESULTS.md section (default from dataset and pool)"),
+         command: str = typer.Option("", help="with --reuse: the command(s) that produced the curves, for "
+                                              "the report (default: this command line)"),
          write: bool = False,
          reuse: bool = typer.Option(False, help="rebuild the report from saved curves.csv")) -> None:
     names = [s.strip() for s in schedules.split(",") if s.strip()]
@@ -175,7 +177,7 @@ def main(seeds: int = 10, dataset: str = typer.Option("cifar10", help="cifar10 |
         else f"al_{dataset}"
     results = {name: run_schedule(name, seeds, data, RESULTS / f"{prefix}_{name}_{pool}", specs, l2, reuse)
                for name in names}
-    command = "python -m benchmarks.bench_active_learning " + shlex.join(sys.argv[1:])
+    command = command or "python -m benchmarks.bench_active_learning " + shlex.join(sys.argv[1:])
     text = section(results, command, seeds, pool, test_per_class * 10, dataset, px)
     print(text)
     if write:
