@@ -25,7 +25,7 @@ import pandas as pd
 import typer
 
 from labelers.datasets import load_feature_npz
-from labelers.learning_curves import paired_gaps, plot_curves, summarize
+from labelers.learning_curves import paired_gaps, plot_curves, ratio_intervals, summarize
 from labelers.simulate import SimulationSettings, check_strategies, simulate
 
 from .cifar_features import cifar_features
@@ -67,7 +67,7 @@ def run_schedule(name: str, seeds: int, data: Path, folder: Path, strategies: tu
         out.mkdir(parents=True, exist_ok=True)
         curves.to_csv(out / "curves.csv", index=False)
         plot_curves(curves, out / "curves.png", title=f"{out.name}, EfficientNet-Lite0 features, {seeds} seeds")
-    summary, gaps = summarize(curves), paired_gaps(curves)
+    summary, gaps = _with_intervals(summarize(curves), curves, "random"), paired_gaps(curves)
     summary.to_csv(out / "summary.csv")
     same = {}
     gaps = gaps.assign(baseline="random")
@@ -75,12 +75,27 @@ def run_schedule(name: str, seeds: int, data: Path, folder: Path, strategies: tu
         base = f"random+{tag}"
         if base in set(curves["strategy"]):
             mine = curves[curves["strategy"].map(lambda spec, tag=tag: tag in spec.split("+"))]
-            same[base] = summarize(mine, base)
+            same[base] = _with_intervals(summarize(mine, base), mine, base)
             same[base].to_csv(out / f"summary_vs_{base}.csv")
             gaps = pd.concat([gaps, paired_gaps(mine, base).assign(baseline=base)])
     gaps.to_csv(out / "paired_gaps.csv", index=False)
     summary = (summary, same, int(curves["seed"].nunique()))
     return summary, gaps, out
+
+
+def _with_intervals(summary: pd.DataFrame, curves: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The summary plus 95 % paired-bootstrap intervals (over seeds) of both label ratios, as "lo-hi"."""
+    ci = ratio_intervals(curves, baseline)
+    final_budget = curves["n_labeled"].max()
+    summary = summary.assign(final_ratio=summary["labels_to_baseline_final"] / final_budget)
+    for name in ("label_ratio_at_mid", "final_ratio"):
+        summary[f"{name}_ci"] = [f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(ci[f"{name}_lo"], ci[f"{name}_hi"])]
+    return summary
+
+
+def _markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table, without the columns only summary*.csv keeps."""
+    return summary.drop(columns=["mid_budget", "labels_to_baseline_final", "aulc_ci"]).round(4).to_markdown()
 
 
 def _low_budget_line(gaps: pd.DataFrame, initial: int, baseline: str, n_classes: int = 10) -> str:
@@ -92,10 +107,6 @@ def _low_budget_line(gaps: pd.DataFrame, initial: int, baseline: str, n_classes:
     worst = low.assign(upper=low["gap"] + low["gap_ci"]).sort_values("upper").iloc[0]
     return (f"At <= 2 labels per class the least favourable paired gap to {baseline} is "
             f"{worst['gap']:+.4f} ± {worst['gap_ci']:.4f} ({worst['strategy']}, {int(worst['n_labeled'])} labels).")
-
-
-def _with_final_ratio(summary: pd.DataFrame, final_budget: int) -> pd.DataFrame:
-    return summary.assign(final_ratio=summary["labels_to_baseline_final"] / final_budget)
 
 
 def section(results: dict, command: str, seeds: int, pool: int, test: int, dataset: str = "cifar10",
@@ -111,18 +122,19 @@ def section(results: dict, command: str, seeds: int, pool: int, test: int, datas
              "AULC is normalized (mean accuracy over the budget range); gains are paired per seed with 95 % "
              "t-intervals. `label_ratio_at_mid` = labels the strategy needs to reach the baseline's accuracy at "
              "the mid budget, divided by that budget; `final_ratio` = labels to reach the baseline's final "
-             "accuracy, divided by the final budget (target <= 0.67 for both; empty = never reached)."), ""]
+             "accuracy, divided by the final budget (target <= 0.67 for both; empty = never reached); `_ci`: "
+              "95 % paired bootstrap over seeds (inf: not reached in some resamples). `mid_budget`, "
+              "`labels_to_baseline_final` and `aulc_ci` columns are in `summary*.csv`."), ""]
     for name, ((summary, same, n_seeds), gaps, folder) in results.items():
         rel = folder.relative_to(RESULTS.parent)
         schedule = SCHEDULES[name]
-        final_budget = schedule["initial"] + schedule["rounds"] * schedule["batch_size"]
         lines += [f"### {name}: {schedule}, {n_seeds} seeds, every strategy against random (linear head)", "",
-                  _with_final_ratio(summary, final_budget).round(4).to_markdown(), ""]
+                  _markdown(summary), ""]
         line = _low_budget_line(gaps, schedule["initial"], "random")
         lines += [line, ""] if line else []
         for base, table in same.items():
             lines += [f"Same learner: against `{base}`:", "",
-                      _with_final_ratio(table, final_budget).round(4).to_markdown(), ""]
+                      _markdown(table), ""]
             line = _low_budget_line(gaps, schedule["initial"], base)
             lines += [line, ""] if line else []
         lines += [f"Curves: [{rel}/curves.png]({rel}/curves.png), data in `{rel}/`.", ""]
@@ -180,6 +192,28 @@ WHY = ["## Active learning: why the 0.67x target is not reached, and what was ch
         "CIFAR-10 tables therefore use the 10 000-image pool (1000 per class), beside the linear-head 10k "
         "table above. MNIST uses 500 per class (5000 pool) and 200 per class of t10k as test, at 64 px, for "
         "the same reason."),
+       ("- **Where the 0.67x target stands** (tables below; 95 % paired-bootstrap intervals over seeds). Against "
+        "today's random with the linear head, on CIFAR-10 (10k pool), mid schedule, 6 seeds: `margin+kmeans+mix` "
+        "needs 0.53x (0.47-0.68) of the labels at 420 and 0.65x (0.49-0.78) for random's final accuracy. This "
+        "is the only CIFAR-10 cell that meets both point targets, and the intervals cross 0.67. Today's "
+        "`margin+kmeans` gives 0.80x / 0.76x in the same run."),
+       ("- Cold start on CIFAR-10, 10 seeds: `margin+kmeans+mix+typical+cover2` needs 0.44x (0.33-0.58) at "
+        "110 labels but 0.73x (0.59-0.94) for the final accuracy; `random+mix` gives 0.65x / 0.68x. "
+        "Not met on the final figure."),
+       ("- **With the same learner** (strategy against `random+mix`), the target is not met on CIFAR-10: "
+        "0.78x / 0.78x in the mid schedule, and never reached in the cold start. Most of the gain comes from "
+        "the learner, not from the query strategy: spreading labels over the graph reaches the clusters "
+        "that uncertainty sampling would otherwise have to find. What is left for margin at 420 labels is "
+        "about 1 pp of accuracy (AULC gain +0.0096 ± 0.0064)."),
+       ("- MNIST (64 px features, 5k pool): the linear head's `margin+kmeans` already meets the target "
+        "against random (mid 0.54x / 0.44x; cold 0.76x / 0.61x). The mix learner lifts the first rounds "
+        "(cold start, 30 labels: 63.2 % against 51.1 %) but costs accuracy from ~40 labels per class on "
+        "(`random+mix` 84.8 % against 87.3 % at 820 labels). On digits the 64 px ImageNet features make a "
+        "graph whose neighbours cross classes more often than the linear boundary errs. Cold start, "
+        "`margin+kmeans+mix`: 0.67x (0.56-0.78) / 0.66x (0.59-0.75) against random, and 0.74x / 0.60x "
+        "against the same learner."),
+       ("- Never below random at <= 2 labels per class: the least favourable paired gaps are listed under each "
+        "table. All are >= 0 within noise. At 20 labels the mix learner is +6 to +13 pp over random, and the coverage picks +18 to +19 pp."),
        ""]
 
 

@@ -209,3 +209,20 @@ def test_binary_simulation_reports_the_positive_class_f1(tmp_path):
     result = runner.invoke(app, ["simulate", str(tmp_path / "b.npz"), "--seeds", "2", "--rounds", "1",
                                  "--initial", "6", "--batch-size", "6", "--output-dir", str(tmp_path / "m")])
     assert result.exit_code == 0 and "positive_f1" not in pd.read_csv(tmp_path / "m" / "curves.csv")
+
+
+def test_ratio_intervals_cover_the_point_ratio_and_say_never_reached():
+    from labelers.learning_curves import ratio_intervals
+
+    rows = []
+    for seed in range(4):
+        for budget, base, good, bad in ((10, 0.2, 0.4, 0.1), (20, 0.4, 0.8, 0.2), (30, 0.8, 0.9, 0.3)):
+            rows += [{"strategy": "random", "seed": seed, "n_labeled": budget, "accuracy": base},
+                     {"strategy": "good", "seed": seed, "n_labeled": budget, "accuracy": good},
+                     {"strategy": "bad", "seed": seed, "n_labeled": budget, "accuracy": bad}]
+    ci = ratio_intervals(pd.DataFrame(rows), "random", mid_budget=25, resamples=50)
+    # identical seeds: every resample gives the point ratios (15 / 25 at mid, 20 / 30 at the end)
+    assert ci.loc["good", "label_ratio_at_mid_lo"] == pytest.approx(0.6)
+    assert ci.loc["good", "label_ratio_at_mid_hi"] == pytest.approx(0.6)
+    assert ci.loc["good", "final_ratio_hi"] == pytest.approx(20 / 30)
+    assert ci.loc["bad", "final_ratio_lo"] == np.inf
