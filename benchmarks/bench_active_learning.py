@@ -201,7 +201,7 @@ WHY = ["## Active learning: why the 0.67x target is not reached, and what was ch
         "110 labels but 0.73x (0.59-0.94) for the final accuracy; `random+mix` gives 0.65x / 0.68x. "
         "Not met on the final figure."),
        ("- **With the same learner** (strategy against `random+mix`), the target is not met on CIFAR-10: "
-        "0.78x / 0.78x in the mid schedule, and never reached in the cold start. Most of the gain comes from "
+        "0.69x (0.52-0.93) / 0.78x (0.64-0.83) in the mid schedule, and never reached in the cold start. Most of the gain comes from "
         "the learner, not from the query strategy: spreading labels over the graph reaches the clusters "
         "that uncertainty sampling would otherwise have to find. What is left for margin at 420 labels is "
         "about 1 pp of accuracy (AULC gain +0.0096 ± 0.0064)."),
