@@ -55,14 +55,14 @@ def features_path(dataset: str, per_class: int, test_per_class: int, px: int) ->
 
 
 def run_schedule(name: str, seeds: int, data: Path, folder: Path, strategies: tuple[str, ...], l2: float,
-                 reuse: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+                 reuse: bool = False, first_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """Simulate one schedule (or, with reuse, read its saved curves); return (summary, paired gaps, folder)."""
     out = folder
     if reuse and (out / "curves.csv").exists():
         curves = pd.read_csv(out / "curves.csv")
     else:
         dataset = load_feature_npz(data)
-        settings = SimulationSettings(strategies, seeds=seeds, l2=l2, **SCHEDULES[name])
+        settings = SimulationSettings(strategies, seeds=seeds, l2=l2, first_seed=first_seed, **SCHEDULES[name])
         curves = simulate(dataset, settings)
         out.mkdir(parents=True, exist_ok=True)
         curves.to_csv(out / "curves.csv", index=False)
@@ -224,6 +224,8 @@ def main(seeds: int = 10, dataset: str = typer.Option("cifar10", help="cifar10 |
          section_name: str = typer.Option("", help="RESULTS.md section (default from dataset and pool)"),
          command: str = typer.Option("", help="with --reuse: the command(s) that produced the curves, for "
                                               "the report (default: this command line)"),
+         first_seed: int = typer.Option(0, help="run seeds first_seed.. into <folder>_from<first_seed>, to be "
+                                                "appended to the saved curves.csv"),
          write: bool = False,
          reuse: bool = typer.Option(False, help="rebuild the report from saved curves.csv")) -> None:
     names = [s.strip() for s in schedules.split(",") if s.strip()]
@@ -236,8 +238,9 @@ def main(seeds: int = 10, dataset: str = typer.Option("cifar10", help="cifar10 |
     pool = train_per_class * 10
     prefix = "al" if dataset == "cifar10" and px == 128 and set(names) <= {"mid", "low"} and specs == STRATEGIES \
         else f"al_{dataset}"
-    results = {name: run_schedule(name, seeds, data, RESULTS / f"{prefix}_{name}_{pool}", specs, l2, reuse)
-               for name in names}
+    suffix = f"_from{first_seed}" if first_seed else ""
+    results = {name: run_schedule(name, seeds, data, RESULTS / f"{prefix}_{name}_{pool}{suffix}", specs, l2, reuse,
+                                  first_seed) for name in names}
     command = command or "python -m benchmarks.bench_active_learning " + shlex.join(sys.argv[1:])
     text = section(results, command, seeds, pool, test_per_class * 10, dataset, px)
     print(text)

@@ -43,6 +43,7 @@ class SimulationSettings:
     # Two-choice projects: the label index of the positive class ("Accept"); its F1 is recorded per round
     # as `positive_f1` (accuracy alone flatters a head that answers "Reject" for a rare positive class).
     positive: int | None = None
+    first_seed: int = 0  # seeds run are first_seed .. first_seed + seeds - 1 (to add seeds to a saved run)
 
 
 def parse_strategy(spec: str) -> tuple[str, dict]:
@@ -263,7 +264,7 @@ def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bo
         graph = knn_graph(dataset.features)  # once: it depends on the pool's embeddings only
     rows = []
     bar = tqdm(total=settings.seeds * len(settings.strategies), desc="simulate", unit="run", disable=not progress)
-    for seed in range(settings.seeds):
+    for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
         initial = initial_pool(dataset.features, settings, seed)
         for spec in settings.strategies:
             rows += run_one(dataset, spec, seed, settings, initial, graph)

@@ -105,3 +105,15 @@ def test_mix_learner_is_the_mean_of_spreading_and_the_head():
         Learner("mix", data, settings, 0, None)
     with pytest.raises(ValueError, match="unknown learner 'knn'"):
         Learner("knn", data, settings, 0, graph)
+
+
+def test_first_seed_adds_seeds_that_match_a_longer_run():
+    x, y = _two_clusters(n=60)
+    xt, yt = _two_clusters(n=20, seed=9)
+    data = FeatureDataset(x.astype(np.float32), y, ["a", "b"], xt.astype(np.float32), yt)
+    common = {"strategies": ("random", "margin+mix"), "initial": 2, "batch_size": 2, "rounds": 1}
+    full = simulate(data, SimulationSettings(seeds=3, **common), progress=False)
+    added = simulate(data, SimulationSettings(seeds=1, first_seed=2, **common), progress=False)
+    assert set(added["seed"]) == {2}
+    expected = full[full["seed"] == 2].reset_index(drop=True)
+    np.testing.assert_allclose(added["accuracy"].to_numpy(), expected["accuracy"].to_numpy())
