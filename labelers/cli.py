@@ -142,7 +142,9 @@ def simulate(
     data: Path = typer.Argument(..., help="image folder root/<class>/*.jpg or a features .npz"),
     strategies: str = typer.Option("random,margin,entropy,least",
                                    help="comma-separated: random, margin, entropy, least, gaussian; modifiers "
-                                        "+kmeans, +balance, +nn<N> (e.g. margin+kmeans, gaussian+nn4)"),
+                                        "+kmeans, +balance, +nn<N> (e.g. margin+kmeans, gaussian+nn4), +lp "
+                                        "(label spreading over the pool's k-NN graph as the learner), +typical "
+                                        "(this strategy's first labels by k-means typicality)"),
     initial: int = typer.Option(20, help="labels before the first query"),
     batch_size: int = typer.Option(20, "--batch-size", help="labels added per round"),
     rounds: int = typer.Option(10, help="query rounds"),
@@ -191,6 +193,7 @@ def simulate(
         dataset = embedded.dataset
         if positive_class is not None:
             dataset = binary_dataset(dataset, positive_class)
+            settings.positive = 1  # "Accept": its F1 goes into curves.csv and the summary
         test_source = "the data's own test set" if dataset.test_features is not None else \
             f"a stratified {test_fraction:.0%} held out of DATA, drawn once"
         dataset = split_test(dataset, test_fraction)

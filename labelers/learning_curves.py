@@ -43,6 +43,8 @@ def summarize(curves: pd.DataFrame, baseline: str = "random", mid_budget: float 
     labels needed to reach the baseline's final accuracy, and the label ratio at the mid budget: the labels
     the strategy needs to reach the baseline's accuracy at `mid_budget` (default the middle budget of the
     schedule; the baseline curve is interpolated between budgets), divided by `mid_budget`.
+    When the curves have a `positive_f1` column (two-choice simulations) the positive class's F1 at the final
+    budget is added (final_positive_f1 with its CI).
     NaN in labels_to_baseline_final / label_ratio_at_mid means "never reached" within the schedule
     (`format_summary` says so). Raises ValueError when mid_budget lies outside the schedule."""
     pivot = curves.pivot_table(index=["strategy", "seed"], columns="n_labeled", values="accuracy")
@@ -68,7 +70,13 @@ def summarize(curves: pd.DataFrame, baseline: str = "random", mid_budget: float 
             row["label_ratio_at_mid"] = labels_to_reach(budgets, means.loc[strategy].to_numpy(), target_mid) / mid_budget
         row["final_accuracy"] = means.loc[strategy].iloc[-1]
         rows.append(row)
-    return pd.DataFrame(rows).set_index("strategy")
+    table = pd.DataFrame(rows).set_index("strategy")
+    if "positive_f1" in curves:  # a two-choice simulation: the positive class's F1 beside accuracy
+        f1 = curves.pivot_table(index=["strategy", "seed"], columns="n_labeled", values="positive_f1")
+        final = f1.iloc[:, -1].groupby(level="strategy")
+        table["final_positive_f1"] = final.mean()
+        table["final_positive_f1_ci"] = final.apply(lambda v: mean_ci(v.to_numpy())[1])
+    return table
 
 
 NEVER_REACHED = "never reached"
@@ -152,3 +160,35 @@ def _plot_paired(ax, curves: pd.DataFrame, baseline: str) -> None:
     ax.set_title(f"paired difference to {baseline}, mean and 95% CI")
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def ratio_intervals(curves: pd.DataFrame, baseline: str = "random", mid_budget: float | None = None,
+                    resamples: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Bootstrap intervals over seeds (paired: one draw of seeds for strategy and baseline) for each
+    strategy's label_ratio_at_mid and final ratio (labels to the baseline's final accuracy / final budget).
+
+    Returns one row per strategy with `<ratio>_lo` and `<ratio>_hi`; a resample in which the strategy never
+    reaches the target counts as +inf, so a `_hi` of inf means "not reached in more than 2.5 % of draws".
+    """
+    pivot = curves.pivot_table(index=["strategy", "seed"], columns="n_labeled", values="accuracy")
+    budgets = np.asarray(pivot.columns, float)
+    mid = budgets[len(budgets) // 2] if mid_budget is None else mid_budget
+    seeds = np.asarray(sorted(set(pivot.loc[baseline].index)))
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(seeds, size=len(seeds), replace=True) for _ in range(resamples)]
+    base = pivot.loc[baseline]
+    rows = []
+    for strategy in pivot.index.get_level_values("strategy").unique():
+        mine = pivot.loc[strategy]
+        mids, finals = [], []
+        for draw in draws:
+            b, s = base.loc[draw].mean().to_numpy(), mine.loc[draw].mean().to_numpy()
+            for out, target, scale in ((mids, np.interp(mid, budgets, b), mid), (finals, b[-1], budgets[-1])):
+                reached = labels_to_reach(budgets, s, target)
+                out.append(np.inf if np.isnan(reached) else reached / scale)
+        tail = (1 - level) / 2 * 100
+        row = {"strategy": strategy}
+        for name, values in (("label_ratio_at_mid", mids), ("final_ratio", finals)):
+            row[f"{name}_lo"], row[f"{name}_hi"] = np.percentile(values, [tail, 100 - tail], method="nearest")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("strategy")

@@ -3,7 +3,14 @@
 Every strategy sees the same fixed test set, the same initial labeled pool per seed (a paired design)
 and the same head training, so differences come from the query strategy alone.
 A strategy spec is a base strategy plus optional modifiers: "margin", "margin+kmeans", "entropy+balance",
-"gaussian+nn4" (each pick brings its 4 nearest neighbours: Active-Labeler's sampling_nn).
+"gaussian+nn4" (each pick brings its 4 nearest neighbours: Active-Labeler's sampling_nn), "margin+lp" (the
+learner is label spreading over the pool's k-NN graph, `labelers.propagation`, instead of the linear head:
+it both scores the pool and predicts the test set), "margin+mix" (the mean of the label-spreading and
+linear-head probabilities: spreading wins at a few labels per class, the head from a few dozen on, and the
+mean follows the better of the two), "margin+lp+typical" (this strategy's initial pool is
+drawn by k-means typicality instead of the seed's shared one), "margin+cover2" (TypiClust coverage picks,
+`labelers.coverage`, until 2 labels per class, then the base strategy). Compare a "+lp" strategy with "random+lp":
+the same learner, so the difference is the query strategy's.
 """
 from __future__ import annotations
 
@@ -33,6 +40,10 @@ class SimulationSettings:
     # neighbours (all of `initial` when seed_nn is None), the rest drawn by `init`.
     reference: np.ndarray | None = None
     seed_nn: int | None = None
+    # Two-choice projects: the label index of the positive class ("Accept"); its F1 is recorded per round
+    # as `positive_f1` (accuracy alone flatters a head that answers "Reject" for a rare positive class).
+    positive: int | None = None
+    first_seed: int = 0  # seeds run are first_seed .. first_seed + seeds - 1 (to add seeds to a saved run)
 
 
 def parse_strategy(spec: str) -> tuple[str, dict]:
@@ -47,10 +58,19 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
             options["diversity"] = "kmeans"
         elif modifier == "balance":
             options["class_balance"] = True
+        elif modifier == "lp":
+            options["learner"] = "propagation"
+        elif modifier == "mix":
+            options["learner"] = "mix"
+        elif modifier == "typical":
+            options["init"] = "typical"
+        elif modifier.startswith("cover") and modifier[5:].isdigit() and int(modifier[5:]) > 0:
+            options["cover_per_class"] = int(modifier[5:])
         elif modifier.startswith("nn") and modifier[2:].isdigit() and int(modifier[2:]) > 0:
             options["n_closest"] = int(modifier[2:])
         else:
-            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance or +nn<N>")
+            raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance, +lp, +mix, +typical, "
+                             "+cover<N> or +nn<N>")
     return base, options
 
 
@@ -103,6 +123,13 @@ def describe(dataset: FeatureDataset, settings: SimulationSettings, test_source:
             f"{settings.seeds} seeds; strategies: {', '.join(settings.strategies)}")
 
 
+def split_learner_options(options: dict) -> tuple[str, str | None, dict]:
+    """Return (learner, init override or None, the options `select_batch` takes) from parsed modifiers
+    (the coverage switch `cover_per_class` stays in the last dict; `run_one` takes it out)."""
+    options = dict(options)
+    return options.pop("learner", "linear"), options.pop("init", None), options
+
+
 def split_test(dataset: FeatureDataset, fraction: float, seed: int = 0) -> FeatureDataset:
     """Return the dataset with a fixed stratified test split (kept if the dataset already has one)."""
     if dataset.test_features is not None:
@@ -117,30 +144,104 @@ def split_test(dataset: FeatureDataset, fraction: float, seed: int = 0) -> Featu
                           dataset.features[test], dataset.labels[test])
 
 
-def _accuracy(head: ClassifierHead, features: np.ndarray, labels: np.ndarray) -> float:
-    return float((head.predict(features) == labels).mean())
+class Learner:
+    """The model a strategy trains each round: the linear head ("linear"), label spreading over the pool
+    graph ("propagation"), or the mean of their probabilities ("mix").
+
+    `fit(labeled)` trains on the oracle's answers for those pool rows; `pool_proba(rows)` returns class
+    probabilities of pool rows (what the strategy ranks); `test_predictions()` classifies the fixed test set."""
+
+    KINDS = ("linear", "propagation", "mix")
+
+    def __init__(self, kind: str, dataset: FeatureDataset, settings: SimulationSettings, seed: int, graph=None):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown learner {kind!r}; use one of {', '.join(self.KINDS)}")
+        if kind != "linear" and graph is None:
+            raise ValueError(f"the {kind} learner needs the pool's k-NN graph")
+        self.kind, self.dataset, self.settings, self.seed, self.graph = kind, dataset, settings, seed, graph
+        if kind != "linear" and getattr(graph, "test_neighbours", None) is None:
+            from .propagation import new_neighbours
+
+            graph.test_neighbours = new_neighbours(graph, dataset.test_features)  # fixed: find them once
+
+    def fit(self, labeled: np.ndarray) -> Learner:
+        d = self.dataset
+        if self.kind != "linear":
+            from .propagation import spread
+
+            self.scores = spread(self.graph, labeled, d.labels[labeled], len(d.class_names))
+        if self.kind != "propagation":
+            self.head = ClassifierHead(d.class_names, l2=self.settings.l2, calibrate=False, seed=self.seed)
+            self.head.fit(d.features[labeled], d.labels[labeled])  # the oracle's answers
+        return self
+
+    def _combine(self, spread_proba, head_features) -> np.ndarray:
+        if self.kind == "propagation":
+            return spread_proba()
+        head = self.head.predict_proba(head_features)
+        return head if self.kind == "linear" else 0.5 * (head + spread_proba())
+
+    def pool_proba(self, rows: np.ndarray) -> np.ndarray:
+        from .propagation import scores_to_proba
+
+        return self._combine(lambda: scores_to_proba(self.scores[rows]), self.dataset.features[rows])
+
+    def test_predictions(self) -> np.ndarray:
+        """Return the predicted class of every test row."""
+        from .propagation import predict_from_neighbours
+
+        d = self.dataset
+        proba = self._combine(lambda: predict_from_neighbours(self.scores, self.graph.test_neighbours),
+                              d.test_features)
+        return proba.argmax(axis=1)
+
+
+def positive_f1(truth: np.ndarray, predicted: np.ndarray, positive: int) -> float:
+    """Return the F1 of class `positive` (0.0 when it is neither predicted nor present, as scikit-learn)."""
+    tp = int(((predicted == positive) & (truth == positive)).sum())
+    denominator = int((predicted == positive).sum() + (truth == positive).sum())
+    return 2.0 * tp / denominator if denominator else 0.0
 
 
 def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationSettings,
-            initial: np.ndarray) -> list[dict]:
-    """Run one strategy for one seed from a given initial pool; return one dict per round."""
+            initial: np.ndarray, graph=None) -> list[dict]:
+    """Run one strategy for one seed from a given initial pool; return one dict per round.
+
+    `graph` is the pool's k-NN graph (`labelers.propagation.knn_graph`), needed by "+lp" strategies."""
     base, options = parse_strategy(spec)
+    kind, init, options = split_learner_options(options)
+    cover_until = options.pop("cover_per_class", 0) * len(dataset.class_names)
+    if init is not None:
+        initial = cold_start(dataset.features, len(initial), init, seed=seed)
     labeled = np.zeros(len(dataset.labels), dtype=bool)
     labeled[initial] = True
     rows = []
     for round_ in range(settings.rounds + 1):
-        head = ClassifierHead(dataset.class_names, l2=settings.l2, calibrate=False, seed=seed)
-        head.fit(dataset.features[labeled], dataset.labels[labeled])  # the oracle's answers
+        learner = Learner(kind, dataset, settings, seed, graph).fit(np.flatnonzero(labeled))
+        predicted = learner.test_predictions()
         rows.append({"strategy": spec, "seed": seed, "round": round_, "n_labeled": int(labeled.sum()),
-                     "accuracy": _accuracy(head, dataset.test_features, dataset.test_labels)})
+                     "accuracy": float((predicted == dataset.test_labels).mean())})
+        if settings.positive is not None:
+            rows[-1]["positive_f1"] = positive_f1(dataset.test_labels, predicted, settings.positive)
         if round_ == settings.rounds:
             break
+        if labeled.sum() < cover_until:  # too few labels to trust uncertainty: cover the pool (TypiClust)
+            from .coverage import typiclust_batch
+
+            labeled[typiclust_batch(dataset.features, np.flatnonzero(labeled), settings.batch_size,
+                                    seed=seed * 1000 + round_)] = True
+            continue
         pool = np.flatnonzero(~labeled)
-        probs = head.predict_proba(dataset.features[pool])
+        probs = learner.pool_proba(pool)
         picks = select_batch(probs, settings.batch_size, base, features=dataset.features[pool],
                              seed=seed * 1000 + round_, **options)
         labeled[pool[picks]] = True
     return rows
+
+
+def needs_graph(specs) -> bool:
+    """True when some strategy spec trains a learner with label spreading (so the k-NN graph must be built)."""
+    return any(split_learner_options(parse_strategy(s)[1])[0] != "linear" for s in specs)
 
 
 def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bool = True) -> pd.DataFrame:
@@ -156,12 +257,17 @@ def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bo
     needed = settings.initial + settings.rounds * settings.batch_size
     if needed > len(dataset.labels):
         raise DatasetError(f"the schedule needs {needed} pool images but the pool has {len(dataset.labels)}")
+    graph = None
+    if needs_graph(settings.strategies):
+        from .propagation import knn_graph
+
+        graph = knn_graph(dataset.features)  # once: it depends on the pool's embeddings only
     rows = []
     bar = tqdm(total=settings.seeds * len(settings.strategies), desc="simulate", unit="run", disable=not progress)
-    for seed in range(settings.seeds):
+    for seed in range(settings.first_seed, settings.first_seed + settings.seeds):
         initial = initial_pool(dataset.features, settings, seed)
         for spec in settings.strategies:
-            rows += run_one(dataset, spec, seed, settings, initial)
+            rows += run_one(dataset, spec, seed, settings, initial, graph)
             bar.update()
     bar.close()
     return pd.DataFrame(rows)

@@ -181,3 +181,48 @@ def test_similar_by_name_by_file_and_bad_inputs(stub, tmp_path):
     assert result.exit_code == 2 and "pass --embedder" in result.output
     result = runner.invoke(app, ["similar", str(query), "--embeddings", str(tmp_path / "old.npz"), "--embedder", "stub"])
     assert result.exit_code == 2 and "4 dimensions, the embeddings have 8" in result.output
+
+
+def test_positive_f1_by_hand():
+    from labelers.simulate import positive_f1
+
+    truth = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    predicted = np.array([1, 0, 0, 1, 0, 0, 0, 0])  # tp 1, fp 1, fn 2: F1 = 2 / (2 + 3)
+    assert positive_f1(truth, predicted, 1) == pytest.approx(0.4)
+    assert positive_f1(truth, np.zeros(8, int), 1) == 0.0  # "Reject" everywhere: accuracy 5/8, F1 0
+    assert positive_f1(np.zeros(3, int), np.zeros(3, int), 1) == 0.0
+
+
+def test_binary_simulation_reports_the_positive_class_f1(tmp_path):
+    blobs_npz(tmp_path / "b.npz")
+    result = runner.invoke(app, ["simulate", str(tmp_path / "b.npz"), "--seeds", "2", "--rounds", "1",
+                                 "--initial", "6", "--batch-size", "6", "--strategies", "random,margin",
+                                 "--positive-class", "bee", "--output-dir", str(tmp_path / "o")],
+                           env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    curves = pd.read_csv(tmp_path / "o" / "curves.csv")
+    summary = pd.read_csv(tmp_path / "o" / "summary.csv", index_col=0)
+    final = curves[curves["round"] == 1].groupby("strategy")["positive_f1"].mean()
+    assert summary["final_positive_f1"].to_dict() == pytest.approx(final.to_dict(), abs=1e-4)
+    assert "final_positive_f1" in result.output
+    # Without --positive-class there is no positive class to score.
+    result = runner.invoke(app, ["simulate", str(tmp_path / "b.npz"), "--seeds", "2", "--rounds", "1",
+                                 "--initial", "6", "--batch-size", "6", "--output-dir", str(tmp_path / "m")])
+    assert result.exit_code == 0 and "positive_f1" not in pd.read_csv(tmp_path / "m" / "curves.csv")
+
+
+def test_ratio_intervals_cover_the_point_ratio_and_say_never_reached():
+    from labelers.learning_curves import ratio_intervals
+
+    rows = []
+    for seed in range(4):
+        for budget, base, good, bad in ((10, 0.2, 0.4, 0.1), (20, 0.4, 0.8, 0.2), (30, 0.8, 0.9, 0.3)):
+            rows += [{"strategy": "random", "seed": seed, "n_labeled": budget, "accuracy": base},
+                     {"strategy": "good", "seed": seed, "n_labeled": budget, "accuracy": good},
+                     {"strategy": "bad", "seed": seed, "n_labeled": budget, "accuracy": bad}]
+    ci = ratio_intervals(pd.DataFrame(rows), "random", mid_budget=25, resamples=50)
+    # identical seeds: every resample gives the point ratios (15 / 25 at mid, 20 / 30 at the end)
+    assert ci.loc["good", "label_ratio_at_mid_lo"] == pytest.approx(0.6)
+    assert ci.loc["good", "label_ratio_at_mid_hi"] == pytest.approx(0.6)
+    assert ci.loc["good", "final_ratio_hi"] == pytest.approx(20 / 30)
+    assert ci.loc["bad", "final_ratio_lo"] == np.inf
