@@ -39,8 +39,9 @@ def _merged(config: Optional[Path], given: dict) -> dict:
     return options
 
 
-def _embed_set(paths, embedder, cache, options, seed, what):
-    """Return (images' region embeddings, boxes per image, names) for image files."""
+def _embed_set(paths, embedder, cache, options, seed, what, cam_head=None):
+    """Return (images' region embeddings, boxes per image) for image files; `cam_head` (a head fitted on the
+    whole-image embeddings) is needed for --regions cam."""
     from tqdm.auto import tqdm
 
     from ..images import load_image
@@ -53,8 +54,13 @@ def _embed_set(paths, embedder, cache, options, seed, what):
     bar = tqdm(total=len(paths), desc=f"regions {what}", unit="img")
     for start in range(0, len(paths), chunk):
         images = [load_image(p) for p in paths[start:start + chunk]]
-        chunk_boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
-                               name=str(path)) for j, (image, path) in enumerate(zip(images, paths[start:start + chunk]))]
+        if options["regions"] == "cam":
+            from .cam import cam_proposals
+
+            chunk_boxes = cam_proposals(embedder, cam_head, images, top_k=options["num_crops"])
+        else:
+            chunk_boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
+                                   name=str(path)) for j, (image, path) in enumerate(zip(images, paths[start:start + chunk]))]
         boxes += chunk_boxes
         region_features += embed_regions(embedder, cache, images, chunk_boxes, [str(p) for p in paths[start:start + chunk]])
         bar.update(len(images))
@@ -62,16 +68,37 @@ def _embed_set(paths, embedder, cache, options, seed, what):
     return region_features, boxes
 
 
-def _holdout(path: Path, class_names, embedder, cache, options, seed):
-    from ..formats.relabel_json import read_relabel_json
+def _holdout(path: Path, class_names, embedder, cache, options, seed, cam_head=None):
+    from ..formats.relabel_json import read_holdout_originals, read_relabel_json
     from .inputs import _resolve
     from .metrics import multi_hot
     from .rounds import Holdout
 
     rows = read_relabel_json(path, len(class_names))
     paths = [_resolve(image, [path.parent], path, row) for row, (image, _) in enumerate(rows)]
-    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout")
-    return Holdout(regions, multi_hot([labels for _, labels in rows], len(class_names)))
+    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout", cam_head)
+    return Holdout(regions, multi_hot([labels for _, labels in rows], len(class_names)),
+                   read_holdout_originals(path, len(class_names)))
+
+
+def _cam_head(paths, embedder, cache, original, class_names, settings):
+    """Return the head CAM boxes are computed with: fitted on the whole-image embeddings and original labels."""
+    from ..cache import embed_files
+    from .metrics import multi_hot
+    from .rounds import fit_head
+
+    result = embed_files(embedder, cache, paths)
+    if result.errors:
+        first = min(result.errors)
+        raise ValueError(f"cannot embed {len(result.errors)} images, first: {result.errors[first]}")
+    return fit_head(result.features, multi_hot([[int(o)] for o in original], len(class_names)), class_names, settings)
+
+
+def _run_inputs(options: dict, embedder: str, holdout: Optional[Path], seed: int) -> dict:
+    """Return what produced the regions and labels besides the settings (compared on --resume)."""
+    keys = ("data", "regions", "num_crops", "crop_size", "max_images")
+    return {**{k: None if options[k] is None else str(options[k]) for k in keys}, "embedder": embedder,
+            "holdout": None if holdout is None else str(holdout), "region_seed": seed}
 
 
 def relabel(
@@ -81,7 +108,8 @@ def relabel(
     image_root: list[Path] = typer.Option([], help="folder(s) image references resolve under"),
     holdout: Optional[Path] = typer.Option(None, help="relabeler JSON with multi-label truth: calibrates per-class "
                                                      "thresholds (even rows) and validates rounds (odd rows)"),
-    regions: Optional[str] = typer.Option(None, help="random | grid | felzenszwalb (the whole image is always added)"),
+    regions: Optional[str] = typer.Option(None, help="random | grid | felzenszwalb | cam (class-activation-map boxes of the "
+                                                   "--num-crops top classes; the whole image is always added)"),
     num_crops: Optional[int] = typer.Option(None, help="random crops (or max proposals) per image"),
     crop_size: Optional[str] = typer.Option(None, help="fixed | range | a side in pixels"),
     confidence: Optional[str] = typer.Option(None, help="naive | mc-dropout | mc-perturbation"),
@@ -136,8 +164,14 @@ def relabel(
         typer.echo(f"{len(dataset.paths)} images, {len(dataset.class_names)} classes; embedder {model.id}; "
                    f"{settings.confidence} x{settings.passes if settings.confidence != 'naive' else 1}, "
                    f"rule {settings.rule}, {'keep' if settings.keep_original else 'drop'} original")
-        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train")
-        held = _holdout(holdout, dataset.class_names, model, store, options, seed) if holdout else None
+        head0 = _cam_head(dataset.paths, model, store, dataset.original, dataset.class_names, settings) \
+            if options["regions"] == "cam" else None
+        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train", head0)
+        held = _holdout(holdout, dataset.class_names, model, store, options, seed, head0) if holdout else None
+        if held is None:
+            typer.secho("warning: no --holdout: every round is accepted WITHOUT validation (nothing checks the "
+                        "new labels against the originals); rounds.json marks them validated: false",
+                        fg="yellow", err=True)
 
         def perturb(i, n_passes, pass_seed):
             from ..images import load_image
@@ -151,7 +185,8 @@ def relabel(
         history = run_rounds(region_features, dataset.original, dataset.class_names, settings,
                              rounds=options["rounds"], holdout=held, output_dir=output_dir,
                              img_paths=[str(p) for p in dataset.paths], resume=resume,
-                             perturb=perturb if settings.confidence == "mc-perturbation" else None, progress=True)
+                             perturb=perturb if settings.confidence == "mc-perturbation" else None, progress=True,
+                             inputs=_run_inputs(options, embedder, holdout, seed))
     except (RelabelInputError, RelabelFormatError, DatasetError, RegionError, ImageLoadError, EmbedderUnavailable,
             ValueError) as exc:
         _fail(str(exc))
@@ -169,8 +204,10 @@ def relabel(
     for h in history:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in h.metrics.items()
                  if k in ("val_f1", "val_precision", "val_recall", "val_top1", "cardinality", "changed_images",
-                          "accepted")}
+                          "accepted", "validated")}
         typer.echo(f"round {h.round}: {shown}")
+        if h.metrics.get("warning"):
+            typer.secho(f"round {h.round}: warning: {h.metrics['warning']}", fg="yellow", err=True)
     typer.echo(f"best round {best.round}; wrote {output_dir}/labels.json, rounds.json, suggestions_ls.json")
 
 

@@ -45,16 +45,19 @@ class RelabelSettings:
 
 @dataclass
 class Holdout:
-    """Held-out labeled images: region embeddings and multi-hot truth (N, K), for calibration and validation."""
+    """Held-out labeled images: region embeddings, multi-hot truth (N, K) and, when known, the single label the
+    dataset gave each of them (N,) (with its noise: that is what keep-original is scored on)."""
 
     regions: list[np.ndarray]
     truth: np.ndarray
+    original: np.ndarray | None = None
 
     def halves(self) -> tuple["Holdout", "Holdout"]:
         """Return (calibration, validation): even and odd rows, so per-class thresholds are never scored on
         the images they were fitted to."""
-        even, odd = self.regions[0::2], self.regions[1::2]
-        return Holdout(list(even), self.truth[0::2]), Holdout(list(odd), self.truth[1::2])
+        original = (None, None) if self.original is None else (self.original[0::2], self.original[1::2])
+        return (Holdout(list(self.regions[0::2]), self.truth[0::2], original[0]),
+                Holdout(list(self.regions[1::2]), self.truth[1::2], original[1]))
 
 
 @dataclass
@@ -109,9 +112,16 @@ def labels_from_confidences(confidences: Sequence[np.ndarray], original: np.ndar
 
 
 def holdout_originals(head: ClassifierHead, holdout: Holdout) -> np.ndarray:
-    """Return a stand-in single label per held-out image: the true class the head ranks highest on the whole
-    image (a single-label dataset's label is one of the true ones, e.g. 42 164 of 50 000 ImageNet val labels
-    are inside their ReaL set)."""
+    """Return the held-out images' single labels: the given ones when the holdout has them, else a stand-in,
+    the true class the head ranks highest on the whole image.
+
+    The stand-in is never wrong, so it makes keep-original look perfectly precise and a round that replaces
+    wrong originals can never win on it (ImageNet: 7 836 of 50 000 val labels are outside their ReaL set);
+    give the holdout its original labels to validate that (warned once per call)."""
+    if holdout.original is not None:
+        return np.asarray(holdout.original, np.int64)
+    log.warning("holdout without original labels: keep-original is estimated with a noise-free stand-in "
+                "(the true class the head ranks first), so replacing wrong labels cannot be validated")
     proba = head.predict_proba(np.stack([r[0] for r in holdout.regions]))
     return np.where(holdout.truth, proba, -np.inf).argmax(axis=1)
 
@@ -163,7 +173,8 @@ def relabel_once(head: ClassifierHead, regions: Sequence[np.ndarray], original: 
 def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names: Sequence[str],
                settings: RelabelSettings, rounds: int = 3, holdout: Holdout | None = None,
                output_dir: str | Path | None = None, img_paths: Sequence[str] | None = None,
-               resume: bool = False, perturb=None, progress: bool = False) -> list[RoundResult]:
+               resume: bool = False, perturb=None, progress: bool = False,
+               inputs: dict | None = None) -> list[RoundResult]:
     """Run up to `rounds` relabel rounds and return every round's result (round 0 = the original labels).
 
     Round r labels the images with the head trained on round r-1's labels. With a holdout (its even rows
@@ -173,7 +184,9 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
     than `min_delta`; the first round that does not is recorded (accepted False) and the run stops, so the
     result is never estimated worse than keeping the original labels. Without a holdout every round is
     accepted. With `output_dir`, round r is written to round_<r>.json (relabel JSON + metrics + scores) and
-    rounds.json; with `resume`, finished rounds are read back and the run continues after the last one."""
+    rounds.json; with `resume`, finished rounds are read back and the run continues after the last one, after
+    checking (`check_resumable`) that the settings and `inputs` (what produced the regions: data, region method,
+    embedder, ...) are the saved ones."""
     from tqdm.auto import tqdm
 
     original = np.asarray(original, np.int64)
@@ -184,7 +197,9 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
     calibration, validation = holdout.halves() if holdout else (None, None)
     history: list[RoundResult] = []
     if resume and out and (out / "rounds.json").exists():
-        for entry in json.loads((out / "rounds.json").read_text())["rounds"]:
+        saved_run = json.loads((out / "rounds.json").read_text())
+        check_resumable(saved_run, settings, inputs, out / "rounds.json")
+        for entry in saved_run["rounds"]:
             saved = json.loads((out / f"round_{entry['round']}.json").read_text())
             rows = read_relabel_json(out / f"round_{entry['round']}.json", k)
             scores = saved.get("scores")
@@ -199,7 +214,7 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
         metrics = keep_original_estimate(head, validation) if holdout else {}
         history.append(RoundResult(0, to_lists(labels), {**metrics, "cardinality": float(labels.sum(1).mean()),
                                                          "accepted": True}))
-        _write(out, history, img_paths, settings)
+        _write(out, history, img_paths, settings, inputs)
     best = _best_so_far(history, settings.stop_metric)
     for r in tqdm(range(history[-1].round + 1, rounds + 1), desc="relabel rounds", disable=not progress):
         new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb)
@@ -207,16 +222,43 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
         metrics["cardinality"] = float(new_labels.sum(1).mean())
         metrics["changed_images"] = int((new_labels != labels).any(axis=1).sum())
         value = metrics.get(settings.stop_metric)
+        if holdout is None:
+            # nothing to validate against: say so where the round's numbers are read, not only in the log
+            metrics["validated"] = False
+            metrics["warning"] = UNVALIDATED
+            log.warning("round %d: %s", r, UNVALIDATED)
         metrics["accepted"] = best is None or value > best + settings.min_delta
         metrics["stopped"] = not metrics["accepted"]
         history.append(RoundResult(r, to_lists(new_labels), metrics, scores))
-        _write(out, history, img_paths, settings)
+        _write(out, history, img_paths, settings, inputs)
         if metrics["stopped"]:
             log.info("round %d: held-out %s %.4f does not beat %.4f; stopping", r, settings.stop_metric, value, best)
             break
         labels, best = new_labels, value
         head = fit_head(whole, labels, class_names, settings)
     return history
+
+
+UNVALIDATED = ("accepted WITHOUT validation: no held-out labeled images (--holdout), so nothing checks that these "
+               "labels are better than the originals")
+
+
+def check_resumable(saved_run: dict, settings: RelabelSettings, inputs: dict | None, where: Path) -> None:
+    """Raise ValueError naming every key whose saved value (in rounds.json) differs from this run's.
+
+    Rounds continued with other settings or other regions would mix two runs in one history."""
+    now = {**asdict(settings), **(inputs or {})}
+    before = {**saved_run.get("settings", {}), **saved_run.get("inputs", {})}
+    differing = sorted(k for k in set(now) | set(before) if _jsonable(now.get(k)) != before.get(k))
+    if differing:
+        detail = "; ".join(f"{k}: saved {before.get(k)!r}, now {_jsonable(now.get(k))!r}" for k in differing)
+        raise ValueError(f"{where}: cannot --resume, the settings differ from the saved run's ({detail}); "
+                         f"use the same options or another --output-dir")
+
+
+def _jsonable(value):
+    """Return `value` as it reads back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _best_so_far(history: Sequence[RoundResult], metric: str) -> float | None:
@@ -229,7 +271,8 @@ def best_round(history: Sequence[RoundResult]) -> RoundResult:
     return [h for h in history if h.metrics.get("accepted", True)][-1]
 
 
-def _write(out: Path | None, history: list[RoundResult], img_paths: Sequence[str], settings: RelabelSettings) -> None:
+def _write(out: Path | None, history: list[RoundResult], img_paths: Sequence[str], settings: RelabelSettings,
+           inputs: dict | None = None) -> None:
     if out is None:
         return
     last = history[-1]
@@ -238,5 +281,5 @@ def _write(out: Path | None, history: list[RoundResult], img_paths: Sequence[str
     if last.scores is not None:  # kept so --resume and the Label Studio suggestions need no re-scoring
         payload["scores"] = np.round(last.scores, 5).tolist()
     atomic_write_json(out / f"round_{last.round}.json", payload)
-    atomic_write_json(out / "rounds.json", {"settings": asdict(settings),
+    atomic_write_json(out / "rounds.json", {"settings": asdict(settings), "inputs": _jsonable(inputs or {}),
                                             "rounds": [{"round": h.round, "metrics": h.metrics} for h in history]})
