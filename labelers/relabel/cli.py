@@ -216,13 +216,17 @@ def evaluate(
     truth: Path = typer.Argument(..., help="relabeler JSON (matched by img_path) or ReaL real.json "
                                            "(paired with the predicted images sorted by file name)"),
     class_index: Optional[Path] = typer.Option(None, help="class-index file (checks index range)"),
+    classifier: Optional[Path] = typer.Option(None, help="a classifier's top-1 predictions: relabeler JSON with "
+                                                         "one label per row (matched by img_path); adds its "
+                                                         "ReaL-style top-1 (correct = in the true set)"),
     output: Optional[Path] = typer.Option(None, help="write the metrics as JSON here"),
 ) -> None:
     """Score label sets against a multi-label truth: per-image Jaccard, precision, recall, F1 (averaged
-    over images; empty true sets unscored, as in ReaL) and label cardinality."""
+    over images; empty true sets unscored, as in ReaL) and label cardinality; with --classifier, the
+    ReaL-style top-1 of the classifier's predictions on the same images."""
     from ..formats.real_json import read_real_json
     from ..formats.relabel_json import RelabelFormatError, atomic_write_json, read_class_index, read_relabel_json
-    from .metrics import multi_hot, set_metrics
+    from .metrics import multi_hot, real_accuracy, set_metrics
 
     try:
         k = len(read_class_index(class_index)) if class_index else None
@@ -239,12 +243,35 @@ def evaluate(
             true_sets = [known[p] for p, _ in rows]
         n = k or 1 + max([i for s in true_sets for i in s] + [i for _, s in rows for i in s] + [0])
         metrics = set_metrics(multi_hot([s for _, s in rows], n), multi_hot(true_sets, n))
+        if classifier is not None:
+            top1 = _classifier_top1(classifier, [p for p, _ in rows], k)
+            real = real_accuracy(top1, multi_hot(true_sets, max(n, int(top1.max()) + 1)))
+            metrics.update({"classifier_top1": real["top1"], "classifier_scored": real["scored"]})
     except (RelabelFormatError, ValueError) as exc:
         _fail(str(exc))
     for key, value in metrics.items():
         typer.echo(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
     if output:
         atomic_write_json(output, metrics)
+
+
+def _classifier_top1(path: Path, img_paths: list[str], n_classes: Optional[int]):
+    """Return the classifier's predicted class per image of `img_paths` from a relabeler JSON of one label per
+    row; raises RelabelFormatError naming the row of a row with != 1 label or a missing image."""
+    import numpy as np
+
+    from ..formats.relabel_json import RelabelFormatError, read_relabel_json
+
+    predictions = {}
+    for row, (image, labels) in enumerate(read_relabel_json(path, n_classes)):
+        if len(labels) != 1:
+            raise RelabelFormatError(f"{path}: row {row} ({image}): {len(labels)} labels; a classifier's "
+                                     f"prediction is one class per image")
+        predictions[image] = labels[0]
+    missing = [p for p in img_paths if p not in predictions]
+    if missing:
+        raise RelabelFormatError(f"{path}: no prediction for {len(missing)} images, first {missing[0]}")
+    return np.asarray([predictions[p] for p in img_paths], np.int64)
 
 
 def register(app: typer.Typer) -> None:
