@@ -69,16 +69,13 @@ def _embed_set(paths, embedder, cache, options, seed, what, cam_head=None):
 
 
 def _holdout(path: Path, class_names, embedder, cache, options, seed, cam_head=None):
-    from ..formats.relabel_json import read_holdout_originals, read_relabel_json
-    from .inputs import _resolve
+    from .inputs import read_holdout
     from .metrics import multi_hot
     from .rounds import Holdout
 
-    rows = read_relabel_json(path, len(class_names))
-    paths = [_resolve(image, [path.parent], path, row) for row, (image, _) in enumerate(rows)]
+    paths, truth, originals = read_holdout(path, len(class_names))
     regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout", cam_head)
-    return Holdout(regions, multi_hot([labels for _, labels in rows], len(class_names)),
-                   read_holdout_originals(path, len(class_names)))
+    return Holdout(regions, multi_hot(truth, len(class_names)), originals)
 
 
 def _cam_head(paths, embedder, cache, original, class_names, settings):
