@@ -17,7 +17,7 @@ options override it. See docs/relabel.md."""
 
 DEFAULTS = {"regions": "random", "num_crops": 5, "crop_size": "fixed", "confidence": "mc-dropout", "passes": 20,
             "dropout_rate": 0.05, "aggregation": "mean", "label": "threshold", "threshold": 0.5,
-            "target_precision": 0.9, "keep_original": True, "rounds": 3, "max_images": None, "save_path": None,
+            "target_precision": 0.9, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None, "save_path": None,
             "data": None}
 
 
@@ -119,6 +119,8 @@ def relabel(
     keep_original: Optional[bool] = typer.Option(None, "--keep-original/--drop-original",
                                                  help="always keep the original label (default keep)"),
     rounds: Optional[int] = typer.Option(None, help="relabel/retrain rounds at most"),
+    folds: Optional[int] = typer.Option(None, help="score each image with a head not trained on it (k folds; "
+                                                   "0 = the head scores its own training images)"),
     output_dir: Path = typer.Option(Path("runs/relabel"), "--output-dir"),
     resume: bool = typer.Option(False, help="continue after the last round written in --output-dir"),
     config: Optional[Path] = typer.Option(None, help="the seed's YAML (relabel_naive.yaml, ...)"),
@@ -144,14 +146,15 @@ def relabel(
     options = _merged(config, dict(data=data, regions=regions, num_crops=num_crops, crop_size=crop_size,
                                    confidence=confidence, passes=passes, dropout_rate=dropout_rate,
                                    aggregation=aggregation, label=label, threshold=threshold,
-                                   target_precision=target_precision, keep_original=keep_original, rounds=rounds))
+                                   target_precision=target_precision, keep_original=keep_original, rounds=rounds,
+                                   folds=folds))
     if options["data"] is None:
         _fail("no input: pass --data (or json_dir in --config)")
     settings = RelabelSettings(confidence=options["confidence"], passes=options["passes"],
                                dropout_rate=options["dropout_rate"], aggregation=options["aggregation"],
                                rule=options["label"], threshold=options["threshold"],
                                target_precision=options["target_precision"], keep_original=options["keep_original"],
-                               seed=seed)
+                               seed=seed, folds=options["folds"])
     try:
         dataset = read_input(Path(options["data"]), class_index, image_root)
         if options["max_images"]:

@@ -41,6 +41,7 @@ class RelabelSettings:
     stop_metric: str = "val_f1"  # any val_* key of `validate` (val_jaccard, val_precision, ...)
     seed: int = 0
     l2: float = 100.0
+    folds: int = 5  # out-of-fold scores for the images being relabeled; < 2: the head scores its own training images
 
 
 @dataclass
@@ -160,14 +161,43 @@ def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibratio
     return calibrate_thresholds(held_scores, calibration.truth, settings.target_precision, fallback=settings.threshold)
 
 
+def out_of_fold_confidences(whole: np.ndarray, labels: np.ndarray, regions: Sequence[np.ndarray],
+                            class_names: Sequence[str], settings: RelabelSettings, perturb=None) -> list[np.ndarray]:
+    """Return one (R_i, K) confidence array per image, each scored by a head that did not train on it.
+
+    Images go to `settings.folds` folds by index (i % folds); fold f is scored by a head fitted on the other
+    folds' whole-image embeddings (N, D) and labels (N, K). Why: a head scoring its own training images
+    parrots their labels (1280 features, a few thousand images: measured 0.83 in-sample vs 0.64 out-of-sample
+    top-1 on 5000 CIFAR scenes), while the per-class thresholds are calibrated on held-out images, i.e. on
+    out-of-sample scores; applying them to in-sample scores mismatches the two."""
+    n = len(regions)
+    out: list[np.ndarray | None] = [None] * n
+    for fold in range(settings.folds):
+        scored = np.arange(fold, n, settings.folds)
+        trained = np.setdiff1d(np.arange(n), scored)
+        head = fit_head(whole[trained], labels[trained], class_names, settings)
+        fold_perturb = None if perturb is None else (lambda j, p, s, idx=scored: perturb(int(idx[j]), p, s))
+        for i, confidences in zip(scored, region_confidences(head, [regions[i] for i in scored], settings,
+                                                             fold_perturb)):
+            out[i] = confidences
+    return out
+
+
 def relabel_once(head: ClassifierHead, regions: Sequence[np.ndarray], original: np.ndarray,
-                 settings: RelabelSettings, calibration: Holdout | None,
-                 perturb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Return (labels (N, K) bool, image scores (N, K), per-class thresholds or None) for one relabel pass."""
+                 settings: RelabelSettings, calibration: Holdout | None, perturb=None,
+                 whole: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Return (labels (N, K) bool, image scores (N, K), per-class thresholds or None) for one relabel pass.
+
+    With `settings.folds` >= 2 and the training data (`whole`, `labels`, `class_names`) the images are scored
+    out of fold (`out_of_fold_confidences`); `head` (fitted on all of them) calibrates the thresholds."""
     thresholds = class_thresholds(head, settings, calibration)
-    labels, scores = labels_from_confidences(region_confidences(head, regions, settings, perturb), original,
-                                             settings, thresholds, settings.keep_original)
-    return labels, scores, thresholds
+    if settings.folds >= 2 and whole is not None and len(regions) >= settings.folds:
+        confidences = out_of_fold_confidences(whole, labels, regions, class_names, settings, perturb)
+    else:
+        confidences = region_confidences(head, regions, settings, perturb)
+    new_labels, scores = labels_from_confidences(confidences, original, settings, thresholds, settings.keep_original)
+    return new_labels, scores, thresholds
 
 
 def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names: Sequence[str],
@@ -217,7 +247,8 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
         _write(out, history, img_paths, settings, inputs)
     best = _best_so_far(history, settings.stop_metric)
     for r in tqdm(range(history[-1].round + 1, rounds + 1), desc="relabel rounds", disable=not progress):
-        new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb)
+        new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb, whole, labels,
+                                             class_names)
         metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration)) if holdout else {}
         metrics["cardinality"] = float(new_labels.sum(1).mean())
         metrics["changed_images"] = int((new_labels != labels).any(axis=1).sum())
