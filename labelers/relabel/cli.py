@@ -17,8 +17,8 @@ options override it. See docs/relabel.md."""
 
 DEFAULTS = {"regions": "random", "num_crops": 5, "crop_size": "fixed", "confidence": "mc-dropout", "passes": 20,
             "dropout_rate": 0.05, "aggregation": "mean", "label": "threshold", "threshold": 0.5,
-            "target_precision": 0.9, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None, "save_path": None,
-            "data": None}
+            "target_precision": 0.9, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None,
+            "save_path": None, "data": None}
 
 
 def _fail(message: str) -> None:
@@ -60,7 +60,8 @@ def _embed_set(paths, embedder, cache, options, seed, what, cam_head=None):
             chunk_boxes = cam_proposals(embedder, cam_head, images, top_k=options["num_crops"])
         else:
             chunk_boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
-                                   name=str(path)) for j, (image, path) in enumerate(zip(images, paths[start:start + chunk]))]
+                                   name=str(path))
+                           for j, (image, path) in enumerate(zip(images, paths[start:start + chunk]))]
         boxes += chunk_boxes
         region_features += embed_regions(embedder, cache, images, chunk_boxes, [str(p) for p in paths[start:start + chunk]])
         bar.update(len(images))

@@ -102,7 +102,8 @@ def test_resume_refuses_when_the_settings_differ_and_names_the_keys(tmp_path):
     inputs = {"regions": "random", "num_crops": "4"}
     run_rounds(regions, original, names, RelabelSettings(confidence="naive"), rounds=1, output_dir=tmp_path,
                inputs=inputs)
-    with pytest.raises(ValueError, match=r"cannot --resume.*num_crops: saved '4', now '6'.*threshold: saved 0.5, now 0.7"):
+    expected = r"cannot --resume.*num_crops: saved '4', now '6'.*threshold: saved 0.5, now 0.7"
+    with pytest.raises(ValueError, match=expected):
         run_rounds(regions, original, names, RelabelSettings(confidence="naive", threshold=0.7), rounds=2,
                    output_dir=tmp_path, resume=True, inputs={**inputs, "num_crops": "6"})
     resumed = run_rounds(regions, original, names, RelabelSettings(confidence="naive"), rounds=2,
