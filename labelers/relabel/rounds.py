@@ -152,13 +152,22 @@ def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibratio
                      ) -> np.ndarray | None:
     """Return per-class thresholds calibrated on `calibration` for the per-class rule, else None.
 
-    Raises ValueError for the per-class rule without held-out labeled images."""
+    With the original label kept, the thresholds are calibrated on the labels *added* beside the held-out
+    images' originals (their own, or the stand-in), and a class whose added labels never reach the target
+    precision adds none (threshold 1.0): the original is there anyway, so only the additions decide whether
+    the round helps. Raises ValueError for the per-class rule without held-out labeled images."""
     if settings.rule != "per-class":
         return None
     if calibration is None:
         raise ValueError("--label per-class needs held-out labeled images (--holdout) to calibrate on")
     held_scores = image_scores(region_confidences(head, calibration.regions, settings))
-    return calibrate_thresholds(held_scores, calibration.truth, settings.target_precision, fallback=settings.threshold)
+    if not settings.keep_original:
+        return calibrate_thresholds(held_scores, calibration.truth, settings.target_precision,
+                                    fallback=settings.threshold)
+    originals = np.zeros(calibration.truth.shape, bool)
+    originals[np.arange(len(originals)), holdout_originals(head, calibration)] = True
+    return calibrate_thresholds(held_scores, calibration.truth, settings.target_precision, fallback=1.0,
+                                exclude=originals)
 
 
 def out_of_fold_confidences(whole: np.ndarray, labels: np.ndarray, regions: Sequence[np.ndarray],
