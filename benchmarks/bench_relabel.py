@@ -11,13 +11,14 @@ the ReaL-style top-1 of a head retrained on each method's labels). Nothing is tu
 Features: EfficientNet-Lite0 at --px.
 Methods:
   keep-original   the given single label
-  seed            naive confidence, 3 random `fixed` crops (+ the whole image) embedded through the shared
-                  embedding cache, each crop's argmax, union + original (its configs' rule)
-  ours            one backbone pass per scene: the last feature map, pooled whole and over --windows cell
-                  windows (regions at no extra pass; map files cached in benchmarks/.work/relabel_maps);
-                  naive confidence, per-class thresholds for --target-precision calibrated on the holdout,
-                  the original dropped when the calibrated rule rejects it (--drop-original), up to 3 rounds
-                  accepted only while the held-out F1 (with the holdout's own noisy originals) improves
+  seed            the seed's rule: naive confidence, each region's argmax, union + original; regions: the whole
+                  image + the four 2x2 windows of the feature map, or (--seed-crops) 3 random `fixed` crops
+                  embedded through the shared embedding cache
+  ours            one backbone pass per scene: the last feature map's mean (map files cached in
+                  benchmarks/.work/relabel_maps); 5-fold out-of-fold scores, per-class thresholds for precision
+                  0.9 of the labels added beside the original (calibrated on the holdout), original kept, up to
+                  3 rounds accepted only while the held-out F1 (with the holdout's own noisy originals) improves
+  ablations       ours with in-sample scores, with the original dropped, with 1x1/2x2 map windows as regions
 Metrics per scene (Jaccard / precision / recall / F1), mean over all scenes of all seeds with a 95 % normal
 interval over scenes, and the spread across seeds. Writes benchmarks/results/relabel.csv and the "relabel"
 section of benchmarks/RESULTS.md after every seed (so a cut-short run still reports what finished).
