@@ -139,3 +139,21 @@ def test_keep_original_is_estimated_with_the_holdouts_own_noisy_labels():
     assert stand_in["val_precision"] == 1.0  # the noise-free stand-in: why the original labels are needed
     calibration, validation = Holdout(held_regions, held_truth, noisy).halves()
     assert validation.original.tolist() == noisy[1::2].tolist() and len(calibration.regions) == 20
+
+
+def test_out_of_fold_scores_come_from_heads_that_never_saw_the_image():
+    from labelers.relabel.rounds import fit_head, out_of_fold_confidences, region_confidences
+
+    rng = np.random.default_rng(5)
+    regions, _, original, _ = _scenes(40, rng)
+    names = [f"c{i}" for i in range(4)]
+    labels = multi_hot([[o] for o in original], 4)
+    whole = np.stack([r[0] for r in regions])
+    settings = RelabelSettings(confidence="naive", folds=2)
+    got = out_of_fold_confidences(whole, labels, regions, names, settings)
+    # image 0 is in fold 0 (even rows): scored by the head fitted on the odd rows only
+    odd_head = fit_head(whole[1::2], labels[1::2], names, settings)
+    expected = region_confidences(odd_head, [regions[0]], settings)[0]
+    assert np.allclose(got[0], expected)
+    in_sample = region_confidences(fit_head(whole, labels, names, settings), [regions[0]], settings)[0]
+    assert not np.allclose(got[0], in_sample)  # not the head that trained on image 0
