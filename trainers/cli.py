@@ -127,7 +127,8 @@ def export(
                                  "auto_labels.csv, libcll pickle, classification CSV or ImageFolder tree."),
     target: Path = typer.Argument(..., help="Where to write: .pkl (libcll), auto_labels*.csv, other .csv "
                                   "(path,label), .json (Label Studio import) or a directory (ImageFolder)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="libcll, auto-labels, csv, imagefolder or label-studio; "
+    fmt: Optional[str] = typer.Option(None, "--format", help="libcll, auto-labels, csv, imagefolder, label-studio or "
+                                      "relabel-json (the relabeler's JSON + <stem>_class_index.json); "
                                       "for boxes: records, cotpl-raw, coco or ls-boxes."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "--data", help="The images the labels refer to."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names: comma-separated or a file."),

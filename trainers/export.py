@@ -16,7 +16,7 @@ from trainers.labelset import LabelSet
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("libcll", "auto-labels", "csv", "imagefolder", "label-studio")
+FORMATS = ("libcll", "auto-labels", "csv", "imagefolder", "label-studio", "relabel-json")
 
 
 class ExportError(ValueError):
@@ -93,6 +93,29 @@ def image_array(labels: LabelSet, image_size: int | None = None) -> np.ndarray:
     return np.stack(out)
 
 
+def write_relabel_target(labels: LabelSet, target: str | Path) -> Path:
+    """Write the relabeler's JSON (the CS570 seed's layout: {"data": [{"img_path", "labels": [int]}]}) with
+    its class-index file `<stem>_class_index.json` beside it; returns the JSON's path.
+
+    Images without an ordinary label are left out (the relabeler starts from one label per image) and counted
+    in a warning; raises ExportError when no image has one."""
+    from labelers.formats.relabel_json import ClassIndex, write_class_index, write_relabel_json
+
+    target = Path(target)
+    known = np.flatnonzero(labels.ord_labels >= 0)
+    if not len(known):
+        raise ExportError("no image has an ordinary label; the relabeler JSON holds one original label per image")
+    if len(known) < len(labels.names):
+        first = labels.names[int(np.flatnonzero(labels.ord_labels < 0)[0])]
+        log.warning("relabel JSON: %d of %d images have no ordinary label and were left out (first: %s)",
+                    len(labels.names) - len(known), len(labels.names), first)
+    refs = labels.meta.get("refs")
+    images = [refs[i] if refs else str(labels.paths[i]) if labels.paths is not None else labels.names[i] for i in known]
+    write_class_index(target.with_name(f"{target.stem}_class_index.json"),
+                      ClassIndex(list(labels.class_names), list(labels.class_names)))
+    return write_relabel_json(target, [(image, [int(labels.ord_labels[i])]) for image, i in zip(images, known)])
+
+
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
@@ -143,6 +166,8 @@ def export(labels: LabelSet, target: str | Path, fmt: str | None = None, long_la
         return write_classification_csv(target, labels)
     if fmt == "imagefolder":
         return write_image_folder_tree(target, labels, link=link)
+    if fmt == "relabel-json":
+        return write_relabel_target(labels, target)
     from trainers.labelset import merge_repeated_cls
 
     tasks = []

@@ -26,7 +26,7 @@ def read_single_choice_export(path: str | Path, control: str | None = None, imag
     tasks = read_label_studio_export(path, image_key)
     controls = sorted({name for task in tasks for name, chosen in task.labels.items() if chosen})
     if not controls:
-        raise LabelStudioExportError(f"{path}: no task has a single-choice (Choices) label")
+        raise LabelStudioExportError(f"{path}: no task has a single-choice (Choices) label{_what_is_there(path)}")
     if control is None:
         if len(controls) > 1:
             raise LabelStudioExportError(f"{path}: several label controls ({', '.join(controls)}); name one")
@@ -53,6 +53,22 @@ def multichoice_result(labels: Sequence[str], scores: dict[str, float], from_nam
     per_label = {c: round(float(scores[c]), 6) for c in labels}
     return {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": list(labels)},
             "meta": {"scores": per_label}, "score": min(per_label.values()) if per_label else 0.0}
+
+
+def _what_is_there(path: str | Path) -> str:
+    """Return ", task N (id I) holds <type> results from <control>" for the first annotated task, or ""."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    for number, task in enumerate(raw if isinstance(raw, list) else [], start=1):
+        results = [r for a in (task.get("annotations") or []) if isinstance(a, dict) and not a.get("was_cancelled")
+                   for r in (a.get("result") or []) if isinstance(r, dict)]
+        if results:
+            kinds = sorted({f"{r.get('type')} from {r.get('from_name')!r}" for r in results})
+            return (f"; task {number} (id {task.get('id')}) holds {', '.join(kinds)} results (the relabeler needs a "
+                    f"<Choices> control with one choice per task)")
+    return "; no task has an annotation"
 
 
 def write_multichoice_predictions(path: str | Path, images: Sequence[str], label_sets: Sequence[Sequence[str]],

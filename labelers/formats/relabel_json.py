@@ -83,6 +83,33 @@ def read_relabel_json(path: str | Path, n_classes: int | None = None) -> list[tu
     return rows
 
 
+def read_holdout_originals(path: str | Path, n_classes: int | None = None):
+    """Return the optional single label the dataset gave each held-out image (key `original`, an int per row)
+    as an int64 array, or None when no row has one.
+
+    A holdout can carry both: `labels` (the true set) and `original` (the noisy single label), so rounds are
+    validated against keep-original as it really is. Raises RelabelFormatError naming the row when only some
+    rows have one or an index is outside the class-index file."""
+    import numpy as np
+
+    path = Path(path)
+    rows = _load_json(path)["data"]
+    given = [isinstance(row, dict) and "original" in row for row in rows]
+    if not any(given):
+        return None
+    out = []
+    for number, row in enumerate(rows):
+        value = row.get("original") if isinstance(row, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RelabelFormatError(f"{path}: row {number}: 'original' must be a class index on every row once "
+                                     f"one row has it (got {value!r})")
+        if n_classes is not None and not 0 <= value < n_classes:
+            raise RelabelFormatError(f"{path}: row {number}: original {value} is outside the class-index file "
+                                     f"(classes 0..{n_classes - 1})")
+        out.append(value)
+    return np.asarray(out, np.int64)
+
+
 def write_relabel_json(path: str | Path, rows: list[tuple[str, list[int]]], **extra) -> Path:
     """Write rows [(img_path, labels)] (and any extra top-level keys, e.g. scores) atomically; returns path."""
     data = [{"img_path": str(p), "labels": [int(i) for i in labels]} for p, labels in rows]

@@ -19,8 +19,8 @@ options override it. See docs/relabel.md."""
 
 DEFAULTS = {"regions": "random", "num_crops": 5, "crop_size": "fixed", "confidence": "mc-dropout", "passes": 20,
             "dropout_rate": 0.05, "aggregation": "mean", "label": "threshold", "threshold": 0.5,
-            "target_precision": 0.9, "keep_original": True, "rounds": 3, "max_images": None, "save_path": None,
-            "data": None}
+            "target_precision": 0.9, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None,
+            "save_path": None, "data": None}
 
 
 def _fail(message: str) -> None:
@@ -44,8 +44,9 @@ def _merged(config: Optional[Path], given: dict) -> dict:
 CHUNK = 32  # images per embedding call: batches of a few hundred crops, a bounded number of images in memory
 
 
-def _embed_set(paths, embedder, cache, options, seed, what, ray=None):
-    """Return (images' region embeddings, boxes per image) for image files (on Ray with ``ray``)."""
+def _embed_set(paths, embedder, cache, options, seed, what, ray=None, cam_head=None):
+    """Return (images' region embeddings, boxes per image) for image files (on Ray with ``ray``); `cam_head`
+    (a head fitted on the whole-image embeddings) is needed for --regions cam."""
     from tqdm.auto import tqdm
 
     from .region_features import embed_chunk
@@ -57,7 +58,8 @@ def _embed_set(paths, embedder, cache, options, seed, what, ray=None):
     boxes, region_features = [], []
     bar = tqdm(total=len(paths), desc=f"regions {what}", unit="img")
     for start in range(0, len(paths), CHUNK):
-        chunk_features, chunk_boxes = embed_chunk(paths[start:start + CHUNK], start, embedder, cache, options, seed)
+        chunk_features, chunk_boxes = embed_chunk(paths[start:start + CHUNK], start, embedder, cache, options, seed,
+                                                  cam_head)
         boxes += chunk_boxes
         region_features += chunk_features
         bar.update(len(chunk_boxes))
@@ -65,16 +67,34 @@ def _embed_set(paths, embedder, cache, options, seed, what, ray=None):
     return region_features, boxes
 
 
-def _holdout(path: Path, class_names, embedder, cache, options, seed, ray=None):
-    from ..formats.relabel_json import read_relabel_json
-    from .inputs import _resolve
+def _holdout(path: Path, class_names, embedder, cache, options, seed, ray=None, cam_head=None):
+    from .inputs import read_holdout
     from .metrics import multi_hot
     from .rounds import Holdout
 
-    rows = read_relabel_json(path, len(class_names))
-    paths = [_resolve(image, [path.parent], path, row) for row, (image, _) in enumerate(rows)]
-    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout", ray)
-    return Holdout(regions, multi_hot([labels for _, labels in rows], len(class_names)))
+    paths, truth, originals = read_holdout(path, len(class_names))
+    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout", ray, cam_head)
+    return Holdout(regions, multi_hot(truth, len(class_names)), originals)
+
+
+def _cam_head(paths, embedder, cache, original, class_names, settings):
+    """Return the head CAM boxes are computed with: fitted on the whole-image embeddings and original labels."""
+    from ..cache import embed_files
+    from .metrics import multi_hot
+    from .rounds import fit_head
+
+    result = embed_files(embedder, cache, paths)
+    if result.errors:
+        first = min(result.errors)
+        raise ValueError(f"cannot embed {len(result.errors)} images, first: {result.errors[first]}")
+    return fit_head(result.features, multi_hot([[int(o)] for o in original], len(class_names)), class_names, settings)
+
+
+def _run_inputs(options: dict, embedder: str, holdout: Optional[Path], seed: int) -> dict:
+    """Return what produced the regions and labels besides the settings (compared on --resume)."""
+    keys = ("data", "regions", "num_crops", "crop_size", "max_images")
+    return {**{k: None if options[k] is None else str(options[k]) for k in keys}, "embedder": embedder,
+            "holdout": None if holdout is None else str(holdout), "region_seed": seed}
 
 
 def relabel(
@@ -84,7 +104,8 @@ def relabel(
     image_root: list[Path] = typer.Option([], help="folder(s) image references resolve under"),
     holdout: Optional[Path] = typer.Option(None, help="relabeler JSON with multi-label truth: calibrates per-class "
                                                      "thresholds (even rows) and validates rounds (odd rows)"),
-    regions: Optional[str] = typer.Option(None, help="random | grid | felzenszwalb (the whole image is always added)"),
+    regions: Optional[str] = typer.Option(None, help="random | grid | felzenszwalb | cam (class-activation-map boxes of the "
+                                                   "--num-crops top classes; the whole image is always added)"),
     num_crops: Optional[int] = typer.Option(None, help="random crops (or max proposals) per image"),
     crop_size: Optional[str] = typer.Option(None, help="fixed | range | a side in pixels"),
     confidence: Optional[str] = typer.Option(None, help="naive | mc-dropout | mc-perturbation"),
@@ -97,6 +118,8 @@ def relabel(
     keep_original: Optional[bool] = typer.Option(None, "--keep-original/--drop-original",
                                                  help="always keep the original label (default keep)"),
     rounds: Optional[int] = typer.Option(None, help="relabel/retrain rounds at most"),
+    folds: Optional[int] = typer.Option(None, help="score each image with a head not trained on it (k folds; "
+                                                   "0 = the head scores its own training images)"),
     output_dir: Path = typer.Option(Path("runs/relabel"), "--output-dir"),
     resume: bool = typer.Option(False, help="continue after the last round written in --output-dir"),
     config: Optional[Path] = typer.Option(None, help="the seed's YAML (relabel_naive.yaml, ...)"),
@@ -127,14 +150,15 @@ def relabel(
     options = _merged(config, dict(data=data, regions=regions, num_crops=num_crops, crop_size=crop_size,
                                    confidence=confidence, passes=passes, dropout_rate=dropout_rate,
                                    aggregation=aggregation, label=label, threshold=threshold,
-                                   target_precision=target_precision, keep_original=keep_original, rounds=rounds))
+                                   target_precision=target_precision, keep_original=keep_original, rounds=rounds,
+                                   folds=folds))
     if options["data"] is None:
         _fail("no input: pass --data (or json_dir in --config)")
     settings = RelabelSettings(confidence=options["confidence"], passes=options["passes"],
                                dropout_rate=options["dropout_rate"], aggregation=options["aggregation"],
                                rule=options["label"], threshold=options["threshold"],
                                target_precision=options["target_precision"], keep_original=options["keep_original"],
-                               seed=seed)
+                               seed=seed, folds=options["folds"])
     try:
         ray = ray_options(use_ray, ray_address, actors, gpus_per_actor)
         dataset = read_input(Path(options["data"]), class_index, image_root)
@@ -146,8 +170,17 @@ def relabel(
         typer.echo(f"{len(dataset.paths)} images, {len(dataset.class_names)} classes; embedder {model.id}; "
                    f"{settings.confidence} x{settings.passes if settings.confidence != 'naive' else 1}, "
                    f"rule {settings.rule}, {'keep' if settings.keep_original else 'drop'} original")
-        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train", ray)
-        held = _holdout(holdout, dataset.class_names, model, store, options, seed, ray) if holdout else None
+        if ray is not None and options["regions"] == "cam":
+            raise ValueError("--regions cam does not run on --ray yet (its boxes need a head fitted on the whole "
+                             "set first): run it without --ray, or pick another --regions")
+        head0 = _cam_head(dataset.paths, model, store, dataset.original, dataset.class_names, settings) \
+            if options["regions"] == "cam" else None
+        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train", ray, head0)
+        held = _holdout(holdout, dataset.class_names, model, store, options, seed, ray, head0) if holdout else None
+        if held is None:
+            typer.secho("warning: no --holdout: every round is accepted WITHOUT validation (nothing checks the "
+                        "new labels against the originals); rounds.json marks them validated: false",
+                        fg="yellow", err=True)
 
         def perturb(i, n_passes, pass_seed):
             from ..images import load_image
@@ -161,7 +194,8 @@ def relabel(
         history = run_rounds(region_features, dataset.original, dataset.class_names, settings,
                              rounds=options["rounds"], holdout=held, output_dir=output_dir,
                              img_paths=[str(p) for p in dataset.paths], resume=resume,
-                             perturb=perturb if settings.confidence == "mc-perturbation" else None, progress=True)
+                             perturb=perturb if settings.confidence == "mc-perturbation" else None, progress=True,
+                             inputs=_run_inputs(options, embedder, holdout, seed))
     except (RelabelInputError, RelabelFormatError, DatasetError, RegionError, ImageLoadError, EmbedderUnavailable,
             RayRunError, ValueError) as exc:
         _fail(str(exc))
@@ -179,8 +213,10 @@ def relabel(
     for h in history:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in h.metrics.items()
                  if k in ("val_f1", "val_precision", "val_recall", "val_top1", "cardinality", "changed_images",
-                          "accepted")}
+                          "accepted", "validated")}
         typer.echo(f"round {h.round}: {shown}")
+        if h.metrics.get("warning"):
+            typer.secho(f"round {h.round}: warning: {h.metrics['warning']}", fg="yellow", err=True)
     typer.echo(f"best round {best.round}; wrote {output_dir}/labels.json, rounds.json, suggestions_ls.json")
 
 
@@ -189,13 +225,17 @@ def evaluate(
     truth: Path = typer.Argument(..., help="relabeler JSON (matched by img_path) or ReaL real.json "
                                            "(paired with the predicted images sorted by file name)"),
     class_index: Optional[Path] = typer.Option(None, help="class-index file (checks index range)"),
+    classifier: Optional[Path] = typer.Option(None, help="a classifier's top-1 predictions: relabeler JSON with "
+                                                         "one label per row (matched by img_path); adds its "
+                                                         "ReaL-style top-1 (correct = in the true set)"),
     output: Optional[Path] = typer.Option(None, help="write the metrics as JSON here"),
 ) -> None:
     """Score label sets against a multi-label truth: per-image Jaccard, precision, recall, F1 (averaged
-    over images; empty true sets unscored, as in ReaL) and label cardinality."""
+    over images; empty true sets unscored, as in ReaL) and label cardinality; with --classifier, the
+    ReaL-style top-1 of the classifier's predictions on the same images."""
     from ..formats.real_json import read_real_json
     from ..formats.relabel_json import RelabelFormatError, atomic_write_json, read_class_index, read_relabel_json
-    from .metrics import multi_hot, set_metrics
+    from .metrics import multi_hot, real_accuracy, set_metrics
 
     try:
         k = len(read_class_index(class_index)) if class_index else None
@@ -212,12 +252,35 @@ def evaluate(
             true_sets = [known[p] for p, _ in rows]
         n = k or 1 + max([i for s in true_sets for i in s] + [i for _, s in rows for i in s] + [0])
         metrics = set_metrics(multi_hot([s for _, s in rows], n), multi_hot(true_sets, n))
+        if classifier is not None:
+            top1 = _classifier_top1(classifier, [p for p, _ in rows], k)
+            real = real_accuracy(top1, multi_hot(true_sets, max(n, int(top1.max()) + 1)))
+            metrics.update({"classifier_top1": real["top1"], "classifier_scored": real["scored"]})
     except (RelabelFormatError, ValueError) as exc:
         _fail(str(exc))
     for key, value in metrics.items():
         typer.echo(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
     if output:
         atomic_write_json(output, metrics)
+
+
+def _classifier_top1(path: Path, img_paths: list[str], n_classes: Optional[int]):
+    """Return the classifier's predicted class per image of `img_paths` from a relabeler JSON of one label per
+    row; raises RelabelFormatError naming the row of a row with != 1 label or a missing image."""
+    import numpy as np
+
+    from ..formats.relabel_json import RelabelFormatError, read_relabel_json
+
+    predictions = {}
+    for row, (image, labels) in enumerate(read_relabel_json(path, n_classes)):
+        if len(labels) != 1:
+            raise RelabelFormatError(f"{path}: row {row} ({image}): {len(labels)} labels; a classifier's "
+                                     f"prediction is one class per image")
+        predictions[image] = labels[0]
+    missing = [p for p in img_paths if p not in predictions]
+    if missing:
+        raise RelabelFormatError(f"{path}: no prediction for {len(missing)} images, first {missing[0]}")
+    return np.asarray([predictions[p] for p in img_paths], np.int64)
 
 
 def register(app: typer.Typer) -> None:

@@ -87,6 +87,27 @@ def _resolve(reference: str, roots: list[Path], source: Path, row: int) -> Path:
     return found
 
 
+def read_holdout(path: Path, n_classes: int) -> tuple[list[Path], list[list[int]], np.ndarray | None]:
+    """Return (image paths, true label sets, given single labels or None) of a holdout relabeler JSON.
+
+    Rows with an empty label list are unscored in ReaL's sense; as calibration data they would count as
+    negatives for every class, so they are left out with a warning naming the first. Raises
+    RelabelInputError when no row is left, RelabelFormatError naming the row of a bad index or `original`."""
+    from ..formats.relabel_json import read_holdout_originals
+
+    rows = read_relabel_json(path, n_classes)
+    originals = read_holdout_originals(path, n_classes)
+    kept = [i for i, (_, labels) in enumerate(rows) if labels]
+    if not kept:
+        raise RelabelInputError(f"{path}: every holdout row has an empty label list; nothing to calibrate on")
+    if len(kept) < len(rows):
+        first = next(i for i, (_, labels) in enumerate(rows) if not labels)
+        log.warning("%s: %d holdout rows have an empty label list (unscored) and are left out; first: row %d (%s)",
+                    path, len(rows) - len(kept), first, rows[first][0])
+    paths = [_resolve(rows[i][0], [path.parent], path, i) for i in kept]
+    return paths, [rows[i][1] for i in kept], None if originals is None else originals[kept]
+
+
 def read_input(data: Path, class_index: Path | None = None, image_roots: list[Path] | None = None) -> SingleLabelSet:
     """Return the single-label set in `data`: a folder root/<class>/*, a .csv, or a .json (relabeler or
     Label Studio export). Raises RelabelInputError / RelabelFormatError naming the problem."""

@@ -31,22 +31,28 @@ def threshold_labels(scores: np.ndarray, threshold: float | np.ndarray) -> np.nd
 
 
 def calibrate_thresholds(scores: np.ndarray, truth: np.ndarray, target_precision: float = 0.9,
-                         fallback: float = 0.5, min_positives: int = 3) -> np.ndarray:
+                         fallback: float = 0.5, min_positives: int = 3, exclude: np.ndarray | None = None
+                         ) -> np.ndarray:
     """Return per-class thresholds (K,): the lowest one whose held-out precision is >= target_precision.
 
-    `scores` (N, K) are held-out confidences and `truth` (N, K) their multi-hot labels. A class with fewer
-    than `min_positives` true examples, or whose precision never reaches the target, gets `fallback`, and
-    the classes concerned are named in a warning."""
+    `scores` (N, K) are held-out confidences and `truth` (N, K) their multi-hot labels. `exclude` (N, K)
+    bool leaves entries out of the count: with the original label kept, the entries of the images' original
+    classes, so the target is the precision of the labels *added* beside the original (the original is
+    there anyway; counting its easy hits would let a class reach "0.9" while its added labels are mostly
+    wrong). A class with fewer than `min_positives` true (counted) examples, or whose precision never reaches
+    the target, gets `fallback`, and the classes concerned are named in a warning."""
     scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
     if scores.shape != truth.shape:
         raise ValueError(f"scores {scores.shape} and truth {truth.shape} differ in shape")
+    counted = np.ones(truth.shape, bool) if exclude is None else ~np.asarray(exclude, bool)
     thresholds = np.full(scores.shape[1], float(fallback))
     fell_back = []
     for k in range(scores.shape[1]):
-        if truth[:, k].sum() < min_positives:
+        rows = np.flatnonzero(counted[:, k])
+        if truth[rows, k].sum() < min_positives:
             fell_back.append(k)
             continue
-        order = np.argsort(-scores[:, k], kind="stable")
+        order = rows[np.argsort(-scores[rows, k], kind="stable")]
         hits = np.cumsum(truth[order, k])
         precision = hits / np.arange(1, len(order) + 1)
         # accepting the top j+1 scores means threshold just below score j; ties must be accepted together

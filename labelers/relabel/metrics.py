@@ -41,12 +41,24 @@ def set_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def real_top1(probabilities: np.ndarray, truth: np.ndarray) -> float:
     """Return the ReaL-style top-1 accuracy: the share of scored images whose most probable class is in
     their true set."""
-    r = _as_bool(truth)
+    return real_accuracy(np.asarray(probabilities).argmax(axis=1), truth)["top1"]
+
+
+def real_accuracy(top1: np.ndarray, truth: np.ndarray) -> dict:
+    """Return {"top1", "scored", "unscored"}: the share of scored images (non-empty true set, as in ReaL)
+    whose predicted class `top1` (N,) is in their true set (N, K). Raises ValueError when the lengths differ,
+    a class is out of range, or no image is scored."""
+    r, top1 = _as_bool(truth), np.asarray(top1, np.int64)
+    if len(top1) != len(r):
+        raise ValueError(f"{len(top1)} predictions for {len(r)} true label sets")
+    bad = np.flatnonzero((top1 < 0) | (top1 >= r.shape[1]))
+    if len(bad):
+        raise ValueError(f"row {bad[0]}: predicted class {top1[bad[0]]} is not in [0, {r.shape[1]})")
     scored = r.any(axis=1)
     if not scored.any():
         raise ValueError("no image has a non-empty true label set")
-    top = np.asarray(probabilities)[scored].argmax(axis=1)
-    return float(r[scored][np.arange(int(scored.sum())), top].mean())
+    hits = r[np.flatnonzero(scored), top1[scored]]
+    return {"top1": float(hits.mean()), "scored": int(scored.sum()), "unscored": int((~scored).sum())}
 
 
 def multi_hot(label_lists: Sequence[Sequence[int]], n_classes: int) -> np.ndarray:

@@ -50,11 +50,51 @@ def embed_regions(embedder: Embedder, cache: EmbeddingCache | None, images: Sequ
     return np.split(flat, np.cumsum(sizes)[:-1])
 
 
-def embed_chunk(paths, start: int, embedder, cache, options, seed):
+def embed_chunk(paths, start: int, embedder, cache, options, seed, cam_head=None):
     """Return (region embeddings per image, boxes per image) of the images ``paths`` that start at position
-    ``start`` of the set (it seeds their random regions). The per-batch step, in one process or on Ray."""
+    ``start`` of the set (it seeds their random regions); ``cam_head`` is the head --regions cam needs.
+    The per-batch step, in one process or on Ray."""
     size = int(options["crop_size"]) if str(options["crop_size"]).isdigit() else options["crop_size"]
     images = [load_image(p) for p in paths]
-    boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j, name=str(path))
-             for j, (image, path) in enumerate(zip(images, paths))]
+    if options["regions"] == "cam":
+        from .cam import cam_proposals
+
+        boxes = cam_proposals(embedder, cam_head, images, top_k=options["num_crops"])
+    else:
+        boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
+                         name=str(path)) for j, (image, path) in enumerate(zip(images, paths))]
     return embed_regions(embedder, cache, images, boxes, [str(p) for p in paths]), boxes
+
+
+def feature_maps(embedder: Embedder, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+    """Return the backbone's last spatial feature maps (N, D, h, w) (EfficientNet-Lite0: the map the pooled
+    embedding averages, so map.mean((2, 3)) is the image's embedding).
+
+    Raises ValueError for an embedder without a spatial map (only EfficientNet-Lite0 exposes one here)."""
+    import torch
+
+    model = getattr(embedder, "model", None)
+    if not hasattr(model, "extract_features"):
+        raise ValueError(f"embedder {embedder.id} has no spatial feature map; use efficientnet-lite0 for CAM regions")
+    maps = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([embedder.preprocess(im) for im in images[start:start + batch_size]])
+            maps.append(model.extract_features(batch.to(embedder.device, embedder.dtype)).float().cpu().numpy())
+    return np.concatenate(maps) if maps else np.zeros((0, embedder.dim, 1, 1), np.float32)
+
+
+def map_windows(maps: np.ndarray, sizes: Sequence[int] = (1, 2)) -> list[np.ndarray]:
+    """Return one (R, D) array per image: the whole map's mean first (= the pooled embedding), then the mean
+    over every `s` x `s` window of cells for each s in `sizes`, row-major (regions for the price of one pass,
+    as ReLabel pools its label map over a crop box)."""
+    maps = np.asarray(maps, np.float32)
+    _, _, h, w = maps.shape
+    regions = [maps.mean(axis=(2, 3))]
+    for s in sizes:
+        if s > min(h, w):
+            raise ValueError(f"window of {s} cells does not fit a {h}x{w} feature map")
+        for y in range(h - s + 1):
+            for x in range(w - s + 1):
+                regions.append(maps[:, :, y:y + s, x:x + s].mean(axis=(2, 3)))
+    return list(np.stack(regions, axis=1))

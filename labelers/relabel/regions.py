@@ -12,7 +12,7 @@ from PIL import Image
 
 SEED_CROP_SIZE = 224  # the seed's `fixed` crop side (ImageNet input size)
 SMALL_IMAGE_FRACTION = 0.9  # the seed's `fixed` on an image smaller than 224: 90 % of the short side
-METHODS = ("random", "grid", "felzenszwalb")
+METHODS = ("random", "grid", "felzenszwalb", "cam")  # cam: labelers.relabel.cam (needs a head)
 
 
 class RegionError(ValueError):
@@ -119,6 +119,9 @@ def propose(image: Image.Image, method: str = "random", num_crops: int = 5, size
         boxes = grid(width, height, grid_rows, name=name)
     elif method == "felzenszwalb":
         boxes = felzenszwalb_boxes(image, max_regions=num_crops)
+    elif method == "cam":
+        raise RegionError(f"{name}: cam regions need a trained head and the backbone's feature map; "
+                          f"use labelers.relabel.cam.cam_proposals")
     else:
         raise RegionError(f"{name}: unknown region method {method!r}; choose from {', '.join(METHODS)}")
     whole = whole_image(width, height)

@@ -101,3 +101,29 @@ def test_an_image_too_small_for_the_crop_size_is_named_by_the_cli(scene_run, tmp
     root, _ = scene_run
     result = _relabel(root, tmp_path / "small", "--crop-size", "48", "--rounds", "1")
     assert result.exit_code == 2 and "scene_00000.png" in result.output and "too small for 48-pixel" in result.output
+
+
+@pytest.mark.slow
+def test_cam_regions_run_and_resume_with_other_regions_is_refused(scene_run, tmp_path):
+    root, _ = scene_run
+    result = _relabel(root, tmp_path / "cam", "--regions", "cam", "--num-crops", "2", "--confidence", "naive",
+                      "--rounds", "1")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "cam" / "rounds.json").read_text())
+    assert saved["inputs"]["regions"] == "cam" and saved["settings"]["folds"] == 5
+    again = _relabel(root, tmp_path / "cam", "--regions", "random", "--num-crops", "2", "--confidence", "naive",
+                     "--rounds", "2", "--resume")
+    assert again.exit_code == 2 and "cannot --resume" in again.output
+    assert "regions: saved 'cam', now 'random'" in again.output
+
+
+@pytest.mark.slow
+def test_without_a_holdout_the_cli_warns_that_rounds_are_unvalidated(scene_run, tmp_path):
+    root, _ = scene_run
+    result = CliRunner().invoke(app, ["relabel", "--data", str(root / "train" / "labels.csv"), "--class-index",
+                                      str(root / "classes.txt"), "--cache", str(root / "cache.sqlite"), "--embedder",
+                                      "efficientnet-lite0@96", "--output-dir", str(tmp_path / "r"), "--regions", "random",
+                                      "--num-crops", "4", "--confidence", "naive", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "WITHOUT validation" in result.output
+    assert json.loads((tmp_path / "r" / "round_1.json").read_text())["metrics"]["validated"] is False

@@ -51,3 +51,40 @@ def test_csv_with_an_unknown_class_names_the_row(tmp_path):
         read_input(path, tmp_path / "classes.txt")
     loaded = read_input(path)  # without a class file the classes are the names seen, sorted
     assert loaded.class_names == ["cat", "cow"] and loaded.original.tolist() == [0, 1]
+
+
+def test_holdout_rows_empty_lists_left_out_and_originals_checked(tmp_path, caplog):
+    from labelers.formats.relabel_json import RelabelFormatError
+    from labelers.relabel.inputs import read_holdout
+
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    path = tmp_path / "held.json"
+    rows = [{"img_path": "a.png", "labels": [0, 1], "original": 1}, {"img_path": "b.png", "labels": [], "original": 0},
+            {"img_path": "c.png", "labels": [1], "original": 0}]
+    path.write_text(json.dumps({"data": rows}))
+    paths, truth, originals = read_holdout(path, 2)
+    assert [p.name for p in paths] == ["a.png", "c.png"] and truth == [[0, 1], [1]] and originals.tolist() == [1, 0]
+    assert "1 holdout rows have an empty label list" in caplog.text and "row 1 (b.png)" in caplog.text
+    rows[2]["original"] = 5
+    path.write_text(json.dumps({"data": rows}))
+    with pytest.raises(RelabelFormatError, match=r"row 2: original 5 is outside the class-index file"):
+        read_holdout(path, 2)
+    del rows[2]["original"]
+    path.write_text(json.dumps({"data": rows}))
+    with pytest.raises(RelabelFormatError, match=r"row 2: 'original' must be a class index on every row"):
+        read_holdout(path, 2)
+    path.write_text(json.dumps({"data": [{"img_path": "a.png", "labels": []}]}))
+    with pytest.raises(RelabelInputError, match="every holdout row has an empty label list"):
+        read_holdout(path, 2)
+
+
+def test_a_label_studio_export_without_a_choices_control_names_what_the_task_holds(tmp_path):
+    from labelers.formats.label_studio import LabelStudioExportError
+
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([{"id": 7, "data": {"image": "/d/1.jpg"}, "annotations": [{"result": [
+        {"from_name": "box", "to_name": "image", "type": "rectanglelabels",
+         "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rectanglelabels": ["cat"]}}]}]}]))
+    with pytest.raises(LabelStudioExportError, match=r"task 1 \(id 7\) holds rectanglelabels from 'box'"):
+        read_input(path)

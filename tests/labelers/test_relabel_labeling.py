@@ -35,6 +35,18 @@ def test_per_class_threshold_by_hand_and_fallback_warns(caplog):
     assert "fallback threshold 0.42" in caplog.text
 
 
+def test_per_class_thresholds_on_the_added_labels_leave_the_originals_out_by_hand():
+    scores = np.array([[0.9], [0.8], [0.7], [0.6], [0.5]])
+    truth = np.array([[1], [1], [0], [1], [0]])
+    original = np.array([[1], [1], [0], [0], [0]], bool)  # the two top images already have the class
+    # counted: 0.7 (wrong), 0.6 (right), 0.5 (wrong): precision of the top 1..3 = 0, 1/2, 1/3
+    assert calibrate_thresholds(scores, truth, 0.5, min_positives=1, exclude=original) == pytest.approx([0.55])
+    # without excluding, the originals' easy hits reach 0.75 down to 0.6: the added labels would be 1 of 2
+    assert calibrate_thresholds(scores, truth, 0.75, min_positives=1) == pytest.approx([0.55])
+    assert calibrate_thresholds(scores, truth, 0.75, fallback=1.0, min_positives=1, exclude=original) == \
+        pytest.approx([1.0])  # unreachable on the added labels: add none
+
+
 def test_gmm_separates_two_synthetic_modes():
     rng = np.random.default_rng(1)
     high = rng.normal(0.85, 0.05, 150).clip(0, 1)

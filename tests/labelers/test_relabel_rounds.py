@@ -93,3 +93,67 @@ def test_mc_perturbation_rounds_use_the_views_the_perturb_function_gives():
     assert confidences[1][:, 0] == pytest.approx([expected] * 3) and confidences[1][:, 1] == pytest.approx([0.5] * 3)
     with pytest.raises(ValueError, match="needs the images"):
         region_confidences(Head(), regions, settings)
+
+
+def test_resume_refuses_when_the_settings_differ_and_names_the_keys(tmp_path):
+    rng = np.random.default_rng(2)
+    regions, _, original, _ = _scenes(60, rng)
+    names = [f"c{i}" for i in range(4)]
+    inputs = {"regions": "random", "num_crops": "4"}
+    run_rounds(regions, original, names, RelabelSettings(confidence="naive"), rounds=1, output_dir=tmp_path,
+               inputs=inputs)
+    expected = r"cannot --resume.*num_crops: saved '4', now '6'.*threshold: saved 0.5, now 0.7"
+    with pytest.raises(ValueError, match=expected):
+        run_rounds(regions, original, names, RelabelSettings(confidence="naive", threshold=0.7), rounds=2,
+                   output_dir=tmp_path, resume=True, inputs={**inputs, "num_crops": "6"})
+    resumed = run_rounds(regions, original, names, RelabelSettings(confidence="naive"), rounds=2,
+                         output_dir=tmp_path, resume=True, inputs=inputs)  # the same: continues
+    assert [h.round for h in resumed] == [0, 1, 2]
+
+
+def test_rounds_without_a_holdout_are_marked_unvalidated_in_the_log_and_the_round_file(tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    regions, _, original, _ = _scenes(60, rng)
+    history = run_rounds(regions, original, [f"c{i}" for i in range(4)], RelabelSettings(confidence="naive"),
+                         rounds=1, output_dir=tmp_path)
+    assert history[1].metrics["validated"] is False and history[1].metrics["accepted"]
+    saved = json.loads((tmp_path / "round_1.json").read_text())["metrics"]
+    assert saved["validated"] is False and "WITHOUT validation" in saved["warning"]
+    assert any("round 1" in r.getMessage() and "WITHOUT validation" in r.getMessage() for r in caplog.records)
+    assert "validated" not in history[0].metrics  # round 0 is the original labels: nothing to validate
+
+
+def test_keep_original_is_estimated_with_the_holdouts_own_noisy_labels():
+    from labelers.relabel.rounds import fit_head, keep_original_estimate
+
+    rng = np.random.default_rng(4)
+    regions, truth, original, prototypes = _scenes(120, rng, two_share=0.0)
+    held_regions, held_truth, held_original, _ = _scenes(40, rng, two_share=0.0, prototypes=prototypes)
+    noisy = held_original.copy()
+    noisy[:10] = (noisy[:10] + 1) % 4  # a quarter of the given labels wrong
+    head = fit_head(np.stack([r[0] for r in regions]), multi_hot([[o] for o in original], 4),
+                    [f"c{i}" for i in range(4)], RelabelSettings())
+    with_noise = keep_original_estimate(head, Holdout(held_regions, held_truth, noisy))
+    assert with_noise["val_precision"] == pytest.approx(30 / 40)  # single-object scenes: 1 if right, else 0
+    stand_in = keep_original_estimate(head, Holdout(held_regions, held_truth))
+    assert stand_in["val_precision"] == 1.0  # the noise-free stand-in: why the original labels are needed
+    calibration, validation = Holdout(held_regions, held_truth, noisy).halves()
+    assert validation.original.tolist() == noisy[1::2].tolist() and len(calibration.regions) == 20
+
+
+def test_out_of_fold_scores_come_from_heads_that_never_saw_the_image():
+    from labelers.relabel.rounds import fit_head, out_of_fold_confidences, region_confidences
+
+    rng = np.random.default_rng(5)
+    regions, _, original, _ = _scenes(40, rng)
+    names = [f"c{i}" for i in range(4)]
+    labels = multi_hot([[o] for o in original], 4)
+    whole = np.stack([r[0] for r in regions])
+    settings = RelabelSettings(confidence="naive", folds=2)
+    got = out_of_fold_confidences(whole, labels, regions, names, settings)
+    # image 0 is in fold 0 (even rows): scored by the head fitted on the odd rows only
+    odd_head = fit_head(whole[1::2], labels[1::2], names, settings)
+    expected = region_confidences(odd_head, [regions[0]], settings)[0]
+    assert np.allclose(got[0], expected)
+    in_sample = region_confidences(fit_head(whole, labels, names, settings), [regions[0]], settings)[0]
+    assert not np.allclose(got[0], in_sample)  # not the head that trained on image 0
