@@ -127,3 +127,10 @@ def test_without_a_holdout_the_cli_warns_that_rounds_are_unvalidated(scene_run, 
     assert result.exit_code == 0, result.output
     assert "WITHOUT validation" in result.output
     assert json.loads((tmp_path / "r" / "round_1.json").read_text())["metrics"]["validated"] is False
+
+
+def test_cam_regions_on_ray_are_refused_before_any_embedding(scene_run, tmp_path):
+    root, _ = scene_run
+    result = _relabel(root, tmp_path / "cam-ray", "--regions", "cam", "--ray")
+    assert result.exit_code == 2 and "--regions cam does not run on --ray" in result.output
+    assert not (tmp_path / "cam-ray" / "rounds.json").exists()
