@@ -214,12 +214,18 @@ class ClassifierHead:
         self.n_trained = len(x)
         return self
 
+    def accepts_warm_start(self, other: "ClassifierHead") -> bool:
+        """True when `fit(..., warm_start=other)` can start from `other`: the same classes, kind of prior and
+        (once known) feature width."""
+        return (other.class_names == self.class_names and other.multi_label == self.multi_label
+                and other.weight is not None and (other.prior is None) == (self.prior is None)
+                and (self.weight is None or other.weight.shape[1] == self.weight.shape[1]))
+
     def _warm_start_point(self, other: "ClassifierHead | None", dim: int) -> tuple | None:
         """Return (weight, bias, gain) of `other` to start from, or None; raises ValueError when it does not fit."""
         if other is None or other.weight is None or other.n_trained == 0:
             return None  # nothing learnt yet: the prior is the start
-        if other.class_names != self.class_names or other.multi_label != self.multi_label \
-                or other.weight.shape[1] != dim or (other.prior is None) != (self.prior is None):
+        if not self.accepts_warm_start(other) or other.weight.shape[1] != dim:
             raise ValueError(f"cannot warm-start from a head for classes {other.class_names} ({other.weight.shape[1]}-d"
                              f"{', with a prior' if other.prior is not None else ''}); this head has "
                              f"{self.class_names} on {dim}-d features")
