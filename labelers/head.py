@@ -28,6 +28,8 @@ from .priors import ClassifierPrior
 MIN_LABELS_TO_CALIBRATE = 30
 # Gradient tolerance of the calibration folds' fits (the full fit uses 1e-6): their logits only set one temperature.
 FOLD_GTOL = 1e-4
+# From this many labels the cheap calibration fits one fold (a held-out third: >= 1000 logits), not all.
+HELD_OUT_ONLY_FROM = 3000
 
 
 class ClassifierHead:
@@ -129,36 +131,51 @@ class ClassifierHead:
         iterations), and in these units one `l2` suits 10 or 10 000 labels (measured on CIFAR-10).
         """
         self._ensure_init(x.shape[1])
-        offset = self._offset(x)  # on raw features, before the change of units below
-        x = x.astype(np.float64)
-        center = x.mean(axis=0)
-        scale = float(np.sqrt(((x - center) ** 2).mean())) or 1.0  # per-coordinate RMS
-        x = ((x - center) / scale).astype(dtype, copy=False)
-        offset = offset.astype(dtype, copy=False)
+        offset = self._offset(x).astype(dtype)  # on raw features, before the change of units below
+        center = x.mean(axis=0, dtype=np.float64)
+        # One new array in `dtype`, then in place: at 10k x 1280 every pass over x counts.
+        x = np.subtract(x, center.astype(dtype), dtype=dtype)
+        scale = float(np.sqrt(np.square(x).sum(dtype=np.float64) / x.size)) or 1.0  # per-coordinate RMS
+        x *= dtype(1.0 / scale)
         prior = self.prior_weight.numpy().astype(np.float64) * scale  # same function in the new units
         # The bias is penalised too: otherwise a class with no example yet has its bias driven to -inf,
         # its probability to ~0, and uncertainty sampling can never discover it.
         prior_bias = prior @ center / scale
         k, d = prior.shape
-        target = y if self.multi_label else np.eye(k)[y]
-        strength = self.l2 / len(x)  # a fixed prior against a summed likelihood: fades as labels grow
+        n = len(x)
+        target = (y if self.multi_label else np.eye(k)[y]).astype(dtype)
+        strength = self.l2 / n  # a fixed prior against a summed likelihood: fades as labels grow
         with_gain = self.prior is not None
+        # Rows per block: both products with a block of x run while it is in cache, so each evaluation reads
+        # the features from memory once instead of twice (they are memory-bound: K is small).
+        rows = max(16, (1 << 20) // (x.itemsize * d))
 
         def objective(theta):
             weight, bias = theta[:k * d].reshape(k, d), theta[k * d:k * d + k]
             gain = theta[-1] if with_gain else 0.0
-            logits = x @ weight.T.astype(dtype, copy=False) + bias.astype(dtype, copy=False) + dtype(gain) * offset
-            # d(mean NLL)/d(logits) is (p - target) / N in both modes: for multi-label `_nll` sums the K
-            # per-class losses, so no extra factor K belongs here.
-            residual = (self._probabilities(logits) - target) / len(x)
+            weight_t, bias_x = weight.T.astype(dtype), bias.astype(dtype)
+            grad_weight, grad_bias, grad_gain, nll = np.zeros((k, d)), np.zeros(k), 0.0, 0.0
+            for start in range(0, n, rows):
+                block, stop = x[start:start + rows], min(start + rows, n)
+                logits = block @ weight_t + bias_x
+                if with_gain:
+                    logits += dtype(gain) * offset[start:stop]
+                nll += self._nll(logits, y[start:stop]) * (stop - start)
+                # d(mean NLL)/d(logits) is (p - target) / N in both modes: for multi-label `_nll` sums the K
+                # per-class losses, so no extra factor K belongs here.
+                residual = (self._probabilities(logits) - target[start:stop]) / n
+                grad_weight += residual.T @ block
+                grad_bias += residual.sum(axis=0)
+                if with_gain:
+                    grad_gain += float((residual * offset[start:stop]).sum())
             delta, bias_delta = weight - prior, bias - prior_bias
             penalty = float((delta ** 2).sum() + (bias_delta ** 2).sum())
-            grads = [(residual.T @ x + strength * delta).ravel(), residual.sum(axis=0) + strength * bias_delta]
+            grads = [(grad_weight + strength * delta).ravel(), grad_bias + strength * bias_delta]
             if with_gain:
                 penalty += (gain - 1.0) ** 2
-                grads.append([float((residual * offset).sum()) + strength * (gain - 1.0)])
-            loss = self._nll(logits, y) + 0.5 * strength * penalty
-            return loss, np.concatenate(grads).astype(np.float64, copy=False)
+                grads.append([grad_gain + strength * (gain - 1.0)])
+            loss = nll / n + 0.5 * strength * penalty
+            return loss, np.concatenate(grads)
 
         def to_raw(theta):
             weight = theta[:k * d].reshape(k, d) / scale
@@ -237,7 +254,8 @@ class ClassifierHead:
 
         With the full fit `fitted` = (weight, bias, gain), each fold starts from it (the fold's optimum is
         near) and solves in float32 to FOLD_GTOL: a temperature is one scalar fitted on many logits and does
-        not need the folds solved to the last digit. Without, each fold is solved from the prior in float64 to
+        not need the folds solved to the last digit; from HELD_OUT_ONLY_FROM labels only the first fold is
+        fitted (a held-out third). Without, each fold is solved from the prior in float64 to
         the full fit's tolerance (the reference the tests and benchmarks/bench_speed.py compare against).
         """
         from scipy.optimize import minimize_scalar
@@ -250,7 +268,8 @@ class ClassifierHead:
         held = []
         offset = self._offset(x)
         with threadpool_limits(1):
-            for fold in range(folds):
+            # With many labels one held-out third gives the temperature plenty of logits: one refit, not `folds`.
+            for fold in range(1 if fitted is not None and len(x) >= HELD_OUT_ONLY_FROM else folds):
                 test = order[fold::folds]
                 train = np.setdiff1d(order, test)
                 weight, bias, gain = (self._solve(x[train], y[train]) if fitted is None else
