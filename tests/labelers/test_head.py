@@ -196,3 +196,13 @@ def test_temperature_from_folds_started_at_the_full_fit_equals_folds_from_the_pr
     assert abs(reference - 1.0) > 0.05  # the data needs a temperature, so the comparison means something
     np.testing.assert_allclose(head._cross_validated_temperature(x, y, fitted), reference, rtol=1e-2)
     assert head.temperature == pytest.approx(head._cross_validated_temperature(x, y, fitted))
+
+
+def test_with_many_labels_one_held_out_third_gives_the_folds_temperature():
+    from labelers.head import HELD_OUT_ONLY_FROM
+
+    x, y = blobs(n_per_class=HELD_OUT_ONLY_FROM // 3 + 100, k=3, d=4, spread=1.5, seed=2)
+    head = ClassifierHead(["a", "b", "c"]).fit(x, y)
+    reference = head._cross_validated_temperature(x, y)  # 3 folds, each from the prior, float64
+    assert abs(reference - 1.0) > 0.05
+    np.testing.assert_allclose(head.temperature, reference, rtol=0.03)
