@@ -58,7 +58,8 @@ def score_blocks(head: ClassifierHead, blocks: Iterable[np.ndarray], n: int, str
                  keys: Sequence | None = None, seed: int = 0, block_rows: int = BLOCK_ROWS) -> PoolScores:
     """Return PoolScores for a pool given as consecutive feature blocks (each (rows, D), rows summing to `n`).
 
-    The same result as `score_pool` on the concatenated blocks; only one block is in memory at a time.
+    The same result as `score_pool` on the concatenated blocks; only the blocks the iterable holds at once (with
+    `EmbeddingCache.iter_blocks`: the current one and the one read ahead) are in memory.
     Raises ValueError as `score_pool` does, and when the blocks hold more or fewer than `n` rows.
     """
     if strategy not in STRATEGIES:
