@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--real", type=int, default=1000, help="CIFAR-10 tasks of the /predict project")
     parser.add_argument("--vlm-images", type=int, default=8)
     parser.add_argument("--only", nargs="*", default=None, help="run only these parts (debugging; no --write)")
+    parser.add_argument("--merge", type=Path, help="JSON of parts an earlier run measured: only the others run now")
+    parser.add_argument("--save", type=Path, help="write every part's figures to this JSON")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -402,14 +404,22 @@ def main(argv: list[str] | None = None) -> None:
         "predict": lambda: bench_predict(args.clients, args.requests, args.rounds, args.real),
         "vlm": lambda: bench_vlm(args.vlm_images, args.rounds),
     }
-    results = {}
+    import json
+
+    results = json.loads(args.merge.read_text()) if args.merge else {}
+    earlier = sorted(results)
     for name, run in parts.items():
-        if args.only is None or name in args.only:
+        if (args.only is None or name in args.only) and name not in results:
             results[name] = run()
             print(name, results[name], file=sys.stderr, flush=True)
     if args.only is not None:
         return
+    if args.save:
+        args.save.write_text(json.dumps(results, indent=1))
     text = section(results, "python -m benchmarks.bench_speed " + shlex.join(argv), args.threads)
+    if earlier:
+        text += (f"\n\nThe {', '.join(earlier)} rows come from an earlier run of the same script (saved in "
+                 f"`{args.merge}`); each row's figures were still measured side by side in one run.")
     print(text)
     if args.write:
         from benchmarks.results_file import write_section

@@ -5,9 +5,10 @@ How close this gets to the machine's limit (one float32 GEMM of the same shape, 
 benchmarks/bench_speed.py. What it saves over a straightforward version:
 - the temperature is folded into the weights once (no extra pass dividing the logits);
 - the logits of a block go into one preallocated buffer (2048 rows x K classes float32: ~0.8 MB at K = 100,
-  inside L2), and the softmax runs in place on it: shift by the row maximum, exp, sum;
-- the top-2 needs no sort and no log-softmax: p1 = 1 / sum, and p2 is the largest remaining exp / sum once
-  the maximum's entry is zeroed.
+  inside L2), and the softmax runs in place on it: exp (shifted by the row maximum only when a maximum is
+  large enough to overflow), sum;
+- the top-2 needs no sort and no log-softmax: p1 = e_max / sum, and p2 is the largest remaining exp / sum
+  once the maximum's entry is zeroed.
 Threads: the GEMM and the element-wise passes use torch's intra-op threads (`torch.get_num_threads()`).
 
 Pools past memory: `score_blocks` takes any iterable of feature blocks, e.g. `EmbeddingCache.iter_blocks`
@@ -28,6 +29,7 @@ from .head import ClassifierHead
 from .strategies import STRATEGIES, _seeded_uniform, gaussian_key, prediction_score
 
 BLOCK_ROWS = 2048  # logits of a block stay in L2 while the softmax and top-2 passes run over them
+SAFE_LOGIT = 60.0  # |row maximum| below this: exp needs no shift (e^60 x 1e5 classes < float32's 3.4e38)
 
 
 @dataclass
@@ -115,21 +117,26 @@ class _BlockScorer:
             if self.head.prior is not None:  # the label-probability prior's logit offset, as head.logits adds
                 logits.add_(torch.from_numpy(self.head._offset(x).astype(np.float32)), alpha=self.prior_gain)
             top, predicted = logits.max(dim=1)
-            logits.sub_(top[:, None])
+            # Softmax numerators e = exp(l - s). The shift s = row maximum guards exp against overflow; while
+            # every row's maximum is within +-SAFE_LOGIT (any sane head) s = 0 is as exact and saves a pass.
+            shift = not (-SAFE_LOGIT < float(top.min()) and float(top.max()) < SAFE_LOGIT)
+            if shift:
+                logits.sub_(top[:, None])
             if self.shifted is not None:
                 shifted = self.shifted[:rows]
                 shifted.copy_(logits)
-            exps = logits.exp_()  # in place: the softmax numerators, the largest is exactly 1
+            exps = logits.exp_()  # in place
             total = exps.sum(dim=1)
-            p1 = total.reciprocal()
+            peak = torch.ones_like(top) if shift else top.exp()  # the largest numerator
+            p1 = peak / total
             out.predicted[start:end], out.confidence[start:end] = predicted.numpy(), p1.numpy()
             if self.strategy == "least":
                 out.score[start:end] = p1.numpy()
             elif self.strategy in ("margin", "gaussian"):
                 second = exps.scatter_(1, predicted[:, None], 0.0).amax(dim=1)
-                out.score[start:end] = ((1.0 - second) * p1).numpy()
+                out.score[start:end] = ((peak - second) / total).numpy()
             elif self.strategy == "entropy":
-                # H = log(sum e) - sum(e * shifted) / sum e, with e = exp(shifted)
-                entropy = total.log() - (exps * shifted).sum(dim=1) * p1
+                # H = log(sum e) - sum(e * (l - s)) / sum e, with e = exp(l - s)
+                entropy = total.log() - (exps * shifted).sum(dim=1) / total
                 out.uncertainty[start:end] = entropy.numpy()
                 out.score[start:end] = (1.0 - entropy / self.log_k).clamp_(0.0, 1.0).numpy()

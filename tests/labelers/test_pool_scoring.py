@@ -58,3 +58,16 @@ def test_streaming_refuses_a_missing_vector_and_a_wrong_row_count(tmp_path):
     head = ClassifierHead(["x", "y"])
     with pytest.raises(ValueError, match="held 2 rows, 3 were announced"):
         score_blocks(head, cache.iter_blocks("emb", ["a", "b"]), 3, "margin")
+
+
+@pytest.mark.parametrize("strategy", ["margin", "entropy", "least"])
+@pytest.mark.parametrize("logit_scale", [0.5, 500.0])  # below and above SAFE_LOGIT: exp unshifted and shifted
+def test_pool_scoring_equals_predict_proba_with_small_and_huge_logits(strategy, logit_scale):
+    features = _features(500, 12, seed=5)
+    head = ClassifierHead([str(i) for i in range(8)]).init_from_text(
+        np.random.default_rng(6).normal(size=(8, 12)), logit_scale)
+    fast = score_pool(head, features, strategy, block_rows=64)
+    probs = head.predict_proba(features)
+    np.testing.assert_allclose(fast.score, prediction_score(probs, strategy), atol=2e-5)
+    np.testing.assert_allclose(fast.uncertainty, uncertainty(probs, strategy), atol=2e-5)
+    np.testing.assert_allclose(fast.confidence, probs.max(axis=1), atol=2e-5)
