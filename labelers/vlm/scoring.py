@@ -110,7 +110,7 @@ def _score_shared_prefix(vlm, images, prompts, ids, batch_size) -> list[np.ndarr
             for start in range(0, len(longer), batch_size):
                 rows = longer[start:start + batch_size]
                 width = max(len(options[j]) for j in rows) - 1
-                cache = copy.deepcopy(first.past_key_values)
+                cache = copy.deepcopy(getattr(first, cache_arg))  # the output field has the argument's name
                 cache.batch_repeat_interleave(len(rows))
                 tokens = torch.tensor([list(options[j][:-1]) + [pad] * (width - len(options[j]) + 1) for j in rows],
                                       device=vlm.device)
