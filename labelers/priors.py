@@ -64,13 +64,6 @@ class ClassifierPrior:
         if self.aggregation.shape != (len(self.label_names), len(self.weight)) or self.bias.shape != (len(self.weight),):
             raise ValueError(f"prior shapes disagree: {len(self.label_names)} labels, weight {self.weight.shape}, "
                              f"bias {self.bias.shape}, aggregation {self.aggregation.shape}")
-        # The source classes some label pools. Only their logits matter: the softmax normaliser over all C
-        # classes cancels in `label_probabilities` (it divides by the sum over matched labels), so `proba`
-        # computes these columns only (CIFAR-10's labels use ~1/4 of ImageNet's classes: the /predict hot path).
-        self._used = np.flatnonzero(self.aggregation.any(axis=0))
-        self._used_weight = np.ascontiguousarray(self.weight[self._used])
-        self._used_bias = self.bias[self._used]
-        self._used_aggregation = np.ascontiguousarray(self.aggregation[:, self._used])
 
     @property
     def matched(self) -> list[str]:
@@ -92,11 +85,16 @@ class ClassifierPrior:
         x = np.asarray(features, np.float32) * self.feature_scale
         if x.ndim != 2 or x.shape[1] != self.weight.shape[1]:
             raise ValueError(f"features {x.shape} do not fit the prior's classifier (D = {self.weight.shape[1]})")
-        if not self._used.size:  # no label has source classes: every label keeps the uniform prior
+        # Only the source classes some label pools matter: the softmax normaliser over all C classes cancels in
+        # `label_probabilities` (it divides by the sum over matched labels). CIFAR-10's labels use ~1/4 of
+        # ImageNet's classes, and this product is most of a /predict. Sliced per call (the slices cost little
+        # next to the product), so the arrays may be changed in place.
+        used = np.flatnonzero(self.aggregation.any(axis=0))
+        if not used.size:  # no label has source classes: every label keeps the uniform prior
             return np.full((len(x), len(self.label_names)), 1.0 / len(self.label_names))
-        logits = (x @ self._used_weight.T + self._used_bias).astype(np.float64)
+        logits = (x @ self.weight[used].T + self.bias[used]).astype(np.float64)
         q = np.exp(logits - logits.max(axis=1, keepdims=True))  # unnormalised: the sum cancels
-        return np.clip(label_probabilities(q, self._used_aggregation), FLOOR, 1.0)
+        return np.clip(label_probabilities(q, self.aggregation[:, used]), FLOOR, 1.0)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Return the prior as named tensors (for safetensors); `meta()` holds the rest."""
