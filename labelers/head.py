@@ -283,19 +283,21 @@ class ClassifierHead:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Return calibrated logits (N, K)."""
-        x = torch.as_tensor(np.asarray(features, np.float32))
+        x = np.asarray(features, np.float32)
         self._ensure_init(x.shape[1])
-        with torch.no_grad():
-            linear = (x @ self.weight.T + self.bias).numpy().astype(np.float64)
+        # NumPy, not torch: for these small products torch's intra-op threads, entered from 8 concurrent /predict
+        # requests at once, contended and took a third of each request (py-spy; benchmarks/bench_speed.py).
+        linear = (x @ self.weight.numpy().T + self.bias.numpy()).astype(np.float64)
         if self.prior is not None:
-            linear = linear + self.prior_gain * self._offset(x.numpy())
+            linear = linear + self.prior_gain * self._offset(x)
         return (linear / self.temperature).astype(np.float32)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Return class probabilities (N, K): softmax rows, or independent sigmoids for multi-label."""
-        logits = torch.as_tensor(self.logits(features))
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
-        return probs.numpy()
+        """Return class probabilities (N, K) float32: softmax rows, or independent sigmoids for multi-label."""
+        from scipy.special import expit, softmax
+
+        logits = self.logits(features)
+        return expit(logits) if self.multi_label else softmax(logits, axis=1)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Return the most probable class index per row."""
