@@ -130,7 +130,7 @@ class HeadTrainer:
                                + "; ".join(list(embedded.errors.values())[:3]))
         features, y = embedded.features[rows], _targets(target, [labels[i] for i in rows])
         head = prior_head(target, embedded.embedder, self.heads.priors)  # the same prior as r0
-        head.fit(features, y)
+        head.fit(features, y, warm_start=self._warm_start(project_id, served, target, embedded.embedder, head))
         version = self.publish(project_id, head, len(rows), fingerprint)
         # Estimated after publishing: the k-fold fits must not delay the version annotators are waiting for.
         accuracy = self.estimate(target, embedded.embedder, features, y, self.heads.priors)
@@ -147,6 +147,18 @@ class HeadTrainer:
             notes.append(self.suspects.after_publish(project_id, version, [task_ids[i] for i in rows], features,
                                                      y, target))
         return version, int(len(rows)), "; ".join(notes) or None
+
+    def _warm_start(self, project_id: str, served, target: ImageClassification, embedder, head):
+        """Return the served head when the new one can start from it (a trained head of the same labels and
+        prior on the same embedder: the same problem, so the same solution in fewer steps), else None."""
+        if served is None or not served.head_dir:
+            return None
+        try:
+            previous = self.heads.get(project_id, served, target, embedder)
+        except (OSError, ValueError) as exc:  # an unreadable served folder: the fit starts from the prior
+            log.warning("project %s: training from the prior, not from %s (%s)", project_id, served.model_version, exc)
+            return None
+        return previous if head.accepts_warm_start(previous) else None
 
     @staticmethod
     def estimate(target: ImageClassification, embedder, features: np.ndarray, y: np.ndarray,

@@ -130,7 +130,17 @@ class Runtime:
             on_drift=lambda pid, message: self.once.warning(f"embedder-{pid}", "%s", message))
 
     def start(self, preload: bool = True) -> None:
-        """Start the training worker and, optionally, load the default embedder in the background."""
+        """Start the training worker and, optionally, load the default embedder in the background.
+
+        NumPy's BLAS runs on one thread from here on (restored by `close`): requests are served concurrently,
+        so the parallelism is across requests; a multi-threaded BLAS inside each small /predict product (the
+        ImageNet prior's logits) spun its threads against the other requests' and made the p99 of 8 clients
+        seconds instead of tens of ms (benchmarks/bench_speed.py). Torch (the embedder, one batch at a time
+        under its compute lock) keeps its threads.
+        """
+        from threadpoolctl import threadpool_limits
+
+        self._blas_limits = threadpool_limits(1, user_api="blas")
         self.queue.start()
         if preload:
             self.warmer.run_in_background(self._preload)
@@ -142,6 +152,9 @@ class Runtime:
             log.error("could not load embedder %s: %s", self.default_spec, exc)
 
     def close(self) -> None:
+        if getattr(self, "_blas_limits", None) is not None:
+            self._blas_limits.restore_original_limits()
+            self._blas_limits = None
         self.queue.stop()
         self.version_sync.stop()
         self.warmer.close()

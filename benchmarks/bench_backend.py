@@ -100,7 +100,8 @@ def free_port() -> int:
 class Server:
     """One backend variant as a subprocess on a free loopback port."""
 
-    def __init__(self, variant: str, model_dir: Path, files_root: Path, debounce: float | None = None):
+    def __init__(self, variant: str, model_dir: Path, files_root: Path, debounce: float | None = None,
+                 module: str = "benchmarks.bench_backend"):
         self.variant, self.port = variant, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "LABELLOOP_"))}
@@ -110,7 +111,7 @@ class Server:
         if debounce is not None:
             env["LABELLOOP_RETRAIN_DEBOUNCE"] = str(debounce)
         self.log = open(model_dir.parent / f"{model_dir.name}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_backend", "serve", variant],
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "serve", variant],
                                      env=env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.http = httpx.Client(base_url=self.url, timeout=600.0)

@@ -1,25 +1,33 @@
-"""Speed of the active-learning foundation, as ratios measured side by side in one run.
+"""Hot paths as ratios to the machine's own limit, each measured side by side with today's code in one run.
 
-    python -m benchmarks.bench_speed [--images 200] [--pool 1000000]
+    python -m benchmarks.bench_speed [--images 256] [--pool 1000000] [--stream 200000] [--threads 1] [--write]
 
-1. Embedding: batched DataLoader encoding vs one image at a time (same model, same images).
-2. Pool scoring: 1M x 512 embeddings, 100 classes, margin score: `score_pool` vs a straightforward NumPy
-   baseline (float64 softmax over the full matrix, full row sort for the top two).
-3. Head training on 10k labeled embeddings: our L-BFGS head vs scikit-learn LogisticRegression.
+1. Embedding: one image at a time, today's batched path (batches of 64, NCHW) and the new one (channels-last,
+   batches of 128) on the same CIFAR-10 images; limit = the new model's forward alone on ready tensors.
+2. Pool scoring: a 1M x 512 pool, 100 classes, margin: `score_pool` now and as it was (chunked addmm,
+   log-softmax, top-k), against the limit: one float32 GEMM of the same shape with the same threads. Then
+   the same pool size streamed from the embedding cache (`score_blocks` over `EmbeddingCache.iter_blocks`).
+3. Head retrain on 10k labeled embeddings, calibration included: today's path (fit from the prior, 3 folds
+   each solved from the prior) vs warm-started from the previous head (9,900 labels) with folds started at
+   the full fit; limit = one evaluation of the objective (the two products with the features).
+4. /predict p99 at 8 clients of 100-task batches: today's serving (multi-threaded BLAS per request, the
+   ImageNet prior over all 1000 classes) vs the new one, twice (same code in two servers: the noise floor).
+5. VLM option scoring on the tiny random Qwen2-VL and LLaVA-NeXT: one sequence per option (today) vs one
+   shared prefill per image; a 7B estimate from the token counts.
 """
 from __future__ import annotations
 
+import argparse
+import shlex
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-import typer
+import torch
 
-from labelers.cache import embed_files
-from labelers.embedders import make_embedder
-from labelers.head import ClassifierHead
-from labelers.images import load_image
-from labelers.pool_scoring import score_pool
-from labelers.sample_data import cifar10_subset
+REPO = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -32,87 +40,431 @@ def timed(fn, repeats: int = 1) -> float:
     return best
 
 
-def bench_embedding(n_images: int, spec: str) -> dict:
-    embedder = make_embedder(spec, device="cpu")
-    paths, _ = cifar10_subset("test", max(1, n_images // 10))
-    one_by_one = timed(lambda: [embedder.encode_images([load_image(p)]) for p in paths])
-    batched = timed(lambda: embed_files(embedder, None, paths, batch_size=64, num_workers=0))
-    return {"images": len(paths), "embedder": embedder.id, "one_by_one_s": one_by_one, "batched_s": batched,
-            "speedup": one_by_one / batched}
+def interleaved(variants: dict, rounds: int) -> dict[str, float]:
+    """Best time per variant over `rounds` rounds, the variants run in a rotating order each round."""
+    names, best = list(variants), {}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            best[name] = min(best.get(name, float("inf")), timed(variants[name]))
+    return best
 
 
-def numpy_margin_baseline(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    logits = features.astype(np.float64) @ weight.T.astype(np.float64) + bias
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    ordered = np.sort(probs, axis=1)
-    return ordered[:, -1] - ordered[:, -2]
+# -- 1. embedding ------------------------------------------------------------------------------------------------
+def bench_embedding(n_images: int, spec: str, rounds: int) -> dict:
+    from labelers.cache import embed_files
+    from labelers.embedders import EfficientNetLite0Embedder
+    from labelers.images import load_image
+    from labelers.sample_data import cifar10_subset
+
+    px = int(spec.partition("@")[2] or 224)
+    new, today = EfficientNetLite0Embedder(px, "cpu"), EfficientNetLite0Embedder(px, "cpu", channels_last=False)
+    paths, _ = cifar10_subset("test", max(1, -(-n_images // 10)))
+    paths = paths[:n_images]
+    ready = torch.stack([new.preprocess(load_image(p)) for p in paths])
+    out = {}
+    times = interleaved({
+        "one_by_one": lambda: [today.encode_images([load_image(p)]) for p in paths],
+        "today": lambda: out.__setitem__("today", embed_files(today, None, paths, batch_size=64, num_workers=0)),
+        "new": lambda: out.__setitem__("new", embed_files(new, None, paths)),
+        "forward": lambda: [new.encode_batch(ready[s:s + 128]) for s in range(0, len(ready), 128)],
+    }, rounds)
+    diff = float(np.abs(out["new"].features - out["today"].features).max())
+    return {"images": len(paths), "embedder": new.id, **{f"{k}_s": v for k, v in times.items()},
+            "max_abs_diff": diff}
 
 
-def bench_scoring(pool: int, dim: int = 512, classes: int = 100) -> dict:
+# -- 2. pool scoring ---------------------------------------------------------------------------------------------
+def todays_score_pool(head, features: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
+    """The margin scores as `score_pool` computed them before (chunked addmm, /T, log-softmax, top-k)."""
+    score = np.empty(len(features))
+    weight_t, bias = head.weight.T.contiguous(), head.bias
+    with torch.inference_mode():
+        for start in range(0, len(features), chunk_size):
+            x = torch.from_numpy(np.ascontiguousarray(features[start:start + chunk_size], dtype=np.float32))
+            log_p = torch.log_softmax(torch.addmm(bias, x, weight_t) / head.temperature, dim=1)
+            top2 = log_p.topk(2, dim=1).values.exp()
+            score[start:start + len(x)] = (top2[:, 0] - top2[:, 1]).numpy()
+    return score
+
+
+def pool_head(dim: int, classes: int):
+    from labelers.head import ClassifierHead
+
     rng = np.random.default_rng(0)
-    features = rng.standard_normal((pool, dim), dtype=np.float32)
-    features /= np.linalg.norm(features, axis=1, keepdims=True)
     head = ClassifierHead([f"c{i}" for i in range(classes)]).init_from_text(rng.normal(size=(classes, dim)), 10.0)
-    ours = {}
-    ours_s = timed(lambda: ours.setdefault("r", score_pool(head, features, "margin")), repeats=2)
-    base = {}
-    base_s = timed(lambda: base.setdefault("r", numpy_margin_baseline(features, head.weight.numpy(),
-                                                                      head.bias.numpy())), repeats=2)
-    max_diff = float(np.abs(ours["r"].score - base["r"]).max())
-    return {"pool": pool, "dim": dim, "classes": classes, "ours_s": ours_s, "numpy_s": base_s,
-            "speedup": base_s / ours_s, "max_abs_diff": max_diff}
+    head.temperature = 1.3
+    return head
 
 
-def bench_head(n: int = 10_000, dim: int = 1280, classes: int = 10) -> dict:
-    from sklearn.linear_model import LogisticRegression
+def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def gemm(features: np.ndarray, head):
+    """The machine's limit: one float32 GEMM of the pool with the (D, K) weights into an output allocated (and
+    its pages touched) once, outside the timing. Returns the function to time."""
+    out, x, weight_t = torch.zeros(len(features), head.n_classes), torch.from_numpy(features), head.weight.T.contiguous()
+    return lambda: torch.mm(x, weight_t, out=out)
+
+
+def bench_scoring(pool: int, rounds: int, dim: int = 512, classes: int = 100) -> dict:
+    from labelers.pool_scoring import score_pool
+
+    features, head = unit_rows(pool, dim, 0), pool_head(dim, classes)
+    got = {}
+    times = interleaved({
+        "gemm": gemm(features, head),
+        "new": lambda: got.__setitem__("new", score_pool(head, features, "margin").score),
+        "today": lambda: got.__setitem__("today", todays_score_pool(head, features)),
+    }, rounds)
+    return {"pool": pool, "dim": dim, "classes": classes, **{f"{k}_s": v for k, v in times.items()},
+            "max_abs_diff": float(np.abs(got["new"] - got["today"]).max())}
+
+
+def bench_streaming(n: int, rounds: int, dim: int = 512, classes: int = 100) -> dict:
+    """Score `n` vectors read block by block from an embedding cache file vs the same pool in memory."""
+    from labelers.cache import EmbeddingCache
+    from labelers.pool_scoring import score_blocks, score_pool
+
+    features, head = unit_rows(n, dim, 1), pool_head(dim, classes)
+    keys = [f"{i:012d}" for i in range(n)]
+    with tempfile.TemporaryDirectory(dir=REPO / "benchmarks" / ".work") as tmp:
+        cache = EmbeddingCache(Path(tmp) / "pool.sqlite3")
+        for start in range(0, n, 20000):
+            cache.put_many("bench", dict(zip(keys[start:start + 20000], features[start:start + 20000])))
+        got = {}
+        times = interleaved({
+            "gemm": gemm(features, head),
+            "memory": lambda: got.__setitem__("memory", score_pool(head, features, "margin")),
+            "streamed": lambda: got.__setitem__("streamed", score_blocks(head, cache.iter_blocks("bench", keys), n,
+                                                                         "margin")),
+            "read_only": lambda: sum(len(b) for b in cache.iter_blocks("bench", keys)),
+        }, rounds)
+    equal = bool(np.array_equal(got["memory"].score, got["streamed"].score))
+    return {"rows": n, **{f"{k}_s": v for k, v in times.items()}, "equal": equal}
+
+
+# -- 3. head retrain ---------------------------------------------------------------------------------------------
+def todays_fit(names, features, labels):
+    """The head as `fit` trained it before: from the prior, then 3 calibration folds each from the prior."""
+    from labelers.head import ClassifierHead
+
+    head = ClassifierHead(names, calibrate=False).fit(features, labels)
+    head.temperature = head._cross_validated_temperature(features, labels)  # folds from the prior, float64
+    return head
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray) -> float:
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    bins = np.clip((confidence * 10).astype(int), 0, 9)
+    return float(sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).mean()
+                     for b in range(10) if (bins == b).any()))
+
+
+def bench_head(rounds: int, n: int = 10_000, previous: int = 9_900, dim: int = 1280, classes: int = 10) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from labelers.head import ClassifierHead
 
     rng = np.random.default_rng(0)
-    centers = rng.normal(size=(classes, dim))
-    labels = rng.integers(0, classes, n)
-    features = (centers[labels] + 3 * rng.normal(size=(n, dim))).astype(np.float32)
+    centers = 0.08 * rng.normal(size=(classes, dim))  # overlapping classes (~79 % accuracy): calibration matters
+    labels = rng.integers(0, classes, n + 2000)
+    features = (centers[labels] + rng.normal(size=(n + 2000, dim))).astype(np.float32)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
+    x, y, test_x, test_y = features[:n], labels[:n], features[n:], labels[n:]
     names = [f"c{i}" for i in range(classes)]
-    ours = timed(lambda: ClassifierHead(names, calibrate=False).fit(features, labels))
-    calibrated = timed(lambda: ClassifierHead(names, calibrate=True).fit(features, labels))
-    sk = timed(lambda: LogisticRegression(C=1000.0, max_iter=200).fit(features, labels))
-    return {"labeled": n, "dim": dim, "ours_s": ours, "ours_calibrated_s": calibrated, "sklearn_s": sk,
-            "sklearn_over_ours": sk / ours}
+    before = ClassifierHead(names).fit(x[:previous], y[:previous])  # the version being replaced
+    got = {}
+    times = interleaved({
+        "today": lambda: got.__setitem__("today", todays_fit(names, x, y)),
+        "today_uncalibrated": lambda: ClassifierHead(names, calibrate=False).fit(x, y),
+        "new": lambda: got.__setitem__("new", ClassifierHead(names).fit(x, y, warm_start=before)),
+        "new_cold": lambda: ClassifierHead(names).fit(x, y),
+    }, rounds)
+    objective, start, _ = ClassifierHead(names)._training_problem(x, y)
+    with threadpool_limits(1):
+        evaluation = timed(lambda: objective(start), repeats=3)
+    today, new = got["today"], got["new"]
+    uncalibrated = ClassifierHead(names, calibrate=False).fit(x, y, warm_start=before)
+    return {"labeled": n, "previous": previous, "dim": dim, **{f"{k}_s": v for k, v in times.items()},
+            "evaluation_s": evaluation, "t_today": today.temperature, "t_new": new.temperature,
+            "accuracy": float((new.predict(test_x) == test_y).mean()),
+            "ece_uncalibrated": expected_calibration_error(uncalibrated.predict_proba(test_x), test_y),
+            "ece_today": expected_calibration_error(today.predict_proba(test_x), test_y),
+            "ece_new": expected_calibration_error(new.predict_proba(test_x), test_y),
+            "max_prob_diff": float(np.abs(today.predict_proba(test_x) - new.predict_proba(test_x)).max())}
 
 
-def section(embedding: dict, scoring: dict, head: dict, command: str) -> str:
-    """Markdown for RESULTS.md."""
-    return "\n".join([
-        "## Speed of the active-learning foundation (`benchmarks/bench_speed.py`)", "",
-        f"Command: `{command}`. Each pair measured side by side in one run (best of repeats); ratios matter, "
-        "absolute seconds depend on how busy the 2-core machine was.", "",
-        "| what | ours | baseline | ratio |", "|---|---|---|---|",
-        f"| embed {embedding['images']} CIFAR-10 images with {embedding['embedder']}: batched DataLoader (64) vs "
-        f"one image at a time | {embedding['batched_s']:.2f} s | {embedding['one_by_one_s']:.2f} s | "
-        f"**{embedding['speedup']:.1f}x** |",
-        f"| margin scores for a {scoring['pool']:,} x {scoring['dim']} pool, {scoring['classes']} classes: "
-        f"`score_pool` vs NumPy float64 softmax + full sort (max abs diff {scoring['max_abs_diff']:.1e}) | "
-        f"{scoring['ours_s']:.2f} s | {scoring['numpy_s']:.2f} s | **{scoring['speedup']:.1f}x** |",
-        f"| train the head on {head['labeled']:,} labeled {head['dim']}-d embeddings (10 classes) vs scikit-learn "
-        f"LogisticRegression (lbfgs, 200 iterations) | {head['ours_s']:.2f} s "
-        f"({head['ours_calibrated_s']:.2f} s with 3-fold temperature calibration) | {head['sklearn_s']:.2f} s | "
-        f"**{head['sklearn_over_ours']:.1f}x** |",
-    ])
+# -- 4. /predict -------------------------------------------------------------------------------------------------
+def todays_prior_proba(self, features):
+    """ClassifierPrior.proba as it was: the softmax over all source classes, then pooled into labels."""
+    from labelers.priors import FLOOR, label_probabilities
+
+    logits = self.source_logits(features).astype(np.float64)
+    q = np.exp(logits - logits.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    return np.clip(label_probabilities(q, self.aggregation), FLOOR, 1.0)
 
 
-def main(images: int = 200, pool: int = 1_000_000, embedder: str = "efficientnet-lite0@128",
-         write: bool = False) -> None:
-    import shlex
-    import sys
+def todays_logits(self, features):
+    """ClassifierHead.logits as it was: the linear part through torch."""
+    x = torch.as_tensor(np.asarray(features, np.float32))
+    self._ensure_init(x.shape[1])
+    with torch.no_grad():
+        linear = (x @ self.weight.T + self.bias).numpy().astype(np.float64)
+    if self.prior is not None:
+        linear = linear + self.prior_gain * self._offset(x.numpy())
+    return (linear / self.temperature).astype(np.float32)
 
-    from .results_file import write_section
 
-    embedding, scoring, head = bench_embedding(images, embedder), bench_scoring(pool), bench_head()
-    text = section(embedding, scoring, head, "python -m benchmarks.bench_speed " + shlex.join(sys.argv[1:]))
+def todays_predict_proba(self, features):
+    """ClassifierHead.predict_proba as it was: torch's softmax / sigmoid."""
+    logits = torch.as_tensor(self.logits(features))
+    return (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)).numpy()
+
+
+def serve(variant: str) -> None:
+    """Run one /predict server: "new" (this code) or "today" (multi-threaded BLAS, prior over all classes, the
+    head's small products through torch)."""
+    import os
+
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.runtime import Runtime
+
+    if variant == "today":
+        from labelers.head import ClassifierHead
+        from labelers.priors import ClassifierPrior
+
+        ClassifierPrior.proba = todays_prior_proba
+        ClassifierHead.logits, ClassifierHead.predict_proba = todays_logits, todays_predict_proba
+        started = Runtime.start
+
+        def start(self, preload: bool = True) -> None:
+            started(self, preload)
+            self._blas_limits.restore_original_limits()  # BLAS threads as before: one per core, per request
+
+        Runtime.start = start
+    uvicorn.run(create_app(), host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning")
+
+
+def bench_predict(clients: int, requests: int, rounds: int, real: int) -> dict:
+    import shutil
+
+    from benchmarks import bench_backend as bb
+
+    base = REPO / "benchmarks" / ".work" / "bench_speed_predict"
+    files_root, files = bb.prepare(base, real, 100)
+    servers = {}
+    try:
+        for name in ("today", "new", "new_again"):
+            shutil.copytree(base / "prepared", base / name)
+            servers[name] = bb.Server("today" if name == "today" else "new", base / name, files_root,
+                                      module="benchmarks.bench_speed")
+            servers[name].setup(bb.REAL_PROJECT)
+        tasks = bb.real_tasks(files)
+        latencies = {name: [] for name in servers}
+        for name, server in servers.items():  # warm: the head, the prior, the SQLite pages
+            bb.predict_load(server, tasks, clients, 2, 100)
+        for r in range(rounds):
+            for name in bb.rotated(list(servers), r):
+                latencies[name] += bb.predict_load(servers[name], tasks, clients, requests, 100)["latency"]
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {"clients": clients, "requests": len(latencies["new"]),
+            **{f"{name}_p{q}_ms": 1e3 * bb.percentile(values, q) for name, values in latencies.items()
+               for q in (50, 99)}}
+
+
+# -- 5. VLM option scoring ---------------------------------------------------------------------------------------
+def bench_vlm(n_images: int, rounds: int) -> dict:
+    from labelers.sample_data import CIFAR10_CLASSES, cifar10_subset
+    from labelers.images import load_image
+    from labelers.vlm.labeler import VLMLabeler
+    from labelers.vlm.prompting import chat_prompt, make_question
+    from labelers.vlm.scoring import _encode, _score_sequences, _score_shared_prefix, answer_token_ids
+    from labelers.vlm.tiny import BUILDERS
+
+    paths, _ = cifar10_subset("test", max(1, -(-n_images // 10)))
+    images = [load_image(p) for p in paths[:n_images]]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, build in BUILDERS.items():
+            labeler = VLMLabeler.from_pretrained(str(build(Path(tmp) / name)), device="cpu")
+            vlm = labeler.vlm
+            question = make_question("ordinary", list(range(10)), CIFAR10_CLASSES)
+            prompt = chat_prompt(vlm.processor, question, labeler.settings.prompts)
+            answers = [f" {c} ." for c in CIFAR10_CLASSES]  # whole class names: a few tokens each
+            prompts, rows = [prompt] * len(images), [answers] * len(images)
+            ids = [[answer_token_ids(vlm.tokenizer, p, a) for a in row] for p, row in zip(prompts, rows)]
+            got = {}
+            times = interleaved({
+                "today": lambda: got.__setitem__("today", _score_sequences(vlm, images, prompts, rows, ids, 8)),
+                "new": lambda: got.__setitem__("new", _score_shared_prefix(vlm, images, prompts, ids, 8)),
+            }, rounds)
+            encoded = _encode(vlm, [prompt], images[:1])["input_ids"][0]
+            config = vlm.model.config
+            image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index")
+            answer_tokens = [len(a) for a in ids[0]]
+            out[name] = {**{f"{k}_s": v for k, v in times.items()}, "prefix_tokens": int(len(encoded)),
+                         "image_tokens": int((encoded == image_token).sum()), "images": len(images),
+                         "answer_tokens": answer_tokens, "options": len(answers),
+                         "max_abs_diff": float(np.abs(np.vstack(got["new"]) - np.vstack(got["today"])).max())}
+    return out
+
+
+def token_ratio(prefix: int, answer_tokens: list[int]) -> float:
+    """Tokens through the model per image: one sequence per option vs one prefix plus the options' tokens."""
+    return sum(prefix + a for a in answer_tokens) / (prefix + sum(a - 1 for a in answer_tokens))
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+def section(r: dict, command: str, threads: int, note: str = "") -> str:
+    e, s, st, h, p, v = (r[k] for k in ("embedding", "scoring", "streaming", "head", "predict", "vlm"))
+    lines = [
+        "## Hot paths against the machine's limit (`benchmarks/bench_speed.py`)", "",
+        f"Command: `{command}` on the shared 2-core CPU machine (no GPU), torch intra-op threads = {threads} "
+        "(embedding: `--embed-threads`, 2 by default). "
+        "Every row measures today's code, the new code and the limit side by side in one run, interleaved, best "
+        "of the rounds; read the ratios, absolute seconds depend on how busy the machine was.", "",
+        "| hot path | today | new | machine's limit | new / limit | today / new |", "|---|---|---|---|---|---|",
+        f"| embed {e['images']} CIFAR-10 images, {e['embedder']} (one at a time: {e['one_by_one_s']:.2f} s) | "
+        f"{e['today_s']:.2f} s: batched 64, NCHW = **{e['one_by_one_s'] / e['today_s']:.1f}x** one at a time | "
+        f"{e['new_s']:.2f} s: channels-last, batches of 128 = **{e['one_by_one_s'] / e['new_s']:.1f}x** one at a "
+        f"time | {e['forward_s']:.2f} s (forward alone on decoded tensors) | {e['new_s'] / e['forward_s']:.2f} | "
+        f"{e['today_s'] / e['new_s']:.2f} |",
+        f"| margin scores, {s['pool']:,} x {s['dim']} pool, {s['classes']} classes (max diff to today "
+        f"{s['max_abs_diff']:.1e}) | {s['today_s']:.2f} s | {s['new_s']:.2f} s | {s['gemm_s']:.2f} s (one float32 "
+        f"GEMM, same shape) | **{s['new_s'] / s['gemm_s']:.2f}** (today {s['today_s'] / s['gemm_s']:.2f}) | "
+        f"{s['today_s'] / s['new_s']:.2f} |",
+        f"| the same for {st['rows']:,} x 512 streamed from the embedding cache (SQLite) in blocks, result "
+        f"{'identical' if st['equal'] else 'DIFFERENT'} to in memory | in memory {st['memory_s']:.2f} s | "
+        f"{st['streamed_s']:.2f} s (reading alone {st['read_only_s']:.2f} s) | {st['gemm_s']:.2f} s | "
+        f"**{st['streamed_s'] / st['gemm_s']:.2f}** | - |",
+        f"| retrain the head, {h['labeled']:,} labeled {h['dim']}-d embeddings, with temperature calibration "
+        f"(accuracy {h['accuracy']:.3f}; T today {h['t_today']:.4f}, new {h['t_new']:.4f}; ECE on 2,000 held-out: "
+        f"uncalibrated {h['ece_uncalibrated']:.3f}, today {h['ece_today']:.3f}, new {h['ece_new']:.3f}; max "
+        f"probability diff {h['max_prob_diff']:.1e}) | {h['today_s']:.2f} s "
+        f"({h['today_uncalibrated_s']:.2f} s uncalibrated) | **{h['new_s']:.2f} s** warm-started from the "
+        f"{h['previous']:,}-label head ({h['new_cold_s']:.2f} s from the prior) | {h['evaluation_s']:.3f} s (one "
+        f"objective evaluation) | {h['new_s'] / h['evaluation_s']:.0f} evaluations' worth | "
+        f"{h['today_s'] / h['new_s']:.1f} |",
+        f"| `/predict` p99, 100-task batches, {p['clients']} clients on 1,000 CIFAR-10 tasks with the ImageNet prior "
+        "(today: NumPy's BLAS on every core inside each request, the prior over all 1,000 classes, the head's small "
+        "products in torch; new: BLAS on one thread, the prior's used classes, NumPy) "
+        f"({p['requests']} requests per variant; p50 "
+        f"today {p['today_p50_ms']:.0f}, new {p['new_p50_ms']:.0f} / {p['new_again_p50_ms']:.0f} ms) | "
+        f"{p['today_p99_ms']:.0f} ms | **{p['new_p99_ms']:.0f} ms** (same code, second server: "
+        f"{p['new_again_p99_ms']:.0f} ms = noise floor {p['new_again_p99_ms'] / p['new_p99_ms']:.2f}) | - | - | "
+        f"{p['today_p99_ms'] / p['new_p99_ms']:.1f} |",
+    ]
+    for name, m in v.items():
+        lines.append(
+            f"| VLM option scoring, tiny random {name}, {m['options']} multi-token options x {m['images']} "
+            f"images (prefix {m['prefix_tokens']} tokens, answers {m['answer_tokens']}; max log-likelihood diff "
+            f"{m['max_abs_diff']:.1e}) | {m['today_s']:.2f} s: one sequence per option | {m['new_s']:.2f} s: one "
+            f"shared prefill | - | - | {m['today_s'] / m['new_s']:.1f} |")
+    q = v.get("qwen2-vl")
+    if q:
+        big = 256 + q["prefix_tokens"] - q["image_tokens"]
+        lines += ["", f"7B estimate (token counts, compute-bound prefill): a Qwen2-VL-7B prompt with a 448 x 448 image has "
+                      f"~256 image tokens, so the prefix is ~{big} tokens; with the same {q['options']} options "
+                      f"({sum(q['answer_tokens'])} answer tokens) today pushes {sum(big + a for a in q['answer_tokens']):,} "
+                      f"tokens (and the vision tower {q['options']} times) per image, the shared prefill "
+                      f"{big + sum(a - 1 for a in q['answer_tokens']):,}: **~{token_ratio(big, q['answer_tokens']):.1f}x** "
+                      f"fewer (tiny model here: {token_ratio(q['prefix_tokens'], q['answer_tokens']):.1f}x fewer tokens, "
+                      f"{q['today_s'] / q['new_s']:.1f}x faster measured)."]
+    lines += ["", f"Reading, against issue 13's targets: pool scoring {s['new_s'] / s['gemm_s']:.2f}x the GEMM (target "
+                  f"<= 1.2; today's code {s['today_s'] / s['gemm_s']:.2f}x in the same run); streamed from SQLite the "
+                  f"cache reads dominate ({st['read_only_s'] / st['gemm_s']:.1f}x the GEMM for reading alone), not the "
+                  f"scoring. Head retrain with calibration {h['new_s']:.2f} s vs {h['today_s']:.2f} s (target <= 1 s, "
+                  f"not met here: {h['new_s'] / h['evaluation_s']:.0f} objective evaluations' worth at "
+                  f"{h['evaluation_s'] * 1e3:.0f} ms each; the *today* column already runs on the new one-pass "
+                  "objective, so it understates the change). /predict p99 "
+                  f"{p['new_p99_ms']:.0f} ms vs {p['today_p99_ms']:.0f} ms (target <= 200 ms; the two servers running "
+                  f"the same new code differ by {abs(1 - p['new_again_p99_ms'] / p['new_p99_ms']):.0%}, so on this "
+                  "machine only the ratio is meaningful). Embedding batched "
+                  f"{e['one_by_one_s'] / e['new_s']:.1f}x one at a time (target >= 5x), {e['new_s'] / e['forward_s']:.2f}x "
+                  "the model's forward alone."]
+    if note:
+        lines += ["", note]
+    lines += ["", "Threads: batch jobs (`labelloop embed`, pool scoring) use torch's intra-op threads (one per core by "
+                  "default; this run: the number above); the head fit uses one BLAS thread; the backend serves with "
+                  "NumPy's BLAS on one thread (parallelism is across the concurrent requests: a multi-threaded BLAS in "
+                  "each of 8 requests is what made today's p99) and torch's default threads for the embedder, which "
+                  "runs one batch at a time under its lock."]
+    return "\n".join(lines)
+
+
+def with_threads(threads: int, fn, *args):
+    """Run fn(*args) with torch on `threads` intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return serve(argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--embedder", default="efficientnet-lite0@128")
+    parser.add_argument("--pool", type=int, default=1_000_000)
+    parser.add_argument("--stream", type=int, default=200_000)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for pool scoring and the rest")
+    parser.add_argument("--embed-threads", type=int, default=2, help="torch threads for the embedding rows")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=12, help="/predict calls per client, variant and round")
+    parser.add_argument("--real", type=int, default=1000, help="CIFAR-10 tasks of the /predict project")
+    parser.add_argument("--vlm-images", type=int, default=8)
+    parser.add_argument("--only", nargs="*", default=None, help="run only these parts (debugging; no --write)")
+    parser.add_argument("--merge", type=Path, help="JSON of parts an earlier run measured: only the others run now")
+    parser.add_argument("--save", type=Path, help="write every part's figures to this JSON")
+    parser.add_argument("--note", default="", help="a sentence for the section (e.g. how busy the machine was)")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    (REPO / "benchmarks" / ".work").mkdir(parents=True, exist_ok=True)
+    parts = {
+        "embedding": lambda: with_threads(args.embed_threads, bench_embedding, args.images, args.embedder,
+                                          args.rounds),
+        "scoring": lambda: bench_scoring(args.pool, args.rounds + 2),  # short: more rounds against the noise
+        "streaming": lambda: bench_streaming(args.stream, args.rounds + 2),
+        "head": lambda: bench_head(args.rounds),
+        "predict": lambda: bench_predict(args.clients, args.requests, args.rounds, args.real),
+        "vlm": lambda: bench_vlm(args.vlm_images, args.rounds),
+    }
+    import json
+
+    results = json.loads(args.merge.read_text()) if args.merge else {}
+    earlier = sorted(results)
+    for name, run in parts.items():
+        if (args.only is None or name in args.only) and name not in results:
+            results[name] = run()
+            print(name, results[name], file=sys.stderr, flush=True)
+    if args.only is not None:
+        return
+    if args.save:
+        args.save.write_text(json.dumps(results, indent=1))
+    text = section(results, "python -m benchmarks.bench_speed " + shlex.join(argv), args.threads, args.note)
+    if earlier:
+        text += (f"\n\nThe {', '.join(earlier)} rows come from an earlier run of the same script (saved in "
+                 f"`{args.merge}`); each row's figures were still measured side by side in one run.")
     print(text)
-    if write:
+    if args.write:
+        from benchmarks.results_file import write_section
+
         write_section("bench_speed", text)
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    main()

@@ -26,6 +26,10 @@ from threadpoolctl import threadpool_limits
 from .priors import ClassifierPrior
 
 MIN_LABELS_TO_CALIBRATE = 30
+# Gradient tolerance of the calibration folds' fits (the full fit uses 1e-6): their logits only set one temperature.
+FOLD_GTOL = 1e-4
+# From this many labels the cheap calibration fits one fold (a held-out third: >= 1000 logits), not all.
+HELD_OUT_ONLY_FROM = 3000
 
 
 class ClassifierHead:
@@ -111,48 +115,66 @@ class ClassifierHead:
         log_norm = np.log(np.exp(shifted).sum(axis=1))
         return float(np.mean(log_norm - shifted[np.arange(len(y)), y]))
 
-    def _training_problem(self, x: np.ndarray, y: np.ndarray):
+    def _training_problem(self, x: np.ndarray, y: np.ndarray, init: tuple | None = None, dtype=np.float64):
         """Return (objective, start, to_raw): the exact problem `_solve` hands to L-BFGS.
 
         `objective(theta)` returns (loss, gradient) of mean NLL + l2/(2N) * ||(W, b, g) - prior||^2 for the
         flat parameter vector theta = (W.ravel(), b[, g]) (the gain g of the prior offset only when the head
-        has a label-probability prior, pulled to 1); `start` is the prior; `to_raw(theta)` maps a solution
+        has a label-probability prior, pulled to 1); `start` is the prior, or `init` = (weight, bias, gain) on
+        raw features (a warm start: the same problem, a nearer starting point); `to_raw(theta)` maps a solution
         back to (weight, bias, gain) acting on raw features. Kept apart from `_solve` so the gradient can be
-        checked against the loss by finite differences.
+        checked against the loss by finite differences. `dtype` float32 halves the cost of the two products
+        with the features per evaluation (used for the calibration folds, whose logits need no more).
 
         The problem is posed on centred features divided by their per-coordinate RMS: mean-pooled CNN
         features share a large common direction that makes the raw problem ill-conditioned (3-10x more
         iterations), and in these units one `l2` suits 10 or 10 000 labels (measured on CIFAR-10).
         """
         self._ensure_init(x.shape[1])
-        offset = self._offset(x)  # on raw features, before the change of units below
-        x = x.astype(np.float64)
-        center = x.mean(axis=0)
-        scale = float(np.sqrt(((x - center) ** 2).mean())) or 1.0  # per-coordinate RMS
-        x = (x - center) / scale
+        offset = self._offset(x).astype(dtype)  # on raw features, before the change of units below
+        center = x.mean(axis=0, dtype=np.float64)
+        # One new array in `dtype`, then in place: at 10k x 1280 every pass over x counts.
+        x = np.subtract(x, center.astype(dtype), dtype=dtype)
+        scale = float(np.sqrt(np.square(x).sum(dtype=np.float64) / x.size)) or 1.0  # per-coordinate RMS
+        x *= dtype(1.0 / scale)
         prior = self.prior_weight.numpy().astype(np.float64) * scale  # same function in the new units
         # The bias is penalised too: otherwise a class with no example yet has its bias driven to -inf,
         # its probability to ~0, and uncertainty sampling can never discover it.
         prior_bias = prior @ center / scale
         k, d = prior.shape
-        target = y if self.multi_label else np.eye(k)[y]
-        strength = self.l2 / len(x)  # a fixed prior against a summed likelihood: fades as labels grow
+        n = len(x)
+        target = (y if self.multi_label else np.eye(k)[y]).astype(dtype)
+        strength = self.l2 / n  # a fixed prior against a summed likelihood: fades as labels grow
         with_gain = self.prior is not None
+        # Rows per block: both products with a block of x run while it is in cache, so each evaluation reads
+        # the features from memory once instead of twice (they are memory-bound: K is small).
+        rows = max(16, (1 << 20) // (x.itemsize * d))
 
         def objective(theta):
             weight, bias = theta[:k * d].reshape(k, d), theta[k * d:k * d + k]
             gain = theta[-1] if with_gain else 0.0
-            logits = x @ weight.T + bias + gain * offset
-            # d(mean NLL)/d(logits) is (p - target) / N in both modes: for multi-label `_nll` sums the K
-            # per-class losses, so no extra factor K belongs here.
-            residual = (self._probabilities(logits) - target) / len(x)
+            weight_t, bias_x = weight.T.astype(dtype), bias.astype(dtype)
+            grad_weight, grad_bias, grad_gain, nll = np.zeros((k, d)), np.zeros(k), 0.0, 0.0
+            for start in range(0, n, rows):
+                block, stop = x[start:start + rows], min(start + rows, n)
+                logits = block @ weight_t + bias_x
+                if with_gain:
+                    logits += dtype(gain) * offset[start:stop]
+                nll += self._nll(logits, y[start:stop]) * (stop - start)
+                # d(mean NLL)/d(logits) is (p - target) / N in both modes: for multi-label `_nll` sums the K
+                # per-class losses, so no extra factor K belongs here.
+                residual = (self._probabilities(logits) - target[start:stop]) / n
+                grad_weight += residual.T @ block
+                grad_bias += residual.sum(axis=0)
+                if with_gain:
+                    grad_gain += float((residual * offset[start:stop]).sum())
             delta, bias_delta = weight - prior, bias - prior_bias
             penalty = float((delta ** 2).sum() + (bias_delta ** 2).sum())
-            grads = [(residual.T @ x + strength * delta).ravel(), residual.sum(axis=0) + strength * bias_delta]
+            grads = [(grad_weight + strength * delta).ravel(), grad_bias + strength * bias_delta]
             if with_gain:
                 penalty += (gain - 1.0) ** 2
-                grads.append([float((residual * offset).sum()) + strength * (gain - 1.0)])
-            loss = self._nll(logits, y) + 0.5 * strength * penalty
+                grads.append([grad_gain + strength * (gain - 1.0)])
+            loss = nll / n + 0.5 * strength * penalty
             return loss, np.concatenate(grads)
 
         def to_raw(theta):
@@ -160,27 +182,38 @@ class ClassifierHead:
             bias = theta[k * d:k * d + k] - weight @ center
             return weight, bias, (float(theta[-1]) if with_gain else 1.0)
 
-        start = np.concatenate([prior.ravel(), prior_bias] + ([[self.prior_gain]] if with_gain else []))
+        if init is None:
+            start = np.concatenate([prior.ravel(), prior_bias] + ([[self.prior_gain]] if with_gain else []))
+        else:  # to_raw inverted: W_units = W * scale, b_units = b + W @ center
+            weight, bias, gain = (np.asarray(v, np.float64) for v in init)
+            start = np.concatenate([(weight * scale).ravel(), bias + weight @ center] + ([[gain]] if with_gain else []))
         return objective, start, to_raw
 
-    def _solve(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """Fit (weight, bias, prior gain) by L-BFGS with the analytic gradient (convex, deterministic).
+    def _solve(self, x: np.ndarray, y: np.ndarray, init: tuple | None = None, gtol: float = 1e-6,
+               dtype=np.float64) -> tuple[np.ndarray, np.ndarray, float]:
+        """Fit (weight, bias, prior gain) by L-BFGS with the analytic gradient (convex, deterministic), from the
+        prior or from `init` (see `_training_problem`).
 
         NumPy + SciPy, not autograd: for a linear head the per-step overhead dominates.
         """
         from scipy.optimize import minimize
 
-        objective, start, to_raw = self._training_problem(x, y)
+        objective, start, to_raw = self._training_problem(x, y, init, dtype)
         # One BLAS thread: training runs beside request serving, and multi-threaded BLAS spinning on
         # small products made a 100-label fit 50x slower on a busy 2-core machine.
         with threadpool_limits(1):
             result = minimize(objective, start, jac=True, method="L-BFGS-B",
-                              options={"maxiter": self.max_iter, "gtol": 1e-6})
+                              options={"maxiter": self.max_iter, "gtol": gtol})
         weight, bias, gain = to_raw(result.x)
         return weight.astype(np.float32), bias.astype(np.float32), gain
 
-    def fit(self, features: np.ndarray, labels) -> "ClassifierHead":
-        """Train on embeddings (N, D) and class indices (N,) or multi-hot (N, K); returns self."""
+    def fit(self, features: np.ndarray, labels, warm_start: "ClassifierHead | None" = None) -> "ClassifierHead":
+        """Train on embeddings (N, D) and class indices (N,) or multi-hot (N, K); returns self.
+
+        `warm_start`: a trained head for the same classes and features (the version being replaced): L-BFGS
+        starts from its weights instead of the prior. The problem, and so the solution, is the same; a retrain
+        after a few more labels needs far fewer steps. Raises ValueError for a head of other classes or width.
+        """
         x = np.asarray(features, np.float32)
         if x.ndim != 2 or len(x) == 0:
             raise ValueError("fit needs a non-empty (N, D) feature matrix")
@@ -190,14 +223,41 @@ class ClassifierHead:
         if len(y) != len(x):
             raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
         self._ensure_init(x.shape[1])
-        self.temperature = self._cross_validated_temperature(x, y) if self.calibrate else 1.0
-        weight, bias, self.prior_gain = self._solve(x, y)
+        init = self._warm_start_point(warm_start, x.shape[1])
+        weight, bias, self.prior_gain = self._solve(x, y, init)
+        self.temperature = self._cross_validated_temperature(x, y, (weight, bias, self.prior_gain)) \
+            if self.calibrate else 1.0
         self.weight, self.bias = torch.from_numpy(weight), torch.from_numpy(bias)
         self.n_trained = len(x)
         return self
 
-    def _cross_validated_temperature(self, x: np.ndarray, y: np.ndarray, folds: int = 3) -> float:
-        """Fit one temperature on held-out logits of a k-fold split (1.0 when there are too few labels)."""
+    def accepts_warm_start(self, other: "ClassifierHead") -> bool:
+        """True when `fit(..., warm_start=other)` can start from `other`: the same classes, kind of prior and
+        (once known) feature width."""
+        return (other.class_names == self.class_names and other.multi_label == self.multi_label
+                and other.weight is not None and (other.prior is None) == (self.prior is None)
+                and (self.weight is None or other.weight.shape[1] == self.weight.shape[1]))
+
+    def _warm_start_point(self, other: "ClassifierHead | None", dim: int) -> tuple | None:
+        """Return (weight, bias, gain) of `other` to start from, or None; raises ValueError when it does not fit."""
+        if other is None or other.weight is None or other.n_trained == 0:
+            return None  # nothing learnt yet: the prior is the start
+        if not self.accepts_warm_start(other) or other.weight.shape[1] != dim:
+            raise ValueError(f"cannot warm-start from a head for classes {other.class_names} ({other.weight.shape[1]}-d"
+                             f"{', with a prior' if other.prior is not None else ''}); this head has "
+                             f"{self.class_names} on {dim}-d features")
+        return other.weight.numpy(), other.bias.numpy(), other.prior_gain
+
+    def _cross_validated_temperature(self, x: np.ndarray, y: np.ndarray, fitted: tuple | None = None,
+                                     folds: int = 3) -> float:
+        """Fit one temperature on held-out logits of a k-fold split (1.0 when there are too few labels).
+
+        With the full fit `fitted` = (weight, bias, gain), each fold starts from it (the fold's optimum is
+        near) and solves in float32 to FOLD_GTOL: a temperature is one scalar fitted on many logits and does
+        not need the folds solved to the last digit; from HELD_OUT_ONLY_FROM labels only the first fold is
+        fitted (a held-out third). Without, each fold is solved from the prior in float64 to
+        the full fit's tolerance (the reference the tests and benchmarks/bench_speed.py compare against).
+        """
         from scipy.optimize import minimize_scalar
 
         if len(x) < MIN_LABELS_TO_CALIBRATE:
@@ -208,10 +268,12 @@ class ClassifierHead:
         held = []
         offset = self._offset(x)
         with threadpool_limits(1):
-            for fold in range(folds):
+            # With many labels one held-out third gives the temperature plenty of logits: one refit, not `folds`.
+            for fold in range(1 if fitted is not None and len(x) >= HELD_OUT_ONLY_FROM else folds):
                 test = order[fold::folds]
                 train = np.setdiff1d(order, test)
-                weight, bias, gain = self._solve(x[train], y[train])
+                weight, bias, gain = (self._solve(x[train], y[train]) if fitted is None else
+                                      self._solve(x[train], y[train], fitted, gtol=FOLD_GTOL, dtype=np.float32))
                 held.append((test, x[test] @ weight.T + bias + gain * offset[test]))
         rows = np.concatenate([t for t, _ in held])
         logits, targets = np.concatenate([l for _, l in held]), y[rows]
@@ -221,19 +283,21 @@ class ClassifierHead:
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Return calibrated logits (N, K)."""
-        x = torch.as_tensor(np.asarray(features, np.float32))
+        x = np.asarray(features, np.float32)
         self._ensure_init(x.shape[1])
-        with torch.no_grad():
-            linear = (x @ self.weight.T + self.bias).numpy().astype(np.float64)
+        # NumPy, not torch: for these small products torch's intra-op threads, entered from 8 concurrent /predict
+        # requests at once, contended and took a third of each request (py-spy; benchmarks/bench_speed.py).
+        linear = (x @ self.weight.numpy().T + self.bias.numpy()).astype(np.float64)
         if self.prior is not None:
-            linear = linear + self.prior_gain * self._offset(x.numpy())
+            linear = linear + self.prior_gain * self._offset(x)
         return (linear / self.temperature).astype(np.float32)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Return class probabilities (N, K): softmax rows, or independent sigmoids for multi-label."""
-        logits = torch.as_tensor(self.logits(features))
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
-        return probs.numpy()
+        """Return class probabilities (N, K) float32: softmax rows, or independent sigmoids for multi-label."""
+        from scipy.special import expit, softmax
+
+        logits = self.logits(features)
+        return expit(logits) if self.multi_label else softmax(logits, axis=1)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Return the most probable class index per row."""

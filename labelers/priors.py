@@ -78,11 +78,23 @@ class ClassifierPrior:
         return x @ self.weight.T + self.bias
 
     def proba(self, features: np.ndarray) -> np.ndarray:
-        """Return zero-shot label probabilities (N, K) for features (N, D), each at least FLOOR."""
-        logits = self.source_logits(features).astype(np.float64)
-        q = np.exp(logits - logits.max(axis=1, keepdims=True))
-        q /= q.sum(axis=1, keepdims=True)
-        return np.clip(label_probabilities(q, self.aggregation), FLOOR, 1.0)
+        """Return zero-shot label probabilities (N, K) for features (N, D), each at least FLOOR.
+
+        Equal to `label_probabilities(softmax(source_logits(features)), aggregation)` (clipped at FLOOR): the
+        softmax is taken over the source classes some label uses, since its normaliser cancels."""
+        x = np.asarray(features, np.float32) * self.feature_scale
+        if x.ndim != 2 or x.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"features {x.shape} do not fit the prior's classifier (D = {self.weight.shape[1]})")
+        # Only the source classes some label pools matter: the softmax normaliser over all C classes cancels in
+        # `label_probabilities` (it divides by the sum over matched labels). CIFAR-10's labels use ~1/4 of
+        # ImageNet's classes, and this product is most of a /predict. Sliced per call (the slices cost little
+        # next to the product), so the arrays may be changed in place.
+        used = np.flatnonzero(self.aggregation.any(axis=0))
+        if not used.size:  # no label has source classes: every label keeps the uniform prior
+            return np.full((len(x), len(self.label_names)), 1.0 / len(self.label_names))
+        logits = (x @ self.weight[used].T + self.bias[used]).astype(np.float64)
+        q = np.exp(logits - logits.max(axis=1, keepdims=True))  # unnormalised: the sum cancels
+        return np.clip(label_probabilities(q, self.aggregation[:, used]), FLOOR, 1.0)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Return the prior as named tensors (for safetensors); `meta()` holds the rest."""

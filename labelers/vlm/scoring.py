@@ -2,11 +2,13 @@
 
 When every option's answer is a single token (letters A, B, ... in practice) one forward pass per
 image gives all options at once: the next-token distribution at the prompt's last position. Longer
-answers fall back to one sequence per (image, option). Rows are left-padded so the last position
-is always the real end of the prompt.
+answers share one prefill of image + prompt per image: its KV cache serves every option, and only the
+answer tokens run per option (`_score_shared_prefix`; `_score_sequences`, one full sequence per option,
+is kept as its reference). Rows are left-padded so the last position is always the real end of the prompt.
 """
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from typing import Sequence
 
@@ -65,7 +67,7 @@ def score_options(vlm, images: Sequence, prompts: Sequence[str], answers: Sequen
            for prompt, row in zip(prompts, answers)]
     if all(len(option) == 1 for row in ids for option in row):
         return _score_single_tokens(vlm, images, prompts, ids, batch_size)
-    return _score_sequences(vlm, images, prompts, answers, ids, batch_size)
+    return _score_shared_prefix(vlm, images, prompts, ids, batch_size)
 
 
 def _score_single_tokens(vlm, images, prompts, ids, batch_size) -> list[np.ndarray]:
@@ -78,8 +80,50 @@ def _score_single_tokens(vlm, images, prompts, ids, batch_size) -> list[np.ndarr
     return out
 
 
+def _cache_argument(model) -> str:
+    """The name under which `model.forward` takes a KV cache: `cache` (transformers >= 5.x), else
+    `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _score_shared_prefix(vlm, images, prompts, ids, batch_size) -> list[np.ndarray]:
+    """Return per image the log-likelihood of each option's tokens ``ids[i][j]`` after ``prompts[i]``.
+
+    One prefill of image + prompt per image; its KV cache is shared by all the options: copied once per
+    option in the batch dimension, and only the answer tokens (all but the last, right-padded to the
+    longest: causal attention keeps the padding out of the real positions) run through the model. Equal to
+    `_score_sequences` (one full sequence per option), at the cost of one prefix instead of one per option.
+    """
+    import torch
+
+    model, out = vlm.model, []
+    cache_arg = _cache_argument(model)
+    pad = vlm.tokenizer.pad_token_id if vlm.tokenizer.pad_token_id is not None else 0
+    for image, prompt, options in zip(images, prompts, ids):
+        with torch.inference_mode():
+            first = model(**_encode(vlm, [prompt], [image]), use_cache=True, logits_to_keep=1)
+            opening = first.logits[0, -1].float().log_softmax(-1)  # predicts every option's first token
+            totals = np.array([float(opening[option[0]]) for option in options])
+            longer = [j for j, option in enumerate(options) if len(option) > 1]
+            for start in range(0, len(longer), batch_size):
+                rows = longer[start:start + batch_size]
+                width = max(len(options[j]) for j in rows) - 1
+                cache = copy.deepcopy(getattr(first, cache_arg))  # the output field has the argument's name
+                cache.batch_repeat_interleave(len(rows))
+                tokens = torch.tensor([list(options[j][:-1]) + [pad] * (width - len(options[j]) + 1) for j in rows],
+                                      device=vlm.device)
+                logprobs = model(input_ids=tokens, use_cache=True, **{cache_arg: cache}).logits.float().log_softmax(-1)
+                for row, j in enumerate(rows):  # position t - 1 predicts answer token t
+                    totals[j] += float(sum(logprobs[row, t - 1, token] for t, token in enumerate(options[j]) if t))
+        out.append(totals)
+    return out
+
+
 def _score_sequences(vlm, images, prompts, answers, ids, batch_size) -> list[np.ndarray]:
-    # One row per (image, option): prompt + answer, scored on the answer's own tokens.
+    """The reference for `_score_shared_prefix`: one sequence per (image, option), prompt + answer, scored on
+    the answer's own tokens (the whole prefix is recomputed for every option)."""
     flat = [(i, j) for i, row in enumerate(ids) for j in range(len(row))]
     totals = [np.zeros(len(row)) for row in ids]
     for start in range(0, len(flat), batch_size):

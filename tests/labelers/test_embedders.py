@@ -121,3 +121,15 @@ def test_efficientnet_tf_preprocessing_recognises_a_real_photo():
         logits = embedder.model(x[None])
     assert int(logits.argmax()) == 698
     assert embedder.encode_batch(x[None]).shape == (1, 1280)
+
+
+def test_channels_last_efficientnet_gives_the_vectors_of_the_contiguous_layout():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(5)]
+    fast = EfficientNetLite0Embedder(64, device="cpu")
+    plain = EfficientNetLite0Embedder(64, device="cpu", channels_last=False)
+    assert fast.id == plain.id  # the same model: cached vectors are shared
+    batch = torch.stack([fast.preprocess(im) for im in images])
+    np.testing.assert_allclose(fast.encode_batch(batch), plain.encode_batch(batch), atol=1e-5)
+    one = np.concatenate([fast.encode_images([im]) for im in images])
+    np.testing.assert_allclose(one, plain.encode_batch(batch), atol=1e-5)

@@ -173,3 +173,36 @@ def test_bad_inputs_fail_clearly():
         head.fit(np.array([[np.nan, 1.0], [0.0, 1.0]]), [0, 1])
     with pytest.raises(ValueError, match="duplicate"):
         ClassifierHead(["a", "a"])
+
+
+def test_warm_started_fit_reaches_the_same_head_as_a_fit_from_the_prior():
+    x, y = blobs(n_per_class=200, k=3, d=8, spread=1.2, seed=4)
+    previous = ClassifierHead(["a", "b", "c"]).fit(x[:500], y[:500])
+    cold = ClassifierHead(["a", "b", "c"]).fit(x, y)
+    warm = ClassifierHead(["a", "b", "c"]).fit(x, y, warm_start=previous)
+    np.testing.assert_allclose(warm.predict_proba(x), cold.predict_proba(x), atol=2e-3)
+    np.testing.assert_allclose(warm.weight.numpy(), cold.weight.numpy(), atol=2e-2 * np.abs(cold.weight.numpy()).max())
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        ClassifierHead(["a", "b", "x"]).fit(x, y, warm_start=previous)
+
+
+def test_temperature_from_folds_started_at_the_full_fit_equals_folds_from_the_prior():
+    # The cheap calibration (float32 folds warm-started from the full fit, looser tolerance) must give the
+    # temperature of the reference path (each fold solved from the prior in float64, as before).
+    x, y = blobs(n_per_class=400, k=3, d=4, spread=1.5, seed=1)
+    head = ClassifierHead(["a", "b", "c"]).fit(x, y)
+    fitted = (head.weight.numpy(), head.bias.numpy(), head.prior_gain)
+    reference = head._cross_validated_temperature(x, y)
+    assert abs(reference - 1.0) > 0.05  # the data needs a temperature, so the comparison means something
+    np.testing.assert_allclose(head._cross_validated_temperature(x, y, fitted), reference, rtol=1e-2)
+    assert head.temperature == pytest.approx(head._cross_validated_temperature(x, y, fitted))
+
+
+def test_with_many_labels_one_held_out_third_gives_the_folds_temperature():
+    from labelers.head import HELD_OUT_ONLY_FROM
+
+    x, y = blobs(n_per_class=HELD_OUT_ONLY_FROM // 3 + 100, k=3, d=4, spread=1.5, seed=2)
+    head = ClassifierHead(["a", "b", "c"]).fit(x, y)
+    reference = head._cross_validated_temperature(x, y)  # 3 folds, each from the prior, float64
+    assert abs(reference - 1.0) > 0.05
+    np.testing.assert_allclose(head.temperature, reference, rtol=0.03)

@@ -42,3 +42,24 @@ def test_classifier_prior_scales_unit_features_before_the_source_classifier():
     assert (ClassifierPrior(["a", "b"], weight, np.zeros(3), [[0, 0, 0], [0, 1, 0]]).proba(x * 50) >= FLOOR).all()
     with pytest.raises(ValueError, match="shapes disagree"):
         ClassifierPrior(["a", "b", "c"], weight, np.zeros(3), [[1, 0, 0], [0, 1, 0]])
+
+
+def test_proba_over_the_used_source_classes_equals_the_full_softmax():
+    # proba computes only the logits of classes some label pools (the softmax normaliser cancels); it must equal
+    # the definition: label_probabilities of the softmax over all C source classes, clipped at FLOOR.
+    rng = np.random.default_rng(3)
+    c, d, k = 60, 16, 4
+    aggregation = np.zeros((k, c))
+    for label, classes in enumerate([[0, 5, 9], [12], [30, 31, 40, 59], []]):
+        aggregation[label, classes] = 1.0
+    aggregation[0, 20] = aggregation[1, 20] = 0.5  # a class shared by two labels
+    prior = ClassifierPrior(list("abcd"), rng.normal(size=(c, d)), rng.normal(size=c), aggregation, 4.0)
+    x = rng.normal(size=(50, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    logits = prior.source_logits(x).astype(np.float64)
+    q = np.exp(logits - logits.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(prior.proba(x), np.clip(label_probabilities(q, aggregation), FLOOR, 1.0),
+                               rtol=1e-5, atol=1e-9)
+    none = ClassifierPrior(list("ab"), rng.normal(size=(c, d)), rng.normal(size=c), np.zeros((2, c)))
+    np.testing.assert_allclose(none.proba(x), 0.5)

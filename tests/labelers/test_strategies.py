@@ -101,7 +101,7 @@ def test_pool_scoring_matches_reference_path(strategy):
     head = ClassifierHead([str(i) for i in range(7)]).init_from_text(rng.normal(size=(7, 16)), 3.0)
     features = rng.normal(size=(1000, 16)).astype(np.float32)
     keys = list(range(1000))
-    fast = score_pool(head, features, strategy, keys=keys, seed=5, chunk_size=128)
+    fast = score_pool(head, features, strategy, keys=keys, seed=5, block_rows=128)
     probs = head.predict_proba(features)
     np.testing.assert_allclose(fast.score, prediction_score(probs, strategy, keys=keys, seed=5), atol=2e-5)
     np.testing.assert_allclose(fast.uncertainty, uncertainty(probs, strategy, keys=keys, seed=5), atol=2e-5)

@@ -79,3 +79,22 @@ def test_shared_labeler_loads_once_per_process(tiny_vlm_dirs, cifar_images):
     assert shared_labeler(str(tiny_vlm_dirs["qwen2-vl"]), device="cpu") is first
     assert shared_labeler(str(tiny_vlm_dirs["llava-next"]), device="cpu") is not first
     assert first.classify(images[:2], ["cat", "dog", "ship"]).shape == (2, 3)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_shared_prefix_scoring_equals_one_sequence_per_option(tiny_labelers, cifar_images, model):
+    # One prefill per image, its KV cache reused by every option, must give the log-likelihoods of scoring
+    # prompt + answer as one full sequence per option (the previous path).
+    from labelers.vlm.scoring import _score_shared_prefix
+
+    images, _ = cifar_images
+    labeler = tiny_labelers[model]
+    vlm, prompts_cfg = labeler.vlm, labeler.settings.prompts
+    prompts = [chat_prompt(vlm.processor, make_question("ordinary", [0, 1, 2, 3], CIFAR10_CLASSES), prompts_cfg)] * 3
+    answers = [[" A .", " B", " C . .", " D ."], [" cat", " dog .", " A", " bird , ship"], [" B . .", " C", " D", " A"]]
+    ids = [[answer_token_ids(vlm.tokenizer, p, a) for a in row] for p, row in zip(prompts, answers)]
+    reference = _score_sequences(vlm, images[:3], prompts, answers, ids, batch_size=5)
+    for batch_size in (1, 3, 8):  # options continued from the cache in groups of batch_size
+        shared = _score_shared_prefix(vlm, images[:3], prompts, ids, batch_size=batch_size)
+        np.testing.assert_allclose(np.vstack(shared), np.vstack(reference), atol=1e-4)
+    assert np.vstack(reference).std() > 0.1  # the options really differ
