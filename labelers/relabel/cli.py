@@ -55,11 +55,17 @@ def _embed_set(paths, embedder, cache, options, seed, what, ray=None, cam_head=N
         from ..ray_jobs import regions_on_ray
 
         return regions_on_ray(paths, CHUNK, embedder.spec, cache.path, options, seed, ray)
+    boxes_of = None
+    if options["regions"] == "cam":
+        from .cam import cam_proposals
+
+        def boxes_of(images):
+            return cam_proposals(embedder, cam_head, images, top_k=options["num_crops"])
     boxes, region_features = [], []
     bar = tqdm(total=len(paths), desc=f"regions {what}", unit="img")
     for start in range(0, len(paths), CHUNK):
         chunk_features, chunk_boxes = embed_chunk(paths[start:start + CHUNK], start, embedder, cache, options, seed,
-                                                  cam_head)
+                                                  boxes_of)
         boxes += chunk_boxes
         region_features += chunk_features
         bar.update(len(chunk_boxes))

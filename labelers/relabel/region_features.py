@@ -50,16 +50,14 @@ def embed_regions(embedder: Embedder, cache: EmbeddingCache | None, images: Sequ
     return np.split(flat, np.cumsum(sizes)[:-1])
 
 
-def embed_chunk(paths, start: int, embedder, cache, options, seed, cam_head=None):
+def embed_chunk(paths, start: int, embedder, cache, options, seed, boxes_of=None):
     """Return (region embeddings per image, boxes per image) of the images ``paths`` that start at position
-    ``start`` of the set (it seeds their random regions); ``cam_head`` is the head --regions cam needs.
-    The per-batch step, in one process or on Ray."""
+    ``start`` of the set (it seeds their random regions). ``boxes_of(images)`` replaces the proposals of
+    ``options["regions"]`` (--regions cam passes its CAM boxes). The per-batch step, in one process or on Ray."""
     size = int(options["crop_size"]) if str(options["crop_size"]).isdigit() else options["crop_size"]
     images = [load_image(p) for p in paths]
-    if options["regions"] == "cam":
-        from .cam import cam_proposals
-
-        boxes = cam_proposals(embedder, cam_head, images, top_k=options["num_crops"])
+    if boxes_of is not None:
+        boxes = boxes_of(images)
     else:
         boxes = [propose(image, options["regions"], options["num_crops"], size, seed=seed + start + j,
                          name=str(path)) for j, (image, path) in enumerate(zip(images, paths))]
