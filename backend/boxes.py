@@ -30,7 +30,7 @@ import numpy as np
 from backend.acceptance import boxes_suggestion
 from backend.embedding import fetch_deadline
 from backend.labels import ImageClassification, LabelConfigError, _image_of, _split_names, _truthy, \
-    label_interface, parse_label_config
+    label_interface, parse_label_config, settings_from_params
 from backend.loading import LoadOncePool
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,7 @@ def box_settings(extra: dict[str, Any] | None) -> BoxSettings:
         raw = {}
     if not isinstance(raw, dict):
         raise LabelConfigError(f"extra_params {PARAM} must be an object such as {{\"max_boxes\": 5}}, got {raw!r}")
-    known = set(BoxSettings.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise LabelConfigError(f"extra_params {PARAM}: unknown key(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(sorted(known))}")
-    try:
-        settings = BoxSettings(**raw)
-    except TypeError as exc:
-        raise LabelConfigError(f"extra_params {PARAM}: {exc}") from None
+    settings = settings_from_params(BoxSettings, raw, PARAM)
     if settings.proposer not in (None, "sam", CLASSICAL):
         raise LabelConfigError(f"extra_params {PARAM} proposer must be sam or {CLASSICAL}, got {settings.proposer!r}")
     checks = (("min_score", 0.0, 1.0), ("mask_nms_iou", 0.0, 1.0), ("min_box_fraction", 0.0, 1.0),

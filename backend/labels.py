@@ -28,6 +28,20 @@ class LabelConfigError(ValueError):
     """The label config cannot be served; the message says what is missing and what would work."""
 
 
+def settings_from_params(cls, raw: dict, param: str):
+    """Return ``cls(**raw)`` for the dataclass ``cls`` of extra_params key ``param``; raises LabelConfigError
+    naming the unknown keys (and the known ones) or the argument the dataclass refused."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise LabelConfigError(f"extra_params {param}: unknown key(s) {', '.join(unknown)}; "
+                               f"known: {', '.join(sorted(known))}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise LabelConfigError(f"extra_params {param}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ImageClassification:
     """One classification control on one image object: what to read from tasks and what to emit."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from backend.acceptance import choices_suggestion
 from backend.embedding import fetch_deadline
-from backend.labels import ImageClassification, LabelConfigError
+from backend.labels import ImageClassification, LabelConfigError, settings_from_params
 
 PARAM = "relabel"
 CHUNK = 16  # images whose regions are embedded together; the predict budget is checked between chunks
@@ -62,15 +62,10 @@ def relabel_settings(extra: dict[str, Any] | None, target: ImageClassification) 
     if not target.multiple or target.kind != "choices":
         raise LabelConfigError(f"extra_params {PARAM} suggests several labels per image: it needs <Choices "
                                f"name={target.from_name!r} choice=\"multiple\">")
-    known = set(RelabelSettings.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise LabelConfigError(f"extra_params {PARAM}: unknown key(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(sorted(known))}")
+    settings = settings_from_params(RelabelSettings, raw, PARAM)
     try:
-        settings = RelabelSettings(**raw)
         _check(settings)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise LabelConfigError(f"extra_params {PARAM}: {exc}") from None
     return settings
 

@@ -166,6 +166,21 @@ def _collate(items):
     return [i for i, _ in good], batch, bad
 
 
+def fill_from_cache(embedder: Embedder, cache: EmbeddingCache | None, keys: Sequence[str | None],
+                    features: np.ndarray) -> tuple[dict[str, list[int]], list[int]]:
+    """Fill the rows of ``features`` whose content key ``cache`` holds; return (rows of each key, one
+    representative row per image still to embed). Rows with the same bytes share a key, so a picture listed
+    twice reaches the model once; a None key (unreadable file) is left out."""
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key:
+            rows_of.setdefault(key, []).append(i)
+    known = cache.get_many(embedder.id, list(rows_of)) if cache else {}
+    for key, vector in known.items():
+        features[rows_of[key]] = vector
+    return rows_of, [rows[0] for key, rows in rows_of.items() if key not in known]
+
+
 def _embed(embedder: Embedder, cache: EmbeddingCache | None, readers: Sequence[Callable[[], bytes]],
            names: Sequence[str], batch_size: int, num_workers: int | None, progress: bool) -> EmbedResult:
     from tqdm.auto import tqdm
@@ -179,15 +194,7 @@ def _embed(embedder: Embedder, cache: EmbeddingCache | None, readers: Sequence[C
             keys[i] = content_key(read())
         except OSError as exc:
             errors[i] = f"{names[i]}: cannot read ({exc.strerror or exc})"
-    # Every row that holds the same bytes, so a picture listed twice in one batch reaches the model once.
-    rows_of: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        if key:
-            rows_of.setdefault(key, []).append(i)
-    known = cache.get_many(embedder.id, list(rows_of)) if cache else {}
-    for key, vector in known.items():
-        features[rows_of[key]] = vector
-    todo = [rows[0] for key, rows in rows_of.items() if key not in known]  # one representative row per image
+    rows_of, todo = fill_from_cache(embedder, cache, keys, features)
     failed = 0
     if todo:
         workers = num_workers if num_workers is not None else (0 if len(todo) < 512 else 2)

@@ -234,7 +234,7 @@ def embed_files_on_ray(embedder, cache, paths: Sequence[str | Path], batch_size:
     """
     import numpy as np
 
-    from .cache import EmbedResult
+    from .cache import EmbedResult, fill_from_cache
 
     paths = [str(p) for p in paths]
     features = np.full((len(paths), embedder.dim), np.nan, dtype=np.float32)
@@ -247,14 +247,7 @@ def embed_files_on_ray(embedder, cache, paths: Sequence[str | Path], batch_size:
             if error:
                 errors[row] = error
             row += 1
-    rows_of: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        if key:
-            rows_of.setdefault(key, []).append(i)
-    known = cache.get_many(embedder.id, list(rows_of)) if cache else {}
-    for key, vector in known.items():
-        features[rows_of[key]] = vector
-    todo = [rows[0] for key, rows in rows_of.items() if key not in known]  # one row per distinct image
+    rows_of, todo = fill_from_cache(embedder, cache, keys, features)  # one row per distinct image
     computed = 0
     todo_batches = in_batches(todo, batch_size)
     results = map_batches([[paths[i] for i in batch] for batch in todo_batches], _embedding_function,
