@@ -198,7 +198,7 @@ def merge(
 
     from labelers.pseudo import postprocess
     from labelers.pseudo.coco import CocoError
-    from labelers.pseudo.run import PseudoRunError, merge_records, write_outputs
+    from labelers.pseudo.run import PseudoRunError, merge_records, write_outputs, write_records
     from labelers.pseudo.vocabulary import VocabularyError
 
     paths = []
@@ -223,6 +223,8 @@ def merge(
             records, kept = postprocess.frequency_cut(records, min_count)
             typer.echo(f"frequency cut >= {min_count}: {len(kept)} categories kept: {', '.join(kept)}")
         files = write_outputs(records, output_dir, _labels(labels) or _labels(map_to), base)
+        # The merged, post-processed records too: the source `labelloop export` converts from.
+        files["records"] = write_records(records, output_dir / "records.jsonl")
     except (PseudoRunError, CocoError, VocabularyError) as exc:
         _fail(str(exc))
     typer.echo(f"{shards_count} images from {len(paths)} shards")
@@ -271,10 +273,7 @@ def _names(records, output_dir: Path, map_to, synonyms, merge_synonyms, text_enc
     typer.echo(report.summary())
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "name_mapping.json").write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-    from labelers.pseudo.run import write_records
-
-    write_records(records, output_dir / "records.jsonl")  # the mapped records, unmapped boxes included
-    return records
+    return records  # merge writes them to records.jsonl, unmapped boxes included
 
 
 def register(app: typer.Typer) -> None:

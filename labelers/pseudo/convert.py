@@ -79,6 +79,8 @@ def read_boxes(path: str | Path, fmt: str | None = None, images: str | Path | No
     """
     from labelers.pseudo.run import read_records
 
+    if not Path(path).is_file():
+        raise BoxFormatError(f"{path}: no such file")
     fmt = fmt or sniff_box_format(path)
     if fmt == "records":
         return read_records(Path(path))

@@ -1,6 +1,7 @@
 """The CoT-PL workflow block of docs/pseudo-labels.md, run line by line from a fresh working directory on
 tiny-coco with the tiny random models: shards, merge with exclusions / NMS / frequency cut, the merge into
-the base instances file and the class weights."""
+the base instances file and the class weights, then `labelloop export` of the merged records to COCO and
+to Label Studio boxes."""
 import json
 import os
 import re
@@ -28,7 +29,7 @@ def test_documented_workflow_runs_from_another_directory(tmp_path, monkeypatch, 
     monkeypatch.setenv("TINY_COCO", str(TINY_COCO))
     monkeypatch.chdir(tmp_path)
     commands = workflow_commands()
-    assert [c[:3] for c in commands][0] == ["python", "-m", "labelers.pseudo.tiny"] and len(commands) == 4
+    assert [c[:3] for c in commands][0] == ["python", "-m", "labelers.pseudo.tiny"] and len(commands) == 6
     runner = CliRunner()
     outputs = []
     for command in commands:
@@ -55,3 +56,9 @@ def test_documented_workflow_runs_from_another_directory(tmp_path, monkeypatch, 
     assert all(any(a["category_id"] == c["id"] for a in merged["annotations"]) for c in new)   # no empty class
     weights = json.loads(Path("merged/class_weights.json").read_text())
     assert len(weights["weights"]) == len(merged["categories"]) + 1 and weights["names"][-1] == "background"
+    exported = json.loads(Path("boxes.json").read_text())   # merged/records.jsonl -> COCO -> LS boxes
+    assert len(exported["annotations"]) == len(instances["annotations"]) > 0
+    assert [c["name"] for c in exported["categories"]] == ["lamp", "kite"]
+    tasks = json.loads(Path("ls.json").read_text())
+    boxes = [r for t in tasks for p in t["predictions"] for r in p["result"]]
+    assert len(boxes) == len(exported["annotations"]) and {b["type"] for b in boxes} == {"rectanglelabels"}
