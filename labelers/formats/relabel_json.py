@@ -111,9 +111,25 @@ def read_holdout_originals(path: str | Path, n_classes: int | None = None):
 
 
 def write_relabel_json(path: str | Path, rows: list[tuple[str, list[int]]], **extra) -> Path:
-    """Write rows [(img_path, labels)] (and any extra top-level keys, e.g. scores) atomically; returns path."""
-    data = [{"img_path": str(p), "labels": [int(i) for i in labels]} for p, labels in rows]
+    """Write rows [(img_path, labels)] (and any extra top-level keys, e.g. scores) atomically; returns path.
+
+    An img_path naming a file from the current folder is written relative to the JSON's folder, where the
+    reader resolves it: the file stays right wherever the command ran. Other references are kept as given."""
+    folder = Path(path).parent.absolute()
+    data = [{"img_path": _portable(str(p), folder), "labels": [int(i) for i in labels]} for p, labels in rows]
     return atomic_write_json(path, {"data": data, **extra})
+
+
+def _portable(image: str, folder: Path) -> str:
+    return os.path.relpath(Path(image).absolute(), folder) if Path(image).is_file() else image
+
+
+def image_identity(image: str, json_path: str | Path) -> str:
+    """Return the normalised absolute path ``image`` of the JSON at ``json_path`` names (resolved from the
+    JSON's folder, as the reader does), or ``image`` unchanged when no such file exists: the key two label
+    files written from different folders are matched by."""
+    found = Path(image) if Path(image).is_absolute() else Path(json_path).parent / image
+    return str(found.resolve()) if found.is_file() else image
 
 
 def atomic_write_json(path: str | Path, payload) -> Path:

@@ -240,18 +240,19 @@ def evaluate(
     over images; empty true sets unscored, as in ReaL) and label cardinality; with --classifier, the
     ReaL-style top-1 of the classifier's predictions on the same images."""
     from ..formats.real_json import read_real_json
-    from ..formats.relabel_json import RelabelFormatError, atomic_write_json, read_class_index, read_relabel_json
+    from ..formats.relabel_json import RelabelFormatError, atomic_write_json, image_identity, read_class_index, \
+        read_relabel_json
     from .metrics import multi_hot, real_accuracy, set_metrics
 
     try:
         k = len(read_class_index(class_index)) if class_index else None
-        rows = read_relabel_json(predicted, k)
+        rows = [(image_identity(p, predicted), labels) for p, labels in read_relabel_json(predicted, k)]
         raw = json.loads(truth.read_text(encoding="utf-8"))
         if isinstance(raw, list):
             by_name = read_real_json(truth, [Path(p).name for p, _ in rows], k)
             true_sets = [by_name[Path(p).name] for p, _ in rows]
         else:
-            known = dict(read_relabel_json(truth, k))
+            known = {image_identity(p, truth): labels for p, labels in read_relabel_json(truth, k)}
             missing = [p for p, _ in rows if p not in known]
             if missing:
                 raise RelabelFormatError(f"{truth}: no truth for {len(missing)} predicted images, first {missing[0]}")
@@ -275,14 +276,14 @@ def _classifier_top1(path: Path, img_paths: list[str], n_classes: Optional[int])
     row; raises RelabelFormatError naming the row of a row with != 1 label or a missing image."""
     import numpy as np
 
-    from ..formats.relabel_json import RelabelFormatError, read_relabel_json
+    from ..formats.relabel_json import RelabelFormatError, image_identity, read_relabel_json
 
     predictions = {}
     for row, (image, labels) in enumerate(read_relabel_json(path, n_classes)):
         if len(labels) != 1:
             raise RelabelFormatError(f"{path}: row {row} ({image}): {len(labels)} labels; a classifier's "
                                      f"prediction is one class per image")
-        predictions[image] = labels[0]
+        predictions[image_identity(image, path)] = labels[0]
     missing = [p for p in img_paths if p not in predictions]
     if missing:
         raise RelabelFormatError(f"{path}: no prediction for {len(missing)} images, first {missing[0]}")

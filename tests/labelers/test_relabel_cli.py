@@ -134,3 +134,31 @@ def test_cam_regions_on_ray_are_refused_before_any_embedding(scene_run, tmp_path
     result = _relabel(root, tmp_path / "cam-ray", "--regions", "cam", "--ray")
     assert result.exit_code == 2 and "--regions cam does not run on --ray" in result.output
     assert not (tmp_path / "cam-ray" / "rounds.json").exists()
+
+
+def test_label_files_chain_across_folders_export_relabel_evaluate(scene_run, tmp_path, monkeypatch):
+    """export in one folder, relabel from a second into a third, evaluate from a fourth: every file's
+    img_path resolves from its own folder, so the chain matches the same images (it broke when paths were
+    written as seen from the folder the command ran in)."""
+    root, train = scene_run
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / name).mkdir()
+    runner = CliRunner()
+    given = root / "train" / "given.csv"   # an auto_labels.csv of ordinary labels: file, label (no header)
+    given.write_text("".join(f"{p.name},{CLASSES[o]}\n" for p, o in zip(train.paths, train.original)))
+    monkeypatch.chdir(tmp_path / "a")
+    exported = runner.invoke(app, ["export", str(given), "../b/seed.json", "--ordinary",
+                                   "--format", "relabel-json", "--classes", ",".join(CLASSES),
+                                   "--data", str(root / "train")])
+    assert exported.exit_code == 0, exported.output
+    first = json.loads((tmp_path / "b" / "seed.json").read_text())["data"][0]["img_path"]
+    assert (tmp_path / "b" / first).resolve() == train.paths[0].resolve()
+    monkeypatch.chdir(tmp_path / "c")
+    ran = runner.invoke(app, ["relabel", "--data", "../b/seed.json", "--class-index", "../b/seed_class_index.json",
+                              "--cache", str(root / "cache.sqlite"), "--embedder", "efficientnet-lite0@96",
+                              "--rounds", "1", "--output-dir", "../d"])
+    assert ran.exit_code == 0, ran.output
+    monkeypatch.chdir(tmp_path / "e")
+    scored = runner.invoke(app, ["relabel", "evaluate", "../d/labels.json", str(root / "train" / "truth.json")])
+    assert scored.exit_code == 0, scored.output
+    assert "f1" in scored.output
