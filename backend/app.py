@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.config import Settings, load_settings, startup_warnings
 from backend.labels import LabelConfigError
+from backend.learners import learner_status
 from backend.events import TRAIN_EVENTS
 from backend.embedding import EmbedderMismatch
 from backend.model import EventError, LabelloopModel
@@ -397,6 +398,7 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
             "warm_cache": runtime.warmer.status(project.id),
             "predictor": _predictor_status(runtime, project.id),
             "suggestions": runtime.suggestions.ledger.summary(project.id),  # acceptance (backend.acceptance)
+            "learner": learner_status(store, project.id),  # head / mix / lp and any fallback (backend.learners)
         }
     return {"worker_pid": os.getpid(), "projects": projects, "vlm": runtime.vlms.status(),
             "counters": runtime.counters.snapshot()}

@@ -15,7 +15,11 @@ def serve(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="State folder (env MODEL_DIR)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file (env LABELLOOP_CONFIG)."),
     embedder: Optional[str] = typer.Option(None, help="Embedder spec (env LABELLOOP_EMBEDDER; default auto)."),
-    strategy: Optional[str] = typer.Option(None, help="margin|entropy|least|random (env LABELLOOP_STRATEGY)."),
+    strategy: Optional[str] = typer.Option(None, help="margin|entropy|least|random|gaussian, optionally +head|+mix|+lp "
+                                           "(env LABELLOOP_STRATEGY; default margin)."),
+    learner: Optional[str] = typer.Option(None, help="head|mix|lp: the head alone, its mean with label spreading "
+                                          "over the pool's k-NN graph, or spreading alone (env LABELLOOP_LEARNER; "
+                                          "default mix)."),
     predictor: Optional[str] = typer.Option(None, help="head|vlm: what pre-annotates projects (env LABELLOOP_PREDICTOR)."),
     vlm_model: Optional[str] = typer.Option(None, "--vlm-model",
                                             help="VLM preset, hub name or folder (env LABELLOOP_VLM_MODEL)."),
@@ -26,7 +30,7 @@ def serve(
     from backend.store import StoreError, prepare_model_dir
 
     options = {"host": host, "port": port, "workers": workers, "threads": threads, "model_dir": model_dir,
-               "embedder": embedder, "strategy": strategy, "log_level": log_level, "predictor": predictor,
+               "embedder": embedder, "strategy": strategy, "learner": learner, "log_level": log_level, "predictor": predictor,
                "vlm_model": vlm_model}
     try:
         settings = load_settings(config_path=config, **options)

@@ -20,6 +20,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from configs import read_mapping
 from labelers.formats.label_studio import LOCAL_FILES_ROOT_ENV
+from backend.learners import LEARNERS, parse_strategy
 from labelers.strategies import STRATEGIES  # the one list of strategy names (re-exported for backend.model)
 
 RETRAIN_POLICIES = ("on_submit", "manual")
@@ -56,7 +57,8 @@ class Settings(BaseSettings):
     log_level: str = _env("INFO", "LOG_LEVEL")
     embedder: str = _env("auto", "LABELLOOP_EMBEDDER")
     clip: str | None = _env(None, "LABELLOOP_CLIP", "LABELLOOP_CLIP_WEIGHTS")  # for embedder "auto"
-    strategy: Literal[STRATEGIES] = _env("margin", "LABELLOOP_STRATEGY")
+    strategy: str = _env("margin", "LABELLOOP_STRATEGY")  # a name, or name+learner ("margin+mix")
+    learner: Literal[LEARNERS] = _env("mix", "LABELLOOP_LEARNER")  # backend/learners.py, docs/backend.md §4b
     predictor: Literal[PREDICTORS] = _env("head", "LABELLOOP_PREDICTOR")
     vlm_model: str = _env("llava-next", "LABELLOOP_VLM_MODEL")
     vlm_mode: Literal[VLM_MODES] = _env("auto", "LABELLOOP_VLM_MODE")
@@ -90,6 +92,12 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_spec(cls, value: str) -> str:
+        parse_strategy(value, STRATEGIES)  # a typo fails at start-up, naming the accepted values
+        return value
 
     @field_validator("model_dir", "local_files_document_root", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from backend.accuracy import describe, estimate_accuracy
 from backend.events import usable
 from backend.heads import HeadCache, head_digest, label_probabilities, prior_head
 from backend.labels import ImageClassification, parse_label_config
+from backend.learners import STATE_KEY as LEARNER_KEY, LearnerFit, SavedWithPool
 from backend.logs import Redactor
 from backend.predictor import PredictorRules
 from backend.store import Annotation, Store
@@ -56,11 +57,14 @@ def labels_not_in_config(store: Store, project: str, target: ImageClassification
 
 
 def training_fingerprint(embedder_spec: str, target: ImageClassification, task_ids: list[int],
-                         labels: list[list[str]], media: dict[int, tuple[str | None, str | None]]) -> str:
-    """Return a hash of everything a head is fitted on: the embedder, the label config's classes, and each
-    annotated task with its labels and image URL. Two runs with the same fingerprint fit the same head."""
+                         labels: list[list[str]], media: dict[int, tuple[str | None, str | None]],
+                         learner: str = "head") -> str:
+    """Return a hash of everything a head is fitted on: the embedder, the label config's classes, each
+    annotated task with its labels and image URL, and the configured learner (backend.learners). Two runs
+    with the same fingerprint fit the same head."""
     rows = [[t, sorted(chosen), media.get(t, (None, None))[0]] for t, chosen in zip(task_ids, labels)]
-    blob = json.dumps([embedder_spec, list(target.labels), target.multiple, rows], separators=(",", ":"))
+    parts = [embedder_spec, list(target.labels), target.multiple, rows] + ([learner] if learner != "head" else [])
+    blob = json.dumps(parts, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -68,8 +72,9 @@ class HeadTrainer:
     """Trains and publishes heads; owns the re-read of annotations and the optional push of predictions."""
 
     def __init__(self, store: Store, embeddings, heads: HeadCache, ls, version_sync, rules: PredictorRules,
-                 push_predictions: bool = False, redactor: Redactor | None = None, suspects=None):
+                 push_predictions: bool = False, redactor: Redactor | None = None, suspects=None, learner=None):
         self.store, self.embeddings, self.heads, self.ls = store, embeddings, heads, ls
+        self.learner = learner  # backend.learners.PoolLearner: label spreading beside the head (None: head only)
         self.suspects = suspects  # backend.suspects.SuspectAuditor, run after each publish (never fails it)
         self.version_sync, self.rules = version_sync, rules
         self.push_enabled = push_predictions
@@ -104,7 +109,8 @@ class HeadTrainer:
                         project_id, listed)
             notes.append(f"labels not in the label config, not learnt from: {listed}")
         urls = self.store.content_keys(project_id, task_ids)
-        fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls)
+        configured = self.rules.learner(project.extra_params) if self.learner is not None else "head"
+        fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls, configured)
         served = self.store.get_version(project_id, project.model_version)
         if served is not None and served.fingerprint == fingerprint and not self.heads.intact(served):
             # Same training set, but the served head is damaged on disk (refused when served): publish it anew.
@@ -121,7 +127,9 @@ class HeadTrainer:
                 return None, 0, "no usable annotations (none, all skipped, or no label from this config)"
             # Every annotation was deleted: go back to the untrained prior rather than keep serving old labels.
             prior = prior_head(target, self.embeddings.embedder(project), self.heads.priors)
-            return self.publish(project_id, prior, 0, fingerprint), 0, "no annotations left: back to the prior"
+            version = self.publish(project_id, prior, 0, fingerprint)
+            self._record_learner(project_id, version, LearnerFit(configured, "head", reason="no annotations"))
+            return version, 0, "no annotations left: back to the prior"
         tasks = [{"id": t, "data": {target.data_key: urls.get(t, (None, None))[0]}} for t in task_ids]
         embedded = self.embeddings.embed(project, tasks, target.data_key)
         rows = np.flatnonzero(embedded.ok)
@@ -131,7 +139,12 @@ class HeadTrainer:
         features, y = embedded.features[rows], _targets(target, [labels[i] for i in rows])
         head = prior_head(target, embedded.embedder, self.heads.priors)  # the same prior as r0
         head.fit(features, y, warm_start=self._warm_start(project_id, served, target, embedded.embedder, head))
-        version = self.publish(project_id, head, len(rows), fingerprint)
+        fit = LearnerFit("head", "head") if self.learner is None else self.learner.fit(
+            project_id, configured, target, embedded.embedder.id, [embedded.keys[i] for i in rows], y)
+        version = self.publish(project_id, SavedWithPool(head, fit.pool), len(rows), fingerprint, fit.used)
+        self._record_learner(project_id, version, fit)
+        if fit.reason:
+            notes.append(f"learner {fit.configured} not used ({fit.reason}): head probabilities served")
         # Estimated after publishing: the k-fold fits must not delay the version annotators are waiting for.
         accuracy = self.estimate(target, embedded.embedder, features, y, self.heads.priors)
         if accuracy is not None:
@@ -186,13 +199,19 @@ class HeadTrainer:
         self.store.remember_tasks(project_id, task_urls)
         return self.store.replace_annotations(project_id, annotations)
 
-    def publish(self, project_id: str, head, n_annotations: int, fingerprint: str | None = None) -> str:
+    def _record_learner(self, project_id: str, version: str, fit: LearnerFit) -> None:
+        """Keep the learner the version was published with for /metrics and `labelloop status`."""
+        self.store.kv_set(project_id, LEARNER_KEY, json.dumps(fit.state(version)))
+
+    def publish(self, project_id: str, head, n_annotations: int, fingerprint: str | None = None,
+                learner: str = "head") -> str:
         """Save `head` to a fresh folder, then switch the project to it in one SQLite transaction; returns
-        the new version. Label Studio's project version follows once it has predictions of it (VersionSync)."""
+        the new version (naming `learner` unless it is the head alone). Label Studio's project version
+        follows once it has predictions of it (VersionSync)."""
         store = self.store
         project = store.get_project(project_id)
         revision = store.next_revision(project_id)
-        version = head_version(project.embedder, project_id, revision)
+        version = head_version(project.embedder, project_id, revision, learner)
         heads_dir = store.heads_dir(project_id)
         final = heads_dir / f"r{revision}"
         staging = heads_dir / f".r{revision}-{uuid.uuid4().hex[:8]}"

@@ -164,8 +164,11 @@ class HeadCache:
     loads is served instead, and its version is what the predictions carry. The next publish replaces it.
     """
 
-    def __init__(self, cold_start=None, priors: ImageNetPriors | None = None, store=None):
+    def __init__(self, cold_start=None, priors: ImageNetPriors | None = None, store=None, cache=None):
         self._heads: dict[str, tuple[tuple, Any, Any]] = {}
+        self._pools: dict[tuple[str, str], Any] = {}  # (project, version) -> its backend.learners.PoolScores
+        self.cache = cache  # the embedding cache: graph vectors for tasks embedded after the graph was built
+        self._learner_problems: dict[str, str] = {}  # project -> why its version's learner is not served
         self._lock = threading.Lock()
         self.loads = 0  # how many times a head was built or read from disk (tests check it stays put)
         self.cold_start = cold_start  # a backend.cold_start.ColdStartOrder, or None (strategy scores only)
@@ -186,11 +189,39 @@ class HeadCache:
             if entry and entry[0] == key:
                 return entry[1], entry[2]
         head, used = self._load_good(project, version, target, embedder)
+        pool = self._load_pool(project, used)
         with self._lock:
             self._heads[project] = (key, head, used)
+            self._pools = {k: v for k, v in self._pools.items() if k[0] != project}
+            if pool is not None:
+                self._pools[(project, used.model_version)] = pool
             self.loads += 1
         log.info("project %s: serving head %s", project, used.model_version)
         return head, used
+
+    def _load_pool(self, project: str, version):
+        """Return the version's PoolScores (label spreading, backend.learners), or None for a head-only one.
+        An unreadable file serves the head, with an error in the log and in /health."""
+        from backend.learners import PoolScores
+
+        self._learner_problems.pop(project, None)  # a newly served version starts clean
+        if not version.head_dir:
+            return None
+        try:
+            return PoolScores.load(version.head_dir)
+        except Exception as exc:  # digest-checked with the head, so only a changed format lands here
+            self._learner_problem(project, f"learner file of {version.model_version} unreadable ({exc})")
+            return None
+
+    def _learner_problem(self, project: str, why: str) -> None:
+        if self._learner_problems.get(project) != why:
+            log.error("project %s: %s; serving the head's probabilities", project, why)
+        self._learner_problems[project] = why
+
+    def pool(self, project: str, version):
+        """Return the PoolScores serving `version` of `project` (after `serving`), or None."""
+        with self._lock:
+            return self._pools.get((project, version.model_version))
 
     def _load_good(self, project: str, version, target: ImageClassification, embedder):
         earlier = [] if self.store is None else sorted(
@@ -240,9 +271,11 @@ class HeadCache:
     def problems(self) -> list[str]:
         """Return one line per head this process refused (for /health), naming the version and why."""
         current = {} if self.store is None else {p: self.store.current_version(p) for p, _ in self._refused}
-        return [f"project {project}: head {version} refused ({why}); an earlier version is served"
-                for (project, version), why in sorted(self._refused.items())
-                if self.store is None or current[project] == version]  # a newer publish ends the problem
+        refused = [f"project {project}: head {version} refused ({why}); an earlier version is served"
+                   for (project, version), why in sorted(self._refused.items())
+                   if self.store is None or current[project] == version]  # a newer publish ends the problem
+        return refused + [f"project {project}: {why}; the head's probabilities are served"
+                          for project, why in sorted(self._learner_problems.items())]
 
     def predictions(self, project: str, version, target: ImageClassification, embedded, strategy: str,
                     similar_scores: dict[str, float] | None = None):
@@ -253,7 +286,30 @@ class HeadCache:
         cold = similar_scores
         if cold is None and self.cold_start is not None and in_cold_start(version, embedded.embedder, target):
             cold = self.cold_start.scores(project, embedded.embedder.id, len(target.labels))
-        return head_predictions(head, target, embedded, strategy, version.model_version, cold_scores=cold)
+        return head_predictions(head, target, embedded, strategy, version.model_version, cold_scores=cold,
+                                mix=self._mixer(project, version, target))
+
+    def _mixer(self, project: str, version, target: ImageClassification):
+        """Return f(head_probs, keys, features) -> the version's learner probabilities, or None (head only)."""
+        pool = self.pool(project, version)
+        if pool is None:
+            return None
+        if tuple(pool.labels) != tuple(target.labels):
+            self._learner_problem(project, f"{version.model_version}'s label spreading knows labels "
+                                  f"{list(pool.labels)}, the label config {list(target.labels)}")
+            return None
+
+        def vectors(embedder_id: str, keys: list[str]) -> dict:
+            return self.cache.get_many(embedder_id, keys) if self.cache is not None else {}
+
+        def mix(head_probs, keys, features):
+            try:
+                return pool.combine(head_probs, keys, features, vectors)
+            except Exception as exc:  # the graph's vectors left the cache, say: serve the head, loudly
+                self._learner_problem(project, f"{pool.learner} of {version.model_version} not applied to new "
+                                      f"tasks ({type(exc).__name__}: {exc})")
+                return head_probs
+        return mix
 
 
 def label_probabilities(head, target: ImageClassification, features: np.ndarray) -> np.ndarray:
@@ -317,14 +373,17 @@ def choose(probs_row: np.ndarray, target: ImageClassification, evident: set[str]
 
 
 def head_predictions(head, target: ImageClassification, embedded, strategy: str, model_version: str,
-                     cold_scores: dict[str, float] | None = None):
+                     cold_scores: dict[str, float] | None = None, mix=None):
     """Return one item per task of `embedded` (a backend.embedding.TaskEmbeddings): a PredictionValue with the
     head's labels and score; an empty result with score None for an unreadable image; [] for a task still
     pending (not predicted: Label Studio stores nothing and asks again).
 
     `cold_scores` ({content key: score}, backend.cold_start): when given, a task's score is its cold-start
     score instead of the strategy's, and each pre-checked region carries the head's probability as "score"
-    (the task's score is then a rank, not a confidence)."""
+    (the task's score is then a rank, not a confidence).
+
+    `mix` (HeadCache._mixer): f(head probabilities, content keys, features) -> the probabilities of the
+    version's learner (head + label spreading); labels, region scores and the strategy's score use them."""
     from backend.schemas import PredictionValue
 
     items: list = [PredictionValue(result=[], score=None, model_version=model_version)
@@ -332,6 +391,8 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
     rows = np.flatnonzero(embedded.ok)
     if len(rows):
         probs = label_probabilities(head, target, embedded.features[rows])
+        if mix is not None:
+            probs = mix(probs, [embedded.keys[i] for i in rows], embedded.features[rows])
         row_scores = scores(probs, strategy, target.multiple, keys=[embedded.keys[i] for i in rows])
         evident = evidence(head)
         for j, i in enumerate(rows):

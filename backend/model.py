@@ -115,6 +115,12 @@ class LabelloopModel:
         return self.rules.strategy(self.extra_params)
 
     @property
+    def learner(self) -> str:
+        """The learner behind the probabilities ("head" | "mix" | "lp", backend.learners): the strategy's
+        modifier, else extra_params["learner"], else the configured default."""
+        return self.rules.learner(self.extra_params)
+
+    @property
     def similar_to(self) -> int | str | None:
         """The "more like this" reference (extra_params similar_to: a task id or an image URL), or None."""
         return parse_reference(self.extra_params)
@@ -135,17 +141,29 @@ class LabelloopModel:
         Raises LabelConfigError when the label config or extra_params cannot be served. A newly connected
         project gets its tasks embedded in the background when Label Studio credentials are configured.
         """
-        _ = self.target, self.strategy, self.predictor, self.relabel  # validate before recording anything
+        _ = self.target, self.strategy, self.learner, self.predictor, self.relabel  # validate before recording
         _ = self.boxes and box_settings(self.extra_params)
         self._check_reference()
         project, created = self._connect()
         if created or not self.warmer.started(self.project_id):
             self.warmer.warm(self.project_id)  # the head trains on embeddings, VLM project or not
+        self._retrain_if_learner_changed()
         if self.predictor.predictor == "head" and not describe_spec(project.embedder)["zero_shot"]:
             # The label set's WordNet -> ImageNet prior takes 5-10 s: built now, not in the first /predict
             # (a CLIP project needs none: its r0 is zero-shot from the text tower).
             self.warmer.run_in_background(self._prepare_prior)
         return self.model_version
+
+    def _retrain_if_learner_changed(self) -> None:
+        """Queue a retrain when the served version was published for another learner than the one asked for
+        now (a changed LABELLOOP_LEARNER or extra_params): its predictions carry a new version afterwards."""
+        from backend.learners import published_learner
+
+        was = published_learner(self.store, self.project_id)
+        if was is not None and was != self.learner and self.predictor.predictor == "head" and self.boxes is None:
+            log.info("project %s: learner %s asked for, the served version was published for %s: retraining",
+                     self.project_id, self.learner, was)
+            self.training.request(self.project_id, "LEARNER_CHANGED")
 
     def _check_reference(self) -> None:
         """Refuse (LabelConfigError, 422) a similar_to task id that the project's embedded tasks show cannot

@@ -2,7 +2,7 @@
 
 A project picks its predictor through the backend settings (`predictor`, `vlm_model`, `vlm_mode`) or per project
 through Label Studio's `extra_params` ({"predictor": "vlm", "vlm_model": ..., "vlm_mode": ..., "vlm_rounds": ...,
-"vlm_num_options": ..., "strategy": ...}). `extra_params` come from whoever can edit the project in Label
+"vlm_num_options": ..., "strategy": ..., "learner": ...}). `extra_params` come from whoever can edit the project in Label
 Studio, so `vlm_model` may only name a model the operator configured: LABELLOOP_VLM_MODEL or a preset of the
 VLM config (configs/vlm.yaml merged with LABELLOOP_VLM_CONFIG). Never loads a model.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 from backend.config import PREDICTORS, STRATEGIES, VLM_MODES, Settings
 from backend.labels import ImageClassification, LabelConfigError
+from backend.learners import parse_strategy, resolve_learner
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,27 @@ class PredictorRules:
         return tuple(dict.fromkeys([self.settings.vlm_model, *sorted(self.vlm_settings.presets)]))
 
     def strategy(self, extra: dict[str, Any] | None) -> str:
-        """Return extra_params["strategy"], else the configured one; raises LabelConfigError for others."""
+        """Return the strategy name of extra_params["strategy"], else of the configured one ("margin" for
+        "margin+mix"); raises LabelConfigError naming the accepted values for others."""
+        return self._spec(extra)[0]
+
+    def learner(self, extra: dict[str, Any] | None) -> str:
+        """Return the project's learner (backend.learners): extra_params["strategy"]'s modifier ("margin+lp"),
+        else extra_params["learner"], else LABELLOOP_STRATEGY's modifier, else LABELLOOP_LEARNER; raises
+        LabelConfigError for an unknown learner or a strategy modifier contradicting extra_params["learner"]."""
+        spec_learner = self._spec(extra)[1] if (extra or {}).get("strategy") else None
+        configured = self._spec(None)[1] or self.settings.learner  # LABELLOOP_STRATEGY's modifier, else LEARNER
+        try:
+            return resolve_learner(spec_learner, (extra or {}).get("learner"), configured)
+        except ValueError as exc:
+            raise LabelConfigError(str(exc)) from None
+
+    def _spec(self, extra: dict[str, Any] | None) -> tuple[str, str | None]:
         chosen = (extra or {}).get("strategy") or self.settings.strategy
-        if chosen not in STRATEGIES:
-            raise LabelConfigError(f"extra_params strategy {chosen!r} is not one of {', '.join(STRATEGIES)}")
-        return chosen
+        try:
+            return parse_strategy(chosen, STRATEGIES)
+        except ValueError as exc:
+            raise LabelConfigError(f"extra_params strategy: {exc}") from None
 
     def choice(self, extra: dict[str, Any] | None, target: ImageClassification) -> PredictorChoice:
         """Return the project's predictor from `extra` over the settings.

@@ -21,6 +21,7 @@ from backend.embedding import EmbeddingService
 from backend.fetching import Fetcher
 from backend.head_trainer import HeadTrainer
 from backend.heads import HeadCache
+from backend.learners import GraphCache, PoolLearner
 from backend.logs import OnceLog, Redactor, quiet_http_loggers
 from backend.ls_auth import LabelStudioAuth
 from backend.ls_client import LabelStudioClient
@@ -86,7 +87,7 @@ class Runtime:
         self.default_spec, self.embedder_reason = choose_spec(settings.embedder, settings.clip)
         self.embeddings = EmbeddingService(self.store, self.cache, self.embedders, self.fetcher,
                                            settings.embed_batch_size, settings.fetch_timeout_seconds)
-        self.heads = HeadCache(cold_start=ColdStartOrder(self.store, self.cache), store=self.store)
+        self.heads = HeadCache(cold_start=ColdStartOrder(self.store, self.cache), store=self.store, cache=self.cache)
         self.similar = SimilarityOrder(self.store, self.cache)
         self.vlm_settings = _vlm_settings(settings)
         self.rules = PredictorRules(settings, self.vlm_settings)
@@ -105,7 +106,9 @@ class Runtime:
                                         enabled=settings.sync_project_version)
         self.trainer = HeadTrainer(self.store, self.embeddings, self.heads, self.ls, self.version_sync, self.rules,
                                    push_predictions=settings.push_predictions, redactor=self.redactor,
-                                   suspects=SuspectAuditor(self.store, self.ls, settings.audit, self.redactor))
+                                   suspects=SuspectAuditor(self.store, self.ls, settings.audit, self.redactor),
+                                   learner=PoolLearner(self.store, self.cache,
+                                                       GraphCache(self.store.model_dir / "graphs")))
         self.queue = TrainingQueue(self.store, self.trainer, settings.retrain_debounce_seconds,
                                    describe_error=self.redactor.error)
         self.warmer = CacheWarmer(self.store, self.ls, self.embeddings, enabled=settings.warm_cache,

@@ -96,6 +96,16 @@ def _suggestions(summary: dict | None) -> str:
             f"in {summary['annotations']} annotations")
 
 
+def _learner(project: dict) -> str:
+    """Return e.g. "mix", "head" or "head (mix not used: <reason>)" for the learner column."""
+    learner = project.get("learner")
+    if not learner:
+        return "-"
+    if learner.get("used") == learner.get("configured"):
+        return str(learner.get("used"))
+    return f"{learner.get('used')} ({learner.get('configured')} not used: {learner.get('fallback')})"
+
+
 def _last_error(project: dict) -> str:
     training = project.get("training") or {}
     failure = training.get("last_failure")
@@ -117,7 +127,7 @@ def render(metrics: dict, versions: dict, console: Console) -> None:
     """Print the projects table and each project's learning curve to `console`."""
     table = Table(title="labelloop projects")
     for column in ("project", "version", "in Label Studio", "annotations", "training", "warm-up", "accuracy",
-                   "suspects", "suggestions", "last error"):
+                   "learner", "suspects", "suggestions", "last error"):
         table.add_column(column, overflow="fold")
     projects = metrics.get("projects") or {}
     for pid, project in projects.items():
@@ -127,6 +137,7 @@ def render(metrics: dict, versions: dict, console: Console) -> None:
         table.add_row(str(pid), project.get("model_version") or "-",
                       project.get("label_studio_model_version") or "not yet", str(project.get("annotations", 0)),
                       state, _warm_up(project.get("warm_cache")), _accuracy(project.get("accuracy")),
+                      _learner(project),
                       _suspects(project.get("suspects")), _suggestions(project.get("suggestions")),
                       _last_error(project))
     console.print(table)

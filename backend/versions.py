@@ -1,4 +1,5 @@
-"""The version a project's predictions carry: "<model>-p<project>-r<n>" for its head, or its VLM's version;
+"""The version a project's predictions carry: "<model>-p<project>-r<n>" for its head ("<model>-mix-p<project>-r<n>"
+when another learner than the head alone made its probabilities, backend.learners), or its VLM's version;
 relabel suggestions and box pre-annotations add a suffix naming their settings ("-relabel-<hash>", "-boxes-<hash>").
 
 `ServedVersion` is the one function that names it; the model, /metrics and the Label Studio version sync all
@@ -13,9 +14,12 @@ from backend.predictor import PredictorRules
 from backend.relabel_suggestions import relabel_settings, relabel_version
 
 
-def head_version(embedder_spec: str, project: str, revision: int) -> str:
-    """Return "<model>-p<project>-r<revision>", the version of a project's head revision."""
-    return f"{version_prefix(embedder_spec)}-p{project}-r{revision}"
+def head_version(embedder_spec: str, project: str, revision: int, learner: str = "head") -> str:
+    """Return "<model>-p<project>-r<revision>", the version of a project's head revision, with the learner
+    after the model when it is not the head alone ("<model>-mix-p1-r3"): Label Studio then shows another
+    version when the learner changes."""
+    name = version_prefix(embedder_spec) + ("" if learner == "head" else f"-{learner}")
+    return f"{name}-p{project}-r{revision}"
 
 
 def initial_version(embedder_spec: str, project: str) -> str:

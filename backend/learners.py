@@ -1,0 +1,335 @@
+"""The learner behind a project's probabilities: the linear head alone, label spreading over a k-NN graph of
+the project's cached embeddings ("lp"), or the mean of both ("mix", the default: benchmarks/RESULTS.md,
+"al_semi_supervised_*", and docs/backend.md §4b).
+
+Everything costly happens in the retrain, never in /predict:
+
+- `GraphCache.graph` returns the k-NN graph (labelers.propagation.knn_graph) over the project's embedded
+  images: reused while the pool is unchanged or grew by less than REBUILD_FRACTION, rebuilt in full
+  otherwise; kept in memory and in MODEL_DIR/graphs (so a restart or the other worker does not rebuild it).
+- `PoolLearner.fit` spreads the annotations over that graph and returns a `PoolScores`: the (N, K) spread
+  scores of the graph's rows, by content key. The trainer saves it into the version's head folder
+  (LEARNER_FILE), so it is published, digested and served together with the head.
+- At /predict, `PoolScores.combine` looks a task's lp part up by content key; a task embedded after the graph
+  was built gets it from its k nearest graph rows (labelers.propagation.predict_from_neighbours).
+
+A learner that cannot run (a multi-label project, annotations of fewer than two classes, too few embedded
+images, a graph build that raises) falls back to the head LOUDLY: an error or warning in the log, a published
+version without the learner's name, and /metrics `learner` {"configured", "used", "reason"}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LEARNERS = ("head", "mix", "lp")
+LEARNER_FILE = "learner.npz"
+STATE_KEY = "learner"  # the project's kv entry that /metrics and `labelloop status` read
+# The graph is rebuilt in full when the embedded pool grew by this fraction since it was built (cold_start's
+# rule); smaller arrivals get their lp part from their nearest graph rows, which is what predict_new is for.
+REBUILD_FRACTION = 0.25
+# Modifiers of the simulator's strategy specs (labelers.simulate.parse_strategy) that name a learner.
+LEARNER_MODIFIERS = {"head": "head", "mix": "mix", "lp": "lp"}
+# Its batch modifiers select a batch in the simulator; the backend exports one score per task.
+BATCH_MODIFIERS = ("kmeans", "balance", "typical", "cover<N>", "nn<N>")
+
+
+def parse_strategy(spec: str, strategies: tuple[str, ...]) -> tuple[str, str | None]:
+    """Split "margin+mix" into ("margin", "mix"); "margin" gives ("margin", None) (the learner setting decides).
+
+    Raises ValueError naming the accepted values for an unknown strategy, a batch modifier (+kmeans, ...:
+    Label Studio sorts by a per-task score, so a batch selection cannot be served) or two learners."""
+    base, *modifiers = str(spec).strip().split("+")
+    accepted = (f"accepted: {', '.join(map(repr, strategies))}, optionally followed by one learner modifier "
+                f"{', '.join(repr('+' + m) for m in LEARNER_MODIFIERS)} (e.g. 'margin+mix')")
+    if base not in strategies:
+        raise ValueError(f"unknown strategy {base!r} in {spec!r}; {accepted}")
+    learners = [LEARNER_MODIFIERS[m] for m in modifiers if m in LEARNER_MODIFIERS]
+    others = [m for m in modifiers if m not in LEARNER_MODIFIERS]
+    if others:
+        raise ValueError(f"strategy {spec!r}: modifier(s) {', '.join('+' + m for m in others)} not served: the "
+                         "backend exports one score per task and Label Studio sorts by it, so the simulator's "
+                         f"batch modifiers (+{', +'.join(BATCH_MODIFIERS)}) do not apply; {accepted}")
+    if len(learners) > 1:
+        raise ValueError(f"strategy {spec!r} names {len(learners)} learners; {accepted}")
+    return base, (learners[0] if learners else None)
+
+
+def resolve_learner(spec_learner: str | None, extra_learner: Any, default: str) -> str:
+    """Return the learner of a project: the strategy's modifier, else extra_params "learner", else `default`.
+
+    Raises ValueError for a learner not in LEARNERS or a strategy modifier that contradicts extra_params."""
+    if extra_learner is not None and extra_learner not in LEARNERS:
+        raise ValueError(f"extra_params learner {extra_learner!r} is not one of {', '.join(LEARNERS)}")
+    if spec_learner and extra_learner and spec_learner != extra_learner:
+        raise ValueError(f"extra_params strategy names learner {spec_learner!r} but extra_params learner is "
+                         f"{extra_learner!r}; give one of them")
+    return spec_learner or extra_learner or default
+
+
+# -- what a version serves -------------------------------------------------------------------------------------
+@dataclass
+class PoolScores:
+    """A version's label spreading: spread `scores` (N, K, classes in `labels` order) of the graph's rows."""
+
+    learner: str                 # "mix" | "lp"
+    keys: list[str]              # content key of each graph row
+    scores: np.ndarray           # (N, K) float32, labelers.propagation.spread output
+    labels: tuple[str, ...]
+    embedder_id: str
+    k: int
+    power: float
+    row: dict[str, int] = field(default_factory=dict, repr=False)
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        self.row = {key: i for i, key in enumerate(self.keys)}
+
+    def save(self, folder: str | Path) -> None:
+        """Write LEARNER_FILE into `folder` (the head's staging folder)."""
+        meta = {"learner": self.learner, "labels": list(self.labels), "embedder_id": self.embedder_id,
+                "k": self.k, "power": self.power}
+        with open(Path(folder) / LEARNER_FILE, "wb") as fh:
+            np.savez(fh, scores=self.scores.astype(np.float32), keys=np.asarray(self.keys, dtype=object),
+                     meta=np.asarray(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PoolScores | None":
+        """Return the PoolScores saved in `folder`, or None when it has none (a head-only version)."""
+        path = Path(folder) / LEARNER_FILE
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=True) as data:  # our own file, covered by the version's digest
+            meta = json.loads(str(data["meta"]))
+            return cls(meta["learner"], [str(k) for k in data["keys"]], data["scores"], tuple(meta["labels"]),
+                       meta["embedder_id"], int(meta["k"]), float(meta["power"]))
+
+    def combine(self, head_probs: np.ndarray, keys: list[str | None], features: np.ndarray,
+                vectors: Callable[[str, list[str]], dict[str, np.ndarray]]) -> np.ndarray:
+        """Return the learner's (M, K) probabilities for M tasks from the head's (`head_probs`, label order):
+        "mix" their mean with label spreading, "lp" label spreading alone.
+
+        A task in the graph reads its row; one embedded later (or without a key) is predicted from its k
+        nearest graph rows, whose vectors `vectors(embedder_id, keys)` reads once (from the embedding cache).
+        Raises ValueError when the graph's vectors are no longer all cached (the caller serves the head)."""
+        from labelers.propagation import predict_from_neighbours, scores_to_proba
+
+        lp = np.empty_like(head_probs, dtype=np.float64)
+        rows = [self.row.get(key) if key is not None else None for key in keys]
+        known = np.asarray([r is not None for r in rows], bool)
+        if known.any():
+            lp[known] = scores_to_proba(self.scores[[r for r in rows if r is not None]])
+        if not known.all():
+            lp[~known] = predict_from_neighbours(self.scores, self._neighbours(features[~known], vectors))
+        return lp if self.learner == "lp" else 0.5 * (np.asarray(head_probs, np.float64) + lp)
+
+    def _neighbours(self, features: np.ndarray, vectors) -> tuple[np.ndarray, np.ndarray]:
+        from labelers.propagation import KnnGraph, new_neighbours
+        from labelers.similarity import normalize
+
+        with self._lock:
+            if self._vectors is None:
+                got = vectors(self.embedder_id, self.keys)
+                missing = [key for key in self.keys if key not in got]
+                if missing:
+                    raise ValueError(f"{len(missing)} of the graph's {len(self.keys)} embeddings are no longer "
+                                     "cached")
+                self._vectors = normalize(np.stack([got[key] for key in self.keys]), "graph embeddings")
+        # Only the pool's vectors, k and power are read by new_neighbours: the matrix is not needed here.
+        return new_neighbours(KnnGraph(None, self._vectors, self.k, self.power), features)
+
+
+def published_learner(store, project: str) -> str | None:
+    """Return the learner the project's served version was configured with, or None before any retrain."""
+    raw = store.kv_get(project, STATE_KEY)
+    state = json.loads(raw) if raw else None
+    if not state or state.get("model_version") != store.current_version(project):
+        return None
+    return state.get("configured")
+
+
+def learner_status(store, project: str) -> dict[str, Any] | None:
+    """Return /metrics `learner` of a project: {"configured", "used", "fallback", "model_version", "graph"} of
+    the version it serves, or None before its first retrain."""
+    raw = store.kv_get(project, STATE_KEY)
+    state = json.loads(raw) if raw else None
+    if state and state.get("model_version") != store.current_version(project):
+        state["stale"] = "recorded for another version (one published before learners were recorded)"
+    return state
+
+
+# -- built in the retrain ----------------------------------------------------------------------------------------
+@dataclass
+class LearnerFit:
+    """What a retrain's learner step gives the trainer: the learner used and why, and what to publish."""
+
+    configured: str
+    used: str
+    pool: PoolScores | None = None
+    reason: str | None = None    # why `used` differs from `configured`
+    graph: dict[str, Any] | None = None  # {"rows", "built_seconds" | "reused", "new_since"}
+
+    def state(self, model_version: str) -> dict[str, Any]:
+        """The /metrics `learner` entry of the version published with this fit."""
+        return {"configured": self.configured, "used": self.used, "fallback": self.reason,
+                "model_version": model_version, "graph": self.graph}
+
+
+class SavedWithPool:
+    """A head whose `save` also writes the version's PoolScores: what HeadTrainer.publish saves."""
+
+    def __init__(self, head, pool: PoolScores | None):
+        self.head, self.pool = head, pool
+
+    def save(self, folder):
+        out = self.head.save(folder)
+        if self.pool is not None:
+            self.pool.save(folder)
+        return out
+
+
+def _pool_digest(keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+class GraphCache:
+    """The k-NN graph of each project's embedded pool: in memory, and in `folder` across restarts/workers."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._graphs: dict[tuple[str, str], tuple[list[str], Any]] = {}
+        self._lock = threading.Lock()
+        self.built = 0  # how many graphs were built (tests check a retrain on an unchanged pool reuses it)
+
+    def graph(self, project: str, embedder_id: str, keys: list[str], features: np.ndarray,
+              k: int) -> tuple[list[str], Any, dict[str, Any]]:
+        """Return (graph keys, KnnGraph, info) for the pool `keys` (sorted)/`features`: the cached graph when
+        the pool is unchanged or grew by less than REBUILD_FRACTION (and lost no row), else a new one."""
+        from labelers.propagation import knn_graph
+
+        with self._lock:
+            entry = self._graphs.get((project, embedder_id)) or self._read(project, embedder_id, keys, features)
+        if entry is not None:
+            old_keys, graph = entry
+            current = set(keys)
+            new = len(current) - len(current.intersection(old_keys))
+            if set(old_keys) <= current and graph.k == k and new < REBUILD_FRACTION * len(old_keys):
+                return old_keys, graph, {"rows": len(old_keys), "reused": True, "new_since": new}
+        started = time.perf_counter()
+        graph = knn_graph(features, k=k)
+        seconds = round(time.perf_counter() - started, 3)
+        self.built += 1
+        log.info("project %s: k-NN graph over %d embedded images built in %.2fs (k=%d)", project, len(keys),
+                 seconds, k)
+        with self._lock:
+            self._graphs[(project, embedder_id)] = (list(keys), graph)
+        self._write(project, embedder_id, keys, graph)
+        return list(keys), graph, {"rows": len(keys), "built_seconds": seconds, "new_since": 0}
+
+    def _path(self, project: str, embedder_id: str) -> Path:
+        name = hashlib.sha256(f"{project}\0{embedder_id}".encode()).hexdigest()[:16]
+        return self.folder / f"graph-{name}.npz"
+
+    def _write(self, project: str, embedder_id: str, keys: list[str], graph) -> None:
+        """Best effort: a graph not saved is rebuilt by the next process that needs it (logged)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self._path(project, embedder_id)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                m = graph.matrix.tocsr()
+                np.savez(fh, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.asarray(m.shape),
+                         keys=np.asarray(keys, dtype=object), k=graph.k, power=graph.power,
+                         digest=np.asarray(_pool_digest(keys)))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("project %s: k-NN graph not saved (%s); the next process rebuilds it", project, exc)
+
+    def _read(self, project: str, embedder_id: str, keys: list[str], features: np.ndarray):
+        """Return (keys, KnnGraph) saved for the project when its rows are still all in the pool, else None."""
+        import scipy.sparse as sp
+        from labelers.propagation import KnnGraph
+        from labelers.similarity import normalize
+
+        path = self._path(project, embedder_id)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=True) as data:
+                saved = [str(k) for k in data["keys"]]
+                row = {key: i for i, key in enumerate(keys)}
+                if any(key not in row for key in saved):
+                    return None
+                matrix = sp.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=tuple(data["shape"]))
+                vectors = normalize(features[[row[key] for key in saved]], "features")
+                graph = KnnGraph(matrix, vectors, int(data["k"]), float(data["power"]))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("project %s: saved k-NN graph %s unreadable (%s); rebuilding it", project, path, exc)
+            return None
+        self._graphs[(project, embedder_id)] = (saved, graph)
+        return saved, graph
+
+
+class PoolLearner:
+    """Fits a project's learner in the retrain: label spreading over its embedded pool's k-NN graph."""
+
+    def __init__(self, store, cache, graphs: GraphCache):
+        self.store, self.cache, self.graphs = store, cache, graphs
+
+    def fit(self, project: str, configured: str, target, embedder_id: str, labeled_keys: list[str | None],
+            y: np.ndarray) -> LearnerFit:
+        """Return the LearnerFit of `configured` for annotations `y` (class indices in `target.labels` order)
+        on the images `labeled_keys`. Never raises: a learner that cannot run falls back to the head, with
+        the reason in the fit and an error or warning in the log."""
+        if configured == "head":
+            return LearnerFit("head", "head")
+        try:
+            return self._fit(project, configured, target, embedder_id, labeled_keys, y)
+        except Exception as exc:  # the head is published either way: never fail the retrain for the learner
+            reason = f"label spreading failed ({type(exc).__name__}: {exc})"
+            log.error("project %s: %s; serving the head's probabilities (learner %s not used)", project,
+                      reason, configured)
+            return LearnerFit(configured, "head", reason=reason)
+
+    def _fit(self, project, configured, target, embedder_id, labeled_keys, y) -> LearnerFit:
+        from labelers.propagation import DEFAULT_K, spread
+
+        def fallback(reason: str) -> LearnerFit:
+            log.warning("project %s: learner %s not used: %s; serving the head's probabilities", project,
+                        configured, reason)
+            return LearnerFit(configured, "head", reason=reason)
+
+        if target.multiple:
+            return fallback("a multi-label project: label spreading needs one class per task")
+        y = np.asarray(y, np.int64)
+        if len(np.unique(y)) < 2:
+            return fallback(f"annotations of {len(np.unique(y))} class(es): label spreading needs at least 2")
+        from backend.cold_start import project_embeddings
+
+        keys, features = project_embeddings(self.store, self.cache, project, embedder_id)
+        if features is None or len(keys) < 3:
+            return fallback(f"{len(keys)} embedded image(s): a k-NN graph needs at least 3")
+        graph_keys, graph, info = self.graphs.graph(project, embedder_id, keys, features,
+                                                    min(DEFAULT_K, len(keys) - 1))
+        row = {key: i for i, key in enumerate(graph_keys)}
+        seeds = [(row[key], label) for key, label in zip(labeled_keys, y) if key in row]
+        if len({label for _, label in seeds}) < 2:
+            return fallback("fewer than 2 annotated classes among the graph's images")
+        if len(seeds) < len(y):
+            info["labeled_outside_graph"] = len(y) - len(seeds)
+        rows, labels = (np.asarray(v) for v in zip(*seeds))
+        scores = spread(graph, rows, labels, len(target.labels))
+        pool = PoolScores(configured, graph_keys, scores.astype(np.float32), tuple(target.labels), embedder_id,
+                          graph.k, graph.power)
+        return LearnerFit(configured, configured, pool=pool, graph=info)
