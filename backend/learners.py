@@ -1,6 +1,6 @@
 """The learner behind a project's probabilities: the linear head alone, label spreading over a k-NN graph of
 the project's cached embeddings ("lp"), or the mean of both ("mix", the default: benchmarks/RESULTS.md,
-"al_semi_supervised_*", and docs/backend.md §4b).
+"al_semi_supervised_*", and docs/backend.md §4 "Learner").
 
 Everything costly happens in the retrain, never in /predict:
 
@@ -212,22 +212,29 @@ class GraphCache:
         self._lock = threading.Lock()
         self.built = 0  # how many graphs were built (tests check a retrain on an unchanged pool reuses it)
 
-    def graph(self, project: str, embedder_id: str, keys: list[str], features: np.ndarray,
+    def graph(self, project: str, embedder_id: str, keys: list[str],
+              load: Callable[[], tuple[list[str], np.ndarray | None]],
               k: int) -> tuple[list[str], Any, dict[str, Any]]:
-        """Return (graph keys, KnnGraph, info) for the pool `keys` (sorted)/`features`: the cached graph when
-        the pool is unchanged or grew by less than REBUILD_FRACTION (and lost no row), else a new one."""
+        """Return (graph keys, KnnGraph without its vectors, info) for the pool `keys` (embedded content keys):
+        the cached graph when the pool is unchanged or grew by less than REBUILD_FRACTION (and lost no row),
+        else one built over `load()` -> (keys, features) (read only then: 10k x 1280 floats take a while).
+        Raises ValueError when fewer than 3 images are embedded."""
         from labelers.propagation import knn_graph
 
         with self._lock:
-            entry = self._graphs.get((project, embedder_id)) or self._read(project, embedder_id, keys, features)
+            entry = self._graphs.get((project, embedder_id)) or self._read(project, embedder_id, keys)
         if entry is not None:
             old_keys, graph = entry
             current = set(keys)
             new = len(current) - len(current.intersection(old_keys))
             if set(old_keys) <= current and graph.k == k and new < REBUILD_FRACTION * len(old_keys):
                 return old_keys, graph, {"rows": len(old_keys), "reused": True, "new_since": new}
+        keys, features = load()
+        if features is None or len(keys) < 3:
+            raise ValueError(f"{len(keys)} embedded image(s): a k-NN graph needs at least 3")
         started = time.perf_counter()
-        graph = knn_graph(features, k=k)
+        graph = knn_graph(features, k=min(k, len(keys) - 1))
+        graph.vectors = None  # 50 MB at 10k x 1280: serving reads them from the cache only when it needs them
         seconds = round(time.perf_counter() - started, 3)
         self.built += 1
         log.info("project %s: k-NN graph over %d embedded images built in %.2fs (k=%d)", project, len(keys),
@@ -256,11 +263,10 @@ class GraphCache:
         except OSError as exc:
             log.warning("project %s: k-NN graph not saved (%s); the next process rebuilds it", project, exc)
 
-    def _read(self, project: str, embedder_id: str, keys: list[str], features: np.ndarray):
+    def _read(self, project: str, embedder_id: str, keys: list[str]):
         """Return (keys, KnnGraph) saved for the project when its rows are still all in the pool, else None."""
         import scipy.sparse as sp
         from labelers.propagation import KnnGraph
-        from labelers.similarity import normalize
 
         path = self._path(project, embedder_id)
         if not path.exists():
@@ -268,12 +274,10 @@ class GraphCache:
         try:
             with np.load(path, allow_pickle=True) as data:
                 saved = [str(k) for k in data["keys"]]
-                row = {key: i for i, key in enumerate(keys)}
-                if any(key not in row for key in saved):
+                if not set(saved) <= set(keys):
                     return None
                 matrix = sp.csr_matrix((data["data"], data["indices"], data["indptr"]), shape=tuple(data["shape"]))
-                vectors = normalize(features[[row[key] for key in saved]], "features")
-                graph = KnnGraph(matrix, vectors, int(data["k"]), float(data["power"]))
+                graph = KnnGraph(matrix, None, int(data["k"]), float(data["power"]))
         except (OSError, ValueError, KeyError) as exc:
             log.warning("project %s: saved k-NN graph %s unreadable (%s); rebuilding it", project, path, exc)
             return None
@@ -317,11 +321,12 @@ class PoolLearner:
             return fallback(f"annotations of {len(np.unique(y))} class(es): label spreading needs at least 2")
         from backend.cold_start import project_embeddings
 
-        keys, features = project_embeddings(self.store, self.cache, project, embedder_id)
-        if features is None or len(keys) < 3:
+        keys = sorted(self.store.project_content_keys(project))
+        if len(keys) < 3:
             return fallback(f"{len(keys)} embedded image(s): a k-NN graph needs at least 3")
-        graph_keys, graph, info = self.graphs.graph(project, embedder_id, keys, features,
-                                                    min(DEFAULT_K, len(keys) - 1))
+        graph_keys, graph, info = self.graphs.graph(
+            project, embedder_id, keys, lambda: project_embeddings(self.store, self.cache, project, embedder_id, keys),
+            min(DEFAULT_K, len(keys) - 1))
         row = {key: i for i, key in enumerate(graph_keys)}
         seeds = [(row[key], label) for key, label in zip(labeled_keys, y) if key in row]
         if len({label for _, label in seeds}) < 2:
