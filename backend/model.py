@@ -160,10 +160,15 @@ class LabelloopModel:
         from backend.learners import published_learner
 
         was = published_learner(self.store, self.project_id)
-        if was is not None and was != self.learner and self.predictor.predictor == "head" and self.boxes is None:
-            log.info("project %s: learner %s asked for, the served version was published for %s: retraining",
-                     self.project_id, self.learner, was)
-            self.training.request(self.project_id, "LEARNER_CHANGED")
+        if was is None or was == self.learner or self.predictor.predictor != "head" or self.boxes is not None:
+            return
+        if not self.retrain_on_submit:  # the manual policy trains on START_TRAINING only
+            log.warning("project %s: learner %s asked for, the served version was published for %s; retrain "
+                        "policy is manual: Start Training applies it", self.project_id, self.learner, was)
+            return
+        log.info("project %s: learner %s asked for, the served version was published for %s: retraining",
+                 self.project_id, self.learner, was)
+        self.training.request(self.project_id, "LEARNER_CHANGED")
 
     def _check_reference(self) -> None:
         """Refuse (LabelConfigError, 422) a similar_to task id that the project's embedded tasks show cannot

@@ -104,7 +104,10 @@ def test_predictions_then_retrain_on_submit_then_new_predictions(label_studio, c
         steps.annotate(ls, task.id, task.truth)
     entry = steps.wait_for_training(backend, project.id, n_annotations=20)
     v1 = entry["model_version"]
-    assert v1 != v0 and v1.startswith(v0[: -len("r0")])
+    # The default learner (mix: head + label spreading, docs/backend.md §4) is named in the version after the model.
+    model = v0[: -len(f"-p{project.id}-r0")]
+    assert v1 != v0 and v1.startswith(f"{model}-mix-p{project.id}-r"), v1
+    assert entry["learner"]["used"] == "mix" and entry["learner"]["fallback"] is None, entry["learner"]
     assert entry["annotations"] == 20
     assert steps.served_version(backend, project.id) == v1
     versions = steps.as_dict(ls.ml.list_model_versions(id=project.ml_id))  # GET /versions through Label Studio
