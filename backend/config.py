@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     clip: str | None = _env(None, "LABELLOOP_CLIP", "LABELLOOP_CLIP_WEIGHTS")  # for embedder "auto"
     strategy: str = _env("margin", "LABELLOOP_STRATEGY")  # a name, or name+learner ("margin+mix")
     learner: Literal[LEARNERS] = _env("mix", "LABELLOOP_LEARNER")  # backend/learners.py, docs/backend.md §4 "Learner"
+    kmeans_batch: int = Field(20, gt=1, validation_alias="LABELLOOP_KMEANS_BATCH")  # "+kmeans": diverse picks
     predictor: Literal[PREDICTORS] = _env("head", "LABELLOOP_PREDICTOR")
     vlm_model: str = _env("llava-next", "LABELLOOP_VLM_MODEL")
     vlm_mode: Literal[VLM_MODES] = _env("auto", "LABELLOOP_VLM_MODE")

@@ -110,7 +110,9 @@ class HeadTrainer:
             notes.append(f"labels not in the label config, not learnt from: {listed}")
         urls = self.store.content_keys(project_id, task_ids)
         configured = self.rules.learner(project.extra_params) if self.learner is not None else "head"
-        fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls, configured)
+        diversity = self.rules.diversity(project.extra_params) if self.learner is not None else None
+        asked = configured + (f"+{diversity}{self.rules.settings.kmeans_batch}" if diversity else "")
+        fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls, asked)
         served = self.store.get_version(project_id, project.model_version)
         if served is not None and served.fingerprint == fingerprint and not self.heads.intact(served):
             # Same training set, but the served head is damaged on disk (refused when served): publish it anew.
@@ -140,11 +142,14 @@ class HeadTrainer:
         head = prior_head(target, embedded.embedder, self.heads.priors)  # the same prior as r0
         head.fit(features, y, warm_start=self._warm_start(project_id, served, target, embedded.embedder, head))
         fit = LearnerFit("head", "head") if self.learner is None else self.learner.fit(
-            project_id, configured, target, embedded.embedder.id, [embedded.keys[i] for i in rows], y)
-        version = self.publish(project_id, SavedWithPool(head, fit.pool), len(rows), fingerprint, fit.used)
+            project_id, configured, target, embedded.embedder.id, [embedded.keys[i] for i in rows], y, head,
+            self.rules.strategy(project.extra_params), diversity, self.rules.settings.kmeans_batch)
+        version = self.publish(project_id, SavedWithPool(head, fit.pool), len(rows), fingerprint, fit.tag)
         self._record_learner(project_id, version, fit)
-        if fit.reason:
+        if fit.used != fit.configured:
             notes.append(f"learner {fit.configured} not used ({fit.reason}): head probabilities served")
+        elif fit.reason:
+            notes.append(fit.reason)
         # Estimated after publishing: the k-fold fits must not delay the version annotators are waiting for.
         accuracy = self.estimate(target, embedded.embedder, features, y, self.heads.priors)
         if accuracy is not None:

@@ -286,13 +286,15 @@ class HeadCache:
         cold = similar_scores
         if cold is None and self.cold_start is not None and in_cold_start(version, embedded.embedder, target):
             cold = self.cold_start.scores(project, embedded.embedder.id, len(target.labels))
+        pool = self.pool(project, version)
         return head_predictions(head, target, embedded, strategy, version.model_version, cold_scores=cold,
-                                mix=self._mixer(project, version, target))
+                                mix=self._mixer(project, version, target),
+                                ranks=pool.batch.ranks if pool is not None and pool.batch is not None else None)
 
     def _mixer(self, project: str, version, target: ImageClassification):
         """Return f(head_probs, keys, features) -> the version's learner probabilities, or None (head only)."""
         pool = self.pool(project, version)
-        if pool is None:
+        if pool is None or pool.learner == "head":
             return None
         if tuple(pool.labels) != tuple(target.labels):
             self._learner_problem(project, f"{version.model_version}'s label spreading knows labels "
@@ -373,7 +375,7 @@ def choose(probs_row: np.ndarray, target: ImageClassification, evident: set[str]
 
 
 def head_predictions(head, target: ImageClassification, embedded, strategy: str, model_version: str,
-                     cold_scores: dict[str, float] | None = None, mix=None):
+                     cold_scores: dict[str, float] | None = None, mix=None, ranks=None):
     """Return one item per task of `embedded` (a backend.embedding.TaskEmbeddings): a PredictionValue with the
     head's labels and score; an empty result with score None for an unreadable image; [] for a task still
     pending (not predicted: Label Studio stores nothing and asks again).
@@ -383,7 +385,9 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
     (the task's score is then a rank, not a confidence).
 
     `mix` (HeadCache._mixer): f(head probabilities, content keys, features) -> the probabilities of the
-    version's learner (head + label spreading); labels, region scores and the strategy's score use them."""
+    version's learner (head + label spreading); labels, region scores and the strategy's score use them.
+    `ranks` (a backend.learners.KmeansBatch's): f(content keys, strategy scores) -> the "+kmeans" order's
+    rank scores, used as the tasks' scores (each pre-checked region then carries its probability)."""
     from backend.schemas import PredictionValue
 
     items: list = [PredictionValue(result=[], score=None, model_version=model_version)
@@ -394,6 +398,8 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
         if mix is not None:
             probs = mix(probs, [embedded.keys[i] for i in rows], embedded.features[rows])
         row_scores = scores(probs, strategy, target.multiple, keys=[embedded.keys[i] for i in rows])
+        if ranks is not None and cold_scores is None:
+            row_scores = ranks([embedded.keys[i] for i in rows], row_scores)
         evident = evidence(head)
         for j, i in enumerate(rows):
             labels = choose(probs[j], target, evident)
@@ -401,8 +407,8 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
             score = float(row_scores[j])
             if cold_scores is not None:
                 score = _cold_score(cold_scores, embedded.keys[i], score)
-                if region is not None:
-                    region["score"] = round(float(max(probs[j][target.labels.index(x)] for x in labels)), 6)
+            if region is not None and (cold_scores is not None or ranks is not None):  # the score is a rank
+                region["score"] = round(float(max(probs[j][target.labels.index(x)] for x in labels)), 6)
             items[i] = PredictionValue(result=[region] if region else [], score=round(score, 6),
                                        model_version=model_version)
     for i in embedded.pending:

@@ -40,29 +40,38 @@ STATE_KEY = "learner"  # the project's kv entry that /metrics and `labelloop sta
 REBUILD_FRACTION = 0.25
 # Modifiers of the simulator's strategy specs (labelers.simulate.parse_strategy) that name a learner.
 LEARNER_MODIFIERS = {"head": "head", "mix": "mix", "lp": "lp"}
-# Its batch modifiers select a batch in the simulator; the backend exports one score per task.
-BATCH_MODIFIERS = ("kmeans", "balance", "typical", "cover<N>", "nn<N>")
+# The simulator's other batch modifiers: not served (the backend's cold-start order already covers the pool
+# before the head has evidence, docs/backend.md §4a, which is what +typical / +cover<N> do).
+UNSERVED_MODIFIERS = ("balance", "typical", "cover<N>", "nn<N>")
 
 
-def parse_strategy(spec: str, strategies: tuple[str, ...]) -> tuple[str, str | None]:
-    """Split "margin+mix" into ("margin", "mix"); "margin" gives ("margin", None) (the learner setting decides).
+@dataclass(frozen=True)
+class StrategySpec:
+    """A parsed strategy spec: "margin+kmeans+mix" -> base "margin", learner "mix", diversity "kmeans"."""
 
-    Raises ValueError naming the accepted values for an unknown strategy, a batch modifier (+kmeans, ...:
-    Label Studio sorts by a per-task score, so a batch selection cannot be served) or two learners."""
+    base: str
+    learner: str | None = None     # None: the learner setting decides
+    diversity: str | None = None   # "kmeans": the top of the list is a k-means-diverse batch (KmeansBatch)
+
+
+def parse_strategy(spec: str, strategies: tuple[str, ...]) -> StrategySpec:
+    """Parse "margin", "margin+mix", "margin+kmeans" or "margin+kmeans+mix" (modifiers in any order).
+
+    Raises ValueError naming the accepted values for an unknown strategy or modifier, a modifier given twice
+    or two learners."""
     base, *modifiers = str(spec).strip().split("+")
-    accepted = (f"accepted: {', '.join(map(repr, strategies))}, optionally followed by one learner modifier "
-                f"{', '.join(repr('+' + m) for m in LEARNER_MODIFIERS)} (e.g. 'margin+mix')")
+    accepted = (f"accepted: {', '.join(map(repr, strategies))}, optionally with '+kmeans' and one learner "
+                f"modifier {', '.join(repr('+' + m) for m in LEARNER_MODIFIERS)} (e.g. 'margin+kmeans+mix')")
     if base not in strategies:
         raise ValueError(f"unknown strategy {base!r} in {spec!r}; {accepted}")
-    learners = [LEARNER_MODIFIERS[m] for m in modifiers if m in LEARNER_MODIFIERS]
-    others = [m for m in modifiers if m not in LEARNER_MODIFIERS]
+    others = [m for m in modifiers if m not in LEARNER_MODIFIERS and m != "kmeans"]
     if others:
-        raise ValueError(f"strategy {spec!r}: modifier(s) {', '.join('+' + m for m in others)} not served: the "
-                         "backend exports one score per task and Label Studio sorts by it, so the simulator's "
-                         f"batch modifiers (+{', +'.join(BATCH_MODIFIERS)}) do not apply; {accepted}")
-    if len(learners) > 1:
-        raise ValueError(f"strategy {spec!r} names {len(learners)} learners; {accepted}")
-    return base, (learners[0] if learners else None)
+        raise ValueError(f"strategy {spec!r}: modifier(s) {', '.join('+' + m for m in others)} not served by the "
+                         f"backend (the simulator's +{', +'.join(UNSERVED_MODIFIERS)} included); {accepted}")
+    learners = [LEARNER_MODIFIERS[m] for m in modifiers if m in LEARNER_MODIFIERS]
+    if len(learners) > 1 or len(set(modifiers)) < len(modifiers):
+        raise ValueError(f"strategy {spec!r} repeats a modifier or names two learners; {accepted}")
+    return StrategySpec(base, learners[0] if learners else None, "kmeans" if "kmeans" in modifiers else None)
 
 
 def resolve_learner(spec_learner: str | None, extra_learner: Any, default: str) -> str:
@@ -82,13 +91,14 @@ def resolve_learner(spec_learner: str | None, extra_learner: Any, default: str) 
 class PoolScores:
     """A version's label spreading: spread `scores` (N, K, classes in `labels` order) of the graph's rows."""
 
-    learner: str                 # "mix" | "lp"
-    keys: list[str]              # content key of each graph row
-    scores: np.ndarray           # (N, K) float32, labelers.propagation.spread output
+    learner: str                 # "mix" | "lp" | "head" (a head version with a k-means batch only)
+    keys: list[str]              # content key of each graph row ([] for "head")
+    scores: np.ndarray | None    # (N, K) float32, labelers.propagation.spread output (None for "head")
     labels: tuple[str, ...]
     embedder_id: str
     k: int
     power: float
+    batch: "KmeansBatch | None" = None
     row: dict[str, int] = field(default_factory=dict, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -99,10 +109,12 @@ class PoolScores:
     def save(self, folder: str | Path) -> None:
         """Write LEARNER_FILE into `folder` (the head's staging folder)."""
         meta = {"learner": self.learner, "labels": list(self.labels), "embedder_id": self.embedder_id,
-                "k": self.k, "power": self.power}
+                "k": self.k, "power": self.power, "batch": self.batch.keys if self.batch else None}
+        scores = np.zeros((0, len(self.labels)), np.float32) if self.scores is None else self.scores
+        rest = self.batch.rest if self.batch else np.zeros(0)
         with open(Path(folder) / LEARNER_FILE, "wb") as fh:
-            np.savez(fh, scores=self.scores.astype(np.float32), keys=np.asarray(self.keys, dtype=object),
-                     meta=np.asarray(json.dumps(meta)))
+            np.savez(fh, scores=scores.astype(np.float32), keys=np.asarray(self.keys, dtype=object),
+                     meta=np.asarray(json.dumps(meta)), rest=rest.astype(np.float64))
 
     @classmethod
     def load(cls, folder: str | Path) -> "PoolScores | None":
@@ -112,8 +124,10 @@ class PoolScores:
             return None
         with np.load(path, allow_pickle=True) as data:  # our own file, covered by the version's digest
             meta = json.loads(str(data["meta"]))
-            return cls(meta["learner"], [str(k) for k in data["keys"]], data["scores"], tuple(meta["labels"]),
-                       meta["embedder_id"], int(meta["k"]), float(meta["power"]))
+            batch = KmeansBatch(meta["batch"], data["rest"]) if meta.get("batch") is not None else None
+            scores = None if meta["learner"] == "head" else data["scores"]
+            return cls(meta["learner"], [str(k) for k in data["keys"]], scores, tuple(meta["labels"]),
+                       meta["embedder_id"], int(meta["k"]), float(meta["power"]), batch)
 
     def combine(self, head_probs: np.ndarray, keys: list[str | None], features: np.ndarray,
                 vectors: Callable[[str, list[str]], dict[str, np.ndarray]]) -> np.ndarray:
@@ -125,6 +139,8 @@ class PoolScores:
         Raises ValueError when the graph's vectors are no longer all cached (the caller serves the head)."""
         from labelers.propagation import predict_from_neighbours, scores_to_proba
 
+        if self.learner == "head":
+            return head_probs
         lp = np.empty_like(head_probs, dtype=np.float64)
         rows = [self.row.get(key) if key is not None else None for key in keys]
         known = np.asarray([r is not None for r in rows], bool)
@@ -150,13 +166,14 @@ class PoolScores:
         return new_neighbours(KnnGraph(None, self._vectors, self.k, self.power), features)
 
 
-def published_learner(store, project: str) -> str | None:
-    """Return the learner the project's served version was configured with, or None before any retrain."""
+def published_learner(store, project: str) -> tuple[str, str | None] | None:
+    """Return (learner, diversity) the project's served version was configured with, or None before any
+    retrain."""
     raw = store.kv_get(project, STATE_KEY)
     state = json.loads(raw) if raw else None
     if not state or state.get("model_version") != store.current_version(project):
         return None
-    return state.get("configured")
+    return state.get("configured"), state.get("configured_diversity")
 
 
 def learner_status(store, project: str) -> dict[str, Any] | None:
@@ -169,6 +186,46 @@ def learner_status(store, project: str) -> dict[str, Any] | None:
     return state
 
 
+@dataclass
+class KmeansBatch:
+    """The "+kmeans" order of a version: `keys`, a k-means-diverse batch of the most uncertain unlabelled
+    tasks (labelers.strategies.select_batch, diversity "kmeans"), comes first; every other task follows by its
+    strategy score, placed among `rest`, the sorted scores of the pool's other tasks at the retrain.
+
+    A task's exported score is its place in that order divided by its length (in [0, 1), lowest first), as
+    the cold-start order's: a rank, not a confidence; each pre-selected region still carries its probability."""
+
+    keys: list[str]
+    rest: np.ndarray
+    place: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.keys = [str(k) for k in self.keys]
+        self.rest = np.sort(np.asarray(self.rest, np.float64))
+        self.place = {key: i for i, key in enumerate(self.keys)}
+
+    def ranks(self, keys: list[str | None], scores: np.ndarray) -> np.ndarray:
+        """Return the rank score of each task from its content key and its strategy score (see the class)."""
+        total = len(self.keys) + len(self.rest) + 1
+        after = len(self.keys) + np.searchsorted(self.rest, np.asarray(scores, np.float64), side="left")
+        placed = [self.place.get(key) if key is not None else None for key in keys]
+        return np.asarray([p if p is not None else a for p, a in zip(placed, after)], np.float64) / total
+
+
+def kmeans_batch(keys: list[str], probs: np.ndarray, features: np.ndarray, labeled: set[str], strategy: str,
+                 size: int, seed: int, score_fn: Callable[[np.ndarray, list[str]], np.ndarray]) -> KmeansBatch:
+    """Return the KmeansBatch of a pool (`keys`, the learner's `probs`, `features`): `size` picks among the
+    rows not in `labeled`, then the strategy scores (`score_fn(probs, keys)`) of every other row."""
+    from labelers.strategies import select_batch
+
+    open_rows = np.asarray([i for i, key in enumerate(keys) if key not in labeled], np.int64)
+    picks = open_rows[select_batch(probs[open_rows], size, strategy, features=features[open_rows],
+                                   diversity="kmeans", seed=seed)] if len(open_rows) else open_rows
+    others = np.setdiff1d(np.arange(len(keys)), picks)
+    scores = score_fn(probs[others], [keys[i] for i in others]) if len(others) else np.zeros(0)
+    return KmeansBatch([keys[i] for i in picks], scores)
+
+
 # -- built in the retrain ----------------------------------------------------------------------------------------
 @dataclass
 class LearnerFit:
@@ -177,12 +234,21 @@ class LearnerFit:
     configured: str
     used: str
     pool: PoolScores | None = None
-    reason: str | None = None    # why `used` differs from `configured`
+    reason: str | None = None    # why `used` differs from `configured` (or the k-means batch is missing)
     graph: dict[str, Any] | None = None  # {"rows", "built_seconds" | "reused", "new_since"}
+    diversity: str | None = None  # "kmeans" when the version carries a KmeansBatch
+    configured_diversity: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """What the version name says: "head" (nothing), "mix", "lp", "kmeans", "mix-kmeans", ..."""
+        parts = ([] if self.used == "head" else [self.used]) + ([self.diversity] if self.diversity else [])
+        return "-".join(parts) or "head"
 
     def state(self, model_version: str) -> dict[str, Any]:
         """The /metrics `learner` entry of the version published with this fit."""
         return {"configured": self.configured, "used": self.used, "fallback": self.reason,
+                "diversity": self.diversity, "configured_diversity": self.configured_diversity,
                 "model_version": model_version, "graph": self.graph}
 
 
@@ -292,19 +358,52 @@ class PoolLearner:
         self.store, self.cache, self.graphs = store, cache, graphs
 
     def fit(self, project: str, configured: str, target, embedder_id: str, labeled_keys: list[str | None],
-            y: np.ndarray) -> LearnerFit:
+            y: np.ndarray, head=None, strategy: str = "margin", diversity: str | None = None,
+            batch_size: int = 20) -> LearnerFit:
         """Return the LearnerFit of `configured` for annotations `y` (class indices in `target.labels` order)
-        on the images `labeled_keys`. Never raises: a learner that cannot run falls back to the head, with
-        the reason in the fit and an error or warning in the log."""
-        if configured == "head":
-            return LearnerFit("head", "head")
+        on the images `labeled_keys`, with the KmeansBatch of `strategy` over the pool when `diversity` is
+        "kmeans" (`head`: the version's fitted head). Never raises: a learner that cannot run falls back to
+        the head, a batch that cannot be built is left out, each with the reason in the fit and in the log."""
+        fit = LearnerFit("head", "head")
+        if configured != "head":
+            try:
+                fit = self._fit(project, configured, target, embedder_id, labeled_keys, y)
+            except Exception as exc:  # the head is published either way: never fail the retrain for it
+                reason = f"label spreading failed ({type(exc).__name__}: {exc})"
+                log.error("project %s: %s; serving the head's probabilities (learner %s not used)", project,
+                          reason, configured)
+                fit = LearnerFit(configured, "head", reason=reason)
+        fit.configured_diversity = diversity
+        if diversity == "kmeans":
+            self._add_batch(fit, project, target, embedder_id, labeled_keys, head, strategy, batch_size)
+        return fit
+
+    def _add_batch(self, fit: LearnerFit, project, target, embedder_id, labeled_keys, head, strategy,
+                   size) -> None:
+        """Attach the KmeansBatch of the version to `fit.pool` (a head-only PoolScores when there is none)."""
+        from backend.cold_start import project_embeddings, project_seed
+        from backend.heads import label_probabilities, scores
+
         try:
-            return self._fit(project, configured, target, embedder_id, labeled_keys, y)
-        except Exception as exc:  # the head is published either way: never fail the retrain for the learner
-            reason = f"label spreading failed ({type(exc).__name__}: {exc})"
-            log.error("project %s: %s; serving the head's probabilities (learner %s not used)", project,
-                      reason, configured)
-            return LearnerFit(configured, "head", reason=reason)
+            if target.multiple:
+                raise ValueError("a multi-label project: the batch picks one class per task")
+            keys, features = project_embeddings(self.store, self.cache, project, embedder_id)
+            if features is None:
+                raise ValueError("no embedded image")
+            probs = label_probabilities(head, target, features)
+            if fit.pool is not None:
+                probs = fit.pool.combine(probs, keys, features, self.cache.get_many)
+            batch = kmeans_batch(keys, probs, features, set(labeled_keys), strategy, size, project_seed(project),
+                                 lambda p, k: scores(p, strategy, False, keys=k))
+        except Exception as exc:  # the version is published without the batch: said, never silent
+            why = f"+kmeans batch not built ({type(exc).__name__}: {exc}); tasks ordered by the strategy's score"
+            log.error("project %s: %s", project, why)
+            fit.reason = "; ".join(filter(None, [fit.reason, why]))
+            return
+        if fit.pool is None:
+            fit.pool = PoolScores("head", [], None, tuple(target.labels), embedder_id, 0, 0.0)
+        fit.pool.batch = batch
+        fit.diversity = "kmeans"
 
     def _fit(self, project, configured, target, embedder_id, labeled_keys, y) -> LearnerFit:
         from labelers.propagation import DEFAULT_K, spread

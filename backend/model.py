@@ -160,14 +160,15 @@ class LabelloopModel:
         from backend.learners import published_learner
 
         was = published_learner(self.store, self.project_id)
-        if was is None or was == self.learner or self.predictor.predictor != "head" or self.boxes is not None:
+        now = (self.learner, self.rules.diversity(self.extra_params))
+        if was is None or tuple(was) == now or self.predictor.predictor != "head" or self.boxes is not None:
             return
         if not self.retrain_on_submit:  # the manual policy trains on START_TRAINING only
             log.warning("project %s: learner %s asked for, the served version was published for %s; retrain "
-                        "policy is manual: Start Training applies it", self.project_id, self.learner, was)
+                        "policy is manual: Start Training applies it", self.project_id, now, tuple(was))
             return
         log.info("project %s: learner %s asked for, the served version was published for %s: retraining",
-                 self.project_id, self.learner, was)
+                 self.project_id, now, tuple(was))
         self.training.request(self.project_id, "LEARNER_CHANGED")
 
     def _check_reference(self) -> None:

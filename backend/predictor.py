@@ -17,7 +17,7 @@ from typing import Any
 
 from backend.config import PREDICTORS, STRATEGIES, VLM_MODES, Settings
 from backend.labels import ImageClassification, LabelConfigError
-from backend.learners import parse_strategy, resolve_learner
+from backend.learners import StrategySpec, parse_strategy, resolve_learner
 
 
 @dataclass(frozen=True)
@@ -53,20 +53,25 @@ class PredictorRules:
     def strategy(self, extra: dict[str, Any] | None) -> str:
         """Return the strategy name of extra_params["strategy"], else of the configured one ("margin" for
         "margin+mix"); raises LabelConfigError naming the accepted values for others."""
-        return self._spec(extra)[0]
+        return self._spec(extra).base
 
     def learner(self, extra: dict[str, Any] | None) -> str:
         """Return the project's learner (backend.learners): extra_params["strategy"]'s modifier ("margin+lp"),
         else extra_params["learner"], else LABELLOOP_STRATEGY's modifier, else LABELLOOP_LEARNER; raises
         LabelConfigError for an unknown learner or a strategy modifier contradicting extra_params["learner"]."""
-        spec_learner = self._spec(extra)[1] if (extra or {}).get("strategy") else None
-        configured = self._spec(None)[1] or self.settings.learner  # LABELLOOP_STRATEGY's modifier, else LEARNER
+        spec_learner = self._spec(extra).learner if (extra or {}).get("strategy") else None
+        configured = self._spec(None).learner or self.settings.learner  # LABELLOOP_STRATEGY's, else LEARNER
         try:
             return resolve_learner(spec_learner, (extra or {}).get("learner"), configured)
         except ValueError as exc:
             raise LabelConfigError(str(exc)) from None
 
-    def _spec(self, extra: dict[str, Any] | None) -> tuple[str, str | None]:
+    def diversity(self, extra: dict[str, Any] | None) -> str | None:
+        """Return "kmeans" when the project's strategy ("margin+kmeans") asks for a k-means-diverse batch at the
+        top of the list (backend.learners.KmeansBatch), else None."""
+        return self._spec(extra).diversity
+
+    def _spec(self, extra: dict[str, Any] | None) -> StrategySpec:
         chosen = (extra or {}).get("strategy") or self.settings.strategy
         try:
             return parse_strategy(chosen, STRATEGIES)

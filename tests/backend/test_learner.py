@@ -13,7 +13,7 @@ from rich.console import Console
 from backend.config import ConfigError, load_settings
 from backend.heads import label_probabilities
 from backend.labels import LabelConfigError, parse_label_config
-from backend.learners import GraphCache, PoolLearner, PoolScores, parse_strategy
+from backend.learners import GraphCache, PoolLearner, PoolScores, StrategySpec, parse_strategy
 from backend.predictor import PredictorRules
 from backend.status import render
 from labelers.strategies import STRATEGIES
@@ -107,10 +107,13 @@ def test_one_class_or_a_failing_graph_falls_back_to_the_head_loudly(tmp_path, mo
 
 
 def test_strategy_modifiers_are_parsed_or_refused_naming_the_accepted_values():
-    assert parse_strategy("margin+mix", STRATEGIES) == ("margin", "mix")
-    assert parse_strategy("entropy", STRATEGIES) == ("entropy", None)
-    with pytest.raises(ValueError, match=r"\+kmeans.*not served.*accepted: 'margin'"):
-        parse_strategy("margin+kmeans", STRATEGIES)
+    assert parse_strategy("margin+mix", STRATEGIES) == StrategySpec("margin", "mix")
+    assert parse_strategy("entropy", STRATEGIES) == StrategySpec("entropy")
+    assert parse_strategy("margin+kmeans+mix", STRATEGIES) == StrategySpec("margin", "mix", "kmeans")
+    with pytest.raises(ValueError, match=r"\+balance not served.*accepted: 'margin'"):
+        parse_strategy("margin+balance", STRATEGIES)
+    with pytest.raises(ValueError, match="two learners"):
+        parse_strategy("margin+mix+lp", STRATEGIES)
     with pytest.raises(ConfigError, match="LABELLOOP_STRATEGY.*marginn"):
         load_settings(env={"LABELLOOP_STRATEGY": "marginn+mix"})
     with pytest.raises(ConfigError, match="learner"):
@@ -236,3 +239,36 @@ def test_changing_the_learner_retrains_into_a_new_version(make_client, docroot):
         got = _predict(client)
     assert "-mix-" in mixed and "-mix-" not in after and after != mixed
     assert {r["model_version"] for r in got} == {after}
+
+
+def test_kmeans_puts_a_diverse_batch_of_open_tasks_first_then_the_strategy_order(make_client, docroot):
+    from backend.cold_start import project_embeddings, project_seed
+    from labelers.strategies import select_batch
+
+    annotated = [TASKS[0], TASKS[3], TASKS[6]]
+    with make_client(local_files_document_root=docroot, strategy="margin+kmeans", kmeans_batch=3) as (client,
+                                                                                                      runtime):
+        setup_project(client)
+        _predict(client)
+        _train(client, runtime, annotated)
+        got = _predict(client)
+        version, target, head = _served(runtime)
+        pool = PoolScores.load(version.head_dir)
+        keys, features = project_embeddings(runtime.store, runtime.cache, "1", pool.embedder_id)
+        task_key = {t["id"]: runtime.store.content_keys("1", [t["id"]])[t["id"]][1] for t in TASKS}
+    lp = _softmax_of_share(pool.scores[[pool.row[k] for k in keys]])
+    mixed = 0.5 * (label_probabilities(head, target, features) + lp)
+    labelled = {task_key[t["id"]] for t in annotated}
+    open_rows = np.asarray([i for i, k in enumerate(keys) if k not in labelled])
+    picks = [keys[i] for i in open_rows[select_batch(mixed[open_rows], 3, "margin", features=features[open_rows],
+                                                     diversity="kmeans", seed=project_seed("1"))]]
+    order = sorted(range(len(TASKS)), key=lambda i: got[i]["score"])
+    first = [task_key[TASKS[i]["id"]] for i in order[:3]]
+    assert all(re.search(r"-mix-kmeans-p1-r\d+$", r["model_version"]) for r in got)
+    assert first == picks and not set(first) & labelled
+    assert len({LABELS[TASKS[i]["id"]] for i in order[:3]}) == 3  # one of each colour: the batch is diverse
+    assert [got[i]["score"] for i in order[:3]] == [0.0, 0.1, 0.2]  # rank / (pool + 1)
+    margin = dict(zip(keys, _margin(mixed)))
+    rest = [margin[task_key[TASKS[i]["id"]]] for i in order[3:]]
+    assert rest == sorted(rest)  # then the strategy's order
+    assert all(0 < r["result"][0]["score"] <= 1 for r in got)  # the region keeps its probability
