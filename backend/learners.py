@@ -113,7 +113,7 @@ class PoolScores:
         scores = np.zeros((0, len(self.labels)), np.float32) if self.scores is None else self.scores
         rest = self.batch.rest if self.batch else np.zeros(0)
         with open(Path(folder) / LEARNER_FILE, "wb") as fh:
-            np.savez(fh, scores=scores.astype(np.float32), keys=np.asarray(self.keys, dtype=object),
+            np.savez(fh, scores=scores.astype(np.float32), keys=np.asarray(self.keys, dtype=str),
                      meta=np.asarray(json.dumps(meta)), rest=rest.astype(np.float64))
 
     @classmethod
@@ -122,7 +122,7 @@ class PoolScores:
         path = Path(folder) / LEARNER_FILE
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=True) as data:  # our own file, covered by the version's digest
+        with np.load(path) as data:  # plain arrays (keys as fixed-width text): no pickle
             meta = json.loads(str(data["meta"]))
             batch = KmeansBatch(meta["batch"], data["rest"]) if meta.get("batch") is not None else None
             scores = None if meta["learner"] == "head" else data["scores"]
@@ -323,7 +323,7 @@ class GraphCache:
             with open(tmp, "wb") as fh:
                 m = graph.matrix.tocsr()
                 np.savez(fh, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.asarray(m.shape),
-                         keys=np.asarray(keys, dtype=object), k=graph.k, power=graph.power,
+                         keys=np.asarray(keys, dtype=str), k=graph.k, power=graph.power,
                          digest=np.asarray(_pool_digest(keys)))
             tmp.replace(path)
         except OSError as exc:
@@ -338,7 +338,7 @@ class GraphCache:
         if not path.exists():
             return None
         try:
-            with np.load(path, allow_pickle=True) as data:
+            with np.load(path) as data:
                 saved = [str(k) for k in data["keys"]]
                 if not set(saved) <= set(keys):
                     return None
