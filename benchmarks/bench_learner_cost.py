@@ -41,14 +41,25 @@ def main() -> None:
         t = time.perf_counter()
         fit = learner2.fit("p", "mix", target, "e", [keys[i] for i in labeled], cls[labeled])
         print(f"new process, graph read from disk: {time.perf_counter() - t:.2f}s, graph={fit.graph}")
-        head = np.full((100, K), 1.0 / K)
-        pool = fit.pool
-        t = time.perf_counter(); pool.combine(head, keys[:100], x[:100], cache.get_many); t1 = time.perf_counter() - t
+        from labelers.head import ClassifierHead
+
+        head = ClassifierHead(list(target.labels))
+        head.fit(x[labeled], cls[labeled])
+        for what in ("first, imports scikit-learn's KMeans", "next"):
+            t = time.perf_counter()
+            fit = learner2.fit("p", "mix", target, "e", [keys[i] for i in labeled], cls[labeled], head, "margin",
+                               "kmeans", 20)
+            print(f"retrain with margin+kmeans+mix ({what}; graph reused, batch of 20): "
+                  f"{time.perf_counter() - t:.2f}s, batch {len(fit.pool.batch.keys)}")
+        probs = np.full((100, K), 1.0 / K)
         new = x[:100] + 0.1
-        t = time.perf_counter(); pool.combine(head, [None] * 100, new, cache.get_many); t2 = time.perf_counter() - t
-        t = time.perf_counter(); pool.combine(head, [None] * 100, new, cache.get_many); t3 = time.perf_counter() - t
-        print(f"/predict combine, 100 pool tasks: {t1*1000:.1f} ms; 100 new tasks: first {t2*1000:.0f} ms "
-              f"(graph vectors loaded), then {t3*1000:.0f} ms")
+        timings = []
+        for keys_, features in ((keys[:100], x[:100]), ([None] * 100, new), ([None] * 100, new)):
+            t = time.perf_counter()
+            fit.pool.combine(probs, keys_, features, cache.get_many)
+            timings.append(1000 * (time.perf_counter() - t))
+        print(f"/predict combine, 100 pool tasks: {timings[0]:.1f} ms; 100 new tasks: first {timings[1]:.0f} ms "
+              f"(graph vectors loaded), then {timings[2]:.0f} ms")
 
 
 if __name__ == "__main__":
