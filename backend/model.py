@@ -13,6 +13,7 @@ Instances are cheap (no weights are loaded here), so the app builds one per requ
 from __future__ import annotations
 
 import logging
+import threading
 from functools import cached_property
 from typing import Any, Callable
 
@@ -27,6 +28,13 @@ from backend.similar import PARAM as SIMILAR_PARAM, parse_reference
 from backend.versions import initial_version
 
 log = logging.getLogger(__name__)
+
+# How many requests of this process score their (already embedded) tasks at once; the others wait their turn.
+# Scoring 100 tasks is ~5 ms of Python and small NumPy products under the GIL: 8 concurrent requests sharing
+# the interpreter by its 5 ms switch interval all finished late together, and the unlucky ones later still
+# (p99 2.7x p50, benchmarks/bench_speed.py); taking turns by request, each is done after its own share.
+# Fetching and embedding images happen before, outside the turn.
+SCORING_TURNS = threading.BoundedSemaphore(1)
 
 
 class LabelloopModel:
@@ -231,8 +239,10 @@ class LabelloopModel:
         version = self.store.get_version(self.project_id, project.model_version)
         embedded = self.embeddings.embed(project, tasks, self.target.data_key, budget=self.predict_budget)
         # Scored by the project's cold-start order until the head has evidence (backend.heads.in_cold_start).
-        items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy,
-                                       similar_scores=self._similar_scores(project, embedded.embedder))
+        similar = self._similar_scores(project, embedded.embedder)  # may embed a reference URL: not in the turn
+        with SCORING_TURNS:
+            items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy,
+                                           similar_scores=similar)
         if embedded.pending:
             self.warmer.embed_new_tasks(self.project_id, [tasks[i] for i in embedded.pending])
             log.warning("project %s: %d of %d tasks not predicted within the %g s budget "

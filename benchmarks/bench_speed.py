@@ -198,71 +198,52 @@ def bench_head(rounds: int, n: int = 10_000, previous: int = 9_900, dim: int = 1
 
 
 # -- 4. /predict -------------------------------------------------------------------------------------------------
-def todays_prior_proba(self, features):
-    """ClassifierPrior.proba as it was: the softmax over all source classes, then pooled into labels."""
-    from labelers.priors import FLOOR, label_probabilities
-
-    logits = self.source_logits(features).astype(np.float64)
-    q = np.exp(logits - logits.max(axis=1, keepdims=True))
-    q /= q.sum(axis=1, keepdims=True)
-    return np.clip(label_probabilities(q, self.aggregation), FLOOR, 1.0)
+TODAY_REV = "25a1bc4d485351c4b9283e17acaf765591a3dbeb"  # the serving code before the p99 work of issue 13
 
 
-def todays_logits(self, features):
-    """ClassifierHead.logits as it was: the linear part through torch."""
-    x = torch.as_tensor(np.asarray(features, np.float32))
-    self._ensure_init(x.shape[1])
-    with torch.no_grad():
-        linear = (x @ self.weight.T + self.bias).numpy().astype(np.float64)
-    if self.prior is not None:
-        linear = linear + self.prior_gain * self._offset(x.numpy())
-    return (linear / self.temperature).astype(np.float32)
+def code_at(rev: str, into: Path) -> Path:
+    """Return a folder holding the backend's importable packages as they were at git revision `rev`
+    (extracted once with `git archive`). Raises CalledProcessError when `rev` is not in this clone."""
+    import subprocess
 
-
-def todays_predict_proba(self, features):
-    """ClassifierHead.predict_proba as it was: torch's softmax / sigmoid."""
-    logits = torch.as_tensor(self.logits(features))
-    return (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)).numpy()
+    folder = into / f"code-{rev[:12]}"
+    if not (folder / "backend" / "app.py").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev, "backend", "labelers", "trainers", "labelloop", "configs"],
+                                 cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def serve(variant: str) -> None:
-    """Run one /predict server: "new" (this code) or "today" (multi-threaded BLAS, prior over all classes, the
-    head's small products through torch)."""
+    """Run one /predict server: "new" (this code) or "code:<folder>" (the packages in that folder, e.g. today's
+    code from `code_at`; imported from there because nothing of the backend is imported before this line)."""
     import os
 
+    if variant.startswith("code:"):
+        sys.path.insert(0, variant.removeprefix("code:"))
     import uvicorn
 
     from backend.app import create_app
-    from backend.runtime import Runtime
 
-    if variant == "today":
-        from labelers.head import ClassifierHead
-        from labelers.priors import ClassifierPrior
-
-        ClassifierPrior.proba = todays_prior_proba
-        ClassifierHead.logits, ClassifierHead.predict_proba = todays_logits, todays_predict_proba
-        started = Runtime.start
-
-        def start(self, preload: bool = True) -> None:
-            started(self, preload)
-            self._blas_limits.restore_original_limits()  # BLAS threads as before: one per core, per request
-
-        Runtime.start = start
     uvicorn.run(create_app(), host="127.0.0.1", port=int(os.environ["PORT"]), log_level="warning")
 
 
-def bench_predict(clients: int, requests: int, rounds: int, real: int) -> dict:
+def bench_predict(clients: int, requests: int, rounds: int, real: int, today_rev: str = TODAY_REV) -> dict:
+    """p50/p99 of /predict (100-task batches from `clients` threads) for today's code (git `today_rev`) and this
+    code twice, one server each on copies of one prepared MODEL_DIR, `rounds` rounds in rotating order."""
     import shutil
 
     from benchmarks import bench_backend as bb
 
     base = REPO / "benchmarks" / ".work" / "bench_speed_predict"
     files_root, files = bb.prepare(base, real, 100)
+    today = code_at(today_rev, REPO / "benchmarks" / ".work")
     servers = {}
     try:
         for name in ("today", "new", "new_again"):
             shutil.copytree(base / "prepared", base / name)
-            servers[name] = bb.Server("today" if name == "today" else "new", base / name, files_root,
+            servers[name] = bb.Server(f"code:{today}" if name == "today" else "new", base / name, files_root,
                                       module="benchmarks.bench_speed")
             servers[name].setup(bb.REAL_PROJECT)
         tasks = bb.real_tasks(files)
@@ -275,7 +256,7 @@ def bench_predict(clients: int, requests: int, rounds: int, real: int) -> dict:
     finally:
         for server in servers.values():
             server.stop()
-    return {"clients": clients, "requests": len(latencies["new"]),
+    return {"clients": clients, "requests": len(latencies["new"]), "today_rev": today_rev,
             **{f"{name}_p{q}_ms": 1e3 * bb.percentile(values, q) for name, values in latencies.items()
                for q in (50, 99)}}
 
