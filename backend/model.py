@@ -13,7 +13,6 @@ Instances are cheap (no weights are loaded here), so the app builds one per requ
 from __future__ import annotations
 
 import logging
-import threading
 from functools import cached_property
 from typing import Any, Callable
 
@@ -28,13 +27,6 @@ from backend.similar import PARAM as SIMILAR_PARAM, parse_reference
 from backend.versions import initial_version
 
 log = logging.getLogger(__name__)
-
-# How many requests of this process score their (already embedded) tasks at once; the others wait their turn.
-# Scoring 100 tasks is ~5 ms of Python and small NumPy products under the GIL: 8 concurrent requests sharing
-# the interpreter by its 5 ms switch interval all finished late together, and the unlucky ones later still
-# (p99 2.7x p50, benchmarks/bench_speed.py); taking turns by request, each is done after its own share.
-# Fetching and embedding images happen before, outside the turn.
-SCORING_TURNS = threading.BoundedSemaphore(1)
 
 
 class LabelloopModel:
@@ -67,8 +59,15 @@ class LabelloopModel:
         """The label config XML: the one given to this instance, else the project's stored one."""
         if self._label_config:
             return self._label_config
-        project = self.store.get_project(self.project_id)
+        project = self._stored
         return project.label_config if project else None
+
+    @cached_property
+    def _stored(self):
+        """The project as stored when this instance first needed it (None before its first contact): read
+        once, not by every property asking for the config or extra_params (~6 reads per /predict). An
+        instance serves one request."""
+        return self.store.get_project(self.project_id)
 
     @cached_property
     def label_interface(self):
@@ -102,7 +101,7 @@ class LabelloopModel:
         """The ML backend's extra params from Label Studio (/setup), e.g. {"strategy": "entropy"}."""
         if self._extra_params is not None:
             return self._extra_params
-        project = self.store.get_project(self.project_id)
+        project = self._stored
         return project.extra_params if project else {}
 
     @property
@@ -239,10 +238,8 @@ class LabelloopModel:
         version = self.store.get_version(self.project_id, project.model_version)
         embedded = self.embeddings.embed(project, tasks, self.target.data_key, budget=self.predict_budget)
         # Scored by the project's cold-start order until the head has evidence (backend.heads.in_cold_start).
-        similar = self._similar_scores(project, embedded.embedder)  # may embed a reference URL: not in the turn
-        with SCORING_TURNS:
-            items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy,
-                                           similar_scores=similar)
+        items = self.heads.predictions(self.project_id, version, self.target, embedded, self.strategy,
+                                       similar_scores=self._similar_scores(project, embedded.embedder))
         if embedded.pending:
             self.warmer.embed_new_tasks(self.project_id, [tasks[i] for i in embedded.pending])
             log.warning("project %s: %d of %d tasks not predicted within the %g s budget "
