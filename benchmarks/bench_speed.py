@@ -335,8 +335,8 @@ def section(r: dict, command: str, threads: int, note: str = "") -> str:
         f"objective evaluation) | {h['new_s'] / h['evaluation_s']:.0f} evaluations' worth | "
         f"{h['today_s'] / h['new_s']:.1f} |",
         f"| `/predict` p99, 100-task batches, {p['clients']} clients on 1,000 CIFAR-10 tasks with the ImageNet prior "
-        "(today: NumPy's BLAS on every core inside each request, the prior over all 1,000 classes, the head's small "
-        "products in torch; new: BLAS on one thread, the prior's used classes, NumPy) "
+        f"(today: the code at {p.get('today_rev', 'the previous revision')[:7]}; new: auth and response without "
+        "thread-pool hops, the project and its label config read once per request) "
         f"({p['requests']} requests per variant; p50 "
         f"today {p['today_p50_ms']:.0f}, new {p['new_p50_ms']:.0f} / {p['new_again_p50_ms']:.0f} ms) | "
         f"{p['today_p99_ms']:.0f} ms | **{p['new_p99_ms']:.0f} ms** (same code, second server: "
@@ -406,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=12, help="/predict calls per client, variant and round")
     parser.add_argument("--real", type=int, default=1000, help="CIFAR-10 tasks of the /predict project")
+    parser.add_argument("--today-rev", default=TODAY_REV, help="git revision whose backend is /predict's today")
     parser.add_argument("--vlm-images", type=int, default=8)
     parser.add_argument("--only", nargs="*", default=None, help="run only these parts (debugging; no --write)")
     parser.add_argument("--merge", type=Path, help="JSON of parts an earlier run measured: only the others run now")
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         "scoring": lambda: bench_scoring(args.pool, args.rounds + 2),  # short: more rounds against the noise
         "streaming": lambda: bench_streaming(args.stream, args.rounds + 2),
         "head": lambda: bench_head(args.rounds),
-        "predict": lambda: bench_predict(args.clients, args.requests, args.rounds, args.real),
+        "predict": lambda: bench_predict(args.clients, args.requests, args.rounds + 2, args.real, args.today_rev),
         "vlm": lambda: bench_vlm(args.vlm_images, args.rounds),
     }
     import json
