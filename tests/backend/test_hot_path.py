@@ -70,3 +70,15 @@ def test_a_refused_label_config_is_refused_every_time(make_client):
     assert [a.status_code for a in answers] == [422, 422]
     assert answers[0].json() == answers[1].json()
     assert "not valid XML" in answers[1].json()["detail"]
+
+
+def test_the_cold_start_pool_lists_an_image_shared_by_two_tasks_once(tmp_path):
+    from backend.store import Store
+
+    store = Store(tmp_path / "state")
+    store.remember_tasks("1", [(1, "/a.png"), (2, "/a-copy.png"), (3, "/b.png"), (4, "/c.png")])
+    store.set_content_keys("1", {1: "key-a", 2: "key-a", 3: "key-b"})  # task 4 not embedded
+    store.remember_tasks("2", [(1, "/a.png")])
+    store.set_content_keys("2", {1: "key-z"})
+    assert sorted(store.project_content_keys("1")) == ["key-a", "key-b"]
+    store.close()
