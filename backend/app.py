@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -116,15 +116,23 @@ def _basic_ok(credentials: HTTPBasicCredentials | None, settings: Settings) -> b
     return user_ok and pass_ok
 
 
-def require_auth(request: Request, credentials: HTTPBasicCredentials | None = Depends(basic_credentials)) -> None:
-    """Basic auth on every route when BASIC_AUTH_USER/PASS are set; raises ApiError 401 otherwise."""
+def _check_auth(request: Request, credentials: HTTPBasicCredentials | None) -> None:
     settings: Settings = request.app.state.runtime.settings
     if settings.basic_auth_enabled and not _basic_ok(credentials, settings):
         raise ApiError(401, "authentication required", BASIC_CHALLENGE)
 
 
-def require_webhook_auth(request: Request,
-                         credentials: HTTPBasicCredentials | None = Depends(basic_credentials)) -> None:
+# The auth dependencies are `async def` although they never await: FastAPI runs a plain `def` dependency in
+# its thread pool, one more hop per request through the event loop (and the GIL, against 8 concurrent
+# /predict requests) for a comparison of two strings.
+async def require_auth(request: Request,
+                       credentials: HTTPBasicCredentials | None = Depends(basic_credentials)) -> None:
+    """Basic auth on every route when BASIC_AUTH_USER/PASS are set; raises ApiError 401 otherwise."""
+    _check_auth(request, credentials)
+
+
+async def require_webhook_auth(request: Request,
+                               credentials: HTTPBasicCredentials | None = Depends(basic_credentials)) -> None:
     """/webhook: basic auth, or the shared secret in the X-Labelloop-Secret header when one is set.
 
     Label Studio's auto-created webhook sends no auth: set LABELLOOP_WEBHOOK_SECRET and add the header to that
@@ -145,7 +153,7 @@ def require_webhook_auth(request: Request,
         raise ApiError(401, f"webhook needs the shared secret ({WEBHOOK_SECRET_HEADER} header)"
                        + (" or basic auth" if settings.basic_auth_enabled else ""), BASIC_CHALLENGE
                        if settings.basic_auth_enabled else None)
-    require_auth(request, credentials)
+    _check_auth(request, credentials)
 
 
 class RedactQuerySecrets(logging.Filter):
@@ -284,7 +292,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=False,
               dependencies=[Depends(require_auth)])
-    def predict(body: PredictRequest) -> PredictResponse:
+    def predict(body: PredictRequest) -> Response:
         runtime.counters.add(predict_requests=1)
         pid = project_id(body.project) or project_id(body.tasks[0].get("project"))
         if pid is None:
@@ -314,7 +322,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
                 raise
             log.warning("project %s: predictions served, but MODEL_DIR is full (%s): Label Studio's project "
                         "version follows once space is back", pid, exc)
-        return PredictResponse(results=response.predictions)
+        # Serialised here, once, by pydantic: returned as a model, FastAPI would validate it again against
+        # response_model (rebuilding every PredictionValue) in one more thread-pool hop, then encode it.
+        # response_model stays the documented shape; the bytes are the same JSON.
+        return Response(PredictResponse(results=response.predictions).model_dump_json(),
+                        media_type="application/json")
 
     @app.post("/webhook", dependencies=[Depends(require_webhook_auth)])
     def webhook(data: Any = Body(default=None)) -> JSONResponse:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import defusedxml
@@ -106,7 +107,16 @@ def read_xml(xml: str | None) -> ET.Element:
 def label_interface(xml: str | None):
     """Return label-studio-sdk's LabelInterface for `xml`, after `read_xml` has found it safe to parse.
 
-    Raises LabelConfigError when it cannot be read (see `read_xml`)."""
+    One object per config text, shared by every caller of this process (read it, never change it): a
+    /predict reads the project's config up to four times (target, boxes, the served version), ~0.5 ms each.
+    Raises LabelConfigError when it cannot be read (see `read_xml`); a refused config is not remembered."""
+    if not isinstance(xml, str):
+        read_xml(xml)  # raises: the config is empty
+    return _label_interface(xml)
+
+
+@lru_cache(maxsize=64)
+def _label_interface(xml: str):
     read_xml(xml)  # the SDK's lxml parser expands entities: never hand it a DTD
     from label_studio_sdk.label_interface import LabelInterface
 

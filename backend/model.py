@@ -59,8 +59,15 @@ class LabelloopModel:
         """The label config XML: the one given to this instance, else the project's stored one."""
         if self._label_config:
             return self._label_config
-        project = self.store.get_project(self.project_id)
+        project = self._stored
         return project.label_config if project else None
+
+    @cached_property
+    def _stored(self):
+        """The project as stored when this instance first needed it (None before its first contact): read
+        once, not by every property asking for the config or extra_params (~6 reads per /predict). An
+        instance serves one request."""
+        return self.store.get_project(self.project_id)
 
     @cached_property
     def label_interface(self):
@@ -94,7 +101,7 @@ class LabelloopModel:
         """The ML backend's extra params from Label Studio (/setup), e.g. {"strategy": "entropy"}."""
         if self._extra_params is not None:
             return self._extra_params
-        project = self.store.get_project(self.project_id)
+        project = self._stored
         return project.extra_params if project else {}
 
     @property

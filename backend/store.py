@@ -451,9 +451,12 @@ class Store:
         return out
 
     def project_content_keys(self, project: str) -> list[str]:
-        """Return the content keys of every task of `project` whose image was embedded (the cold-start pool)."""
-        return [r["content_key"] for r in self._conn().execute(
-            "SELECT DISTINCT content_key FROM tasks WHERE project=? AND content_key IS NOT NULL", (project,))]
+        """Return the content keys of every task of `project` whose image was embedded (the cold-start pool),
+        each once, in no particular order."""
+        # Deduplicated here, not by SELECT DISTINCT (a temporary B-tree in SQLite): half the time, and this runs
+        # on every cold-start /predict over all of the project's tasks.
+        return list(dict.fromkeys(r["content_key"] for r in self._conn().execute(
+            "SELECT content_key FROM tasks WHERE project=? AND content_key IS NOT NULL", (project,))))
 
     def embedded_tasks(self, project: str) -> dict[int, str]:
         """Return task_id -> content key for every task of `project` whose image was embedded."""

@@ -8,7 +8,9 @@ benchmarks/bench_speed.py. What it saves over a straightforward version:
   inside L2), and the softmax runs in place on it: exp (shifted by the row maximum only when a maximum is
   large enough to overflow), sum;
 - the top-2 needs no sort and no log-softmax: p1 = e_max / sum, and p2 is the largest remaining exp / sum
-  once the maximum's entry is zeroed.
+  once the maximum's entry is zeroed;
+- the arg max comes from NumPy's SIMD `argmax` along each row and the maximum from gathering it (torch's
+  `max(dim=1)` with indices over rows of ~100 classes is the slowest pass of all).
 Threads: the GEMM and the element-wise passes use torch's intra-op threads (`torch.get_num_threads()`).
 
 Pools past memory: `score_blocks` takes any iterable of feature blocks, e.g. `EmbeddingCache.iter_blocks`
@@ -116,7 +118,10 @@ class _BlockScorer:
             torch.addmm(self.bias, torch.from_numpy(x), self.weight_t, out=logits)
             if self.head.prior is not None:  # the label-probability prior's logit offset, as head.logits adds
                 logits.add_(torch.from_numpy(self.head._offset(x).astype(np.float32)), alpha=self.prior_gain)
-            top, predicted = logits.max(dim=1)
+            # The arg max by NumPy (SIMD along a row of K), the maximum by gathering it: torch's max(dim=1)
+            # with indices over rows of ~100 classes costs twice both together (benchmarks/bench_speed.py).
+            predicted = torch.from_numpy(np.argmax(logits.numpy(), axis=1))
+            top = logits.gather(1, predicted[:, None])[:, 0]
             # Softmax numerators e = exp(l - s). The shift s = row maximum guards exp against overflow; while
             # every row's maximum is within +-SAFE_LOGIT (any sane head) s = 0 is as exact and saves a pass.
             shift = not (-SAFE_LOGIT < float(top.min()) and float(top.max()) < SAFE_LOGIT)

@@ -34,3 +34,51 @@ def test_a_retrain_starts_from_the_served_head(make_client, docroot, monkeypatch
     # (the accuracy estimate's k-fold fits come after each publish, from the prior: only the first fit counts)
     assert first[0] is None  # r0 is the untrained prior: nothing to start from
     assert second[0] == len(TASKS) // 2  # r2 starts from r1, trained on the first half
+
+
+def test_a_predict_reads_the_project_and_parses_its_config_once(make_client, docroot, monkeypatch):
+    # Each property of a request's model (target, boxes, strategy, predictor, ...) read the project from
+    # SQLite and parsed its label config again: ~6 reads and 4 parses per /predict, a fifth of its CPU.
+    import label_studio_sdk.label_interface as sdk
+
+    from backend.store import Store
+    from tests.backend.conftest import CHOICES_XML, local_task
+
+    xml = CHOICES_XML.replace("<View>", "<View><!-- parsed once -->")  # a text no other test has parsed
+    parses, reads = [], []
+    interface = sdk.LabelInterface
+    monkeypatch.setattr(sdk, "LabelInterface", lambda text, *a, **k: parses.append(text) or interface(text, *a, **k))
+    get_project = Store.get_project
+    monkeypatch.setattr(Store, "get_project", lambda self, pid: reads.append(pid) or get_project(self, pid))
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        setup_project(client, xml=xml)
+        tasks = [local_task(1, "imgs/red0.png"), local_task(2, "imgs/green0.png")]
+        first = client.post("/predict", json={"tasks": tasks, "project": "1.1700000000"})
+        reads.clear()
+        again = client.post("/predict", json={"tasks": tasks, "project": "1.1700000000"})
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and len(again.json()["results"]) == 2
+    assert parses == [xml]  # /setup parsed it; neither /predict did again
+    assert len(reads) <= 3  # the model once, its connect, the served version: not once per property
+
+
+def test_a_refused_label_config_is_refused_every_time(make_client):
+    # The parsed configs are remembered per text; a config that cannot be parsed must not be.
+    with make_client() as (client, runtime):
+        broken = '<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+        answers = [client.post("/setup", json={"project": "1.1", "schema": broken}) for _ in range(2)]
+    assert [a.status_code for a in answers] == [422, 422]
+    assert answers[0].json() == answers[1].json()
+    assert "not valid XML" in answers[1].json()["detail"]
+
+
+def test_the_cold_start_pool_lists_an_image_shared_by_two_tasks_once(tmp_path):
+    from backend.store import Store
+
+    store = Store(tmp_path / "state")
+    store.remember_tasks("1", [(1, "/a.png"), (2, "/a-copy.png"), (3, "/b.png"), (4, "/c.png")])
+    store.set_content_keys("1", {1: "key-a", 2: "key-a", 3: "key-b"})  # task 4 not embedded
+    store.remember_tasks("2", [(1, "/a.png")])
+    store.set_content_keys("2", {1: "key-z"})
+    assert sorted(store.project_content_keys("1")) == ["key-a", "key-b"]
+    store.close()

@@ -71,3 +71,20 @@ def test_pool_scoring_equals_predict_proba_with_small_and_huge_logits(strategy, 
     np.testing.assert_allclose(fast.score, prediction_score(probs, strategy), atol=2e-5)
     np.testing.assert_allclose(fast.uncertainty, uncertainty(probs, strategy), atol=2e-5)
     np.testing.assert_allclose(fast.confidence, probs.max(axis=1), atol=2e-5)
+
+
+@pytest.mark.parametrize("strategy", ["margin", "least"])
+def test_tied_top_classes_predict_the_first_one_with_margin_zero(strategy):
+    # The arg max and the maximum are found separately (NumPy's argmax, then a gather): on a tie both must
+    # still name the first tied class, and the second-largest probability must be the tied one, not the next.
+    head = ClassifierHead(list("abcd")).init_from_text(np.eye(4, 3), 1.0)  # class 3 has weight 0
+    features = np.array([[0.0, 0.0, 0.0],     # all four tied: p = 1/4 each
+                         [0.0, 0.5, 0.5],     # b and c tied at the top
+                         [1.0, 0.0, 0.0]], np.float32)
+    fast = score_pool(head, features, strategy)
+    np.testing.assert_array_equal(fast.predicted, [0, 1, 0])
+    e = np.exp(1.0)
+    expected_p1 = [0.25, np.exp(0.5) / (2 * np.exp(0.5) + 2), e / (e + 3)]
+    np.testing.assert_allclose(fast.confidence, expected_p1, rtol=1e-6)
+    if strategy == "margin":
+        np.testing.assert_allclose(fast.score, [0.0, 0.0, (e - 1) / (e + 3)], atol=1e-7)
