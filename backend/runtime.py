@@ -21,7 +21,8 @@ from backend.embedding import EmbeddingService
 from backend.fetching import Fetcher
 from backend.head_trainer import HeadTrainer
 from backend.heads import HeadCache
-from backend.learners import GraphCache, PoolLearner
+from backend.learner_fit import PoolLearner
+from backend.learners import GraphCache
 from backend.logs import OnceLog, Redactor, quiet_http_loggers
 from backend.ls_auth import LabelStudioAuth
 from backend.ls_client import LabelStudioClient

@@ -13,7 +13,8 @@ from rich.console import Console
 from backend.config import ConfigError, load_settings
 from backend.heads import label_probabilities
 from backend.labels import LabelConfigError, parse_label_config
-from backend.learners import GraphCache, PoolLearner, PoolScores, StrategySpec, parse_strategy
+from backend.learner_fit import PoolLearner
+from backend.learners import GraphCache, PoolScores, StrategySpec, parse_strategy
 from backend.predictor import PredictorRules
 from backend.status import render
 from labelers.strategies import STRATEGIES
