@@ -60,7 +60,11 @@ def install() -> None:
     ClassifierHead.fit, ClassifierHead.save = faulty_fit, faulty_save
 
 
-if __name__ == "__main__":
+if __name__ == "__mp_main__":
+    # A worker process uvicorn spawned (--workers > 1): spawn imports this module under this name, never as
+    # "__main__", so without this the fault would be armed in the supervisor only and no worker would see it.
+    install()
+elif __name__ == "__main__":
     install()
     from labelloop.cli import main
 
