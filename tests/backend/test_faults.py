@@ -24,6 +24,17 @@ def served_versions(client: httpx.Client, tasks=TASKS) -> set[str]:
     return {r["model_version"] for r in resp.json()["results"]}
 
 
+def training_or_none(client: httpx.Client) -> dict | None:
+    """Return project 1's /metrics training entry, or None when the connection was reset: uvicorn's supervisor
+    kills a worker that misses its health-check ping (5 s; a replacement importing torch on a loaded machine can)
+    and the requests that worker holds are reset. The served versions, the property under test, are checked on
+    answered requests only."""
+    try:
+        return project_metrics(client)["training"]
+    except httpx.TransportError:
+        return None
+
+
 def train_first_version(client: httpx.Client, served: Served) -> str:
     """Annotate one image per colour and wait for r1 to be served; returns it."""
     for ann_id, (task, label) in enumerate(zip(TASKS, ("red", "green", "blue")), start=1):
@@ -51,7 +62,7 @@ def test_kill_9_of_the_training_worker_resumes_the_retrain_and_keeps_serving(tmp
         served.fault("hang")  # the next fit waits, so the run is caught in the middle
         assert annotate(client, 10, 1, "imgs/red0.png", "green").status_code == 201
         # The run hangs in one worker; either worker's /metrics shows it, with its pid (from the store).
-        running = wait_for(lambda: project_metrics(client)["training"]["running"], "a run to start", log=served.log)
+        running = wait_for(lambda: (training_or_none(client) or {}).get("running"), "a run to start", log=served.log)
         assert served_versions(client) == {v1}  # while it trains, the old version is served
         os.kill(running["pid"], signal.SIGKILL)
         served.fault("")
@@ -61,7 +72,7 @@ def test_kill_9_of_the_training_worker_resumes_the_retrain_and_keeps_serving(tmp
         for _ in range(6):  # either worker, old or new, serves it
             assert served_versions(client) == {v2}
         # The run finishes after publishing (accuracy estimate, label audit).
-        training = wait_for(lambda: (t := project_metrics(client)["training"])["state"] == "idle" and t,
+        training = wait_for(lambda: (t := training_or_none(client)) and t["state"] == "idle" and t,
                             "the run to finish", log=served.log)
         log = served.log()
     assert "died with its process" in log
