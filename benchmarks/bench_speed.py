@@ -9,7 +9,8 @@
    the same pool size streamed from the embedding cache (`score_blocks` over `EmbeddingCache.iter_blocks`).
 3. Head retrain on 10k labeled embeddings, calibration included: today's path (fit from the prior, 3 folds
    each solved from the prior) vs warm-started from the previous head (9,900 labels) with folds started at
-   the full fit; limit = one evaluation of the objective (the two products with the features).
+   the full fit, now and as landed before (warm fit to a fixed gtol 1e-6); limit = one evaluation of the
+   objective (the two products with the features).
 4. /predict p99 at 8 clients of 100-task batches: today's serving (multi-threaded BLAS per request, the
    ImageNet prior over all 1000 classes) vs the new one, twice (same code in two servers: the noise floor).
 5. VLM option scoring on the tiny random Qwen2-VL and LLaVA-NeXT: one sequence per option (today) vs one
@@ -270,9 +271,8 @@ def head_reading(h: dict) -> str:
     landed = f", {h['landed_s']:.2f} s as landed before" if "landed_s" in h else ""
     return (f"Head retrain with calibration {h['new_s']:.2f} s vs {h['today_s']:.2f} s today{landed} (target <= 1 s, "
             f"{met}: {h['new_s'] / h['evaluation_s']:.0f} float64 objective evaluations' worth at "
-            f"{h['evaluation_s'] * 1e3:.0f} ms each; the warm start now runs in float32 and stops at a gradient "
-            "relative to the one it started from; the *today* column already runs on the one-pass objective, so "
-            "it understates the change).")
+            f"{h['evaluation_s'] * 1e3:.0f} ms each; the warm start now stops at a gradient relative to the one it "
+            "started from; the *today* column already runs on the one-pass objective, so it understates the change).")
 
 
 # -- 4. /predict -------------------------------------------------------------------------------------------------
