@@ -390,9 +390,7 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
         runs = store.runs(project.id, limit=1)
         last = runs[0] if runs else None
         failed = [r for r in store.runs(project.id, limit=50) if r["status"] == "failed"]
-        state = runtime.queue.status(project.id)
-        if state == "idle" and project.requested_seq > project.trained_seq:
-            state = "queued"  # requested, and not yet covered by a run in any worker
+        training = store.training_state(project.id).as_dict()  # every worker's, from SQLite
         served = store.get_version(project.id, project.model_version)
         projects[project.id] = {
             "model_version": project.model_version,
@@ -402,7 +400,7 @@ def _metrics(runtime: Runtime) -> dict[str, Any]:
             "embedder": project.embedder,
             "annotations": store.count_annotations(project.id),
             "training": {
-                "state": state,
+                **training,
                 "runs": store.run_counts(project.id),
                 "last_run": last,
                 "last_failure": failed[0] if failed else None,

@@ -106,6 +106,19 @@ def _learner(project: dict) -> str:
     return f"{learner.get('used')} ({learner.get('configured')} not used: {learner.get('fallback')})"
 
 
+def _training(training: dict) -> str:
+    """Return e.g. "running run 7 (pid 4242, heartbeat 1s ago) (succeeded 6)" for the training column: the state
+    every worker agrees on (/metrics reads it from the store), the live run, runs whose process died."""
+    runs = training.get("runs") or {}
+    text = str(training.get("state"))
+    running = training.get("running")
+    if running:
+        text += f" run {running['id']} (pid {running['pid']}, heartbeat {running.get('heartbeat_age', 0):.0f}s ago)"
+    for dead in training.get("interrupted") or []:
+        text += f"; run {dead['id']} died with pid {dead['pid']}, resuming"
+    return f"{text} ({', '.join(f'{k} {v}' for k, v in sorted(runs.items())) or 'no runs'})"
+
+
 def _last_error(project: dict) -> str:
     training = project.get("training") or {}
     failure = training.get("last_failure")
@@ -132,11 +145,9 @@ def render(metrics: dict, versions: dict, console: Console) -> None:
     projects = metrics.get("projects") or {}
     for pid, project in projects.items():
         training = project.get("training") or {}
-        runs = training.get("runs") or {}
-        state = f"{training.get('state')} ({', '.join(f'{k} {v}' for k, v in sorted(runs.items())) or 'no runs'})"
         table.add_row(str(pid), project.get("model_version") or "-",
                       project.get("label_studio_model_version") or "not yet", str(project.get("annotations", 0)),
-                      state, _warm_up(project.get("warm_cache")), _accuracy(project.get("accuracy")),
+                      _training(training), _warm_up(project.get("warm_cache")), _accuracy(project.get("accuracy")),
                       _learner(project),
                       _suspects(project.get("suspects")), _suggestions(project.get("suggestions")),
                       _last_error(project))

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS projects(
     revision INTEGER NOT NULL DEFAULT 0,
     requested_seq INTEGER NOT NULL DEFAULT 0,   -- bumped by each event that asks for a retrain
     trained_seq INTEGER NOT NULL DEFAULT 0,     -- requested_seq covered by the last finished run
+    requested_at REAL,                          -- when requested_seq was last bumped
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -72,7 +74,10 @@ CREATE TABLE IF NOT EXISTS training_runs(
     n_annotations INTEGER,
     error TEXT,                        -- why a run failed
     note TEXT,                         -- remarks on a run that succeeded or was skipped
-    pid INTEGER
+    pid INTEGER,
+    host TEXT,                         -- the machine of `pid` (a pid means nothing on another one)
+    heartbeat_at REAL,                 -- refreshed while the run goes (TrainingQueue); stale = its process died
+    covers_seq INTEGER                 -- the requested_seq this run trains for
 );
 CREATE TABLE IF NOT EXISTS kv(
     project TEXT NOT NULL,
@@ -88,6 +93,57 @@ class StoreError(RuntimeError):
 
 
 SPACE_PROBE_BYTES = 64 * 1024  # written (and deleted) to tell whether MODEL_DIR has room again
+# A running run refreshes its heartbeat every few seconds (backend.training.HEARTBEAT_SECONDS); one silent for
+# this long belongs to a process that is gone, even where its pid cannot be checked (another host, a reused pid).
+STALE_RUN_SECONDS = 30.0
+HOST = socket.gethostname()
+
+
+def process_alive(pid: int) -> bool:
+    """True when process `pid` of this machine exists and is not a zombie (a killed worker its parent has not
+    reaped yet still has a pid, but it holds no lock and trains nothing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): os.kill said it exists
+        return True
+
+
+def run_alive(run: dict[str, Any], now: float | None = None) -> bool:
+    """True when training run `run` (a `training_runs` row marked running) still has a live process: its pid
+    exists when it ran on this machine, and its heartbeat is fresher than STALE_RUN_SECONDS."""
+    now = time.time() if now is None else now
+    if run.get("pid") and run.get("host") in (None, HOST) and not process_alive(int(run["pid"])):
+        return False  # rows from before the host column are from this machine: MODEL_DIR is local to it
+    beat = run.get("heartbeat_at") or run["started_at"]
+    return now - beat <= STALE_RUN_SECONDS
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """A project's training as every worker sees it, read from SQLite (not from the answering worker's memory).
+
+    `state` is "running" (a live run in some worker), "queued" (a retrain requested and not yet covered, or a
+    run whose process died, to be resumed) or "idle" (neither). `running` is the live run (its row, plus
+    `heartbeat_age`); `interrupted` the runs still marked running whose process is gone (failed and resumed by
+    the next worker to take the project's training lock).
+    """
+
+    state: str
+    requested_seq: int
+    trained_seq: int
+    running: dict[str, Any] | None
+    interrupted: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "requested_seq": self.requested_seq, "trained_seq": self.trained_seq,
+                "running": self.running, "interrupted": self.interrupted}
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -211,13 +267,17 @@ class Store:
 
     def _migrate(self) -> None:
         """Add columns introduced after a MODEL_DIR was created (older databases keep working)."""
-        added = {"training_runs": ("note",), "versions": ("fingerprint", "accuracy", "audit", "head_sha256")}
+        added = {"training_runs": {"note": "TEXT", "host": "TEXT", "heartbeat_at": "REAL", "covers_seq": "INTEGER"},
+                 "versions": dict.fromkeys(("fingerprint", "accuracy", "audit", "head_sha256"), "TEXT"),
+                 "projects": {"requested_at": "REAL"}}
         for table, names in added.items():
             columns = {r["name"] for r in self._conn().execute(f"PRAGMA table_info({table})")}
-            for name in names:
+            for name, kind in names.items():
                 if name not in columns:
                     with self._tx() as db:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} TEXT")
+                        # Another worker starting at the same time may have added it first.
+                        if name not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     # -- a full MODEL_DIR --------------------------------------------------------------------------------------
     def note_disk_full(self, exc: BaseException, what: str) -> bool:
@@ -361,7 +421,8 @@ class Store:
     def request_training(self, project: str) -> int:
         """Record that `project` needs a retrain; returns the new request sequence number."""
         with self._tx() as db:
-            db.execute("UPDATE projects SET requested_seq=requested_seq+1 WHERE id=?", (project,))
+            db.execute("UPDATE projects SET requested_seq=requested_seq+1, requested_at=? WHERE id=?",
+                       (time.time(), project))
             row = db.execute("SELECT requested_seq FROM projects WHERE id=?", (project,)).fetchone()
         return row["requested_seq"] if row else 0
 
@@ -373,6 +434,45 @@ class Store:
     def mark_trained(self, project: str, seq: int) -> None:
         with self._tx() as db:
             db.execute("UPDATE projects SET trained_seq=MAX(trained_seq, ?) WHERE id=?", (seq, project))
+
+    def training_state(self, project: str, now: float | None = None) -> TrainingState:
+        """Return `project`'s TrainingState across every worker: from the request/trained sequence numbers and
+        the runs marked running, each judged alive or not by `run_alive`."""
+        now = time.time() if now is None else now
+        conn = self._conn()
+        conn.execute("BEGIN")  # one snapshot: the sequence numbers and the runs as of the same moment
+        try:
+            requested, trained = self.pending_seq(project)
+            marked = [dict(r) for r in conn.execute(
+                "SELECT * FROM training_runs WHERE project=? AND status='running' ORDER BY id", (project,))]
+        finally:
+            conn.execute("COMMIT")
+        live = [r for r in marked if run_alive(r, now)]
+        running = dict(live[-1], heartbeat_age=round(now - (live[-1]["heartbeat_at"] or live[-1]["started_at"]), 1)) \
+            if live else None
+        interrupted = [r for r in marked if r not in live]
+        state = "running" if running else "queued" if requested > trained or interrupted else "idle"
+        return TrainingState(state, requested, trained, running, interrupted)
+
+    def projects_to_resume(self, owed_for: float | None = None, now: float | None = None) -> list[str]:
+        """Return the projects with a retrain requested but not finished, or a run still marked `running` (what
+        a process starting up resumes). With `owed_for` (seconds), only what a live worker must take over: a
+        run marked running whose process died, or requests older than `owed_for` with no live run (the worker
+        that received them died before it started their run)."""
+        rows = self._conn().execute(
+            "SELECT id, requested_seq, trained_seq, requested_at FROM projects WHERE requested_seq > trained_seq"
+            " OR id IN (SELECT project FROM training_runs WHERE status='running') ORDER BY created_at").fetchall()
+        if owed_for is None:
+            return [r["id"] for r in rows]
+        now = time.time() if now is None else now
+        stalled = []
+        for r in rows:
+            state = self.training_state(r["id"], now)
+            owed_long = state.running is None and r["requested_seq"] > r["trained_seq"] \
+                and now - (r["requested_at"] or 0.0) > owed_for
+            if state.interrupted or owed_long:
+                stalled.append(r["id"])
+        return stalled
 
     # -- annotations ------------------------------------------------------------------------------------------
     def upsert_annotations(self, project: str, annotations: Iterable[Annotation]) -> int:
@@ -465,11 +565,20 @@ class Store:
             (project,))}
 
     # -- training runs ----------------------------------------------------------------------------------------
-    def start_run(self, project: str, reason: str) -> int:
+    def start_run(self, project: str, reason: str, covers_seq: int | None = None) -> int:
+        """Record a run of this process as running (its heartbeat starts now); returns its id."""
+        now = time.time()
         with self._tx() as db:
-            cur = db.execute("INSERT INTO training_runs(project, status, reason, started_at, pid)"
-                             " VALUES (?, 'running', ?, ?, ?)", (project, reason, time.time(), os.getpid()))
+            cur = db.execute("INSERT INTO training_runs(project, status, reason, started_at, pid, host, heartbeat_at,"
+                             " covers_seq) VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+                             (project, reason, now, os.getpid(), HOST, now, covers_seq))
             return int(cur.lastrowid)
+
+    def heartbeat(self, run_id: int) -> None:
+        """Tell the other workers that run `run_id` is still going (see `run_alive`)."""
+        with self._tx() as db:
+            db.execute("UPDATE training_runs SET heartbeat_at=? WHERE id=? AND status='running'",
+                       (time.time(), run_id))
 
     def finish_run(self, run_id: int, status: str, model_version: str | None = None,
                    n_annotations: int | None = None, error: str | None = None, note: str | None = None) -> None:
@@ -490,13 +599,6 @@ class Store:
             db.executemany("UPDATE training_runs SET status='failed', finished_at=?, error=? WHERE id=?",
                            [(time.time(), f"{error} (pid {r['pid']})"[:2000], r["id"]) for r in rows])
         return rows
-
-    def projects_to_resume(self) -> list[str]:
-        """Return the projects with a retrain requested but not finished, or a run still marked `running`."""
-        rows = self._conn().execute(
-            "SELECT id FROM projects WHERE requested_seq > trained_seq"
-            " OR id IN (SELECT project FROM training_runs WHERE status='running') ORDER BY created_at")
-        return [r["id"] for r in rows]
 
     def remove_unpublished_heads(self, project: str) -> list[Path]:
         """Delete head folders no version points to: staging folders (".r<n>-<tag>") and "r<n>" folders a run

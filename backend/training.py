@@ -6,9 +6,15 @@
   request/trained sequence numbers in SQLite let a process skip a run that another process already covered.
 - A run that raises is recorded as failed (log + /metrics); the served version does not change.
 - A run whose process died (crash, OOM kill, power loss) is found by the next holder of the project's lock:
-  at start-up every process queues each project with an unfinished request or a run still marked `running`.
-  Whoever gets the lock marks those runs failed, deletes the head folders they left unpublished, and trains
-  if the requests are still not covered; the others then find nothing to do.
+  at start-up every process queues each project with an unfinished request or a run still marked `running`,
+  and every STALL_CHECK_SECONDS each live process queues the projects whose run died meanwhile (its pid gone,
+  or its heartbeat, refreshed every HEARTBEAT_SECONDS while it runs, stale) or whose requests stayed owed
+  with no run (the worker that received them died first). Whoever gets the lock marks those runs failed,
+  deletes the head folders they left unpublished, and trains if the requests are still not covered; the
+  others then find nothing to do. So a worker killed with kill -9 is resumed by the other workers, whether or
+  not its supervisor replaces it.
+- What /metrics says about training comes from SQLite (Store.training_state), never from this process's
+  queue: "idle" means no run is going and none is owed, in any worker.
 """
 from __future__ import annotations
 
@@ -31,6 +37,10 @@ DIED = "process died during training"
 # Resume automatically unless this many runs in a row died: a run that kills its process every time (say an
 # out-of-memory kill) would otherwise restart-loop forever. A new event or START_TRAINING still trains.
 MAX_DEAD_RUNS_IN_A_ROW = 2
+HEARTBEAT_SECONDS = 2.0  # a running run refreshes its heartbeat this often (store.STALE_RUN_SECONDS: when dead)
+STALL_CHECK_SECONDS = 2.0  # how often each process looks for runs that died and requests nobody took
+# Requests owed this long past the debounce window with no run anywhere: their worker died before running them.
+OWED_GRACE_SECONDS = 30.0
 
 
 @dataclass
@@ -63,6 +73,10 @@ class TrainingQueue:
         self._unrecorded: dict[int, dict] = {}  # run id -> finish_run arguments a full disk kept from SQLite
         self.locks_dir = store.model_dir / "locks"
         self.locks_dir.mkdir(exist_ok=True)
+        self.heartbeat_seconds, self.stall_check_seconds = HEARTBEAT_SECONDS, STALL_CHECK_SECONDS
+        # The longest a live worker may hold a request before running it: the debounce cap (10 windows), plus slack.
+        self.owed_grace = 10 * self.debounce + OWED_GRACE_SECONDS
+        self._next_stall_check = 0.0
 
     # -- control ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -81,16 +95,36 @@ class TrainingQueue:
             self._thread.join(timeout)
             self._thread = None
 
-    def _queue_unfinished(self) -> None:
+    def _queue_unfinished(self, owed_for: float | None = None) -> None:
         """Queue (without a new request) every project a previous process left mid-run or with requests not
-        yet covered. Re-reading annotations from Label Studio (full_sync, when configured) also picks up the
-        webhooks sent while no backend was listening."""
+        yet covered (with `owed_for`: only those whose run died or whose requests waited longer than that,
+        see Store.projects_to_resume). Re-reading annotations from Label Studio (full_sync, when configured)
+        also picks up the webhooks sent while no backend was listening."""
+        projects = self.store.projects_to_resume(owed_for)
         now = time.monotonic()
         with self._cond:
-            for project in self.store.projects_to_resume():
+            for project in projects:
+                if owed_for is not None and (project in self._pending or self._running == project):
+                    continue  # this process has it in hand already
+                if owed_for is not None:
+                    log.warning("project %s: its training run died or its retrain request was left by a worker "
+                                "that is gone; resuming it here", project)
                 entry = self._pending.setdefault(project, _Pending(now, set(), True, now))
                 entry.reasons.add(RESUME)
                 entry.full_sync = True
+            self._cond.notify_all()
+
+    def _check_stalled(self) -> None:
+        """Every `stall_check_seconds`, queue what dead workers left (see the module docstring); a failing
+        read (a locked or full database) is logged and tried again at the next check."""
+        now = time.monotonic()
+        if now < self._next_stall_check:
+            return
+        self._next_stall_check = now + self.stall_check_seconds
+        try:
+            self._queue_unfinished(owed_for=self.owed_grace)
+        except Exception as exc:  # the worker thread must survive it
+            log.warning("could not look for training runs of dead workers (%s: %s)", type(exc).__name__, exc)
 
     def request(self, project: str, reason: str, full_sync: bool = False) -> None:
         """Ask for a retrain of `project`; returns immediately."""
@@ -108,7 +142,8 @@ class TrainingQueue:
             self._cond.notify_all()
 
     def status(self, project: str) -> str:
-        """Return "running", "queued" or "idle" for this process's view of `project`."""
+        """Return "running", "queued" or "idle" for this process's view of `project` (only its own queue: what
+        every worker does is Store.training_state)."""
         with self._cond:
             if self._running == project:
                 return "running"
@@ -127,8 +162,17 @@ class TrainingQueue:
 
     # -- worker -----------------------------------------------------------------------------------------------
     def _next(self) -> tuple[str, _Pending] | None:
+        while not self._stop:
+            self._check_stalled()  # outside the condition: it reads SQLite
+            item = self._take_due()
+            if item is not None:
+                return item
+        return None
+
+    def _take_due(self) -> tuple[str, _Pending] | None:
+        """Return the next project due to train, waiting at most until the next stall check; None if none."""
         with self._cond:
-            while not self._stop:
+            if not self._stop:
                 now = time.monotonic()
                 ready = [(e.due, p) for p, e in self._pending.items() if e.due <= now]
                 if ready:
@@ -136,7 +180,7 @@ class TrainingQueue:
                     self._running = project
                     return project, self._pending.pop(project)
                 wait = min((e.due for e in self._pending.values()), default=now + 1.0) - now
-                self._cond.wait(max(0.01, min(wait, 1.0)))
+                self._cond.wait(max(0.01, min(wait, 1.0, self._next_stall_check - now)))
         return None
 
     def _loop(self) -> None:
@@ -182,10 +226,11 @@ class TrainingQueue:
                 self.store.mark_trained(project, requested)
                 return
             reason = ",".join(sorted(entry.reasons))
-            run_id = self.store.start_run(project, reason)
+            run_id = self.store.start_run(project, reason, covers_seq=requested)
             started = time.monotonic()
             try:
-                version, n_annotations, note = self.train_fn(project, entry.full_sync, entry.reasons)
+                with _Heartbeat(self.store, run_id, self.heartbeat_seconds):
+                    version, n_annotations, note = self.train_fn(project, entry.full_sync, entry.reasons)
             except Exception as exc:
                 error = self.describe_error(exc)
                 log.error("project %s: training failed (%s); the previous model keeps serving", project, error)
@@ -237,3 +282,28 @@ class TrainingQueue:
     def _keeps_dying(self, project: str) -> bool:
         recent = self.store.runs(project, limit=MAX_DEAD_RUNS_IN_A_ROW)
         return len(recent) == MAX_DEAD_RUNS_IN_A_ROW and all((r["error"] or "").startswith(DIED) for r in recent)
+
+
+class _Heartbeat:
+    """`with _Heartbeat(store, run_id, every):` refreshes the run's heartbeat from a side thread while the block
+    runs (the fit holds the training thread), so other workers can tell a long run from a dead one."""
+
+    def __init__(self, store: Store, run_id: int, every: float):
+        self.store, self.run_id, self.every = store, run_id, every
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"labelloop-heartbeat-{run_id}", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                self.store.heartbeat(self.run_id)
+            except Exception as exc:  # a full or locked database: the next beat tries again; the pid still counts
+                log.warning("training run %d: heartbeat not recorded (%s: %s)", self.run_id, type(exc).__name__, exc)

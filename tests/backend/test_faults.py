@@ -24,6 +24,17 @@ def served_versions(client: httpx.Client, tasks=TASKS) -> set[str]:
     return {r["model_version"] for r in resp.json()["results"]}
 
 
+def training_or_none(client: httpx.Client) -> dict | None:
+    """Return project 1's /metrics training entry, or None when the connection was reset: uvicorn's supervisor
+    kills a worker that misses its health-check ping (5 s; a replacement importing torch on a loaded machine can)
+    and the requests that worker holds are reset. The served versions, the property under test, are checked on
+    answered requests only."""
+    try:
+        return project_metrics(client)["training"]
+    except httpx.TransportError:
+        return None
+
+
 def train_first_version(client: httpx.Client, served: Served) -> str:
     """Annotate one image per colour and wait for r1 to be served; returns it."""
     for ann_id, (task, label) in enumerate(zip(TASKS, ("red", "green", "blue")), start=1):
@@ -32,20 +43,17 @@ def train_first_version(client: httpx.Client, served: Served) -> str:
 
 
 def settled_version(client: httpx.Client, served: Served) -> str:
-    """Wait until no run is queued or going (the debounce is 0, so a burst may take several runs); returns
-    the version then served."""
+    """Wait until no run is queued or going in any worker (the debounce is 0, so a burst may take several runs;
+    /metrics reads the training state from the store, whichever worker answers); returns the version then
+    served."""
     def settled():
         metrics = project_metrics(client)
-        training = metrics["training"]
-        return (training["state"] == "idle" and (training["last_run"] or {}).get("status") != "running"
-                and not metrics["model_version"].endswith("-r0") and metrics["model_version"])
+        return (metrics["training"]["state"] == "idle" and not metrics["model_version"].endswith("-r0")
+                and metrics["model_version"])
 
     return wait_for(settled, "training to settle", log=served.log)
 
 
-@pytest.mark.xfail(strict=False, reason="racy with 2 workers: a retrain still queued in the other worker can "
-                   "publish after /metrics says idle, so the run caught 'running' is not always the hung one "
-                   "(failed in 2 of 5 runs on 2026-12-02; an open defect of /metrics across workers, not fixed yet)")
 def test_kill_9_of_the_training_worker_resumes_the_retrain_and_keeps_serving(tmp_path, docroot, tiny_clip_spec):
     with Served(tmp_path, tiny_clip_spec, docroot, workers=2) as served, \
             fresh_client(served.url) as client:
@@ -53,23 +61,25 @@ def test_kill_9_of_the_training_worker_resumes_the_retrain_and_keeps_serving(tmp
         v1 = train_first_version(client, served)
         served.fault("hang")  # the next fit waits, so the run is caught in the middle
         assert annotate(client, 10, 1, "imgs/red0.png", "green").status_code == 201
-        running = wait_for(lambda: (r := project_metrics(client)["training"]["last_run"])["status"] == "running"
-                           and r, "a run to start", log=served.log)
+        # The run hangs in one worker; either worker's /metrics shows it, with its pid (from the store).
+        running = wait_for(lambda: (training_or_none(client) or {}).get("running"), "a run to start", log=served.log)
         assert served_versions(client) == {v1}  # while it trains, the old version is served
         os.kill(running["pid"], signal.SIGKILL)
         served.fault("")
-        # uvicorn replaces the dead worker; whoever holds the lock marks the dead run failed and trains again.
+        # The other worker finds the run's pid gone (and uvicorn starts a replacement, which looks at start-up):
+        # whoever takes the lock first marks the dead run failed and trains again.
         v2 = wait_for(lambda: (v := setup(client)) != v1 and v, "the resumed retrain", log=served.log)
         for _ in range(6):  # either worker, old or new, serves it
             assert served_versions(client) == {v2}
         # The run finishes after publishing (accuracy estimate, label audit).
-        training = wait_for(lambda: (t := project_metrics(client)["training"])["state"] == "idle"
-                            and t["last_run"]["status"] != "running" and t, "the run to finish", log=served.log)
+        training = wait_for(lambda: (t := training_or_none(client)) and t["state"] == "idle" and t,
+                            "the run to finish", log=served.log)
         log = served.log()
     assert "died with its process" in log
     assert v2 != v1
     assert training["last_failure"]["id"] == running["id"] and training["last_failure"]["error"].startswith(DIED)
     assert training["last_run"]["status"] == "succeeded" and training["last_run"]["model_version"] == v2
+    assert training["running"] is None and training["interrupted"] == []
     assert project_metrics_annotations(served) == 4  # nothing the webhooks stored was lost
 
 

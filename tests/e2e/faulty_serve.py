@@ -60,8 +60,36 @@ def install() -> None:
     ClassifierHead.fit, ClassifierHead.save = faulty_fit, faulty_save
 
 
-if __name__ == "__main__":
+def create_faulty_app():
+    """The app factory of each worker when --workers > 1: arm the fault, then build the backend's app."""
     install()
+    from backend.app import create_app
+
+    return create_app()
+
+
+def arm_spawned_workers() -> None:
+    """Make uvicorn's spawned workers build their app through `create_faulty_app`.
+
+    A spawned worker never runs this module as "__main__", so `install()` there would patch the supervisor only
+    and no worker would see the fault. Nor may it patch at import: the heavy imports would then run before the
+    worker answers uvicorn's health-check pings, and on a loaded machine the supervisor kills it and starts
+    another, forever. The factory runs inside the worker's server start-up, after its ping thread is up."""
+    import uvicorn
+
+    run = uvicorn.run
+
+    def run_with_faults(app, *args, **kwargs):
+        if app == "backend.app:create_app":
+            app = f"{__spec__.name}:create_faulty_app"
+        return run(app, *args, **kwargs)
+
+    uvicorn.run = run_with_faults
+
+
+if __name__ == "__main__":
+    install()  # one worker: the CLI builds the app in this process
+    arm_spawned_workers()
     from labelloop.cli import main
 
     sys.argv[0] = "labelloop"

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from labelers.head import ClassifierHead
 from labelers.priors import ClassifierPrior
@@ -206,3 +207,90 @@ def test_with_many_labels_one_held_out_third_gives_the_folds_temperature():
     reference = head._cross_validated_temperature(x, y)  # 3 folds, each from the prior, float64
     assert abs(reference - 1.0) > 0.05
     np.testing.assert_allclose(head.temperature, reference, rtol=0.03)
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["softmax", "sigmoid"])
+def test_the_float32_problem_is_the_float64_problem_to_float32_precision(multi_label):
+    # Warm starts are solved in float32: the same loss and gradient, only the products with the features rounded.
+    x, y = overlapping_multi_label()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if not multi_label:
+        y = y.argmax(axis=1)
+    head = ClassifierHead(["a", "b", "c"], multi_label=multi_label, l2=5.0)
+    head.init_from_prior(axis_prior(["a", "b", "c"], x.shape[1], matched=[0, 1]))
+    objective, start, _ = head._training_problem(x, y)
+    objective32, start32, _ = head._training_problem(x, y, dtype=np.float32)
+    np.testing.assert_allclose(start32, start, rtol=1e-6)
+    theta = start + np.random.default_rng(4).normal(0, 1, start.shape)
+    (loss, gradient), (loss32, gradient32) = objective(theta), objective32(theta)
+    assert loss32 == pytest.approx(loss, rel=1e-6)
+    np.testing.assert_allclose(gradient32, gradient, atol=1e-5 * np.abs(gradient).max())
+
+
+def count_evaluations(monkeypatch) -> list[int]:
+    """Count the objective evaluations of each L-BFGS solve from now on (one entry per solve)."""
+    import scipy.optimize
+
+    counts, minimize = [], scipy.optimize.minimize
+
+    def counting(fun, x0, **kwargs):
+        counts.append(0)
+
+        def counted(theta):
+            counts[-1] += 1
+            return fun(theta)
+
+        return minimize(counted, x0, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", counting)
+    return counts
+
+
+def test_a_warm_start_stops_relative_to_how_far_the_previous_head_was(monkeypatch):
+    # 1 % more labels: the previous head is near the new optimum. The warm start stops once its gradient is
+    # WARM_GTOL_RELATIVE of the starting one (looser than the cold fit's 1e-6 here), in no more evaluations
+    # than to 1e-6 from the same start, and lands on the probabilities of a fit solved to 1e-10.
+    from labelers.head import WARM_GTOL_MAX, WARM_GTOL_RELATIVE
+
+    x, y = blobs(n_per_class=1000, k=3, d=128, spread=6.0, seed=5)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    names = ["a", "b", "c"]
+    previous = ClassifierHead(names, calibrate=False).fit(x[:-30], y[:-30])
+    init = (previous.weight.numpy(), previous.bias.numpy(), previous.prior_gain)
+    head = ClassifierHead(names, calibrate=False, max_iter=1000)
+    objective, start, _ = head._training_problem(x, y, init)
+    stop = min(max(1e-6, WARM_GTOL_RELATIVE * np.abs(objective(start)[1]).max()), WARM_GTOL_MAX)
+    assert stop > 2e-6  # the relative stop is really looser than the fixed one
+    counts = count_evaluations(monkeypatch)
+    warm = ClassifierHead(names, calibrate=False).fit(x, y, warm_start=previous)
+    head._solve(x, y, init, gtol=1e-6)  # the same start, to the fixed 1e-6
+    exact = head._solve(x, y, gtol=1e-10)
+    assert counts[0] <= counts[1], counts
+    at_warm, reached, _ = head._training_problem(x, y, (warm.weight.numpy(), warm.bias.numpy(), warm.prior_gain))
+    assert 1e-6 < np.abs(at_warm(reached)[1]).max() <= 2 * stop  # stopped at the relative tolerance (float32 weights)
+    exact_head = ClassifierHead(names, calibrate=False)
+    exact_head.weight, exact_head.bias = (torch.from_numpy(v) for v in exact[:2])
+    np.testing.assert_allclose(warm.predict_proba(x), exact_head.predict_proba(x), atol=1e-3)
+
+
+def test_the_warm_start_evaluates_its_starting_point_once(monkeypatch):
+    x, y = blobs(n_per_class=100, k=3, d=8, seed=6)
+    previous = ClassifierHead(["a", "b", "c"], calibrate=False).fit(x[:-3], y[:-3])
+    head = ClassifierHead(["a", "b", "c"], calibrate=False)
+    problem = head._training_problem
+    points = []
+
+    def recording(*args, **kwargs):
+        objective, start, to_raw = problem(*args, **kwargs)
+
+        def recorded(theta):
+            points.append(np.array(theta))
+            return objective(theta)
+
+        return recorded, start, to_raw
+
+    monkeypatch.setattr(head, "_training_problem", recording)
+    head.fit(x, y, warm_start=previous)
+    assert len(points) >= 2 and not any(np.array_equal(points[0], p) for p in points[1:])
