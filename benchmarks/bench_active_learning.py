@@ -54,16 +54,39 @@ def features_path(dataset: str, per_class: int, test_per_class: int, px: int) ->
     raise typer.BadParameter(f"unknown dataset {dataset!r}; use cifar10 or mnist")
 
 
+def pool_graph(data: Path, features):
+    """Return the k-NN graph of the pool in `data` (default k and power), built once and kept beside the .npz
+    (`<stem>_graph_k<k>.npz`): exact search over 50 000 x 1280 costs minutes, and every schedule, strategy,
+    seed and round of every run uses the same graph."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from labelers.propagation import DEFAULT_K, DEFAULT_POWER, KnnGraph, knn_graph
+    from labelers.similarity import normalize
+
+    cached = data.with_name(f"{data.stem}_graph_k{DEFAULT_K}.npz")
+    if cached.exists() and cached.stat().st_mtime >= data.stat().st_mtime:
+        matrix = sp.load_npz(cached).tocsr().astype(np.float32)
+        if matrix.shape[0] == len(features):
+            return KnnGraph(matrix, normalize(features), DEFAULT_K, DEFAULT_POWER)
+    graph = knn_graph(features)
+    sp.save_npz(cached, graph.matrix)
+    return graph
+
+
 def run_schedule(name: str, seeds: int, data: Path, folder: Path, strategies: tuple[str, ...], l2: float,
                  reuse: bool = False, first_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """Simulate one schedule (or, with reuse, read its saved curves); return (summary, paired gaps, folder)."""
+    from labelers.simulate import needs_graph
+
     out = folder
     if reuse and (out / "curves.csv").exists():
         curves = pd.read_csv(out / "curves.csv")
     else:
         dataset = load_feature_npz(data)
         settings = SimulationSettings(strategies, seeds=seeds, l2=l2, first_seed=first_seed, **SCHEDULES[name])
-        curves = simulate(dataset, settings)
+        graph = pool_graph(data, dataset.features) if needs_graph(strategies) else None
+        curves = simulate(dataset, settings, graph=graph)
         out.mkdir(parents=True, exist_ok=True)
         curves.to_csv(out / "curves.csv", index=False)
         plot_curves(curves, out / "curves.png", title=f"{out.name}, EfficientNet-Lite0 features, {seeds} seeds")
