@@ -40,7 +40,13 @@ SCHEDULES = {
     "low": {"initial": 10, "batch_size": 5, "rounds": 2},
     "cold": {"initial": 10, "batch_size": 10, "rounds": 20},
 }
-LEARNER_TAGS = ("mix", "lp")  # strategies "<...>+<tag>" are also compared with "random+<tag>"
+LEARNER_TAGS = ("mix", "lp", "self")  # learner modifiers: "<...>+mix+self" is also compared with "random+mix+self"
+
+
+def learner_of(spec: str) -> str:
+    """Return the learner part of a strategy spec, the modifiers in LEARNER_TAGS joined in order ("mix+self"),
+    "" for the linear head; "self<N>" counts as its own learner."""
+    return "+".join(m for m in spec.split("+")[1:] if m in LEARNER_TAGS or (m.startswith("self") and m[4:].isdigit()))
 
 
 def features_path(dataset: str, per_class: int, test_per_class: int, px: int) -> Path:
@@ -75,18 +81,31 @@ def pool_graph(data: Path, features):
 
 
 def run_schedule(name: str, seeds: int, data: Path, folder: Path, strategies: tuple[str, ...], l2: float,
-                 reuse: bool = False, first_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """Simulate one schedule (or, with reuse, read its saved curves); return (summary, paired gaps, folder)."""
+                 reuse: bool = False, first_seed: int = 0, add: bool = False
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Simulate one schedule (or, with reuse, read its saved curves); return (summary, paired gaps, folder).
+
+    add=True keeps the saved curves of the strategies asked for and simulates only the others (a strategy's
+    curve depends on its seed alone, so the result is the one a single run of all of them gives); the saved
+    seeds must be the ones asked for."""
     from labelers.simulate import needs_graph
 
     out = folder
     if reuse and (out / "curves.csv").exists():
         curves = pd.read_csv(out / "curves.csv")
     else:
+        saved = pd.read_csv(out / "curves.csv") if add and (out / "curves.csv").exists() else None
+        if saved is not None:
+            wanted = set(range(first_seed, first_seed + seeds))
+            if set(saved["seed"]) != wanted:
+                raise typer.BadParameter(f"{out}/curves.csv has seeds {sorted(set(saved['seed']))}, not {sorted(wanted)}")
+            saved = saved[saved["strategy"].isin(strategies)]
+        todo = tuple(s for s in strategies if saved is None or s not in set(saved["strategy"]))
         dataset = load_feature_npz(data)
-        settings = SimulationSettings(strategies, seeds=seeds, l2=l2, first_seed=first_seed, **SCHEDULES[name])
-        graph = pool_graph(data, dataset.features) if needs_graph(strategies) else None
-        curves = simulate(dataset, settings, graph=graph)
+        settings = SimulationSettings(todo, seeds=seeds, l2=l2, first_seed=first_seed, **SCHEDULES[name])
+        graph = pool_graph(data, dataset.features) if needs_graph(todo) else None
+        curves = simulate(dataset, settings, graph=graph) if todo else None
+        curves = pd.concat([c for c in (saved, curves) if c is not None], ignore_index=True)
         out.mkdir(parents=True, exist_ok=True)
         curves.to_csv(out / "curves.csv", index=False)
         plot_curves(curves, out / "curves.png", title=f"{out.name}, EfficientNet-Lite0 features, {seeds} seeds")
@@ -94,10 +113,10 @@ def run_schedule(name: str, seeds: int, data: Path, folder: Path, strategies: tu
     summary.to_csv(out / "summary.csv")
     same = {}
     gaps = gaps.assign(baseline="random")
-    for tag in LEARNER_TAGS:
+    for tag in sorted({learner_of(spec) for spec in curves["strategy"]} - {""}):
         base = f"random+{tag}"
         if base in set(curves["strategy"]):
-            mine = curves[curves["strategy"].map(lambda spec, tag=tag: tag in spec.split("+"))]
+            mine = curves[curves["strategy"].map(lambda spec, tag=tag: learner_of(spec) == tag)]
             same[base] = _with_intervals(summarize(mine, base), mine, base)
             same[base].to_csv(out / f"summary_vs_{base}.csv")
             gaps = pd.concat([gaps, paired_gaps(mine, base).assign(baseline=base)])
@@ -252,7 +271,9 @@ def main(seeds: int = 10, dataset: str = typer.Option("cifar10", help="cifar10 |
          first_seed: int = typer.Option(0, help="run seeds first_seed.. into <folder>_from<first_seed>, to be "
                                                 "appended to the saved curves.csv"),
          write: bool = False,
-         reuse: bool = typer.Option(False, help="rebuild the report from saved curves.csv")) -> None:
+         reuse: bool = typer.Option(False, help="rebuild the report from saved curves.csv"),
+         add: bool = typer.Option(False, help="keep the saved curves of the strategies asked for, simulate "
+                                              "only the missing ones")) -> None:
     names = [s.strip() for s in schedules.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCHEDULES]
     if unknown:
@@ -265,7 +286,7 @@ def main(seeds: int = 10, dataset: str = typer.Option("cifar10", help="cifar10 |
         else f"al_{dataset}"
     suffix = f"_from{first_seed}" if first_seed else ""
     results = {name: run_schedule(name, seeds, data, RESULTS / f"{prefix}_{name}_{pool}{suffix}", specs, l2, reuse,
-                                  first_seed) for name in names}
+                                  first_seed, add) for name in names}
     command = command or "python -m benchmarks.bench_active_learning " + shlex.join(sys.argv[1:])
     text = section(results, command, seeds, pool, test_per_class * 10, dataset, px)
     print(text)

@@ -35,7 +35,7 @@ def _clusters(n, seed, dim=8):
 
 
 def test_self_modifier_refits_the_head_on_labels_plus_pseudo_labels():
-    assert parse_strategy("margin+mix+self")[1] == {"learner": "mix", "self_train": 300}
+    assert parse_strategy("margin+mix+self")[1] == {"learner": "mix", "self_train": 100}
     assert parse_strategy("random+mix+self40")[1] == {"learner": "mix", "self_train": 40}
     with pytest.raises(ValueError, match="unknown modifier 'self0'"):
         parse_strategy("random+self0")
