@@ -7,7 +7,9 @@ A strategy spec is a base strategy plus optional modifiers: "margin", "margin+km
 learner is label spreading over the pool's k-NN graph, `labelers.propagation`, instead of the linear head:
 it both scores the pool and predicts the test set), "margin+mix" (the mean of the label-spreading and
 linear-head probabilities: spreading wins at a few labels per class, the head from a few dozen on, and the
-mean follows the better of the two), "margin+lp+typical" (this strategy's initial pool is
+mean follows the better of the two), "margin+mix+self" (self-training: each round the head is refitted on
+the labels plus each class's 100 surest pseudo-labels, `labelers.self_training`; "+self<N>": N per class),
+"margin+lp+typical" (this strategy's initial pool is
 drawn by k-means typicality instead of the seed's shared one), "margin+cover2" (TypiClust coverage picks,
 `labelers.coverage`, until 2 labels per class, then the base strategy). Compare a "+lp" strategy with "random+lp":
 the same learner, so the difference is the query strategy's.
