@@ -194,7 +194,7 @@ def section(results: dict, command: str, seeds: int, pool: int, test: int, datas
 
 
 # Measured while tuning (4 seeds, 20 + 12 x 40 labels, 10k pool; scripts in the commit history).
-WHY = ["## Active learning: why the 0.67x target is not reached, and what was changed", "",
+WHY = ["## Active learning: what limits it, what was tried, and where the 0.67x target stands", "",
        "- The features cap what any query strategy can win: a linear head on all 10 000 pool images reaches "
        "77.3 % test accuracy, so about a quarter of CIFAR-10 is not linearly separable in this space "
        "(most confused pairs: cat/dog, bird/frog, bird/deer, airplane/ship, automobile/truck). Margin sampling "
