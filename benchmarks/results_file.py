@@ -22,3 +22,16 @@ def write_section(name: str, text: str) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + body + "\n"
     RESULTS.write_text(new, encoding="utf-8")
+
+
+def remove_section(name: str) -> bool:
+    """Delete benchmark `name`'s section (markers included) from RESULTS.md, for a section another one
+    supersedes. Returns False when the section is not there (nothing is changed)."""
+    begin, end = markers(name)
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+    if begin not in old or end not in old:
+        return False
+    head, rest = old.split(begin, 1)
+    tail = rest.split(end, 1)[1].lstrip("\n")
+    RESULTS.write_text(head.rstrip("\n") + ("\n\n" + tail if tail else "\n"), encoding="utf-8")
+    return True

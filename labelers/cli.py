@@ -143,8 +143,12 @@ def simulate(
     strategies: str = typer.Option("random,margin,entropy,least",
                                    help="comma-separated: random, margin, entropy, least, gaussian; modifiers "
                                         "+kmeans, +balance, +nn<N> (e.g. margin+kmeans, gaussian+nn4), +lp "
-                                        "(label spreading over the pool's k-NN graph as the learner), +typical "
-                                        "(this strategy's first labels by k-means typicality)"),
+                                        "(label spreading over the pool's k-NN graph as the learner), +mix (the mean of spreading "
+                                        "and the linear head), +self / +self<N> (self-training: the head refitted "
+                                        "on each class's N surest pseudo-labels, default 100), +typical "
+                                        "(this strategy's first labels by k-means typicality), +cover<N> "
+                                        "(coverage picks until N labels per class); best measured: "
+                                        "margin+kmeans+mix+self (docs/active-learning.md)"),
     initial: int = typer.Option(20, help="labels before the first query"),
     batch_size: int = typer.Option(20, "--batch-size", help="labels added per round"),
     rounds: int = typer.Option(10, help="query rounds"),

@@ -7,7 +7,9 @@ A strategy spec is a base strategy plus optional modifiers: "margin", "margin+km
 learner is label spreading over the pool's k-NN graph, `labelers.propagation`, instead of the linear head:
 it both scores the pool and predicts the test set), "margin+mix" (the mean of the label-spreading and
 linear-head probabilities: spreading wins at a few labels per class, the head from a few dozen on, and the
-mean follows the better of the two), "margin+lp+typical" (this strategy's initial pool is
+mean follows the better of the two), "margin+mix+self" (self-training: each round the head is refitted on
+the labels plus each class's 100 surest pseudo-labels, `labelers.self_training`; "+self<N>": N per class),
+"margin+lp+typical" (this strategy's initial pool is
 drawn by k-means typicality instead of the seed's shared one), "margin+cover2" (TypiClust coverage picks,
 `labelers.coverage`, until 2 labels per class, then the base strategy). Compare a "+lp" strategy with "random+lp":
 the same learner, so the difference is the query strategy's.
@@ -64,13 +66,19 @@ def parse_strategy(spec: str) -> tuple[str, dict]:
             options["learner"] = "mix"
         elif modifier == "typical":
             options["init"] = "typical"
+        elif modifier == "self":
+            from .self_training import DEFAULT_PER_CLASS
+
+            options["self_train"] = DEFAULT_PER_CLASS
+        elif modifier.startswith("self") and modifier[4:].isdigit() and int(modifier[4:]) > 0:
+            options["self_train"] = int(modifier[4:])
         elif modifier.startswith("cover") and modifier[5:].isdigit() and int(modifier[5:]) > 0:
             options["cover_per_class"] = int(modifier[5:])
         elif modifier.startswith("nn") and modifier[2:].isdigit() and int(modifier[2:]) > 0:
             options["n_closest"] = int(modifier[2:])
         else:
             raise ValueError(f"unknown modifier {modifier!r} in {spec!r}; use +kmeans, +balance, +lp, +mix, +typical, "
-                             "+cover<N> or +nn<N>")
+                             "+self, +self<N>, +cover<N> or +nn<N>")
     return base, options
 
 
@@ -125,7 +133,8 @@ def describe(dataset: FeatureDataset, settings: SimulationSettings, test_source:
 
 def split_learner_options(options: dict) -> tuple[str, str | None, dict]:
     """Return (learner, init override or None, the options `select_batch` takes) from parsed modifiers
-    (the coverage switch `cover_per_class` stays in the last dict; `run_one` takes it out)."""
+    (the coverage switch `cover_per_class` and the self-training count `self_train` stay in the last dict;
+    `run_one` takes them out)."""
     options = dict(options)
     return options.pop("learner", "linear"), options.pop("init", None), options
 
@@ -149,16 +158,22 @@ class Learner:
     graph ("propagation"), or the mean of their probabilities ("mix").
 
     `fit(labeled)` trains on the oracle's answers for those pool rows; `pool_proba(rows)` returns class
-    probabilities of pool rows (what the strategy ranks); `test_predictions()` classifies the fixed test set."""
+    probabilities of pool rows (what the strategy ranks); `test_predictions()` classifies the fixed test set.
+    `self_train` > 0 (the "+self<N>" modifier): after the first fit the head is refitted on the labels plus,
+    per class, the `self_train` unlabeled pool rows the learner is surest of (`labelers.self_training`)."""
 
     KINDS = ("linear", "propagation", "mix")
 
-    def __init__(self, kind: str, dataset: FeatureDataset, settings: SimulationSettings, seed: int, graph=None):
+    def __init__(self, kind: str, dataset: FeatureDataset, settings: SimulationSettings, seed: int, graph=None,
+                 self_train: int = 0):
         if kind not in self.KINDS:
             raise ValueError(f"unknown learner {kind!r}; use one of {', '.join(self.KINDS)}")
         if kind != "linear" and graph is None:
             raise ValueError(f"the {kind} learner needs the pool's k-NN graph")
+        if self_train and kind == "propagation":
+            raise ValueError("self-training refits the linear head; the propagation learner has none (use +mix)")
         self.kind, self.dataset, self.settings, self.seed, self.graph = kind, dataset, settings, seed, graph
+        self.self_train = self_train
         if kind != "linear" and getattr(graph, "test_neighbours", None) is None:
             from .propagation import new_neighbours
 
@@ -171,9 +186,18 @@ class Learner:
 
             self.scores = spread(self.graph, labeled, d.labels[labeled], len(d.class_names))
         if self.kind != "propagation":
-            self.head = ClassifierHead(d.class_names, l2=self.settings.l2, calibrate=False, seed=self.seed)
-            self.head.fit(d.features[labeled], d.labels[labeled])  # the oracle's answers
+            self.head = self._fit_head(d.features[labeled], d.labels[labeled])  # the oracle's answers
+        if self.self_train:
+            from .self_training import confident_pseudo_labels
+
+            rows, pseudo = confident_pseudo_labels(self.pool_proba(np.arange(len(d.labels))), labeled, self.self_train)
+            self.head = self._fit_head(np.concatenate([d.features[labeled], d.features[rows]]),
+                                       np.concatenate([d.labels[labeled], pseudo]), warm_start=self.head)
         return self
+
+    def _fit_head(self, features: np.ndarray, labels: np.ndarray, warm_start=None) -> ClassifierHead:
+        head = ClassifierHead(self.dataset.class_names, l2=self.settings.l2, calibrate=False, seed=self.seed)
+        return head.fit(features, labels, warm_start=warm_start)
 
     def _combine(self, spread_proba, head_features) -> np.ndarray:
         if self.kind == "propagation":
@@ -211,13 +235,14 @@ def run_one(dataset: FeatureDataset, spec: str, seed: int, settings: SimulationS
     base, options = parse_strategy(spec)
     kind, init, options = split_learner_options(options)
     cover_until = options.pop("cover_per_class", 0) * len(dataset.class_names)
+    self_train = options.pop("self_train", 0)
     if init is not None:
         initial = cold_start(dataset.features, len(initial), init, seed=seed)
     labeled = np.zeros(len(dataset.labels), dtype=bool)
     labeled[initial] = True
     rows = []
     for round_ in range(settings.rounds + 1):
-        learner = Learner(kind, dataset, settings, seed, graph).fit(np.flatnonzero(labeled))
+        learner = Learner(kind, dataset, settings, seed, graph, self_train).fit(np.flatnonzero(labeled))
         predicted = learner.test_predictions()
         rows.append({"strategy": spec, "seed": seed, "round": round_, "n_labeled": int(labeled.sum()),
                      "accuracy": float((predicted == dataset.test_labels).mean())})
@@ -244,10 +269,13 @@ def needs_graph(specs) -> bool:
     return any(split_learner_options(parse_strategy(s)[1])[0] != "linear" for s in specs)
 
 
-def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bool = True) -> pd.DataFrame:
+def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bool = True,
+             graph=None) -> pd.DataFrame:
     """Run every strategy for every seed; return the learning curves (strategy, seed, round, n_labeled,
     accuracy). Raises DatasetError when the budget does not fit the pool (split it first with `split_test`
-    to know the pool; an unsplit dataset is split here)."""
+    to know the pool; an unsplit dataset is split here). `graph`: the pool's k-NN graph
+    (`labelers.propagation.knn_graph` of the split dataset's features), to reuse one built before; built here
+    when a strategy needs it and none is given."""
     from tqdm.auto import tqdm
 
     check_strategies(settings.strategies)  # fail before any work on a typo
@@ -257,8 +285,9 @@ def simulate(dataset: FeatureDataset, settings: SimulationSettings, progress: bo
     needed = settings.initial + settings.rounds * settings.batch_size
     if needed > len(dataset.labels):
         raise DatasetError(f"the schedule needs {needed} pool images but the pool has {len(dataset.labels)}")
-    graph = None
-    if needs_graph(settings.strategies):
+    if graph is not None and graph.matrix.shape[0] != len(dataset.labels):
+        raise DatasetError(f"the k-NN graph has {graph.matrix.shape[0]} rows but the pool {len(dataset.labels)}")
+    if graph is None and needs_graph(settings.strategies):
         from .propagation import knn_graph
 
         graph = knn_graph(dataset.features)  # once: it depends on the pool's embeddings only
