@@ -50,27 +50,55 @@ def interleaved(variants: dict, rounds: int) -> dict[str, float]:
 
 
 # -- 1. embedding ------------------------------------------------------------------------------------------------
+def frozen_forward(embedder, example: torch.Tensor):
+    """The embedder's pooled forward traced, frozen and `optimize_for_inference`d (oneDNN fusions): a function
+    of a batch, for the forward-alone comparison."""
+    with torch.inference_mode():
+        module = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(
+            embedder.pooled, example.contiguous(memory_format=torch.channels_last))))
+
+    def forward(batch):
+        with torch.inference_mode():
+            return module(batch.contiguous(memory_format=torch.channels_last))
+    return forward
+
+
 def bench_embedding(n_images: int, spec: str, rounds: int) -> dict:
+    """Every way of embedding the same CIFAR-10 files, interleaved: one image at a time (today's torch, NCHW),
+    today's batched path, the torch path with channels-last and read-ahead decoding, the ONNX Runtime path
+    (serial and read-ahead), and the limits: each model's forward alone on decoded tensors, plus decoding alone."""
     from labelers.cache import embed_files
     from labelers.embedders import EfficientNetLite0Embedder
     from labelers.images import load_image
     from labelers.sample_data import cifar10_subset
 
-    px = int(spec.partition("@")[2] or 224)
-    new, today = EfficientNetLite0Embedder(px, "cpu"), EfficientNetLite0Embedder(px, "cpu", channels_last=False)
+    px = int(spec.partition("@")[2].partition("+")[0] or 224)
+    today = EfficientNetLite0Embedder(px, "cpu", channels_last=False)
+    new, onnx = EfficientNetLite0Embedder(px, "cpu"), EfficientNetLite0Embedder(px, "cpu", runtime="onnx")
     paths, _ = cifar10_subset("test", max(1, -(-n_images // 10)))
     paths = paths[:n_images]
     ready = torch.stack([new.preprocess(load_image(p)) for p in paths])
+    frozen = frozen_forward(new, ready[:8])
+    batches = [ready[s:s + 128] for s in range(0, len(ready), 128)]
     out = {}
     times = interleaved({
         "one_by_one": lambda: [today.encode_images([load_image(p)]) for p in paths],
         "today": lambda: out.__setitem__("today", embed_files(today, None, paths, batch_size=64, num_workers=0)),
-        "new": lambda: out.__setitem__("new", embed_files(new, None, paths)),
-        "forward": lambda: [new.encode_batch(ready[s:s + 128]) for s in range(0, len(ready), 128)],
+        "torch": lambda: out.__setitem__("torch", embed_files(new, None, paths)),
+        "onnx_serial": lambda: embed_files(onnx, None, paths, num_workers=0),
+        "onnx": lambda: out.__setitem__("onnx", embed_files(onnx, None, paths)),
+        "onnx_workers": lambda: embed_files(onnx, None, paths, num_workers=2),
+        "forward": lambda: [new.encode_batch(b) for b in batches],
+        "forward_frozen": lambda: [frozen(b) for b in batches],
+        "forward_onnx": lambda: [onnx.encode_batch(b) for b in batches],
+        "decode": lambda: [new.preprocess(load_image(p)) for p in paths],
     }, rounds)
-    diff = float(np.abs(out["new"].features - out["today"].features).max())
-    return {"images": len(paths), "embedder": new.id, **{f"{k}_s": v for k, v in times.items()},
-            "max_abs_diff": diff}
+    reference = out["today"].features
+    scale = float(np.abs(reference).max())
+    return {"images": len(paths), "embedder": new.id, "threads": torch.get_num_threads(),
+            **{f"{k}_s": v for k, v in times.items()},
+            "max_abs_diff": float(np.abs(out["torch"].features - reference).max()),
+            "onnx_max_rel_diff": float(np.abs(out["onnx"].features - reference).max()) / scale}
 
 
 # -- 2. pool scoring ---------------------------------------------------------------------------------------------
