@@ -128,11 +128,16 @@ class EmbeddingCache:
 
         keys = list(keys)
         try:
-            matrix = self._vector_files.current(embedder_id)
-        except VectorFileError as exc:  # unreadable sidecar: rebuilt from SQLite, never served
-            log.warning("embedding cache %s: %s; rebuilding it from SQLite", self.path, exc)
-            self._vector_files.drop(embedder_id)
-            matrix = self._vector_files.current(embedder_id)
+            try:
+                matrix = self._vector_files.current(embedder_id)
+            except VectorFileError as exc:  # unreadable sidecar: rebuilt from SQLite, never served
+                log.warning("embedding cache %s: %s; rebuilding it from SQLite", self.path, exc)
+                self._vector_files.drop(embedder_id)
+                matrix = self._vector_files.current(embedder_id)
+        except (OSError, sqlite3.OperationalError) as exc:  # e.g. a full disk: the sidecar cannot be written
+            log.warning("embedding cache %s: cannot bring the streaming sidecar up to date (%s); reading the "
+                        "vectors from SQLite instead (slower)", self.path, exc)
+            matrix = None
         rows = matrix.rows_of(keys) if matrix is not None else np.full(len(keys), -1, np.int64)
 
         def blocks() -> Iterator[np.ndarray]:

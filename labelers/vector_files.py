@@ -139,8 +139,9 @@ class VectorFiles:
             if meta is not None and newest <= last:
                 db.execute("COMMIT")
                 return meta
-            cursor = db.execute("SELECT rowid, key, dim, vector, crc FROM embeddings WHERE embedder=? AND rowid>? "
-                                "ORDER BY rowid", (embedder_id, last))
+            # `+embedder`: walk the rowid range (the new rows), not every row of the embedder's index
+            cursor = db.execute("SELECT rowid, key, dim, vector, crc FROM embeddings WHERE rowid>? AND +embedder=? "
+                                "ORDER BY rowid", (last, embedder_id))
             self.folder.mkdir(parents=True, exist_ok=True)
             while batch := cursor.fetchmany(MIRROR_CHUNK):
                 last = max(last, batch[-1][0])

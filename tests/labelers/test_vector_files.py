@@ -123,3 +123,21 @@ def test_a_damaged_sqlite_row_drops_the_sidecar_so_it_is_rebuilt(tmp_path):
         streamed(cache, keys)  # not served from the old copy either
     np.testing.assert_array_equal(streamed(cache, keys[4:]), x[4:])
     assert sidecar_rows(cache) == 49
+
+
+def test_a_sidecar_that_cannot_be_written_is_said_and_the_vectors_come_from_sqlite(tmp_path, monkeypatch, caplog):
+    import os
+
+    cache, keys, x = filled(tmp_path)
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    with caplog.at_level(logging.WARNING, logger="labelers.cache"):
+        np.testing.assert_array_equal(streamed(cache, keys), x)
+    assert "No space left on device" in caplog.text and "from SQLite instead" in caplog.text
+    assert sidecar_rows(cache) is None  # nothing half-committed
+    monkeypatch.undo()
+    np.testing.assert_array_equal(streamed(cache, keys), x)
+    assert sidecar_rows(cache) == 50
