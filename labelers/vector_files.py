@@ -43,7 +43,9 @@ def _fixed_keys(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Return (keys as a KEY_BYTES-wide bytes array, mask of keys that fit in it)."""
     try:
         fixed = np.array(keys, dtype=f"S{KEY_BYTES}") if len(keys) else np.zeros(0, f"S{KEY_BYTES}")
-        fits = np.fromiter((len(k) <= KEY_BYTES for k in keys), bool, len(keys))  # ASCII: chars = bytes
+        if max(map(len, keys), default=0) <= KEY_BYTES:  # ASCII: chars = bytes; the usual case, one C loop
+            return fixed, np.ones(len(keys), bool)
+        fits = np.fromiter((len(k) <= KEY_BYTES for k in keys), bool, len(keys))
     except UnicodeEncodeError:
         encoded = [k.encode() for k in keys]
         fixed = np.array(encoded, dtype=f"S{KEY_BYTES}")
@@ -51,9 +53,12 @@ def _fixed_keys(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return fixed, fits  # numpy truncates silently: `fits` says which rows may be trusted
 
 
+def _words(fixed: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(fixed).view(np.uint64).reshape(len(fixed), KEY_BYTES // 8)
+
+
 def _hash(fixed: np.ndarray) -> np.ndarray:
-    words = np.ascontiguousarray(fixed).view(np.uint64).reshape(len(fixed), KEY_BYTES // 8)
-    return (words * _MIX).sum(axis=1, dtype=np.uint64)  # wraps modulo 2^64, as meant
+    return (_words(fixed) * _MIX).sum(axis=1, dtype=np.uint64)  # wraps modulo 2^64, as meant
 
 
 class VectorMatrix:
@@ -74,17 +79,20 @@ class VectorMatrix:
 
     def rows_of(self, keys: Sequence[str]) -> np.ndarray:
         """Return each key's row in the matrix, -1 for keys it does not hold."""
+        fixed, fits = _fixed_keys(keys)
+        n = len(fixed)
+        if 0 < n <= self.rows and fits.all() and fixed.tobytes() == self.keys[:n].tobytes():
+            return np.arange(n, dtype=np.int64)  # the pool is the stored rows, in order: no index needed
         if self._index is None:  # sorted hashes of the stored keys, built once per opened matrix
             hashes = _hash(np.asarray(self.keys))
             order = np.argsort(hashes, kind="stable")
             self._index = order, hashes[order]
         order, sorted_hashes = self._index
-        fixed, fits = _fixed_keys(keys)
         wanted = _hash(fixed)
         at = np.minimum(np.searchsorted(sorted_hashes, wanted), len(order) - 1)
         rows = order[at]
         # the hash finds a candidate, the full key confirms it (a rare collision falls back to SQLite)
-        found = fits & (sorted_hashes[at] == wanted) & (np.asarray(self.keys[rows]) == fixed)
+        found = fits & (sorted_hashes[at] == wanted) & (_words(self.keys[rows]) == _words(fixed)).all(axis=1)
         return np.where(found, rows, -1).astype(np.int64)
 
 
