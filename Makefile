@@ -25,7 +25,7 @@ setup: $(VENV)/.installed $(WORDNET_DIR)/data.noun
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -e '.[test,bench,ray]'
+	$(VENV)/bin/pip install -e '.[test,bench,ray,onnx]'
 	touch $@
 
 # WordNet 3.0 dictionary files (Debian wordnet-base): the ImageNet zero-shot prior maps label names through them.

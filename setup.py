@@ -49,6 +49,8 @@ EXTRAS = {
     "bench": ["tabulate>=0.9"],
     # --ray on the batch jobs (labelers/ray_jobs.py): Ray Data's actor pools; 2.60 has the map-retry settings.
     "ray": ["ray[data]>=2.60,<3"],
+    # efficientnet-lite0[@px]+onnx (labelers/onnx_runtime.py): ONNX Runtime's CPU forward; onnx for torch's exporter.
+    "onnx": ["onnxruntime>=1.17,<2", "onnx>=1.16,<2"],
 }
 
 setup(

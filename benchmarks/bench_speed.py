@@ -51,27 +51,55 @@ def interleaved(variants: dict, rounds: int) -> dict[str, float]:
 
 
 # -- 1. embedding ------------------------------------------------------------------------------------------------
+def frozen_forward(embedder, example: torch.Tensor):
+    """The embedder's pooled forward traced, frozen and `optimize_for_inference`d (oneDNN fusions): a function
+    of a batch, for the forward-alone comparison."""
+    with torch.inference_mode():
+        module = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(
+            embedder.pooled, example.contiguous(memory_format=torch.channels_last))))
+
+    def forward(batch):
+        with torch.inference_mode():
+            return module(batch.contiguous(memory_format=torch.channels_last))
+    return forward
+
+
 def bench_embedding(n_images: int, spec: str, rounds: int) -> dict:
+    """Every way of embedding the same CIFAR-10 files, interleaved: one image at a time (today's torch, NCHW),
+    today's batched path, the torch path with channels-last and read-ahead decoding, the ONNX Runtime path
+    (serial and read-ahead), and the limits: each model's forward alone on decoded tensors, plus decoding alone."""
     from labelers.cache import embed_files
     from labelers.embedders import EfficientNetLite0Embedder
     from labelers.images import load_image
     from labelers.sample_data import cifar10_subset
 
-    px = int(spec.partition("@")[2] or 224)
-    new, today = EfficientNetLite0Embedder(px, "cpu"), EfficientNetLite0Embedder(px, "cpu", channels_last=False)
+    px = int(spec.partition("@")[2].partition("+")[0] or 224)
+    today = EfficientNetLite0Embedder(px, "cpu", channels_last=False)
+    new, onnx = EfficientNetLite0Embedder(px, "cpu"), EfficientNetLite0Embedder(px, "cpu", runtime="onnx")
     paths, _ = cifar10_subset("test", max(1, -(-n_images // 10)))
     paths = paths[:n_images]
     ready = torch.stack([new.preprocess(load_image(p)) for p in paths])
+    frozen = frozen_forward(new, ready[:8])
+    batches = [ready[s:s + 128] for s in range(0, len(ready), 128)]
     out = {}
     times = interleaved({
         "one_by_one": lambda: [today.encode_images([load_image(p)]) for p in paths],
         "today": lambda: out.__setitem__("today", embed_files(today, None, paths, batch_size=64, num_workers=0)),
-        "new": lambda: out.__setitem__("new", embed_files(new, None, paths)),
-        "forward": lambda: [new.encode_batch(ready[s:s + 128]) for s in range(0, len(ready), 128)],
+        "torch": lambda: out.__setitem__("torch", embed_files(new, None, paths)),
+        "onnx_serial": lambda: embed_files(onnx, None, paths, num_workers=0),
+        "onnx": lambda: out.__setitem__("onnx", embed_files(onnx, None, paths)),
+        "onnx_workers": lambda: embed_files(onnx, None, paths, num_workers=2),
+        "forward": lambda: [new.encode_batch(b) for b in batches],
+        "forward_frozen": lambda: [frozen(b) for b in batches],
+        "forward_onnx": lambda: [onnx.encode_batch(b) for b in batches],
+        "decode": lambda: [new.preprocess(load_image(p)) for p in paths],
     }, rounds)
-    diff = float(np.abs(out["new"].features - out["today"].features).max())
-    return {"images": len(paths), "embedder": new.id, **{f"{k}_s": v for k, v in times.items()},
-            "max_abs_diff": diff}
+    reference = out["today"].features
+    scale = float(np.abs(reference).max())
+    return {"images": len(paths), "embedder": new.id, "threads": torch.get_num_threads(),
+            **{f"{k}_s": v for k, v in times.items()},
+            "max_abs_diff": float(np.abs(out["torch"].features - reference).max()),
+            "onnx_max_rel_diff": float(np.abs(out["onnx"].features - reference).max()) / scale}
 
 
 # -- 2. pool scoring ---------------------------------------------------------------------------------------------
@@ -135,27 +163,57 @@ def bench_scoring(pool: int, rounds: int, dim: int = 512, classes: int = 100) ->
             "max_abs_diff": float(np.abs(got["new"] - got["today"]).max())}
 
 
+def todays_blocks(cache, embedder_id: str, keys, block_rows: int = 8192):
+    """`EmbeddingCache.iter_blocks` as it read before the sidecar: `get_many` (SQLite blobs) per block, the next
+    block read in a thread."""
+    from labelers.cache import read_ahead
+
+    def read(chunk):
+        found = cache.get_many(embedder_id, chunk)
+        return np.stack([found[key] for key in chunk])
+
+    return read_ahead(read(keys[s:s + block_rows]) for s in range(0, len(keys), block_rows))
+
+
 def bench_streaming(n: int, rounds: int, dim: int = 512, classes: int = 100) -> dict:
-    """Score `n` vectors read block by block from an embedding cache file vs the same pool in memory."""
+    """Score `n` vectors read block by block from an embedding cache file vs the same pool in memory: today's
+    SQLite blob reads, the sidecar matrix in the stored order and shuffled, each from a freshly opened cache."""
     from labelers.cache import EmbeddingCache
     from labelers.pool_scoring import score_blocks, score_pool
 
     features, head = unit_rows(n, dim, 1), pool_head(dim, classes)
-    keys = [f"{i:012d}" for i in range(n)]
+    keys = [f"{i:064x}" for i in range(n)]  # content keys are 64 hex digits
+    shuffled = np.random.default_rng(2).permutation(n)
+    shuffled_keys = [keys[i] for i in shuffled]
     with tempfile.TemporaryDirectory(dir=REPO / "benchmarks" / ".work") as tmp:
-        cache = EmbeddingCache(Path(tmp) / "pool.sqlite3")
+        path = Path(tmp) / "pool.sqlite3"
+        cache = EmbeddingCache(path)
         for start in range(0, n, 20000):
             cache.put_many("bench", dict(zip(keys[start:start + 20000], features[start:start + 20000])))
+        first_use = timed(lambda: sum(len(b) for b in cache.iter_blocks("bench", keys)))  # mirrors SQLite
         got = {}
+
+        def streamed(name, order, reopen=False):
+            if reopen:  # the sidecar opened afresh: mapping the files and indexing their keys included
+                cache._sidecar = None
+            got[name] = score_blocks(head, cache.iter_blocks("bench", order), n, "margin")
+
         times = interleaved({
             "gemm": gemm(features, head),
             "memory": lambda: got.__setitem__("memory", score_pool(head, features, "margin")),
-            "streamed": lambda: got.__setitem__("streamed", score_blocks(head, cache.iter_blocks("bench", keys), n,
-                                                                         "margin")),
+            "today": lambda: got.__setitem__("today", score_blocks(head, todays_blocks(cache, "bench", keys), n,
+                                                                   "margin")),
+            "streamed": lambda: streamed("streamed", keys),
+            "streamed_reopened": lambda: streamed("reopened", keys, reopen=True),
+            "shuffled": lambda: streamed("shuffled", shuffled_keys),
             "read_only": lambda: sum(len(b) for b in cache.iter_blocks("bench", keys)),
+            "today_read_only": lambda: sum(len(b) for b in todays_blocks(cache, "bench", keys)),
         }, rounds)
-    equal = bool(np.array_equal(got["memory"].score, got["streamed"].score))
-    return {"rows": n, **{f"{k}_s": v for k, v in times.items()}, "equal": equal}
+    equal = bool(np.array_equal(got["memory"].score, got["streamed"].score)
+                 and np.array_equal(got["memory"].score, got["today"].score)
+                 and np.array_equal(got["memory"].score, got["reopened"].score)
+                 and np.array_equal(got["memory"].score[shuffled], got["shuffled"].score))
+    return {"rows": n, **{f"{k}_s": v for k, v in times.items()}, "first_use_s": first_use, "equal": equal}
 
 
 # -- 3. head retrain ---------------------------------------------------------------------------------------------
@@ -393,6 +451,50 @@ def token_ratio(prefix: int, answer_tokens: list[int]) -> float:
 
 
 # -- report ------------------------------------------------------------------------------------------------------
+def embedding_rows(e: dict) -> list[str]:
+    """The two embedding rows: the torch path and the ONNX Runtime path, each against one image at a time
+    (today's torch, NCHW) and against its own model's forward alone on decoded tensors."""
+    one = e["one_by_one_s"]
+    head = f"embed {e['images']} CIFAR-10 images, {e['embedder']}, {e['threads']} threads (one at a time: {one:.2f} s)"
+    return [
+        f"| {head}, torch | {e['today_s']:.2f} s: batched 64, NCHW = **{one / e['today_s']:.1f}x** one at a time | "
+        f"{e['torch_s']:.2f} s: channels-last, batches of 128, decoding read ahead in a thread = "
+        f"**{one / e['torch_s']:.1f}x** | {e['forward_s']:.2f} s (torch forward alone on decoded tensors; traced, "
+        f"frozen + optimize_for_inference: {e['forward_frozen_s']:.2f} s) | {e['torch_s'] / e['forward_s']:.2f} | "
+        f"{e['today_s'] / e['torch_s']:.2f} |",
+        f"| the same through ONNX Runtime (`{e['embedder']}+onnx`; max relative diff to torch "
+        f"{e['onnx_max_rel_diff']:.1e}) | {e['today_s']:.2f} s | **{e['onnx_s']:.2f} s** = "
+        f"**{one / e['onnx_s']:.1f}x** one at a time (decoding serially: {one / e['onnx_serial_s']:.1f}x, in 2 "
+        f"DataLoader workers: {one / e['onnx_workers_s']:.1f}x) | {e['forward_onnx_s']:.2f} s (ONNX forward alone; "
+        f"decoding alone {e['decode_s']:.2f} s) | {e['onnx_s'] / e['forward_onnx_s']:.2f} | "
+        f"{e['today_s'] / e['onnx_s']:.1f} |",
+    ]
+
+
+def embedding_reading(e: dict) -> str:
+    one = e["one_by_one_s"]
+    return (f"Embedding (target >= 5x one at a time): {one / e['onnx_s']:.1f}x through ONNX Runtime "
+            f"({e['onnx_s'] / e['forward_onnx_s']:.2f}x its forward alone), {one / e['torch_s']:.1f}x with torch "
+            f"({e['torch_s'] / e['forward_s']:.2f}x torch's forward alone); the torch forward is the limit of the "
+            f"torch path, and ONNX Runtime's forward is {e['forward_s'] / e['forward_onnx_s']:.1f}x faster.")
+
+
+def streaming_row(st: dict) -> str:
+    return (f"| the same for {st['rows']:,} x 512 streamed from the embedding cache in blocks, result "
+            f"{'identical' if st['equal'] else 'DIFFERENT'} to in memory (in memory: {st['memory_s']:.2f} s = "
+            f"{st['memory_s'] / st['gemm_s']:.2f}x the GEMM) | {st['today_s']:.2f} s: SQLite blobs (reading alone "
+            f"{st['today_read_only_s']:.2f} s) | **{st['streamed_s']:.2f} s**: the sidecar matrix, memory-mapped "
+            f"(reading alone {st['read_only_s']:.2f} s; opened afresh {st['streamed_reopened_s']:.2f} s; pool in "
+            f"another order than stored {st['shuffled_s']:.2f} s; first use, mirroring SQLite once "
+            f"{st['first_use_s']:.2f} s) | {st['gemm_s']:.2f} s | **{st['streamed_s'] / st['gemm_s']:.2f}** (today "
+            f"{st['today_s'] / st['gemm_s']:.2f}) | {st['today_s'] / st['streamed_s']:.1f} |")
+
+
+def streaming_reading(st: dict) -> str:
+    return (f"Streamed from the cache: {st['streamed_s'] / st['gemm_s']:.2f}x the GEMM (in memory "
+            f"{st['memory_s'] / st['gemm_s']:.2f}x; today's SQLite reads {st['today_s'] / st['gemm_s']:.2f}x).")
+
+
 def section(r: dict, command: str, threads: int, note: str = "") -> str:
     e, s, st, h, p, v = (r[k] for k in ("embedding", "scoring", "streaming", "head", "predict", "vlm"))
     lines = [
@@ -402,20 +504,13 @@ def section(r: dict, command: str, threads: int, note: str = "") -> str:
         "Every row measures today's code, the new code and the limit side by side in one run, interleaved, best "
         "of the rounds; read the ratios, absolute seconds depend on how busy the machine was.", "",
         "| hot path | today | new | machine's limit | new / limit | today / new |", "|---|---|---|---|---|---|",
-        f"| embed {e['images']} CIFAR-10 images, {e['embedder']} (one at a time: {e['one_by_one_s']:.2f} s) | "
-        f"{e['today_s']:.2f} s: batched 64, NCHW = **{e['one_by_one_s'] / e['today_s']:.1f}x** one at a time | "
-        f"{e['new_s']:.2f} s: channels-last, batches of 128 = **{e['one_by_one_s'] / e['new_s']:.1f}x** one at a "
-        f"time | {e['forward_s']:.2f} s (forward alone on decoded tensors) | {e['new_s'] / e['forward_s']:.2f} | "
-        f"{e['today_s'] / e['new_s']:.2f} |",
+        *embedding_rows(e),
         f"| margin scores, {s['pool']:,} x {s['dim']} pool, {s['classes']} classes (max diff to today "
         f"{s['max_abs_diff']:.1e}) | {s['today_s']:.2f} s | {s['new_s']:.2f} s | {s['gemm_s']:.2f} s (one float32 "
         f"GEMM, same shape) | **{s['new_s'] / s['gemm_s']:.2f}** (today {s['today_s'] / s['gemm_s']:.2f})"
         + (f"; in CPU time **{s['new_cpu_s'] / s['gemm_cpu_s']:.2f}** (today {s['today_cpu_s'] / s['gemm_cpu_s']:.2f})"
            if "gemm_cpu_s" in s else "") + f" | {s['today_s'] / s['new_s']:.2f} |",
-        f"| the same for {st['rows']:,} x 512 streamed from the embedding cache (SQLite) in blocks, result "
-        f"{'identical' if st['equal'] else 'DIFFERENT'} to in memory | in memory {st['memory_s']:.2f} s | "
-        f"{st['streamed_s']:.2f} s (reading alone {st['read_only_s']:.2f} s) | {st['gemm_s']:.2f} s | "
-        f"**{st['streamed_s'] / st['gemm_s']:.2f}** | - |",
+        streaming_row(st),
         head_row(h),
         f"| `/predict` p99, 100-task batches, {p['clients']} clients on 1,000 CIFAR-10 tasks with the ImageNet prior "
         f"(today: the code at {p.get('today_rev', 'the previous revision')[:7]}; new: auth and response without "
@@ -443,14 +538,12 @@ def section(r: dict, command: str, threads: int, note: str = "") -> str:
                       f"fewer (tiny model here: {token_ratio(q['prefix_tokens'], q['answer_tokens']):.1f}x fewer tokens, "
                       f"{q['today_s'] / q['new_s']:.1f}x faster measured)."]
     lines += ["", f"Reading, against issue 13's targets: pool scoring {s['new_s'] / s['gemm_s']:.2f}x the GEMM (target "
-                  f"<= 1.2; today's code {s['today_s'] / s['gemm_s']:.2f}x in the same run); streamed from SQLite the "
-                  f"cache reads dominate ({st['read_only_s'] / st['gemm_s']:.1f}x the GEMM for reading alone), not the "
-                  f"scoring. {head_reading(h)} /predict p99 "
+                  f"<= 1.2; today's code {s['today_s'] / s['gemm_s']:.2f}x in the same run); {streaming_reading(st)} "
+                  f"{head_reading(h)} /predict p99 "
                   f"{p['new_p99_ms']:.0f} ms vs {p['today_p99_ms']:.0f} ms (target <= 200 ms; the two servers running "
                   f"the same new code differ by {abs(1 - p['new_again_p99_ms'] / p['new_p99_ms']):.0%}, so on this "
-                  "machine only the ratio is meaningful). Embedding batched "
-                  f"{e['one_by_one_s'] / e['new_s']:.1f}x one at a time (target >= 5x), {e['new_s'] / e['forward_s']:.2f}x "
-                  "the model's forward alone."]
+                  "machine only the ratio is meaningful). "
+                  f"{embedding_reading(e)}"]
     if note:
         lines += ["", note]
     lines += ["", "Threads: batch jobs (`labelloop embed`, pool scoring) use torch's intra-op threads (one per core by "

@@ -3,6 +3,12 @@
 Keys are SHA-256 digests of the image bytes, so the same picture under two names or URLs is one entry.
 Storage is one SQLite file in WAL mode (many concurrent readers, one writer at a time); each vector
 carries a CRC32 so a damaged row is detected and recomputed rather than served.
+
+Streaming (`iter_blocks`) reads from a sidecar beside the SQLite file: per embedder, a float32 matrix file and
+a file of its row keys (`<cache>-vectors/`), mirrored from SQLite on first use and extended whenever SQLite
+holds newer rows (`labelers.vector_files`). Reading it is a memory map, not one blob per row, so a pool
+streamed from the cache scores at the in-memory speed (benchmarks/bench_speed.py). SQLite stays the store:
+`put_many`/`get_many` and old caches are unchanged, and a sidecar is only a copy that can be rebuilt.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -23,11 +29,22 @@ from .embedders import Embedder
 from .images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
     embedder TEXT NOT NULL, key TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL, crc INTEGER NOT NULL,
     PRIMARY KEY (embedder, key)
+)"""
+
+
+# One row per embedder whose vectors are mirrored in a sidecar matrix (labelers/vector_files.py): its files'
+# stem, width, how many rows are committed, and the last SQLite rowid mirrored. A table of its own, so a cache
+# written by this version still reads and writes with older code (which only knows `embeddings`).
+VECTOR_FILES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vector_files (
+    embedder TEXT PRIMARY KEY, stem TEXT NOT NULL, dim INTEGER NOT NULL, rows INTEGER NOT NULL,
+    last_rowid INTEGER NOT NULL
 )"""
 
 
@@ -50,6 +67,7 @@ class EmbeddingCache:
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(SCHEMA)
+                db.execute(VECTOR_FILES_SCHEMA)
                 status = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise CacheCorruptError(f"embedding cache {self.path} is damaged ({exc}); delete it to rebuild") from None
@@ -62,6 +80,7 @@ class EmbeddingCache:
         self._keeper = self._connect()
         self._keeper.execute("SELECT COUNT(*) FROM embeddings WHERE 0").fetchone()  # opens the -wal/-shm
         self._readers = threading.local()
+        self._sidecar = None  # the streaming matrices (labelers.vector_files), opened on first iter_blocks
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60)
@@ -97,6 +116,8 @@ class EmbeddingCache:
             with self._connect() as writer:
                 writer.executemany("DELETE FROM embeddings WHERE embedder=? AND key=?",
                                    [(embedder_id, key) for key in damaged])
+                # the sidecar is rebuilt: its row numbers assume SQLite's rows are only ever added
+                writer.execute("DELETE FROM vector_files WHERE embedder=?", (embedder_id,))
         return found
 
     def put_many(self, embedder_id: str, vectors: dict[str, np.ndarray]) -> None:
@@ -112,28 +133,63 @@ class EmbeddingCache:
         """Yield the vectors of `keys`, in order, as float32 blocks of up to `block_rows` rows: a pool larger
         than memory is read one block at a time (`labelers.pool_scoring.score_blocks`).
 
+        Blocks come from the embedder's sidecar matrix (brought up to date with SQLite first): a run of keys
+        stored in order is a view of the memory-mapped file (no copy; treat blocks as read-only, writes stay in
+        this process), other keys are gathered from it, and keys the sidecar cannot hold are read from SQLite.
         Raises KeyError naming the first key that is missing or damaged (a pool with a hole is refused, not
-        scored short). The next block is read in a background thread while the caller works on this one
-        (SQLite releases the GIL while it reads).
+        scored short).
         """
-        from concurrent.futures import ThreadPoolExecutor
+        from .vector_files import VectorFileError
 
-        def read(start: int) -> np.ndarray:
-            chunk = list(keys[start:start + block_rows])
-            found = self.get_many(embedder_id, chunk)
-            missing = next((key for key in chunk if key not in found), None)
-            if missing is not None:
-                raise KeyError(f"embedding cache {self.path}: no vector for key {missing} under {embedder_id}")
-            return np.stack([found[key] for key in chunk])
+        keys = list(keys)
+        try:
+            try:
+                matrix = self._vector_files.current(embedder_id)
+            except VectorFileError as exc:  # unreadable sidecar: rebuilt from SQLite, never served
+                log.warning("embedding cache %s: %s; rebuilding it from SQLite", self.path, exc)
+                self._vector_files.drop(embedder_id)
+                matrix = self._vector_files.current(embedder_id)
+        except (OSError, sqlite3.OperationalError) as exc:  # e.g. a full disk: the sidecar cannot be written
+            log.warning("embedding cache %s: cannot bring the streaming sidecar up to date (%s); reading the "
+                        "vectors from SQLite instead (slower)", self.path, exc)
+            matrix = None
+        rows = matrix.rows_of(keys) if matrix is not None else np.full(len(keys), -1, np.int64)
 
-        starts = range(0, len(keys), block_rows)
-        with ThreadPoolExecutor(1) as reader:
-            ahead = reader.submit(read, starts[0]) if starts else None
-            for nxt in starts[1:]:
-                block, ahead = ahead.result(), reader.submit(read, nxt)
-                yield block
-            if ahead is not None:
-                yield ahead.result()
+        def blocks() -> Iterator[np.ndarray]:
+            for start in range(0, len(keys), block_rows):
+                chunk = rows[start:start + block_rows]
+                if matrix is not None and chunk[0] >= 0 and chunk[-1] - chunk[0] == len(chunk) - 1 \
+                        and bool((np.diff(chunk) == 1).all()):
+                    yield matrix.vectors[chunk[0]:chunk[-1] + 1]  # stored in this order: a view, no copy
+                else:
+                    yield self._gather(embedder_id, matrix, keys[start:start + block_rows], chunk)
+
+        # a block gathered out of order is copied in a background thread while the caller scores the one before
+        yield from read_ahead(blocks())
+
+    def _gather(self, embedder_id: str, matrix, keys: list[str], rows: np.ndarray) -> np.ndarray:
+        """Return the vectors of `keys` as one block: from the sidecar where `rows` >= 0, else from SQLite."""
+        absent = np.flatnonzero(rows < 0)
+        found = self.get_many(embedder_id, [keys[i] for i in absent]) if len(absent) else {}
+        missing = next((keys[i] for i in absent if keys[i] not in found), None)
+        if missing is not None:
+            raise KeyError(f"embedding cache {self.path}: no vector for key {missing} under {embedder_id}")
+        if matrix is None:
+            return np.stack([found[key] for key in keys])
+        block = np.empty((len(keys), matrix.dim), np.float32)
+        present = rows >= 0
+        block[present] = matrix.vectors[rows[present]]
+        for i in absent:
+            block[i] = found[keys[i]]
+        return block
+
+    @property
+    def _vector_files(self):
+        if self._sidecar is None:
+            from .vector_files import VectorFiles
+
+            self._sidecar = VectorFiles(self.path, self._connect)
+        return self._sidecar
 
     def count(self, embedder_id: str | None = None) -> int:
         """Return the number of cached vectors (for one embedder, or in total)."""
@@ -196,6 +252,20 @@ def fill_from_cache(embedder: Embedder, cache: EmbeddingCache | None, keys: Sequ
     return rows_of, [rows[0] for key, rows in rows_of.items() if key not in known]
 
 
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """Yield `items` in order, each produced in a background thread while the caller works on the one before:
+    decoding and resizing the next batch (PIL and NumPy release the GIL) overlaps the model's forward pass.
+    An exception raised while producing an item is raised here, at that item."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source, done = iter(items), object()
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as worker:
+        ahead = worker.submit(next, source, done)
+        while (item := ahead.result()) is not done:
+            ahead = worker.submit(next, source, done)
+            yield item
+
+
 def _embed(embedder: Embedder, cache: EmbeddingCache | None, readers: Sequence[Callable[[], bytes]],
            names: Sequence[str], batch_size: int, num_workers: int | None, progress: bool) -> EmbedResult:
     from tqdm.auto import tqdm
@@ -215,8 +285,11 @@ def _embed(embedder: Embedder, cache: EmbeddingCache | None, readers: Sequence[C
         workers = num_workers if num_workers is not None else (0 if len(todo) < 512 else 2)
         loader = DataLoader(_Images([readers[i] for i in todo], [names[i] for i in todo], embedder),
                             batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+        # Small jobs decode in one thread beside the forward pass (worker processes cost more to start than
+        # they save); num_workers=0 asked for explicitly keeps everything in this thread.
+        batches = read_ahead(loader) if num_workers is None and workers == 0 else loader
         bar = tqdm(total=len(todo), desc=f"embed {embedder.id}", unit="img", disable=not progress)
-        for local_ids, batch, bad in loader:
+        for local_ids, batch, bad in batches:
             failed += len(bad)
             for j, message in bad:
                 errors.update(dict.fromkeys(rows_of[keys[todo[j]]], message))
