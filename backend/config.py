@@ -20,7 +20,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from configs import read_mapping
 from labelers.formats.label_studio import LOCAL_FILES_ROOT_ENV
-from backend.learners import LEARNERS, parse_strategy
+from backend.learners import LEARNERS, check_self_train, parse_strategy
 from labelers.strategies import STRATEGIES  # the one list of strategy names (re-exported for backend.model)
 
 RETRAIN_POLICIES = ("on_submit", "manual")
@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         if isinstance(items, (list, tuple)):
             return tuple(str(item).strip().lower() for item in items if str(item).strip())
         return value
+
+    @model_validator(mode="after")
+    def _self_train_learner(self) -> "Settings":
+        # "+self" with LABELLOOP_LEARNER=head (or lp) fails at start-up, not at the first retrain.
+        spec = parse_strategy(self.strategy, STRATEGIES)
+        check_self_train(spec.self_train, spec.learner or self.learner, self.strategy)
+        return self
 
     @model_validator(mode="after")
     def _auth_pair(self) -> "Settings":

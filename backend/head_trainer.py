@@ -111,7 +111,9 @@ class HeadTrainer:
         urls = self.store.content_keys(project_id, task_ids)
         configured = self.rules.learner(project.extra_params) if self.learner is not None else "head"
         diversity = self.rules.diversity(project.extra_params) if self.learner is not None else None
-        asked = configured + (f"+{diversity}{self.rules.settings.kmeans_batch}" if diversity else "")
+        self_train = self.rules.self_train(project.extra_params) if self.learner is not None else 0
+        asked = (configured + (f"+{diversity}{self.rules.settings.kmeans_batch}" if diversity else "")
+                 + (f"+self{self_train}" if self_train else ""))
         fingerprint = training_fingerprint(project.embedder, target, task_ids, labels, urls, asked)
         served = self.store.get_version(project_id, project.model_version)
         if served is not None and served.fingerprint == fingerprint and not self.heads.intact(served):
@@ -143,13 +145,18 @@ class HeadTrainer:
         head.fit(features, y, warm_start=self._warm_start(project_id, served, target, embedded.embedder, head))
         fit = LearnerFit("head", "head") if self.learner is None else self.learner.fit(
             project_id, configured, target, embedded.embedder.id, [embedded.keys[i] for i in rows], y, head,
-            self.rules.strategy(project.extra_params), diversity, self.rules.settings.kmeans_batch)
-        version = self.publish(project_id, SavedWithPool(head, fit.pool), len(rows), fingerprint, fit.tag)
+            self.rules.strategy(project.extra_params), diversity, self.rules.settings.kmeans_batch, self_train,
+            features, lambda x, labels, warm: prior_head(target, embedded.embedder, self.heads.priors).fit(
+                x, labels, warm_start=warm))  # "+self": the same head fit, on annotations + pseudo-labels
+        version = self.publish(project_id, SavedWithPool(fit.head or head, fit.pool), len(rows), fingerprint,
+                               fit.tag)
         self._record_learner(project_id, version, fit)
         if fit.used != fit.configured:
             notes.append(f"learner {fit.configured} not used ({fit.reason}): head probabilities served")
         elif fit.reason:
             notes.append(fit.reason)
+        if fit.pseudo_labels is not None:
+            notes.append(f"+self: head refitted on {len(rows)} annotations + {fit.pseudo_labels} pseudo-labels")
         # Estimated after publishing: the k-fold fits must not delay the version annotators are waiting for.
         accuracy = self.estimate(target, embedded.embedder, features, y, self.heads.priors)
         if accuracy is not None:

@@ -6,6 +6,7 @@ probabilities, and backend.heads loads PoolScores: one module each way keeps the
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 
@@ -24,11 +25,19 @@ class PoolLearner:
 
     def fit(self, project: str, configured: str, target, embedder_id: str, labeled_keys: list[str | None],
             y: np.ndarray, head=None, strategy: str = "margin", diversity: str | None = None,
-            batch_size: int = 20) -> LearnerFit:
+            batch_size: int = 20, self_train: int = 0, features: np.ndarray | None = None,
+            refit: Callable | None = None) -> LearnerFit:
         """Return the LearnerFit of `configured` for annotations `y` (class indices in `target.labels` order)
         on the images `labeled_keys`, with the KmeansBatch of `strategy` over the pool when `diversity` is
-        "kmeans" (`head`: the version's fitted head). Never raises: a learner that cannot run falls back to
-        the head, a batch that cannot be built is left out, each with the reason in the fit and in the log."""
+        "kmeans" (`head`: the version's fitted head).
+
+        `self_train` > 0 ("+self<N>"): once spread, the head is refitted by `refit(features, labels, warm_start)`
+        (the retrain's own head fit) on the annotations (`features`, `y`) plus the `self_train` surest unlabelled
+        pool rows per class under the mix (labelers.self_training.confident_pseudo_labels), warm-started from
+        `head`; the fit then carries that head (`fit.head`) and `fit.pseudo_labels`, and the batch ranks with it.
+
+        Never raises: a learner that cannot run falls back to the head, a self-training or a batch that cannot
+        run is left out, each with the reason in the fit and in the log."""
         fit = LearnerFit("head", "head")
         if configured != "head":
             try:
@@ -38,10 +47,44 @@ class PoolLearner:
                 log.error("project %s: %s; serving the head's probabilities (learner %s not used)", project,
                           reason, configured)
                 fit = LearnerFit(configured, "head", reason=reason)
-        fit.configured_diversity = diversity
+        fit.configured_diversity, fit.configured_self_train = diversity, self_train
+        if self_train:
+            self._self_train(fit, project, target, embedder_id, labeled_keys, features, y, head, self_train, refit)
         if diversity == "kmeans":
-            self._add_batch(fit, project, target, embedder_id, labeled_keys, head, strategy, batch_size)
+            self._add_batch(fit, project, target, embedder_id, labeled_keys, fit.head or head, strategy,
+                            batch_size)
         return fit
+
+    def _self_train(self, fit: LearnerFit, project, target, embedder_id, labeled_keys, features, y, head,
+                    per_class: int, refit) -> None:
+        """Set `fit.head` to the head refitted on annotations + pseudo-labels (see `fit`), or leave the plain
+        head with the reason in `fit.reason` and an error in the log."""
+        from labelers.self_training import confident_pseudo_labels
+
+        try:
+            if fit.pool is None or fit.pool.scores is None:
+                raise ValueError(f"no pool scores to take pseudo-labels from (learner {fit.used} used)")
+            keys, pool_features = project_embeddings(self.store, self.cache, project, embedder_id)
+            if pool_features is None:
+                raise ValueError("no embedded image")
+            # The same probabilities /predict serves for these tasks: the head's, mixed with the spreading's.
+            proba = fit.pool.combine(label_probabilities(head, target, pool_features), keys, pool_features,
+                                     self.cache.get_many)
+            labeled = set(labeled_keys)
+            rows, classes = confident_pseudo_labels(proba, [i for i, k in enumerate(keys) if k in labeled],
+                                                    per_class)
+            fit.head = refit(np.concatenate([features, pool_features[rows]]),
+                             np.concatenate([np.asarray(y, np.int64), classes]), head)
+            fit.pseudo_labels = int(len(rows))
+        except Exception as exc:  # the plain head is published: said, never silent
+            why = (f"+self not applied ({type(exc).__name__}: {exc}); the head fitted on the annotations alone "
+                   "is published")
+            log.error("project %s: %s", project, why)
+            fit.reason = "; ".join(filter(None, [fit.reason, why]))
+            fit.head, fit.pseudo_labels = None, None
+            return
+        log.info("project %s: head refitted on %d annotations + %d pseudo-labels (+self%d)", project, len(y),
+                 fit.pseudo_labels, per_class)
 
     def _add_batch(self, fit: LearnerFit, project, target, embedder_id, labeled_keys, head, strategy,
                    size) -> None:

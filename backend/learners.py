@@ -52,26 +52,55 @@ class StrategySpec:
     base: str
     learner: str | None = None     # None: the learner setting decides
     diversity: str | None = None   # "kmeans": the top of the list is a k-means-diverse batch (KmeansBatch)
+    self_train: int = 0            # "+self<N>": the head refitted on N pseudo-labels per class (0: off)
+
+
+def _self_modifier(modifier: str) -> int:
+    """Return the per-class count of a "+self" / "+self<N>" modifier (N >= 1), or 0 for any other modifier."""
+    from labelers.self_training import DEFAULT_PER_CLASS
+
+    if modifier == "self":
+        return DEFAULT_PER_CLASS
+    rest = modifier[4:] if modifier.startswith("self") else ""
+    return int(rest) if rest.isdigit() and int(rest) > 0 else 0
 
 
 def parse_strategy(spec: str, strategies: tuple[str, ...]) -> StrategySpec:
-    """Parse "margin", "margin+mix", "margin+kmeans" or "margin+kmeans+mix" (modifiers in any order).
+    """Parse "margin", "margin+mix", "margin+kmeans", "margin+kmeans+mix" or "margin+kmeans+mix+self"
+    ("+self<N>": N pseudo-labels per class; modifiers in any order).
 
-    Raises ValueError naming the accepted values for an unknown strategy or modifier, a modifier given twice
-    or two learners."""
+    Raises ValueError naming the accepted values for an unknown strategy or modifier, a modifier given twice,
+    two learners, or "+self" with "+head" (self-training needs the pool scores of mix, see check_self_train)."""
     base, *modifiers = str(spec).strip().split("+")
-    accepted = (f"accepted: {', '.join(map(repr, strategies))}, optionally with '+kmeans' and one learner "
-                f"modifier {', '.join(repr('+' + m) for m in LEARNER_MODIFIERS)} (e.g. 'margin+kmeans+mix')")
+    accepted = (f"accepted: {', '.join(map(repr, strategies))}, optionally with '+kmeans', '+self' (or "
+                f"'+self<N>', N >= 1) and one learner modifier {', '.join(repr('+' + m) for m in LEARNER_MODIFIERS)}"
+                " (e.g. 'margin+kmeans+mix+self')")
     if base not in strategies:
         raise ValueError(f"unknown strategy {base!r} in {spec!r}; {accepted}")
-    others = [m for m in modifiers if m not in LEARNER_MODIFIERS and m != "kmeans"]
+    others = [m for m in modifiers if m not in LEARNER_MODIFIERS and m != "kmeans" and not _self_modifier(m)]
     if others:
         raise ValueError(f"strategy {spec!r}: modifier(s) {', '.join('+' + m for m in others)} not served by the "
                          f"backend (the simulator's +{', +'.join(UNSERVED_MODIFIERS)} included); {accepted}")
     learners = [LEARNER_MODIFIERS[m] for m in modifiers if m in LEARNER_MODIFIERS]
-    if len(learners) > 1 or len(set(modifiers)) < len(modifiers):
+    selfs = [_self_modifier(m) for m in modifiers if _self_modifier(m)]
+    if len(learners) > 1 or len(selfs) > 1 or len(set(modifiers)) < len(modifiers):
         raise ValueError(f"strategy {spec!r} repeats a modifier or names two learners; {accepted}")
-    return StrategySpec(base, learners[0] if learners else None, "kmeans" if "kmeans" in modifiers else None)
+    parsed = StrategySpec(base, learners[0] if learners else None, "kmeans" if "kmeans" in modifiers else None,
+                          selfs[0] if selfs else 0)
+    if parsed.learner:
+        check_self_train(parsed.self_train, parsed.learner, spec)
+    return parsed
+
+
+def check_self_train(self_train: int, learner: str, spec: str) -> None:
+    """Raise ValueError when strategy `spec` asks for "+self" (`self_train` > 0) with a learner other than mix:
+    the pseudo-labels come from the pool's mix probabilities (head + label spreading) and refit the head, so
+    the head alone has no pool scores to take them from, and lp serves no head to refit."""
+    if self_train and learner != "mix":
+        why = ("the head learner has no pool scores to take pseudo-labels from" if learner == "head" else
+               "the lp learner serves label spreading alone, so a refitted head would change nothing served")
+        raise ValueError(f"strategy {spec!r}: '+self' refits the head on the mix learner's surest pool rows; {why}"
+                         " (use the mix learner, e.g. 'margin+kmeans+mix+self')")
 
 
 def resolve_learner(spec_learner: str | None, extra_learner: Any, default: str) -> str:
@@ -166,14 +195,14 @@ class PoolScores:
         return new_neighbours(KnnGraph(None, self._vectors, self.k, self.power), features)
 
 
-def published_learner(store, project: str) -> tuple[str, str | None] | None:
-    """Return (learner, diversity) the project's served version was configured with, or None before any
-    retrain."""
+def published_learner(store, project: str) -> tuple[str, str | None, int] | None:
+    """Return (learner, diversity, self-training per class) the project's served version was configured with,
+    or None before any retrain."""
     raw = store.kv_get(project, STATE_KEY)
     state = json.loads(raw) if raw else None
     if not state or state.get("model_version") != store.current_version(project):
         return None
-    return state.get("configured"), state.get("configured_diversity")
+    return state.get("configured"), state.get("configured_diversity"), int(state.get("configured_self_train") or 0)
 
 
 def learner_status(store, project: str) -> dict[str, Any] | None:
@@ -238,17 +267,23 @@ class LearnerFit:
     graph: dict[str, Any] | None = None  # {"rows", "built_seconds" | "reused", "new_since"}
     diversity: str | None = None  # "kmeans" when the version carries a KmeansBatch
     configured_diversity: str | None = None
+    configured_self_train: int = 0  # "+self<N>": pseudo-labels per class asked for (0: off)
+    pseudo_labels: int | None = None  # how many the published head was refitted on (None: no self-training)
+    head: Any = None  # the head to publish when self-training refitted it (None: the retrain's plain head)
 
     @property
     def tag(self) -> str:
-        """What the version name says: "head" (nothing), "mix", "lp", "kmeans", "mix-kmeans", ..."""
-        parts = ([] if self.used == "head" else [self.used]) + ([self.diversity] if self.diversity else [])
+        """What the version name says: "head" (nothing), "mix", "lp", "kmeans", "mix-kmeans", "mix-self",
+        "mix-self-kmeans", ..."""
+        parts = (([] if self.used == "head" else [self.used]) + (["self"] if self.pseudo_labels is not None else [])
+                 + ([self.diversity] if self.diversity else []))
         return "-".join(parts) or "head"
 
     def state(self, model_version: str) -> dict[str, Any]:
         """The /metrics `learner` entry of the version published with this fit."""
         return {"configured": self.configured, "used": self.used, "fallback": self.reason,
                 "diversity": self.diversity, "configured_diversity": self.configured_diversity,
+                "configured_self_train": self.configured_self_train, "pseudo_labels": self.pseudo_labels,
                 "model_version": model_version, "graph": self.graph}
 
 

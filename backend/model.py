@@ -167,7 +167,7 @@ class LabelloopModel:
         from backend.learners import published_learner
 
         was = published_learner(self.store, self.project_id)
-        now = (self.learner, self.rules.diversity(self.extra_params))
+        now = (self.learner, self.rules.diversity(self.extra_params), self.rules.self_train(self.extra_params))
         if was is None or tuple(was) == now or self.predictor.predictor != "head" or self.boxes is not None:
             return
         if not self.retrain_on_submit:  # the manual policy trains on START_TRAINING only

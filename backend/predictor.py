@@ -17,7 +17,7 @@ from typing import Any
 
 from backend.config import PREDICTORS, STRATEGIES, VLM_MODES, Settings
 from backend.labels import ImageClassification, LabelConfigError
-from backend.learners import StrategySpec, parse_strategy, resolve_learner
+from backend.learners import StrategySpec, check_self_train, parse_strategy, resolve_learner
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,21 @@ class PredictorRules:
     def learner(self, extra: dict[str, Any] | None) -> str:
         """Return the project's learner (backend.learners): extra_params["strategy"]'s modifier ("margin+lp"),
         else extra_params["learner"], else LABELLOOP_STRATEGY's modifier, else LABELLOOP_LEARNER; raises
-        LabelConfigError for an unknown learner or a strategy modifier contradicting extra_params["learner"]."""
-        spec_learner = self._spec(extra).learner if (extra or {}).get("strategy") else None
+        LabelConfigError for an unknown learner, a strategy modifier contradicting extra_params["learner"], or
+        a "+self" strategy with a learner other than mix (backend.learners.check_self_train)."""
+        spec = self._spec(extra)
+        spec_learner = spec.learner if (extra or {}).get("strategy") else None
         configured = self._spec(None).learner or self.settings.learner  # LABELLOOP_STRATEGY's, else LEARNER
         try:
-            return resolve_learner(spec_learner, (extra or {}).get("learner"), configured)
+            learner = resolve_learner(spec_learner, (extra or {}).get("learner"), configured)
+            check_self_train(spec.self_train, learner, (extra or {}).get("strategy") or self.settings.strategy)
         except ValueError as exc:
             raise LabelConfigError(str(exc)) from None
+        return learner
+
+    def self_train(self, extra: dict[str, Any] | None) -> int:
+        """Return the pseudo-labels per class of the project's "+self<N>" strategy (0 without "+self")."""
+        return self._spec(extra).self_train
 
     def diversity(self, extra: dict[str, Any] | None) -> str | None:
         """Return "kmeans" when the project's strategy ("margin+kmeans") asks for a k-means-diverse batch at the
