@@ -10,6 +10,8 @@ Everything costly happens in the retrain, never in /predict:
 - `PoolLearner.fit` spreads the annotations over that graph and returns a `PoolScores`: the (N, K) spread
   scores of the graph's rows, by content key. The trainer saves it into the version's head folder
   (LEARNER_FILE), so it is published, digested and served together with the head.
+- "+self<N>" (backend.learner_fit): the head is refitted on the annotations plus the N unannotated pool rows
+  per class the mix is surest of (labelers.self_training), and that head is published ("-mix-self-").
 - At /predict, `PoolScores.combine` looks a task's lp part up by content key; a task embedded after the graph
   was built gets it from its k nearest graph rows (labelers.propagation.predict_from_neighbours).
 

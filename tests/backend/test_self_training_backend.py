@@ -17,6 +17,7 @@ from backend.predictor import PredictorRules
 from labelers.head import ClassifierHead
 from labelers.self_training import DEFAULT_PER_CLASS, confident_pseudo_labels
 from labelers.strategies import STRATEGIES
+from tests.backend.conftest import CHOICES_XML
 from tests.backend.test_learner import TASKS, _Cache, _predict, _Store, _train, setup_project
 
 
@@ -132,3 +133,21 @@ def test_served_self_failure_publishes_the_plain_head_and_says_so(make_client, d
     assert all(re.search(r"-mix-p1-r\d+$", r["model_version"]) for r in got)  # no "-self-"
     assert "+self not applied (ValueError: broken)" in metrics["learner"]["fallback"]
     assert "+self not applied" in metrics["training"]["last_run"]["note"]
+
+
+def test_asking_for_self_in_extra_params_retrains_into_a_self_version_and_head_is_a_422(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        setup_project(client)
+        _predict(client)
+        _train(client, runtime, [TASKS[0], TASKS[3], TASKS[6]])
+        before = runtime.store.current_version("1")
+        setup_project(client, strategy="margin+self2")  # extra_params: Label Studio's /setup
+        assert runtime.queue.wait_idle(120)
+        after = runtime.store.current_version("1")
+        learner = client.get("/metrics").json()["projects"]["1"]["learner"]
+        refused = client.post("/setup", json={"project": "1.1700000000", "schema": CHOICES_XML,
+                                              "hostname": "http://localhost:8080", "access_token": "x" * 40,
+                                              "extra_params": {"strategy": "margin+self", "learner": "head"}})
+    assert "-self-" not in before and re.search(r"-mix-self-p1-r\d+$", after)
+    assert learner["configured_self_train"] == 2 and learner["pseudo_labels"] == 6  # 2 per class, 3 classes
+    assert refused.status_code == 422 and "head learner has no pool scores" in refused.text
