@@ -18,7 +18,7 @@ from labelers.head import ClassifierHead
 from labelers.self_training import DEFAULT_PER_CLASS, confident_pseudo_labels
 from labelers.strategies import STRATEGIES
 from tests.backend.conftest import CHOICES_XML
-from tests.backend.test_learner import TASKS, _Cache, _predict, _Store, _train, setup_project
+from tests.backend.test_learner import TASKS, _Cache, _predict, _Store, _train, published_note, setup_project
 
 
 def test_self_is_parsed_and_refused_without_the_mix_learner():
@@ -113,10 +113,11 @@ def test_served_self_version_names_it_and_reports_the_pseudo_labels(make_client,
         _train(client, runtime, [TASKS[0], TASKS[3], TASKS[6]])  # one per class: 6 open tasks
         got = _predict(client)
         metrics = client.get("/metrics").json()["projects"]["1"]
+        note = published_note(runtime)
     assert all(re.search(r"-mix-self-kmeans-p1-r\d+$", r["model_version"]) for r in got)
     learner = metrics["learner"]
     assert learner["used"] == "mix" and learner["fallback"] is None and learner["pseudo_labels"] == 6
-    assert "3 annotations + 6 pseudo-labels" in metrics["training"]["last_run"]["note"]
+    assert "3 annotations + 6 pseudo-labels" in note
 
 
 def test_served_self_failure_publishes_the_plain_head_and_says_so(make_client, docroot, monkeypatch):
@@ -130,9 +131,10 @@ def test_served_self_failure_publishes_the_plain_head_and_says_so(make_client, d
         _train(client, runtime, [TASKS[0], TASKS[3], TASKS[6]])
         got = _predict(client)
         metrics = client.get("/metrics").json()["projects"]["1"]
+        note = published_note(runtime)
     assert all(re.search(r"-mix-p1-r\d+$", r["model_version"]) for r in got)  # no "-self-"
     assert "+self not applied (ValueError: broken)" in metrics["learner"]["fallback"]
-    assert "+self not applied" in metrics["training"]["last_run"]["note"]
+    assert "+self not applied" in note
 
 
 def test_asking_for_self_in_extra_params_retrains_into_a_self_version_and_head_is_a_422(make_client, docroot):
