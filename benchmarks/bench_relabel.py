@@ -98,7 +98,7 @@ def _map_key(seed, name, n, noise, px, objects):
     return f"{'' if objects == 'cifar10' else objects + '_'}s{seed}_{name}_{n}_noise{noise}_px{px}"
 
 
-def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, objects="cifar10"):
+def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, objects="cifar10", ablations=True):
     model = make_embedder(f"efficientnet-lite0@{px}")
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
     sets, class_names = scene_sets(seed, (("train", n_scenes), ("holdout", n_holdout), ("test", n_test)),
@@ -118,7 +118,8 @@ def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, obj
     seed_run = run_rounds(seed_regions, original, class_names, seed_settings, rounds=1)
     labels_by_method["seed"] = multi_hot(seed_run[-1].labels, k)
     accepted = {}
-    for name, windows, target_precision, drop, folds in VARIANTS:
+    variants = VARIANTS if ablations else [v for v in VARIANTS if v[0] in ("ours", "ours + 1x1/2x2 map windows")]
+    for name, windows, target_precision, drop, folds in variants:
         settings = RelabelSettings(confidence="naive", rule="per-class", target_precision=target_precision,
                                    keep_original=not drop, seed=seed, folds=folds)
         held = Holdout(map_windows(maps["holdout"], windows), multi_hot(sets["holdout"].truth, k),
@@ -197,10 +198,11 @@ def main(scenes: int = typer.Option(5000), seeds: int = typer.Option(3), first_s
          holdout: int = typer.Option(1000), test: int = typer.Option(1000), noise: float = typer.Option(0.1),
          px: int = typer.Option(96), objects: str = typer.Option("cifar10", help="cifar10 | mnist | fashion-mnist"),
          seed_crops: bool = typer.Option(False, help="the seed's 3 random fixed crops (3 more passes per scene)"),
+         ablations: bool = typer.Option(True, help="also the in-sample and drop-original ablations"),
          write_results: bool = typer.Option(True), note: str = typer.Option("", help="reading appended")) -> None:
     command = (f"python -m benchmarks.bench_relabel --scenes {scenes} --seeds {seeds} --first-seed {first_seed} "
                f"--holdout {holdout} --test {test} --noise {noise} --px {px} --objects {objects}"
-               f"{' --seed-crops' if seed_crops else ''}")
+               f"{' --seed-crops' if seed_crops else ''}{'' if ablations else ' --no-ablations'}")
     params = (f"1-4 objects (84/10/4/2 %), dominant 55-80 % of a 96 px canvas, others 30-45 %, positions uniform, "
               f"later objects may occlude earlier ones; given label = dominant object's class, flipped to a "
               f"uniformly drawn other class at noise {noise}; {OBJECT_TITLES[objects]} train images (first 1000 per "
@@ -211,7 +213,8 @@ def main(scenes: int = typer.Option(5000), seeds: int = typer.Option(3), first_s
     rows, per_scene_frames = [], []
     with tempfile.TemporaryDirectory() as work:
         for seed in range(first_seed, first_seed + seeds):
-            seed_rows, seed_scenes = run_seed(seed, scenes, holdout, test, noise, px, seed_crops, Path(work), objects)
+            seed_rows, seed_scenes = run_seed(seed, scenes, holdout, test, noise, px, seed_crops, Path(work), objects,
+                                              ablations)
             rows += seed_rows
             per_scene_frames.append(seed_scenes)
             frame, all_scenes = pd.DataFrame(rows), pd.concat(per_scene_frames)
