@@ -117,11 +117,12 @@ def _table(scenes: pd.DataFrame, command: str, objects: str, px: int, seeds: int
 
 
 def main(scenes: int = typer.Option(1000), perturbation_scenes: int = typer.Option(100),
+         perturbation_seeds: int = typer.Option(0, help="run block B on the first N seeds only (0 = all)"),
          seeds: int = typer.Option(3), first_seed: int = typer.Option(1), holdout: int = typer.Option(1000),
          noise: float = typer.Option(0.1), px: int = typer.Option(96), objects: str = typer.Option("cifar10"),
          write_results: bool = typer.Option(True)) -> None:
     command = (f"python -m benchmarks.bench_relabel_configs --scenes {scenes} --perturbation-scenes "
-               f"{perturbation_scenes} --seeds {seeds} --first-seed {first_seed} --holdout {holdout} --noise {noise} "
+               f"{perturbation_scenes} --perturbation-seeds {perturbation_seeds} --seeds {seeds} --first-seed {first_seed} --holdout {holdout} --noise {noise} "
                f"--px {px} --objects {objects}")
     configs = {name: ["--config", str(ROOT / "configs" / file)] for name, file in SEED_CONFIGS}
     block_a = [(n, configs[n]) for n in ("seed naive", "seed MC dropout")] + [("ours", OURS)]
@@ -133,7 +134,7 @@ def main(scenes: int = typer.Option(1000), perturbation_scenes: int = typer.Opti
             sets, class_names = scene_sets(seed, (("train", scenes), ("holdout", holdout)), noise, objects,
                                            Path(work))
             frames += run_block("A", scenes, sets, class_names, Path(work) / f"s{seed}_A", seed, px, block_a, log)
-            if perturbation_scenes:
+            if perturbation_scenes and (not perturbation_seeds or seed < first_seed + perturbation_seeds):
                 frames += run_block("B", perturbation_scenes, sets, class_names, Path(work) / f"s{seed}_B", seed, px,
                                     block_b, log)
             all_scenes = pd.concat(frames)
