@@ -5,9 +5,10 @@ LS_VENV ?= .venv-ls
 LS_VERSION ?= 1.23.2
 PORT ?= 9090
 WORDNET_DIR ?= /usr/share/wordnet
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-faults setup setup-ls setup-browser screenshots bench clean
+.PHONY: run test test-faults setup setup-ls setup-browser setup-fashion-mnist screenshots bench clean
 
 run: setup
 	$(VENV)/bin/labelloop serve --port $(PORT)
@@ -33,6 +34,13 @@ $(WORDNET_DIR)/data.noun:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends wordnet-base
 
 # Label Studio pins many packages, so it lives in a venv of its own (used by the end-to-end tests).
+# Fashion-MNIST (Debian dataset-fashion-mnist, MIT): an object set of the relabel scene benchmark
+# (python -m benchmarks.bench_relabel --objects fashion-mnist).
+setup-fashion-mnist: $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz
+
+$(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz:
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends dataset-fashion-mnist
+
 setup-ls: $(LS_VENV)/.installed
 
 $(LS_VENV)/.installed:

@@ -40,8 +40,8 @@ from labelers.relabel.metrics import multi_hot, real_top1, set_metrics
 from labelers.relabel.region_features import embed_regions, feature_maps, map_windows
 from labelers.relabel.regions import propose
 from labelers.relabel.rounds import Holdout, RelabelSettings, best_round, fit_head, run_rounds
-from labelers.relabel.scenes import compose_scenes
-from labelers.sample_data import CIFAR10_CLASSES, cache_dir, cifar10_subset
+from labelers.relabel.scenes import compose_scenes, load_objects
+from labelers.sample_data import cache_dir
 
 OUT = Path(__file__).with_name("results")
 MAPS = Path(__file__).with_name(".work") / "relabel_maps"
@@ -84,15 +84,27 @@ VARIANTS = (("ours", (), 0.9, False, 5), ("ours, in-sample scores", (), 0.9, Fal
             ("ours, drop original", (), 0.9, True, 5), ("ours + 1x1/2x2 map windows", (1, 2), 0.9, False, 5))
 
 
-def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work):
+def scene_sets(seed, sizes, noise, objects, work):
+    """Return {name: SceneSet} for the (name, count) pairs `sizes` of one seed (scene seed 7 * seed + j) and the
+    class names; the first n scenes of a set do not depend on its size."""
+    paths, labels, class_names = load_objects(objects, per_class=1000)
+    sets = {name: compose_scenes(paths, labels, n, work / f"{objects}_s{seed}_{name}", noise=noise,
+                                 n_classes=len(class_names), seed=seed * 7 + j)
+            for j, (name, n) in enumerate(sizes)}
+    return sets, class_names
+
+
+def _map_key(seed, name, n, noise, px, objects):
+    return f"{'' if objects == 'cifar10' else objects + '_'}s{seed}_{name}_{n}_noise{noise}_px{px}"
+
+
+def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, objects="cifar10", ablations=True):
     model = make_embedder(f"efficientnet-lite0@{px}")
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
-    paths, labels = cifar10_subset("train", per_class=1000)
-    k = len(CIFAR10_CLASSES)
-    sets = {name: compose_scenes(paths, labels, n, work / f"s{seed}_{name}", noise=noise, n_classes=k,
-                                 seed=seed * 7 + j)
-            for j, (name, n) in enumerate((("train", n_scenes), ("holdout", n_holdout), ("test", n_test)))}
-    maps = {name: _maps(s, model, f"s{seed}_{name}_{len(s.paths)}_noise{noise}_px{px}") for name, s in sets.items()}
+    sets, class_names = scene_sets(seed, (("train", n_scenes), ("holdout", n_holdout), ("test", n_test)),
+                                       noise, objects, work)
+    k = len(class_names)
+    maps = {name: _maps(s, model, _map_key(seed, name, len(s.paths), noise, px, objects)) for name, s in sets.items()}
     truth = multi_hot(sets["train"].truth, k)
     whole, test_whole = maps["train"].mean(axis=(2, 3)), maps["test"].mean(axis=(2, 3))
     test_truth = multi_hot(sets["test"].truth, k)
@@ -103,22 +115,23 @@ def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work):
     seed_regions = _seed_regions(sets["train"], model, cache, seed) if seed_crops else map_windows(maps["train"], (2,))
     # scored out of fold, as the seed's ImageNet model scored val images it never trained on
     seed_settings = RelabelSettings(confidence="naive", rule="argmax", keep_original=True, seed=seed, folds=5)
-    seed_run = run_rounds(seed_regions, original, CIFAR10_CLASSES, seed_settings, rounds=1)
+    seed_run = run_rounds(seed_regions, original, class_names, seed_settings, rounds=1)
     labels_by_method["seed"] = multi_hot(seed_run[-1].labels, k)
     accepted = {}
-    for name, windows, target_precision, drop, folds in VARIANTS:
+    variants = VARIANTS if ablations else [v for v in VARIANTS if v[0] in ("ours", "ours + 1x1/2x2 map windows")]
+    for name, windows, target_precision, drop, folds in variants:
         settings = RelabelSettings(confidence="naive", rule="per-class", target_precision=target_precision,
                                    keep_original=not drop, seed=seed, folds=folds)
         held = Holdout(map_windows(maps["holdout"], windows), multi_hot(sets["holdout"].truth, k),
                        sets["holdout"].original)
-        run = run_rounds(map_windows(maps["train"], windows), original, CIFAR10_CLASSES, settings, rounds=3,
+        run = run_rounds(map_windows(maps["train"], windows), original, class_names, settings, rounds=3,
                          holdout=held)
         labels_by_method[name] = multi_hot(best_round(run).labels, k)
         accepted[name] = (best_round(run).round, [h.metrics for h in run])
     rows, scenes = [], []
     for method, predicted in labels_by_method.items():
-        head = fit_head(whole, predicted, CIFAR10_CLASSES, seed_settings)
-        rows.append({"seed": seed, "method": method, **set_metrics(predicted, truth),
+        head = fit_head(whole, predicted, class_names, seed_settings)
+        rows.append({"seed": seed, "objects": objects, "px": px, "method": method, **set_metrics(predicted, truth),
                      "retrained_top1": real_top1(head.predict_proba(test_whole), test_truth),
                      "rounds_accepted": accepted.get(method, (None,))[0],
                      "round_metrics": accepted.get(method, (None, None))[1]})
@@ -126,54 +139,94 @@ def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work):
     return rows, pd.concat(scenes)
 
 
-def _table(frame, scenes, command, params):
-    """Return the RESULTS.md section: mean over all scored scenes ± 95 % normal interval over scenes."""
-    lines = ["## Relabel (scenes of CIFAR-10 objects)\n", f"`{command}`\n", f"Generator: {params}\n",
-             "Mean over all scenes of all seeds ± 95 % interval over scenes (1.96 sd / sqrt n); "
-             "seed spread = sd of the per-seed F1; retrained top-1 = ReaL-style top-1 on the test scenes of a "
-             "head retrained on each method's labels (mean ± sd over seeds).\n",
+OBJECT_TITLES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+# the order the fragments appear in the RESULTS section (benchmarks/results/relabel_<tag>.md)
+FRAGMENTS = ("cifar10_px96", "cifar10_px160", "cifar10_px192", "mnist_px96", "fashion-mnist_px96", "configs",
+             "notes")
+
+
+def scene_cells(group):
+    """Return the Jaccard / precision / recall / F1 cells: mean ± 1.96 sd / sqrt(n) over scenes."""
+    return [f"{group[c].mean():.3f} ± {1.96 * group[c].std(ddof=1) / np.sqrt(len(group)):.3f}"
+            for c in ("jaccard", "precision", "recall", "f1")]
+
+
+def target_line(scenes, method="ours", baseline="keep-original", floor=0.88):
+    """Return one sentence: is issue 11's target (F1 above keep-original, P and R >= floor) met by `method`?"""
+    ours, base = scenes[scenes.method == method], scenes[scenes.method == baseline]
+    if ours.empty or base.empty:
+        return ""
+    f1, f1_base, p, r = ours.f1.mean(), base.f1.mean(), ours.precision.mean(), ours.recall.mean()
+    met = f1 > f1_base and p >= floor and r >= floor
+    return (f"Target (F1 above keep-original, P and R >= {floor}): **{'met' if met else 'not met'}** "
+            f"(F1 {f1:.3f} vs {f1_base:.3f}, P {p:.3f}, R {r:.3f}).")
+
+
+def _table(frame, scenes, command, params, title):
+    """Return one RESULTS fragment: mean over all scored scenes ± 95 % normal interval over scenes."""
+    lines = [f"### {title}\n", f"`{command}`\n", f"Generator: {params}\n",
              "| method | Jaccard | precision | recall | F1 | F1 seed spread | cardinality | retrained top-1 |",
              "|---|---|---|---|---|---|---|---|"]
     for method, group in scenes.groupby("method", sort=False):
-        cells = [f"{group[c].mean():.3f} ± {1.96 * group[c].std(ddof=1) / np.sqrt(len(group)):.3f}"
-                 for c in ("jaccard", "precision", "recall", "f1")]
+        cells = scene_cells(group)
         runs = frame[frame.method == method]
         spread = runs.f1.std(ddof=1) if len(runs) > 1 else float("nan")
         cells += [f"{spread:.3f}", f"{runs.cardinality.mean():.3f}",
                   f"{runs.retrained_top1.mean():.3f} ± {0 if len(runs) < 2 else runs.retrained_top1.std(ddof=1):.3f}"]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", target_line(scenes)]
     return "\n".join(lines)
+
+
+HEADER = ("## Relabel (scenes of real objects: CIFAR-10, MNIST, Fashion-MNIST)\n\n"
+          "Mean over all scenes of all seeds ± 95 % interval over scenes (1.96 sd / sqrt n); seed spread = sd of "
+          "the per-seed F1; retrained top-1 = ReaL-style top-1 on the test scenes of a head retrained on each "
+          "method's labels (mean ± sd over seeds). Seeds 1-3 reported; seed 0 was the development seed the "
+          "variants were chosen on. Per-seed rows: benchmarks/results/relabel_<objects>_px<px>.csv.")
+
+
+def write_fragment(tag: str, text: str) -> None:
+    """Save one table of the relabel section and rewrite the section from all saved fragments."""
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"relabel_{tag}.md").write_text(text.strip() + "\n", encoding="utf-8")
+    parts = [HEADER] + [(OUT / f"relabel_{t}.md").read_text(encoding="utf-8")
+                        for t in FRAGMENTS if (OUT / f"relabel_{t}.md").exists()]
+    write_section("relabel", "\n\n".join(parts))
 
 
 def main(scenes: int = typer.Option(5000), seeds: int = typer.Option(3), first_seed: int = typer.Option(1),
          holdout: int = typer.Option(1000), test: int = typer.Option(1000), noise: float = typer.Option(0.1),
-         px: int = typer.Option(96), seed_crops: bool = typer.Option(False, help="the seed's 3 random fixed crops "
-                                                                           "(3 more passes per scene)"),
+         px: int = typer.Option(96), objects: str = typer.Option("cifar10", help="cifar10 | mnist | fashion-mnist"),
+         seed_crops: bool = typer.Option(False, help="the seed's 3 random fixed crops (3 more passes per scene)"),
+         ablations: bool = typer.Option(True, help="also the in-sample and drop-original ablations"),
          write_results: bool = typer.Option(True), note: str = typer.Option("", help="reading appended")) -> None:
     command = (f"python -m benchmarks.bench_relabel --scenes {scenes} --seeds {seeds} --first-seed {first_seed} "
-               f"--holdout {holdout} --test {test} --noise {noise} --px {px}"
-               f"{' --seed-crops' if seed_crops else ''}")
+               f"--holdout {holdout} --test {test} --noise {noise} --px {px} --objects {objects}"
+               f"{' --seed-crops' if seed_crops else ''}{'' if ablations else ' --no-ablations'}")
     params = (f"1-4 objects (84/10/4/2 %), dominant 55-80 % of a 96 px canvas, others 30-45 %, positions uniform, "
               f"later objects may occlude earlier ones; given label = dominant object's class, flipped to a "
-              f"uniformly drawn other class at noise {noise}; CIFAR-10 train images (1000 per class); scene "
-              f"seeds 7s (train), 7s+1 (holdout), 7s+2 (test) for s in {first_seed}..{first_seed + seeds - 1} "
-              f"(s = 0 was the development seed the variants were chosen on, not reported).")
+              f"uniformly drawn other class at noise {noise}; {OBJECT_TITLES[objects]} train images (first 1000 per "
+              f"class); scene seeds 7s (train), 7s+1 (holdout), 7s+2 (test) for s in "
+              f"{first_seed}..{first_seed + seeds - 1}.")
+    tag = f"{objects}_px{px}" + ("_seedcrops" if seed_crops else "") + ("" if first_seed else "_dev")
+    title = f"{OBJECT_TITLES[objects]} objects, EfficientNet-Lite0 at {px} px, {scenes} scenes x {seeds} seeds"
     rows, per_scene_frames = [], []
     with tempfile.TemporaryDirectory() as work:
         for seed in range(first_seed, first_seed + seeds):
-            seed_rows, seed_scenes = run_seed(seed, scenes, holdout, test, noise, px, seed_crops, Path(work))
+            seed_rows, seed_scenes = run_seed(seed, scenes, holdout, test, noise, px, seed_crops, Path(work), objects,
+                                              ablations)
             rows += seed_rows
             per_scene_frames.append(seed_scenes)
             frame, all_scenes = pd.DataFrame(rows), pd.concat(per_scene_frames)
             OUT.mkdir(exist_ok=True)
-            frame.to_csv(OUT / "relabel.csv", index=False)
-            text = _table(frame, all_scenes, command, params)
+            frame.to_csv(OUT / f"relabel_{tag}.csv", index=False)
+            text = _table(frame, all_scenes, command, params, title)
             if seed + 1 < first_seed + seeds:
                 text += f"\n\n(partial: {seed + 1 - first_seed} of {seeds} seeds finished)"
             if note:
                 text += "\n\n" + note
             if write_results:
-                write_section("relabel", text)
+                write_fragment(tag, text)
             typer.echo(frame.drop(columns=["round_metrics"]).to_string())
             typer.echo(text)
 

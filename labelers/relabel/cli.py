@@ -126,6 +126,8 @@ def relabel(
     rounds: Optional[int] = typer.Option(None, help="relabel/retrain rounds at most"),
     folds: Optional[int] = typer.Option(None, help="score each image with a head not trained on it (k folds; "
                                                    "0 = the head scores its own training images)"),
+    max_images: Optional[int] = typer.Option(None, help="relabel only the first N images (the seed config's "
+                                                        "num_relabel; 0 = all)"),
     output_dir: Path = typer.Option(Path("runs/relabel"), "--output-dir"),
     resume: bool = typer.Option(False, help="continue after the last round written in --output-dir"),
     config: Optional[Path] = typer.Option(None, help="the seed's YAML (relabel_naive.yaml, ...)"),
@@ -157,7 +159,7 @@ def relabel(
                                    confidence=confidence, passes=passes, dropout_rate=dropout_rate,
                                    aggregation=aggregation, label=label, threshold=threshold,
                                    target_precision=target_precision, keep_original=keep_original, rounds=rounds,
-                                   folds=folds))
+                                   folds=folds, max_images=max_images))
     if options["data"] is None:
         _fail("no input: pass --data (or json_dir in --config)")
     settings = RelabelSettings(confidence=options["confidence"], passes=options["passes"],

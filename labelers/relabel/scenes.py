@@ -8,12 +8,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 BACKGROUND = (124, 116, 104)  # the ImageNet mean colour: a neutral canvas
+OBJECT_SETS = ("cifar10", "mnist", "fashion-mnist")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+ObjectImage = Union[Path, np.ndarray]  # a file, or a uint8 array (MNIST-style sets come as arrays)
+
+
+class ObjectSetMissing(RuntimeError):
+    """An object set's files are not installed (the message says how to install them)."""
+
+
+def load_objects(name: str, per_class: int, split: str = "train") -> tuple[list[ObjectImage], np.ndarray, tuple]:
+    """Return (object images, labels, class names) of the first `per_class` images of each class of `name`
+    (one of OBJECT_SETS) in `split`; raises ValueError for an unknown name, ObjectSetMissing when the set's files
+    are not installed (Fashion-MNIST: `make setup-fashion-mnist`)."""
+    from ..sample_data import CIFAR10_CLASSES, cifar10_subset, load_mnist
+
+    if name == "cifar10":
+        paths, labels = cifar10_subset(split, per_class=per_class)
+        return list(paths), labels, tuple(CIFAR10_CLASSES)
+    if name == "mnist":
+        images, labels = load_mnist(split)
+        classes = tuple(str(d) for d in range(10))
+    elif name == "fashion-mnist":
+        if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+            raise ObjectSetMissing(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: install the Debian package "
+                                   f"dataset-fashion-mnist (`make setup-fashion-mnist`, or "
+                                   f"`apt-get install dataset-fashion-mnist` as root)")
+        images, labels = load_mnist(split, root=FASHION_MNIST_DIR)
+        classes = FASHION_MNIST_CLASSES
+    else:
+        raise ValueError(f"unknown object set {name!r}; choose from {', '.join(OBJECT_SETS)}")
+    keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(classes))])
+    return list(images[keep]), labels[keep], classes
+
+
+def _open(item: ObjectImage) -> Image.Image:
+    """Return an object image as RGB (a file path or a uint8 array, grey or colour)."""
+    return (Image.fromarray(item) if isinstance(item, np.ndarray) else Image.open(item)).convert("RGB")
 
 
 @dataclass
@@ -71,11 +110,13 @@ def _record(scene_paths, original, truth, path, given: int, present: list[int], 
     original.append(given)
     truth.append(sorted(set(present)))
 
-def compose_scenes(paths: Sequence[Path], labels: Sequence[int], n_scenes: int, out_dir: Path,
+def compose_scenes(paths: Sequence[ObjectImage], labels: Sequence[int], n_scenes: int, out_dir: Path,
                    count_probs: Sequence[float] = (0.84, 0.10, 0.04, 0.02), canvas: int = 96,
                    dominant: tuple[float, float] = (0.55, 0.8), small: tuple[float, float] = (0.3, 0.45),
                    noise: float = 0.0, n_classes: int | None = None, seed: int = 0) -> SceneSet:
     """Write `n_scenes` canvases of 1-4 real objects of distinct classes and return them with their truth.
+
+    `paths` are the objects' image files or uint8 arrays (load_objects gives CIFAR-10, MNIST, Fashion-MNIST).
 
     The number of objects follows `count_probs` (default: 84 % single-object, as ImageNet where ReaL finds
     about 16 % with two or more labels). The first object is dominant (side a uniform fraction `dominant` of
@@ -100,7 +141,7 @@ def compose_scenes(paths: Sequence[Path], labels: Sequence[int], n_scenes: int, 
             low, high = dominant if rank == 0 else small
             side = max(8, int(rng.uniform(low, high) * canvas))
             x, y = (int(rng.integers(0, canvas - side + 1)) for _ in range(2))
-            image.paste(Image.open(paths[i]).convert("RGB").resize((side, side), Image.BILINEAR), (x, y))
+            image.paste(_open(paths[i]).resize((side, side), Image.BILINEAR), (x, y))
         path = out_dir / f"scene_{s:05d}.png"
         image.save(path)
         _record(scene_paths, original, truth, path, int(labels[chosen[0]]), [int(labels[i]) for i in chosen],
