@@ -13,7 +13,7 @@ SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: setup
 	$(VENV)/bin/labelloop serve --port $(PORT)
 
-test: setup setup-ls setup-browser
+test: setup setup-ls setup-browser setup-fashion-mnist
 	LABEL_STUDIO_BIN=$(abspath $(LS_VENV))/bin/label-studio $(VENV)/bin/python -m pytest
 
 # The load / fault / multi-worker suite alone (real serve processes on loopback, a few minutes; also in `make test`).
@@ -33,14 +33,14 @@ $(VENV)/.installed: setup.py
 $(WORDNET_DIR)/data.noun:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends wordnet-base
 
-# Label Studio pins many packages, so it lives in a venv of its own (used by the end-to-end tests).
 # Fashion-MNIST (Debian dataset-fashion-mnist, MIT): an object set of the relabel scene benchmark
-# (python -m benchmarks.bench_relabel --objects fashion-mnist).
+# (python -m benchmarks.bench_relabel --objects fashion-mnist); `make test` installs it for its tests.
 setup-fashion-mnist: $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz
 
 $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends dataset-fashion-mnist
 
+# Label Studio pins many packages, so it lives in a venv of its own (used by the end-to-end tests).
 setup-ls: $(LS_VENV)/.installed
 
 $(LS_VENV)/.installed:
