@@ -59,7 +59,9 @@ def test_annotation_created_retrains_and_bumps_the_version(make_client, docroot)
                                                                                                    "skipped")
     assert metrics["training"]["runs"]["succeeded"] == len(versions) - 1
     head_files = sorted(p.name for p in (runtime.store.heads_dir("1") / "r1").iterdir())
-    assert head_files == ["head.json", "head.safetensors"]  # non-pickle format
+    # non-pickle formats; learner.npz (the mix learner's spread scores) only when r1's annotations held 2+ classes,
+    # which depends on how many submits the first run read (debounce 0)
+    assert head_files in (["head.json", "head.safetensors"], ["head.json", "head.safetensors", "learner.npz"])
 
 
 def test_burst_of_events_coalesces_into_one_run(make_client, docroot):
