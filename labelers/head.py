@@ -15,13 +15,14 @@ fitted on cross-validated logits once there are enough labels.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from .priors import ClassifierPrior
 
@@ -209,7 +210,7 @@ class ClassifierHead:
         objective, start, to_raw = self._training_problem(x, y, init, dtype)
         # One BLAS thread: training runs beside request serving, and multi-threaded BLAS spinning on
         # small products made a 100-label fit 50x slower on a busy 2-core machine.
-        with threadpool_limits(1):
+        with one_blas_thread():
             if relative_gtol is not None:
                 (_, gradient), objective = _evaluated_at_start(objective, start)
                 gtol = min(max(gtol, relative_gtol * float(np.abs(gradient).max())), max(gtol, WARM_GTOL_MAX))
@@ -283,7 +284,7 @@ class ClassifierHead:
             return 1.0
         held = []
         offset = self._offset(x)
-        with threadpool_limits(1):
+        with one_blas_thread():
             # With many labels one held-out third gives the temperature plenty of logits: one refit, not `folds`.
             for fold in range(1 if fitted is not None and len(x) >= HELD_OUT_ONLY_FROM else folds):
                 test = order[fold::folds]
@@ -366,3 +367,12 @@ def _evaluated_at_start(objective, start: np.ndarray):
         return objective(theta)
 
     return first, wrapped
+
+
+def one_blas_thread():
+    """Return a context with the BLAS libraries on one thread. When they already are (the backend sets it for
+    the whole process), a no-op: threadpoolctl's limits are process-wide and restored on exit, so a fit that
+    ended after another part of the process changed them would put back a stale value."""
+    if all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas"):
+        return nullcontext()
+    return threadpool_limits(1)
