@@ -1,17 +1,45 @@
-from threadpoolctl import threadpool_info
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from labelers.head import ClassifierHead
 from tests.backend.conftest import setup_project
 from tests.backend.test_webhook_training import TASKS, annotate_all
 
 
-def test_a_started_backend_runs_numpy_blas_on_one_thread(make_client):
+STARTED_BACKEND_BLAS = """
+import json, sys
+from threadpoolctl import threadpool_info
+from backend.config import load_settings
+from backend.runtime import Runtime
+
+def blas_threads():
+    return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+before = blas_threads()
+runtime = Runtime(load_settings(env={}, model_dir=sys.argv[1], embedder=sys.argv[2]))
+runtime.start(preload=False)
+started = blas_threads()
+runtime.close()
+print(json.dumps({"before": before, "started": started, "closed": blas_threads()}))
+"""
+
+
+def test_a_started_backend_runs_numpy_blas_on_one_thread(tmp_path, tiny_clip_spec):
     # Requests are served concurrently (8 Label Studio clients at once); a multi-threaded BLAS in every one of
     # them spun its threads against each other and made /predict's p99 seconds (benchmarks/bench_speed.py).
-    with make_client():
-        blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
-        assert blas, "numpy's BLAS was not found"
-        assert {lib["num_threads"] for lib in blas} == {1}
+    # threadpoolctl's limits are process-wide, so this runs in a process of its own: in the test session
+    # another test's lingering fit could restore its stale limits at any moment.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", STARTED_BACKEND_BLAS, str(tmp_path / "model_dir"), tiny_clip_spec],
+                         capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2], timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    threads = json.loads(out.stdout.strip().splitlines()[-1])
+    assert threads["before"] == [2], "the check needs a BLAS that starts on 2 threads"
+    assert threads["started"] == [1]
+    assert threads["closed"] == [2]
 
 
 def test_a_retrain_starts_from_the_served_head(make_client, docroot, monkeypatch):
