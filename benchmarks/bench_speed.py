@@ -240,29 +240,6 @@ def landed_warm_fit(names, features, labels, previous):
     return head
 
 
-def counted_evaluations(fit) -> list[int]:
-    """Run fit() and return the number of objective evaluations of each L-BFGS solve it made, in order."""
-    import scipy.optimize
-
-    counts, minimize = [], scipy.optimize.minimize
-
-    def counting(fun, x0, **kwargs):
-        counts.append(0)
-
-        def counted(theta):
-            counts[-1] += 1
-            return fun(theta)
-
-        return minimize(counted, x0, **kwargs)
-
-    scipy.optimize.minimize = counting
-    try:
-        fit()
-    finally:
-        scipy.optimize.minimize = minimize
-    return counts
-
-
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray) -> float:
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
     bins = np.clip((confidence * 10).astype(int), 0, 9)
@@ -298,8 +275,8 @@ def bench_head(rounds: int, n: int = 10_000, previous: int = 9_900, dim: int = 1
         evaluation32 = timed(lambda: objective32(start32), repeats=3)
     today, new, landed = got["today"], got["new"], got["landed"]
     # Objective evaluations per L-BFGS solve (the full fit, then the calibration's held-out third).
-    evaluations = {"landed": counted_evaluations(lambda: landed_warm_fit(names, x, y, before)),
-                   "new": counted_evaluations(lambda: ClassifierHead(names).fit(x, y, warm_start=before))}
+    evaluations = {"landed": landed_warm_fit(names, x, y, before).solver_evaluations,
+                   "new": ClassifierHead(names).fit(x, y, warm_start=before).solver_evaluations}
     uncalibrated = ClassifierHead(names, calibrate=False).fit(x, y, warm_start=before)
     return {"labeled": n, "previous": previous, "dim": dim, **{f"{k}_s": v for k, v in times.items()},
             "evaluation_s": evaluation, "evaluation_f32_s": evaluation32, "evaluations": evaluations,

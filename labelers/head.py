@@ -57,6 +57,9 @@ class ClassifierHead:
         self.prior_gain = 1.0
         self.temperature = 1.0
         self.n_trained = 0
+        # Objective evaluations of each L-BFGS solve of the last fit (the full fit, then any calibration folds):
+        # what a fit cost (benchmarks/bench_speed.py and the warm-start tests read it).
+        self.solver_evaluations: list[int] = []
 
     @property
     def n_classes(self) -> int:
@@ -216,6 +219,7 @@ class ClassifierHead:
                 gtol = min(max(gtol, relative_gtol * float(np.abs(gradient).max())), max(gtol, WARM_GTOL_MAX))
             result = minimize(objective, start, jac=True, method="L-BFGS-B",
                               options={"maxiter": self.max_iter, "gtol": gtol})
+        self.solver_evaluations.append(int(result.nfev))
         weight, bias, gain = to_raw(result.x)
         return weight.astype(np.float32), bias.astype(np.float32), gain
 
@@ -237,6 +241,7 @@ class ClassifierHead:
             raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
         self._ensure_init(x.shape[1])
         init = self._warm_start_point(warm_start, x.shape[1])
+        self.solver_evaluations = []
         # A warm start stops at a tolerance relative to how far the previous head was from the new optimum.
         # Still float64: solved in float32 (half the cost per evaluation) it stalled short of that tolerance on
         # some problems and took 2-5x the evaluations.

@@ -152,6 +152,18 @@ def published_note(runtime, project: str = "1") -> str:
     return published[0]["note"] or ""
 
 
+def versions_around_a_setup(client, runtime, **extra) -> tuple[str, str]:
+    """Train on one red, green and blue task, then send Label Studio's /setup with `extra` as extra_params;
+    return the served version before and after the retrain it queues."""
+    setup_project(client)
+    _predict(client)
+    _train(client, runtime, [TASKS[0], TASKS[3], TASKS[6]])
+    before = runtime.store.current_version("1")
+    setup_project(client, **extra)
+    assert runtime.queue.wait_idle(120)
+    return before, runtime.store.current_version("1")
+
+
 def _margin(probs):
     part = np.sort(probs, axis=1)
     return part[:, -1] - part[:, -2]
@@ -239,13 +251,7 @@ def test_one_annotated_class_serves_the_head_and_says_so(make_client, docroot):
 
 def test_changing_the_learner_retrains_into_a_new_version(make_client, docroot):
     with make_client(local_files_document_root=docroot) as (client, runtime):
-        setup_project(client)
-        _predict(client)
-        _train(client, runtime, [TASKS[0], TASKS[3], TASKS[6]])
-        mixed = runtime.store.current_version("1")
-        setup_project(client, learner="head")  # extra_params: Label Studio's /setup
-        assert runtime.queue.wait_idle(120)
-        after = runtime.store.current_version("1")
+        mixed, after = versions_around_a_setup(client, runtime, learner="head")
         got = _predict(client)
     assert "-mix-" in mixed and "-mix-" not in after and after != mixed
     assert {r["model_version"] for r in got} == {after}

@@ -18,7 +18,8 @@ from labelers.head import ClassifierHead
 from labelers.self_training import DEFAULT_PER_CLASS, confident_pseudo_labels
 from labelers.strategies import STRATEGIES
 from tests.backend.conftest import CHOICES_XML
-from tests.backend.test_learner import TASKS, _Cache, _predict, _Store, _train, published_note, setup_project
+from tests.backend.test_learner import (TASKS, _Cache, _predict, _Store, _train, published_note, setup_project,
+                                       versions_around_a_setup)
 
 
 def test_self_is_parsed_and_refused_without_the_mix_learner():
@@ -139,13 +140,7 @@ def test_served_self_failure_publishes_the_plain_head_and_says_so(make_client, d
 
 def test_asking_for_self_in_extra_params_retrains_into_a_self_version_and_head_is_a_422(make_client, docroot):
     with make_client(local_files_document_root=docroot) as (client, runtime):
-        setup_project(client)
-        _predict(client)
-        _train(client, runtime, [TASKS[0], TASKS[3], TASKS[6]])
-        before = runtime.store.current_version("1")
-        setup_project(client, strategy="margin+self2")  # extra_params: Label Studio's /setup
-        assert runtime.queue.wait_idle(120)
-        after = runtime.store.current_version("1")
+        before, after = versions_around_a_setup(client, runtime, strategy="margin+self2")
         learner = client.get("/metrics").json()["projects"]["1"]["learner"]
         refused = client.post("/setup", json={"project": "1.1700000000", "schema": CHOICES_XML,
                                               "hostname": "http://localhost:8080", "access_token": "x" * 40,
