@@ -15,9 +15,9 @@ def serve(
     model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="State folder (env MODEL_DIR)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file (env LABELLOOP_CONFIG)."),
     embedder: Optional[str] = typer.Option(None, help="Embedder spec (env LABELLOOP_EMBEDDER; default auto)."),
-    strategy: Optional[str] = typer.Option(None, help="margin|entropy|least|random|gaussian, optionally +kmeans and "
-                                           "+head|+mix|+lp, e.g. margin+kmeans+mix (env LABELLOOP_STRATEGY; "
-                                           "default margin)."),
+    strategy: Optional[str] = typer.Option(None, help="margin|entropy|least|random|gaussian, optionally +kmeans, "
+                                           "+head|+mix|+lp and +self[N], e.g. margin+kmeans+mix+self (the "
+                                           "benchmarks' best; env LABELLOOP_STRATEGY; default margin)."),
     learner: Optional[str] = typer.Option(None, help="head|mix|lp: the head alone, its mean with label spreading "
                                           "over the pool's k-NN graph, or spreading alone (env LABELLOOP_LEARNER; "
                                           "default mix)."),

@@ -24,12 +24,13 @@ import numpy as np
 
 from backend.labels import ImageClassification
 from backend.logs import Redactor
-from labelers.audit import AuditError, find_label_errors
+from labelers.audit import RELIABLE_PER_CLASS, AuditError, find_label_errors
 
 log = logging.getLogger(__name__)
 
 MAX_AUDITED = 20_000     # above this, five head fits per retrain would delay the next retrain noticeably
 AUDIT_FOLDS = 5
+MIN_JUDGED_PER_CLASS = RELIABLE_PER_CLASS  # below it an annotator's first, correct labels come back "suspect"
 VIEW_TITLE = "Suspect labels (labelloop)"
 VIEW_KEY = "suspects_view"  # kv: the id of the project's suspects view in Label Studio
 AUDIT_SUFFIX = "-audit"     # model_version of the suggested-label predictions: "<version>-audit"
@@ -60,7 +61,7 @@ def audit_version(task_ids: list[int], features: np.ndarray, y: np.ndarray,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reduced folds are reported in result.notes
             result = find_label_errors(features, labels, list(target.labels), multi_label=target.multiple,
-                                       folds=AUDIT_FOLDS)
+                                       folds=AUDIT_FOLDS, min_per_class=MIN_JUDGED_PER_CLASS)
     except AuditError as exc:
         summary["reasons"].append(str(exc))
         summary["seconds"] = round(time.perf_counter() - started, 4)

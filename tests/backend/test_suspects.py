@@ -78,8 +78,21 @@ def test_too_few_annotations_are_not_judged_with_the_reason():
     features = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     audit = audit_version([1, 2, 3, 4, 5], features, np.arange(5), TARGET)  # one annotation per class
     assert audit["state"] == "not_judged" and audit["judged"] == 0 and audit["not_judged"] == 5
-    assert "at least two classes with 2+ annotations" in audit["reasons"][0]
+    assert f"at least two classes with {suspects.MIN_JUDGED_PER_CLASS}+ annotations" in audit["reasons"][0]
     assert suspects.describe(audit).startswith("labels not judged: an audit needs")
+
+
+def test_an_annotators_first_labels_are_not_judged_yet():
+    # With a few labels per class the out-of-fold heads know too little: correct labels would come back as
+    # suspects (measured in backend/suspects.py's comment). Below MIN_JUDGED_PER_CLASS nothing is judged.
+    few = suspects.MIN_JUDGED_PER_CLASS - 1
+    features, given, _ = clustered(per_class=few, noise_rate=0.0)
+    audit = audit_version(list(range(len(given))), features, given, TARGET)
+    assert audit["state"] == "not_judged" and audit["items"] == []
+    assert f"{suspects.MIN_JUDGED_PER_CLASS}+ annotations each" in audit["reasons"][0]
+    assert f"c0={few}" in audit["reasons"][0]
+    features, given, _ = clustered(per_class=few + 1, noise_rate=0.0)
+    assert audit_version(list(range(len(given))), features, given, TARGET)["state"] == "judged"
 
 
 def test_a_class_with_one_annotation_is_named_among_the_reasons():
@@ -136,7 +149,8 @@ def test_a_failing_audit_leaves_the_published_version_intact(make_client, docroo
     assert "FloatingPointError: solver diverged" in project["suspects"]["reasons"][0]
 
 
-def test_metrics_count_the_suspects_after_a_retrain(make_client, docroot):
+def test_metrics_count_the_suspects_after_a_retrain(make_client, docroot, monkeypatch):
+    monkeypatch.setattr(suspects, "MIN_JUDGED_PER_CLASS", 3)  # the docroot has 3 images per class
     with make_client(local_files_document_root=docroot) as (client, runtime):
         setup_project(client)
         annotate_all(client)

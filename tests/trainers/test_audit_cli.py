@@ -71,6 +71,7 @@ def test_audit_csv_finds_injected_noise_in_real_cifar(noisy_cifar, tmp_path, one
     assert summary["truth"]["wrong_labels"] == len(wrong) and summary["truth"]["auroc"] > 0.8
     assert (out / "precision_vs_rank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "rank  quality" in result.output and "flagged precision" in result.output
+    assert "warning: fewer than" not in result.output  # ~20 labels per class: no weak classes to warn about
 
 
 def test_audit_reads_an_image_folder_tree(noisy_cifar, tmp_path, one_torch_thread):
@@ -158,6 +159,9 @@ def test_a_class_with_one_annotation_is_reported_not_judged(noisy_cifar, tmp_pat
     result = run_audit(tmp_path / "few.csv", "--embedder", EMBEDDER, "--cache", cache, "--output-dir", out)
     assert result.exit_code == 0, result.output
     assert "cannot judge" in result.output and "'truck' (1)" in result.output
+    counts = np.bincount(labels, minlength=10)
+    weak = [f"{CIFAR10_CLASSES[k]} ({counts[k]})" for k in range(9) if 2 <= counts[k] < 10]
+    assert weak and f"warning: fewer than 10 labels in {', '.join(weak)}:" in " ".join(result.output.split())
     rows = read_rows(out / "audit.csv")
     unjudged = [r for r in rows if r["judged"] == "0"]
     assert len(unjudged) == 1 and unjudged[0]["given"] == "truck" and unjudged[0]["quality"] == ""
