@@ -136,22 +136,38 @@ def _last_error(project: dict) -> str:
     return "; ".join(errors) or "-"
 
 
+COLUMNS = ("project", "version", "in Label Studio", "annotations", "training", "warm-up", "accuracy", "learner",
+           "suspects", "suggestions", "last error")
+
+
+def _project_cells(pid: str, project: dict) -> list[str]:
+    training = project.get("training") or {}
+    return [str(pid), project.get("model_version") or "-", project.get("label_studio_model_version") or "not yet",
+            str(project.get("annotations", 0)), _training(training), _warm_up(project.get("warm_cache")),
+            _accuracy(project.get("accuracy")), _learner(project), _suspects(project.get("suspects")),
+            _suggestions(project.get("suggestions")), _last_error(project)]
+
+
 def render(metrics: dict, versions: dict, console: Console) -> None:
-    """Print the projects table and each project's learning curve to `console`."""
-    table = Table(title="labelloop projects")
-    for column in ("project", "version", "in Label Studio", "annotations", "training", "warm-up", "accuracy",
-                   "learner", "suspects", "suggestions", "last error"):
-        table.add_column(column, overflow="fold")
+    """Print the projects table and each project's learning curve to `console`. A console too narrow for
+    the table (an 80-column terminal) gets one field-per-line table per project instead of folded columns."""
     projects = metrics.get("projects") or {}
-    for pid, project in projects.items():
-        training = project.get("training") or {}
-        table.add_row(str(pid), project.get("model_version") or "-",
-                      project.get("label_studio_model_version") or "not yet", str(project.get("annotations", 0)),
-                      _training(training), _warm_up(project.get("warm_cache")), _accuracy(project.get("accuracy")),
-                      _learner(project),
-                      _suspects(project.get("suspects")), _suggestions(project.get("suggestions")),
-                      _last_error(project))
-    console.print(table)
+    rows = [_project_cells(pid, project) for pid, project in projects.items()]
+    table = Table(title="labelloop projects")
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold")
+    for cells in rows:
+        table.add_row(*cells)
+    if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
+        console.print(table)
+    else:
+        for cells in rows:
+            card = Table(title=f"labelloop project {cells[0]}", show_header=False)
+            card.add_column("field", style="bold", no_wrap=True)
+            card.add_column("value", overflow="fold")
+            for column, value in zip(COLUMNS[1:], cells[1:]):
+                card.add_row(column, value)
+            console.print(card)
     for pid in projects:
         curve = learning_curve(versions, pid)
         if not curve:

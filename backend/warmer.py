@@ -41,6 +41,8 @@ def progress(entry: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """Return `entry` with "rate" (tasks per second of this attempt) and "eta_seconds" (None while unknown)."""
     now = time.time() if now is None else now
     out = dict(entry)
+    if out.get("state") == "done" and out.get("finished_at"):
+        now = out["finished_at"]  # a finished warm-up's rate is the one it ran at, not decaying with the clock
     done = out.get("tasks", 0)
     elapsed = now - out.get("attempt_started_at", out.get("started_at", now))
     out["rate"] = round(done / elapsed, 2) if elapsed > 0 and done else None

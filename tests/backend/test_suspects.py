@@ -195,6 +195,21 @@ def test_status_shows_a_suspects_column(suspects_status, shown):
     assert "suspects" in text and shown in text
 
 
+def test_status_in_an_80_column_terminal_prints_one_field_per_line():
+    version = "efficientnet-lite0-224-mix-self-kmeans-p1-r12"
+    metrics = {"projects": {"1": {"model_version": version, "annotations": 15,
+                                  "suspects": {"state": "judged", "suspects": 3, "judged": 120, "reasons": []}}}}
+    narrow, wide = Console(record=True, width=80), Console(record=True, width=400)
+    render(metrics, {}, narrow)
+    render(metrics, {}, wide)
+    narrow_lines, wide_lines = narrow.export_text().splitlines(), wide.export_text().splitlines()
+    assert any(version in line and "version" in line for line in narrow_lines)  # not folded into pieces
+    assert any("3 of 120 judged" in line and "suspects" in line for line in narrow_lines)
+    assert max(map(len, narrow_lines)) <= 80
+    header = next(line for line in wide_lines if "in Label Studio" in line)  # wide: one row of columns
+    assert "annotations" in header and "suspects" in header
+
+
 def test_on_real_cifar10_embeddings_the_injected_wrong_labels_rank_first():
     """300 CIFAR-10 training images (30 per class), EfficientNet-Lite0 at 64 px (the e2e size), 10 % of the
     labels moved to another class. Measured: 126 flagged, precision 0.20, recall 0.83; the 30 most suspect

@@ -199,6 +199,9 @@ def test_eta_from_rate_and_total():
     out = warmer_module.progress(entry, now=10.0)
     assert out["rate"] == 2.0 and out["eta_seconds"] == 40.0
     assert warmer_module.progress(dict(entry, total=None), now=10.0)["eta_seconds"] is None
+    # a finished warm-up keeps the rate it ran at (the walkthrough's status said 0.11/s an hour later)
+    done = dict(entry, state="done", tasks=100, finished_at=20.0)
+    assert warmer_module.progress(done, now=3600.0)["rate"] == 5.0
 
 
 def test_warm_up_retries_with_back_off_when_label_studio_comes_back(make_client, docroot):
