@@ -34,12 +34,12 @@ def read_any(source: str | Path, data: str | None = None, classes: list[str] | N
              long_label: bool = True, ordinary: bool = False, cl_control: str | None = None,
              label_control: str | None = None, image_key: str | None = None) -> LabelSet:
     """Return the LabelSet in ``source`` (any supported format); ``data`` gives the images for label-only files."""
-    from trainers.sources import attach_labels, load_dataset
+    from trainers.sources import attach_labels, dataset_or_image_root, load_dataset
 
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"not found: {path}")
-    base = load_dataset(data, classes)[0] if data else None
+    base = dataset_or_image_root(data, path, classes)[0]
     dataset_like = path.is_dir() and not (path / "labels.jsonl").exists() or path.suffix == ".npz" or (
         path.suffix == ".csv" and is_classification_csv(path))
     if dataset_like:

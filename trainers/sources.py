@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainers.datasets import BUILTIN, DataSourceError, load_dataset  # noqa: F401  (re-exported)
+from trainers.formats.image_folder import ImageFolderError
 from trainers.label_files import attach_labels  # noqa: F401  (re-exported)
 from trainers.labelset import LabelSet, LabelSetError
 
@@ -35,6 +36,29 @@ def parse_classes(text: str | None) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def dataset_or_image_root(data: str | None, label_path: str | Path | None, classes: list[str] | None):
+    """Return (base, test) LabelSets of ``--data``, or (None, None) when ``--data`` is only where a Label Studio
+    export's images live. Label Studio serves images from a subfolder of its document root
+    (``<root>/pets/*.jpg``), so a root that fails to read as a class tree, or reads as a tree of one class
+    (no classifier has one class), is taken as that folder: the export's own labels name the classes."""
+    if not data:
+        return None, None
+    from_label_studio = bool(label_path) and Path(label_path).suffix == ".json" and Path(data).is_dir()
+    try:
+        base, test = load_dataset(data, classes)
+    except (ImageFolderError, DataSourceError) as err:
+        if not from_label_studio:
+            raise
+        reason = str(err)
+    else:
+        if not (from_label_studio and len(base.class_names) == 1):
+            return base, test
+        reason = f"one subfolder, {base.class_names[0]!r}"
+    log.warning("%s is not a class tree (%s): reading the images %s names from under it", data, reason,
+                Path(label_path).name)
+    return None, None
+
+
 def load_sources(data: str | None, label_path: str | None = None, ordinary: bool = False, long_label: bool = True,
                  classes: list[str] | None = None, test_data: str | None = None, cl_control: str | None = None,
                  label_control: str | None = None, image_key: str | None = None) -> Sources:
@@ -44,7 +68,7 @@ def load_sources(data: str | None, label_path: str | None = None, ordinary: bool
     """
     if not data and not label_path:
         raise DataSourceError("give --data (a dataset) and/or --label-path (a label file)")
-    base, test = load_dataset(data, classes) if data else (None, None)
+    base, test = dataset_or_image_root(data, label_path, classes)
     if classes and base is not None and base.class_names and base.class_names != classes:
         if len(base.class_names) != len(classes):
             raise DataSourceError(f"--classes lists {len(classes)} classes but {data} has {len(base.class_names)}")

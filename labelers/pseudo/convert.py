@@ -31,13 +31,19 @@ def _load_json(path: Path):
         raise BoxFormatError(f"{path}: not valid JSON ({exc})") from None
 
 
+def _readable(items) -> list[dict]:
+    """Return the annotations or predictions of a task that carry results. Label Studio's own JSON export
+    lists a task's predictions by id only ("predictions": [2, 68]); those hold nothing to read."""
+    return [item for item in items or [] if isinstance(item, dict)]
+
+
 def _is_ls_boxes(payload) -> bool:
     tasks = payload.get("tasks") if isinstance(payload, dict) else payload
     if not isinstance(tasks, list):
         return False
     for task in tasks:
         for group in ("predictions", "annotations"):
-            for item in (task.get(group) or []) if isinstance(task, dict) else []:
+            for item in _readable(task.get(group)) if isinstance(task, dict) else []:
                 if any(r.get("type") == "rectanglelabels" for r in item.get("result") or []):
                     return True
     return False
@@ -168,11 +174,11 @@ def _ls_results(task: dict) -> tuple[list[dict], bool]:
     """Return (the task's rectangle results, whether they come from a human annotation)."""
     from labelers.formats.label_studio import usable_annotation
 
-    for annotation in task.get("annotations") or []:
+    for annotation in _readable(task.get("annotations")):
         rects = [r for r in annotation.get("result") or [] if r.get("type") == "rectanglelabels"]
         if rects and usable_annotation(annotation):
             return rects, True
-    predictions = task.get("predictions") or []
+    predictions = _readable(task.get("predictions"))
     if predictions:
         return [r for r in predictions[-1].get("result") or [] if r.get("type") == "rectanglelabels"], False
     return [], False
