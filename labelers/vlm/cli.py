@@ -100,6 +100,8 @@ def label(
         settings = load_settings(config, method=method.value if method else None, max_retries=max_retries,
                                  batch_size=batch_size, complementary=complementary or None)
         items, class_names = read_inputs(source, _class_list(classes), local_files_root)
+        if mode == Mode.complementary and num_options is None and rounds is None and config is None:
+            rounds = _fit_candidates_to_classes(settings, len(class_names))
         _check_before_loading(settings, mode, class_names, rounds, len(items), long_label)
         if ray is not None:
             check_labeling(settings, mode.value)
@@ -158,6 +160,25 @@ def _mode(mode: Optional[Mode], auto_cl: bool) -> Mode:
     if auto_cl:
         return Mode.complementary
     return mode or Mode.ordinary
+
+
+def _fit_candidates_to_classes(settings, num_classes: int) -> int | None:
+    """Return the rounds to run when the default candidate sets (4 options, 3 rounds of distinct labels: 6+
+    classes) do not fit `num_classes`, after shrinking settings.complementary.num_options, saying so; None when
+    they fit. Only for defaults: options or rounds a user set are checked as given."""
+    cfg = settings.complementary
+    rounds = cfg.rounds
+    if cfg.num_options <= num_classes and not (cfg.distinct and rounds - 1 + cfg.num_options > num_classes):
+        return None
+    options = max(2, min(cfg.num_options, num_classes - rounds + 1 if cfg.distinct else num_classes))
+    if cfg.distinct and rounds - 1 + options > num_classes:
+        rounds = max(1, num_classes - options + 1)
+    typer.secho(f"note: {num_classes} classes: {options} options per question and {rounds} round(s) instead of "
+                f"the defaults {cfg.num_options} and {cfg.rounds} (which need at least "
+                f"{cfg.rounds - 1 + cfg.num_options} classes); set --num-options / --rounds to choose",
+                fg=typer.colors.YELLOW, err=True)
+    cfg.num_options, cfg.rounds = options, rounds
+    return rounds
 
 
 def _check_before_loading(settings, mode: Mode, class_names: list[str], rounds: Optional[int], count: int,

@@ -91,6 +91,27 @@ def test_generate_method_and_options_from_the_cli(app, cifar_sources, tiny_vlm_d
     assert report["unparseable_rate"]["total"] == 40
 
 
+@pytest.mark.parametrize("classes, options, rounds", [(["cat", "dog", "frog"], 2, 2), (["cat", "dog"], 2, 1)])
+def test_few_classes_get_candidate_sets_that_fit_and_a_note(app, cifar_sources, tiny_vlm_dirs, tmp_path, classes,
+                                                            options, rounds):
+    # The walkthrough: a 3-class folder stopped at "num_options must be between 2 and the number of classes
+    # (3), got 4" though the user set nothing. Defaults now shrink to fit, and say so; set values are checked.
+    folder = tmp_path / "few"
+    for name in classes:
+        shutil.copytree(cifar_sources / "folder" / name, folder / name)
+    out = tmp_path / "run"
+    result = _invoke(app, folder, "--mode", "complementary", "--model", tiny_vlm_dirs["qwen2-vl"],
+                     "--output-dir", out, "--device", "cpu", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"{options} options per question and {rounds} round(s) instead of the defaults 4 and 3" in \
+        " ".join(result.output.split())
+    records = [json.loads(l) for l in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * len(classes) * rounds and all(len(r["candidates"]) == options for r in records)
+    given = _invoke(app, folder, "--mode", "complementary", "--model", tiny_vlm_dirs["qwen2-vl"],
+                    "--output-dir", tmp_path / "given", "--device", "cpu", "--num-options", "4")
+    assert given.exit_code == 2 and "num_options must be between 2 and the number of classes" in given.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["{missing}"], "no such file"),
     (["{flat}", "--classes", "aquatic mammals,small mammals,fish"], "merge classes"),
