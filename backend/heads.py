@@ -446,7 +446,7 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
             row_scores = ranks(keys, row_scores)
         chosen = choose_all(probs, target, evidence(head))
         rank_scored = cold_scores is not None or ranks is not None  # each region then carries its probability
-        column = {label: k for k, label in enumerate(target.labels)}
+        column = {label: k for k, label in reversed(list(enumerate(target.labels)))}  # first index, as .index
         for j, (i, score, labels) in enumerate(zip(rows.tolist(), row_scores.tolist(), chosen)):
             region = target.region(labels) if labels else None
             if cold_scores is not None:

@@ -377,3 +377,27 @@ def test_recent_vectors_are_the_caches_and_stay_within_their_bytes():
     assert recent.bytes == 3 * 16
     recent.get_many(cache, "e", ["k1", "k2"])
     assert cache.reads[-1] == ["k1"]
+
+
+def test_a_new_label_config_never_reads_the_prior_scores_cached_for_the_old_one(warmed):
+    client, runtime, tasks, truth = warmed
+    from labelers.imagenet_prior import map_labels_to_imagenet
+
+    before = predict(client, tasks[:5])  # the uniform prior's rows (zero ImageNet weights) are now cached
+    assert all(r["result"] == [] for r in before.values())
+    reordered = ["dog", *[c for c in CLASSES if c != "dog"]]
+    xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+           + "".join(f'<Choice value="{c}"/>' for c in reordered) + "</Choices></View>")
+    fc = EMBEDDER.model._fc
+    dogs = map_labels_to_imagenet(CLASSES).classes["dog"]
+    try:
+        with torch.no_grad():
+            fc.bias[dogs] = 12.0  # the new label set's prior is built from this classifier: every image a dog
+        results = client.post("/predict", json={"tasks": tasks[:5], "project": "1.1700000000",
+                                                "label_config": xml}).json()["results"]
+    finally:
+        with torch.no_grad():
+            fc.bias.zero_()
+    for r in results:
+        (region,) = r["result"]  # served from the new prior, not from the old label set's cached rows
+        assert region["value"]["choices"] == ["dog"] and region["score"] > 0.5
