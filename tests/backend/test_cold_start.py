@@ -383,13 +383,20 @@ def test_a_new_label_config_never_reads_the_prior_scores_cached_for_the_old_one(
     client, runtime, tasks, truth = warmed
     from labelers.imagenet_prior import map_labels_to_imagenet
 
-    before = predict(client, tasks[:5])  # the uniform prior's rows (zero ImageNet weights) are now cached
-    assert all(r["result"] == [] for r in before.values())
+    mapping = map_labels_to_imagenet(CLASSES).classes
+    old_prior = served_head(runtime).prior  # process-wide per label set: other tests may have changed it
+    saved = old_prior.bias.copy()
+    old_prior.bias[:] = 0
+    old_prior.bias[mapping["cat"]] = 12.0
+    try:
+        before = predict(client, tasks[:5])  # the old label set's rows ("cat") are now cached
+    finally:
+        old_prior.bias[:] = saved
+    assert all(r["result"][0]["value"]["choices"] == ["cat"] for r in before.values())
     reordered = ["dog", *[c for c in CLASSES if c != "dog"]]
     xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
            + "".join(f'<Choice value="{c}"/>' for c in reordered) + "</Choices></View>")
-    fc = EMBEDDER.model._fc
-    dogs = map_labels_to_imagenet(CLASSES).classes["dog"]
+    fc, dogs = EMBEDDER.model._fc, mapping["dog"]
     try:
         with torch.no_grad():
             fc.bias[dogs] = 12.0  # the new label set's prior is built from this classifier: every image a dog
