@@ -428,8 +428,7 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
     image are read from instead of being computed in every call."""
     from backend.schemas import PredictionValue
 
-    build = PredictionValue
-    items: list = [None] * len(embedded.features)
+    items: list = [None] * len(embedded.features)  # built once each (an unread row: after the loop)
     rows = np.flatnonzero(embedded.ok)
     if len(rows):
         keys = [embedded.keys[i] for i in rows.tolist()]
@@ -447,17 +446,17 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
         chosen = choose_all(probs, target, evidence(head))
         rank_scored = cold_scores is not None or ranks is not None  # each region then carries its probability
         column = {label: k for k, label in reversed(list(enumerate(target.labels)))}  # first index, as .index
-        for j, (i, score, labels) in enumerate(zip(rows.tolist(), row_scores.tolist(), chosen)):
+        for j, (i, score, labels) in enumerate(zip(rows.tolist(), np.asarray(row_scores).tolist(), chosen)):
             region = target.region(labels) if labels else None
             if cold_scores is not None:
                 score = _cold_score(cold_scores, keys[j], score)
             if region is not None and rank_scored:
                 region["score"] = round(float(max(probs[j, column[x]] for x in labels)), 6)
-            items[i] = build(result=[region] if region else [], score=round(float(score), 6),
-                             model_version=model_version)
+            items[i] = PredictionValue(result=[region] if region else [], score=round(float(score), 6),
+                                       model_version=model_version)
     for i, item in enumerate(items):
         if item is None:
-            items[i] = build(result=[], score=None, model_version=model_version)
+            items[i] = PredictionValue(result=[], score=None, model_version=model_version)
     for i in embedded.pending:
         items[i] = []
     return items
