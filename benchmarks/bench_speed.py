@@ -12,7 +12,8 @@
    the full fit, now and as landed before (warm fit to a fixed gtol 1e-6); limit = one evaluation of the
    objective (the two products with the features).
 4. /predict p99 at 8 clients of 100-task batches: today's serving (multi-threaded BLAS per request, the
-   ImageNet prior over all 1000 classes) vs the new one, twice (same code in two servers: the noise floor).
+   ImageNet prior over all 1000 classes) vs the new one, twice (same code in two servers: the noise floor);
+   beside the latencies, each server process's CPU per request (/proc), which the machine's load moves least.
 5. VLM option scoring on the tiny random Qwen2-VL and LLaVA-NeXT: one sequence per option (today) vs one
    shared prefill per image; a 7B estimate from the token counts.
 """
