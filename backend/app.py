@@ -24,6 +24,7 @@ from backend.config import Settings, load_settings, startup_warnings
 from backend.labels import LabelConfigError
 from backend.learners import learner_status
 from backend.events import TRAIN_EVENTS
+from backend.heap import enable_freezing, freeze_long_lived
 from backend.embedding import EmbedderMismatch
 from backend.model import EventError, LabelloopModel
 from backend.runtime import Runtime
@@ -190,13 +191,26 @@ def _validation_message(exc: RequestValidationError | ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _freeze_after_preload(runtime: Runtime) -> None:
+    try:
+        runtime.embedders.get(runtime.default_spec)  # waits for the preload to finish
+    except Exception:  # logged by the preload and reported by /health; nothing new to freeze
+        return
+    freeze_long_lived("loading the embedder")
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None, start: bool = True,
-               preload: bool = True) -> FastAPI:
+               preload: bool = True, freeze_heap: bool | None = None) -> FastAPI:
     """Return the FastAPI app. Builds a Runtime from `settings` (default: environment) unless one is given.
+
+    `freeze_heap` (default: when the app builds its own runtime, i.e. it is the process's server) freezes the
+    long-lived objects for the garbage collector once started (backend.heap).
 
     Raises StoreError/ConfigError at once for an unusable MODEL_DIR or configuration, so the server never
     starts half-working.
     """
+    if freeze_heap is None:
+        freeze_heap = runtime is None
     if runtime is None:
         settings = settings or load_settings()
         logging.basicConfig(level=settings.log_level.upper(),
@@ -207,6 +221,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     async def lifespan(app: FastAPI):
         if start:
             runtime.start(preload=preload)
+        if freeze_heap:  # a served process: full collections skip the long-lived objects (backend.heap)
+            enable_freezing()
+            freeze_long_lived("start-up", collect=True)
+            if start and preload:  # the embedder's objects join them once it is loaded
+                runtime.warmer.run_in_background(_freeze_after_preload, runtime)
         yield
         runtime.close()
 

@@ -101,29 +101,39 @@ class ColdStartOrder:
 
     def __init__(self, store, cache):
         self.store, self.cache = store, cache
-        self._orders: dict[str, tuple[tuple, list[str], dict[str, float]]] = {}
+        # project -> ((embedder, labels), computed order, {key: score}, store.tasks_stamp when read)
+        self._orders: dict[str, tuple[tuple, list[str], dict[str, float], tuple]] = {}
         self._lock = threading.Lock()
         self.computed = 0  # how many k-means orders were computed (tests check a repeated /predict reuses it)
 
     def scores(self, project: str, embedder_id: str, n_labels: int) -> dict[str, float]:
-        """Return {content key: cold-start score in [0, 1)} for every embedded image of `project`."""
-        keys = set(self.store.project_content_keys(project))
+        """Return {content key: cold-start score in [0, 1)} for every embedded image of `project`.
+
+        The project's content keys are read only when its task rows changed since the last call
+        (store.tasks_stamp, one aggregate): reading all of them took a large share of a warm /predict."""
+        tasks = self.store.tasks_stamp(project)  # before the keys: a write in between is seen next time
         stamp = (embedder_id, n_labels)
         with self._lock:
             entry = self._orders.get(project)
+            if entry and entry[0] == stamp and entry[3] == tasks:
+                return entry[2]
+        keys = set(self.store.project_content_keys(project))
+        with self._lock:
+            entry = self._orders.get(project)
             if entry and entry[0] == stamp:
-                _, computed, ranked = entry
+                _, computed, ranked, _ = entry
                 if len(ranked) == len(keys) and keys.issubset(ranked):
+                    self._orders[project] = (stamp, computed, ranked, tasks)
                     return ranked
                 new = keys.difference(computed)
                 if len(new) < self.REFRESH_FRACTION * len(computed):
                     order = [k for k in computed if k in keys] + _hash_order(new, project_seed(project))
                     ranked = {k: rank / len(order) for rank, k in enumerate(order)}
-                    self._orders[project] = (stamp, computed, ranked)
+                    self._orders[project] = (stamp, computed, ranked, tasks)
                     return ranked
             computed = self._compute(project, embedder_id, n_labels, sorted(keys))
             ranked = {k: rank / len(computed) for rank, k in enumerate(computed)} if computed else {}
-            self._orders[project] = (stamp, computed, ranked)
+            self._orders[project] = (stamp, computed, ranked, tasks)
             return ranked
 
     def _compute(self, project: str, embedder_id: str, n_labels: int, keys: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ a task whose image was embedded once (by a predict, the warm-up or training) is 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -43,12 +44,52 @@ def fetch_deadline(start: float, budget: float, fetch_timeout: float) -> float:
     return start + max(budget - fetch_timeout, budget / 2)
 
 
+RECENT_VECTORS_BYTES = 64 * 2**20  # ~13k EfficientNet-Lite0 vectors (1280-d float32) kept in memory
+
+
+class RecentVectors:
+    """The cache's vectors a /predict read lately, kept in memory (least recently used dropped past
+    `max_bytes`); thread-safe. Reading 100 vectors back from SQLite (rows, checksums, copies) was the largest
+    part of a warm /predict. A content key names one image's bytes and an embedder id one model, so a kept
+    vector is never stale."""
+
+    def __init__(self, max_bytes: int = RECENT_VECTORS_BYTES):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, cache, embedder_id: str, keys: list[str]) -> dict[str, np.ndarray]:
+        """Return `cache.get_many(embedder_id, keys)`: the kept vectors from memory, the others from `cache`
+        (then kept). The arrays are read-only: callers copy them into their feature matrix."""
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for key in keys:
+                vector = self._vectors.get((embedder_id, key))
+                if vector is not None:
+                    self._vectors.move_to_end((embedder_id, key))
+                    found[key] = vector
+        missing = [k for k in keys if k not in found]
+        if missing:
+            read = cache.get_many(embedder_id, missing)
+            with self._lock:
+                for key, vector in read.items():
+                    vector.flags.writeable = False
+                    if (embedder_id, key) not in self._vectors:
+                        self._vectors[(embedder_id, key)] = vector
+                        self.bytes += vector.nbytes
+                while self.bytes > self.max_bytes and self._vectors:
+                    self.bytes -= self._vectors.popitem(last=False)[1].nbytes
+            found.update(read)
+        return found
+
+
 class EmbeddingService:
     """Embeds a project's tasks with the project's own embedder, through the cache; thread-safe."""
 
     def __init__(self, store, cache, embedders: EmbedderPool, fetcher: Fetcher, batch_size: int = 32,
                  fetch_timeout: float = 20.0):
         self.store, self.cache, self.embedders, self.fetcher = store, cache, embedders, fetcher
+        self.recent = RecentVectors()
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
 
@@ -82,16 +123,17 @@ class EmbeddingService:
         deadline = None if budget is None else fetch_deadline(self.clock(), budget, self.fetch_timeout)
         result = embed_tasks(project.id, tasks, data_key, embedder, store=self.store, cache=self.cache,
                              fetcher=self.fetcher, batch_size=self.batch_size,
-                             compute_lock=self.embedders.compute_locks.get(embedder.id), deadline=deadline)
+                             compute_lock=self.embedders.compute_locks.get(embedder.id), deadline=deadline,
+                             recent=self.recent)
         result.embedder = embedder
         return result
 
 
 def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedder, *, store, cache,
                 fetcher: Fetcher, batch_size: int = 32, compute_lock: threading.Lock | None = None,
-                deadline: float | None = None) -> TaskEmbeddings:
-    """Return embeddings for `tasks`, cache first; see `EmbeddingService.embed`. `deadline` is on
-    `fetcher.clock`. Only raises for programming errors."""
+                deadline: float | None = None, recent: RecentVectors | None = None) -> TaskEmbeddings:
+    """Return embeddings for `tasks`, cache first (through `recent` when given); see `EmbeddingService.embed`.
+    `deadline` is on `fetcher.clock`. Only raises for programming errors."""
     n = len(tasks)
     features = np.full((n, embedder.dim), np.nan, dtype=np.float32)
     keys: list[str | None] = [None] * n
@@ -107,7 +149,9 @@ def embed_tasks(project: str, tasks: list[dict[str, Any]], data_key: str, embedd
             url, key = seen.get(task_id, (None, None))
             if key and url == urls[i]:
                 keys[i] = key
-    cached = cache.get_many(embedder.id, [k for k in keys if k]) if any(keys) else {}
+    wanted = list(dict.fromkeys(k for k in keys if k))
+    cached = ({} if not wanted else recent.get_many(cache, embedder.id, wanted) if recent is not None
+              else cache.get_many(embedder.id, wanted))
     todo = []
     for i, key in enumerate(keys):
         if key and key in cached:

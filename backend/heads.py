@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from backend.labels import ImageClassification
+from backend.prior_cache import PriorCache
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class HeadCache:
         self.loads = 0  # how many times a head was built or read from disk (tests check it stays put)
         self.cold_start = cold_start  # a backend.cold_start.ColdStartOrder, or None (strategy scores only)
         self.priors = priors or PRIORS
+        self.prior_cache = PriorCache()  # the ImageNet prior's probabilities per image (backend.prior_cache)
         self.store = store  # a backend.store.Store: the earlier versions to fall back on (None: no fallback)
         self._refused: dict[tuple[str, str], str] = {}  # (project, model_version) -> why it was refused
 
@@ -289,7 +291,8 @@ class HeadCache:
         pool = self.pool(project, version)
         return head_predictions(head, target, embedded, strategy, version.model_version, cold_scores=cold,
                                 mix=self._mixer(project, version, target),
-                                ranks=pool.batch.ranks if pool is not None and pool.batch is not None else None)
+                                ranks=pool.batch.ranks if pool is not None and pool.batch is not None else None,
+                                prior_cache=self.prior_cache)
 
     def _mixer(self, project: str, version, target: ImageClassification):
         """Return f(head_probs, keys, features) -> the version's learner probabilities, or None (head only)."""
@@ -314,13 +317,15 @@ class HeadCache:
         return mix
 
 
-def label_probabilities(head, target: ImageClassification, features: np.ndarray) -> np.ndarray:
+def label_probabilities(head, target: ImageClassification, features: np.ndarray,
+                        prior_probs: np.ndarray | None = None) -> np.ndarray:
     """Return probabilities (N, len(target.labels)) in the label config's order.
 
     A head trained before the label config changed may know other classes: labels it does not know get 0
-    (single choice rows are renormalised), classes the config no longer has are dropped.
+    (single choice rows are renormalised), classes the config no longer has are dropped. `prior_probs`:
+    the head's prior's probabilities for `features` when already known (backend.prior_cache), else computed.
     """
-    probs = head.predict_proba(features)
+    probs = head.predict_proba(features) if prior_probs is None else head.predict_proba(features, prior_probs)
     if list(head.class_names) == list(target.labels):
         return probs
     index = {name: j for j, name in enumerate(head.class_names)}
@@ -374,8 +379,39 @@ def choose(probs_row: np.ndarray, target: ImageClassification, evident: set[str]
     return [target.labels[best]]
 
 
+def choose_all(probs: np.ndarray, target: ImageClassification, evident: set[str] | None = None) -> list[list[str]]:
+    """Return `choose(row, target, evident)` for every row of `probs` (N, K), the same lists, at a fraction of
+    the cost per row: the comparisons and the argmax run once over the batch, and only rows with more than
+    one pick are sorted."""
+    n, labels, threshold = len(probs), target.labels, target.score_threshold
+    if n == 0:
+        return []
+    if evident is not None:
+        floor = max(PRIOR_PRECHECK, 2.0 / len(labels), threshold or 0.0)
+        allowed = np.array([label in evident for label in labels], bool)
+        mask = (probs >= floor) & allowed
+    elif target.multiple:
+        mask = probs >= (0.5 if threshold is None else threshold)
+    else:
+        best = np.argmax(probs, axis=1)
+        if threshold is None:
+            return [[labels[j]] for j in best.tolist()]
+        keep = (probs[np.arange(n), best] >= threshold).tolist()
+        return [[labels[j]] if ok else [] for j, ok in zip(best.tolist(), keep)]
+    out: list[list[str]] = [[] for _ in range(n)]
+    for i in np.flatnonzero(mask.any(axis=1)).tolist():
+        picks = np.flatnonzero(mask[i])
+        if evident is None:  # multiple choice without the prior's rule: in label order
+            out[i] = [labels[j] for j in picks.tolist()]
+            continue
+        # descending probability, ties in label order: `choose`'s stable argsort of -p, restricted to picks
+        ranked = picks[np.argsort(-probs[i, picks], kind="stable")].tolist()
+        out[i] = [labels[j] for j in ranked] if target.multiple else [labels[ranked[0]]]
+    return out
+
+
 def head_predictions(head, target: ImageClassification, embedded, strategy: str, model_version: str,
-                     cold_scores: dict[str, float] | None = None, mix=None, ranks=None):
+                     cold_scores: dict[str, float] | None = None, mix=None, ranks=None, prior_cache=None):
     """Return one item per task of `embedded` (a backend.embedding.TaskEmbeddings): a PredictionValue with the
     head's labels and score; an empty result with score None for an unreadable image; [] for a task still
     pending (not predicted: Label Studio stores nothing and asks again).
@@ -387,30 +423,40 @@ def head_predictions(head, target: ImageClassification, embedded, strategy: str,
     `mix` (HeadCache._mixer): f(head probabilities, content keys, features) -> the probabilities of the
     version's learner (head + label spreading); labels, region scores and the strategy's score use them.
     `ranks` (a backend.learners.KmeansBatch's): f(content keys, strategy scores) -> the "+kmeans" order's
-    rank scores, used as the tasks' scores (each pre-checked region then carries its probability)."""
+    rank scores, used as the tasks' scores (each pre-checked region then carries its probability).
+    `prior_cache` (a backend.prior_cache.PriorCache): where the head's ImageNet prior's probabilities per
+    image are read from instead of being computed in every call."""
     from backend.schemas import PredictionValue
 
-    items: list = [PredictionValue(result=[], score=None, model_version=model_version)
-                   for _ in range(len(embedded.features))]
+    items: list = [None] * len(embedded.features)  # built once each (an unread row: after the loop)
     rows = np.flatnonzero(embedded.ok)
     if len(rows):
-        probs = label_probabilities(head, target, embedded.features[rows])
+        keys = [embedded.keys[i] for i in rows.tolist()]
+        features = embedded.features[rows]
+        prior = getattr(head, "prior", None)
+        prior_probs = None
+        if prior is not None and prior_cache is not None and embedded.embedder is not None:
+            prior_probs = prior_cache.probabilities(prior, embedded.embedder.id, keys, features)
+        probs = label_probabilities(head, target, features, prior_probs)
         if mix is not None:
-            probs = mix(probs, [embedded.keys[i] for i in rows], embedded.features[rows])
-        row_scores = scores(probs, strategy, target.multiple, keys=[embedded.keys[i] for i in rows])
+            probs = mix(probs, keys, features)
+        row_scores = scores(probs, strategy, target.multiple, keys=keys)
         if ranks is not None and cold_scores is None:
-            row_scores = ranks([embedded.keys[i] for i in rows], row_scores)
-        evident = evidence(head)
-        for j, i in enumerate(rows):
-            labels = choose(probs[j], target, evident)
+            row_scores = ranks(keys, row_scores)
+        chosen = choose_all(probs, target, evidence(head))
+        rank_scored = cold_scores is not None or ranks is not None  # each region then carries its probability
+        column = {label: k for k, label in reversed(list(enumerate(target.labels)))}  # first index, as .index
+        for j, (i, score, labels) in enumerate(zip(rows.tolist(), np.asarray(row_scores).tolist(), chosen)):
             region = target.region(labels) if labels else None
-            score = float(row_scores[j])
             if cold_scores is not None:
-                score = _cold_score(cold_scores, embedded.keys[i], score)
-            if region is not None and (cold_scores is not None or ranks is not None):  # the score is a rank
-                region["score"] = round(float(max(probs[j][target.labels.index(x)] for x in labels)), 6)
-            items[i] = PredictionValue(result=[region] if region else [], score=round(score, 6),
+                score = _cold_score(cold_scores, keys[j], score)
+            if region is not None and rank_scored:
+                region["score"] = round(float(max(probs[j, column[x]] for x in labels)), 6)
+            items[i] = PredictionValue(result=[region] if region else [], score=round(float(score), 6),
                                        model_version=model_version)
+    for i, item in enumerate(items):
+        if item is None:
+            items[i] = PredictionValue(result=[], score=None, model_version=model_version)
     for i in embedded.pending:
         items[i] = []
     return items

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from backend.boxes import BoxTarget, box_settings, box_target
 from backend.embedders import describe_spec
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
+from backend.heap import freeze_long_lived
 from backend.labels import ImageClassification, LabelConfigError, label_interface, parse_label_config
 from backend.predictor import PredictorChoice, PredictorRules
 from backend.relabel_suggestions import RelabelSettings, relabel_settings
@@ -221,7 +222,11 @@ class LabelloopModel:
         when the embedder has a text tower). Best effort: a failure is logged and /predict tries again."""
         try:
             project = self.store.get_project(self.project_id)
-            self.heads.priors.get(self.target, self.embeddings.embedder(project))
+            embedder = self.embeddings.embedder(project)
+            built = self.heads.priors.built
+            self.heads.priors.get(self.target, embedder)
+            if self.heads.priors.built != built:  # WordNet's objects stay for the process's life (backend.heap)
+                freeze_long_lived("building an ImageNet prior")
         except Exception as exc:
             log.warning("project %s: building the ImageNet prior ahead of /predict failed (%s); the first "
                         "/predict builds it", self.project_id, exc)

@@ -558,6 +558,14 @@ class Store:
         return list(dict.fromkeys(r["content_key"] for r in self._conn().execute(
             "SELECT content_key FROM tasks WHERE project=? AND content_key IS NOT NULL", (project,))))
 
+    def tasks_stamp(self, project: str) -> tuple:
+        """Return a value that changes whenever any task row of `project` is written (every write sets
+        updated_at; the sum moves even when the clock does not): the cold-start order re-reads the project's
+        content keys only then, instead of all of them on every /predict. One aggregate in SQLite, no rows."""
+        row = self._conn().execute("SELECT COUNT(*) AS n, COUNT(content_key) AS k, MAX(updated_at) AS last,"
+                                   " TOTAL(updated_at) AS total FROM tasks WHERE project=?", (project,)).fetchone()
+        return (row["n"], row["k"], row["last"], row["total"])
+
     def embedded_tasks(self, project: str) -> dict[int, str]:
         """Return task_id -> content key for every task of `project` whose image was embedded."""
         return {r["task_id"]: r["content_key"] for r in self._conn().execute(

@@ -87,11 +87,12 @@ class ClassifierHead:
         self.weight, self.bias = self.prior_weight.clone(), torch.zeros(self.n_classes)
         return self
 
-    def _offset(self, x: np.ndarray) -> np.ndarray:
-        """Return the prior's logit offset (N, K) for features x: log p (softmax) or log-odds (sigmoid); 0 without."""
+    def _offset(self, x: np.ndarray, prior_probs: np.ndarray | None = None) -> np.ndarray:
+        """Return the prior's logit offset (N, K) for features x: log p (softmax) or log-odds (sigmoid); 0 without.
+        `prior_probs`: `self.prior.proba(x)` when the caller already has it (a serving cache), else computed."""
         if self.prior is None:
             return np.zeros((len(x), self.n_classes))
-        p = self.prior.proba(x)
+        p = self.prior.proba(x) if prior_probs is None else prior_probs
         return np.log(p) - np.log1p(-np.minimum(p, 1 - 1e-6)) if self.multi_label else np.log(p)
 
     def _ensure_init(self, dim: int) -> None:
@@ -303,22 +304,24 @@ class ClassifierHead:
                                bounds=(np.log(0.05), np.log(20.0)), method="bounded")
         return float(np.exp(best.x))
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """Return calibrated logits (N, K)."""
+    def logits(self, features: np.ndarray, prior_probs: np.ndarray | None = None) -> np.ndarray:
+        """Return calibrated logits (N, K). `prior_probs`: the prior's `proba(features)` (N, K) when the caller
+        already holds it (the backend caches it per image), so the prior's product is skipped."""
         x = np.asarray(features, np.float32)
         self._ensure_init(x.shape[1])
         # NumPy, not torch: for these small products torch's intra-op threads, entered from 8 concurrent /predict
         # requests at once, contended and took a third of each request (py-spy; benchmarks/bench_speed.py).
         linear = (x @ self.weight.numpy().T + self.bias.numpy()).astype(np.float64)
         if self.prior is not None:
-            linear = linear + self.prior_gain * self._offset(x)
+            linear = linear + self.prior_gain * self._offset(x, prior_probs)
         return (linear / self.temperature).astype(np.float32)
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Return class probabilities (N, K) float32: softmax rows, or independent sigmoids for multi-label."""
+    def predict_proba(self, features: np.ndarray, prior_probs: np.ndarray | None = None) -> np.ndarray:
+        """Return class probabilities (N, K) float32: softmax rows, or independent sigmoids for multi-label.
+        `prior_probs`: as for `logits`."""
         from scipy.special import expit, softmax
 
-        logits = self.logits(features)
+        logits = self.logits(features, prior_probs)
         return expit(logits) if self.multi_label else softmax(logits, axis=1)
 
     def predict(self, features: np.ndarray) -> np.ndarray:

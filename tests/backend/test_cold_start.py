@@ -148,9 +148,11 @@ def test_a_confident_prior_prechecks_its_label_with_its_probability(warmed):
 
     dogs = map_labels_to_imagenet(CLASSES).classes["dog"]
     head = served_head(runtime)
+    before = predict(client, tasks[:5])  # the prior's probabilities of these images are now cached
+    assert all(r["result"] == [] for r in before.values())
     head.prior.bias[:] = 0
     head.prior.bias[dogs] = 12.0  # every image looks like a dog to the "ImageNet classifier"
-    by_task = predict(client, tasks[:5])
+    by_task = predict(client, tasks[:5])  # a prior changed in place is another prior: never the cached rows
     for r in by_task.values():
         (region,) = r["result"]
         assert region["value"]["choices"] == ["dog"]
@@ -202,6 +204,9 @@ class _Pool:
 
     def get_many(self, embedder_id, keys):
         return {k: self.vectors[k] for k in keys if k in self.vectors}
+
+    def tasks_stamp(self, project):
+        return (len(self.vectors),)
 
 
 def test_a_few_new_tasks_go_after_the_order_and_many_recompute_it():
@@ -268,3 +273,138 @@ def test_setup_builds_the_imagenet_prior_once_before_the_first_predict(make_sett
         assert eventually(lambda: runtime.warmer._pool._work_queue.empty(), timeout=60)
         predict(client, tasks[:5])
     assert calls == [CLASSES] and runtime.heads.priors.built == 1
+
+
+def test_a_repeated_predict_reads_the_prior_the_vectors_and_the_pool_from_memory(warmed, monkeypatch):
+    client, runtime, tasks, truth = warmed
+    first = client.post("/predict", json={"tasks": tasks[:60], "project": "1.1700000000"}).content
+    computed = runtime.heads.prior_cache.computed
+    assert computed >= 60
+    reads = []
+    for owner, name in ((runtime.store, "project_content_keys"), (runtime.cache, "get_many")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _real=real, _name=name, **k: reads.append(_name) or _real(*a, **k))
+    again = client.post("/predict", json={"tasks": tasks[:60], "project": "1.1700000000"}).content
+    assert again == first  # the same bytes from the cached prior, vectors and cold-start order
+    assert runtime.heads.prior_cache.computed == computed and reads == []
+    # new images embedded: the pool is read again (the order appends them), and only they get a prior
+    late = [local_task(1000 + t["id"], t["data"]["image"].split("d=")[-1]) for t in tasks[:3]]
+    runtime.store.remember_tasks("1", [(t["id"], t["data"]["image"] + "&v=2") for t in tasks[60:63]])
+    result = predict(client, tasks[60:63] + late)
+    assert "project_content_keys" in reads and all(r["score"] is not None for r in result.values())
+    assert runtime.heads.prior_cache.computed == computed + 3  # the late tasks share images already cached
+
+
+def test_the_tasks_stamp_moves_with_every_task_write_and_only_then(tmp_path):
+    from backend.store import Store
+
+    store = Store(tmp_path / "state")
+    store.remember_tasks("1", [(1, "/a.png"), (2, "/b.png")])
+    stamps = [store.tasks_stamp("1")]
+    assert store.tasks_stamp("1") == stamps[0] and store.project_content_keys("1") == []  # reads move nothing
+    store.set_content_keys("1", {1: "key-a"})
+    stamps.append(store.tasks_stamp("1"))
+    store.remember_tasks("1", [(1, "/a2.png")])  # a changed URL forgets the key
+    stamps.append(store.tasks_stamp("1"))
+    store.remember_tasks("2", [(1, "/z.png")])  # another project
+    assert store.tasks_stamp("1") == stamps[-1]
+    assert len(set(stamps)) == 3
+    store.close()
+
+
+def test_cached_prior_probabilities_are_the_priors_own_and_follow_its_labels():
+    from backend.prior_cache import PriorCache
+    from labelers.priors import ClassifierPrior
+
+    rng = np.random.default_rng(3)
+    weight, bias = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=40).astype(np.float32)
+    aggregation = np.zeros((4, 40), np.float32)
+    for k in range(4):
+        aggregation[k, 10 * k:10 * k + 3] = 1.0
+    cats = ClassifierPrior(["a", "b", "c", "d"], weight, bias, aggregation)
+    dogs = ClassifierPrior(["a", "b", "c", "e"], weight, bias, aggregation[[0, 1, 3, 2]])  # new label config
+    x = rng.normal(size=(6, 8)).astype(np.float32)
+    keys = [f"k{i}" for i in range(6)]
+    cache = PriorCache()
+    first = cache.probabilities(cats, "emb", keys, x)
+    assert np.array_equal(first, cats.proba(x)) and cache.computed == 6
+    # a later batch in another order, with a task without content key: the cached rows as they were; the
+    # other computed afresh (equal up to float32 rounding: BLAS sums a row differently in another batch shape)
+    mixed = cache.probabilities(cats, "emb", [keys[4], None, keys[0]], x[[4, 2, 0]])
+    assert np.array_equal(mixed[[0, 2]], first[[4, 0]]) and cache.computed == 7
+    assert np.allclose(mixed[1], first[2], rtol=1e-5, atol=0)
+    assert np.array_equal(cache.probabilities(dogs, "emb", keys, x), dogs.proba(x))  # not the cats' rows
+    assert cache.computed == 13
+    assert np.array_equal(cache.probabilities(cats, "other-embedder", keys, x), cats.proba(x))
+    assert cache.computed == 19
+    cats.aggregation[1] = 0  # changed in place: another prior
+    assert np.array_equal(cache.probabilities(cats, "emb", keys, x), cats.proba(x)) and cache.computed == 25
+
+
+def test_the_cached_prior_probabilities_stay_within_their_bounds():
+    from backend.prior_cache import PriorCache
+    from labelers.priors import ClassifierPrior
+
+    rng = np.random.default_rng(4)
+    priors = [ClassifierPrior([f"l{j}", "x"], rng.normal(size=(5, 3)), rng.normal(size=5),
+                              np.eye(2, 5, dtype=np.float32)) for j in range(3)]
+    cache = PriorCache(max_images=10, max_priors=2)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    for prior in priors:
+        cache.probabilities(prior, "e", [f"k{i}" for i in range(8)], x)
+    assert len(cache._rows) == 2  # the least recently used label set was dropped
+    cache.probabilities(priors[2], "e", [f"m{i}" for i in range(8)], x)  # 16 > 10 images: starts over
+    assert max(len(rows) for rows in cache._rows.values()) <= 10
+
+
+def test_recent_vectors_are_the_caches_and_stay_within_their_bytes():
+    from backend.embedding import RecentVectors
+
+    class Cache:
+        def __init__(self):
+            self.reads = []
+
+        def get_many(self, embedder_id, keys):
+            self.reads.append(list(keys))
+            return {k: np.full(4, float(k[1:]), np.float32) for k in keys if k != "kmissing"}
+
+    cache, recent = Cache(), RecentVectors(max_bytes=3 * 16)
+    got = recent.get_many(cache, "e", ["k1", "k2", "kmissing"])
+    assert sorted(got) == ["k1", "k2"] and got["k2"][0] == 2.0
+    assert sorted(recent.get_many(cache, "e", ["k1", "k2"])) == ["k1", "k2"] and len(cache.reads) == 1
+    recent.get_many(cache, "other", ["k1"])  # another embedder's vector is another entry
+    recent.get_many(cache, "e", ["k3"])      # 4 vectors > 3: the least recently used ("e", "k1") goes
+    assert recent.bytes == 3 * 16
+    recent.get_many(cache, "e", ["k1", "k2"])
+    assert cache.reads[-1] == ["k1"]
+
+
+def test_a_new_label_config_never_reads_the_prior_scores_cached_for_the_old_one(warmed):
+    client, runtime, tasks, truth = warmed
+    from labelers.imagenet_prior import map_labels_to_imagenet
+
+    mapping = map_labels_to_imagenet(CLASSES).classes
+    old_prior = served_head(runtime).prior  # process-wide per label set: other tests may have changed it
+    saved = old_prior.bias.copy()
+    old_prior.bias[:] = 0
+    old_prior.bias[mapping["cat"]] = 12.0
+    try:
+        before = predict(client, tasks[:5])  # the old label set's rows ("cat") are now cached
+    finally:
+        old_prior.bias[:] = saved
+    assert all(r["result"][0]["value"]["choices"] == ["cat"] for r in before.values())
+    reordered = ["dog", *[c for c in CLASSES if c != "dog"]]
+    xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+           + "".join(f'<Choice value="{c}"/>' for c in reordered) + "</Choices></View>")
+    fc, dogs = EMBEDDER.model._fc, mapping["dog"]
+    try:
+        with torch.no_grad():
+            fc.bias[dogs] = 12.0  # the new label set's prior is built from this classifier: every image a dog
+        results = client.post("/predict", json={"tasks": tasks[:5], "project": "1.1700000000",
+                                                "label_config": xml}).json()["results"]
+    finally:
+        with torch.no_grad():
+            fc.bias.zero_()
+    for r in results:
+        (region,) = r["result"]  # served from the new prior, not from the old label set's cached rows
+        assert region["value"]["choices"] == ["dog"] and region["score"] > 0.5

@@ -258,3 +258,24 @@ def test_tasks_not_reached_in_budget_get_no_prediction_and_are_embedded_for_the_
     assert second.status_code == 200
     assert all(r["score"] is not None for r in second.json()["results"])
     assert counters["tasks_not_predicted"] == 9 and counters["tasks_predicted"] == 9
+
+
+@pytest.mark.parametrize("multiple", [False, True])
+@pytest.mark.parametrize("threshold", [None, 0.3])
+@pytest.mark.parametrize("evident", [None, set(), {"b", "c", "e"}, {"a", "b", "c", "d", "e"}])
+def test_choosing_a_whole_batch_picks_what_choosing_each_row_picks(multiple, threshold, evident):
+    from backend.heads import choose_all
+
+    choice = 'choice="multiple"' if multiple else ""
+    cut = f'model_score_threshold="{threshold}"' if threshold is not None else ""
+    xml = (f'<View><Image name="image" value="$image"/><Choices name="label" toName="image" {choice} {cut}>'
+           + "".join(f'<Choice value="{c}"/>' for c in "abcde") + "</Choices></View>")
+    target = parse_label_config(xml)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(5, 0.2), size=400)  # peaked rows: many clear the 0.7 prior floor
+    probs[:40] = rng.uniform(0, 1, (40, 5))           # multi-label-like rows, several above the cuts
+    probs[40:60] = 0.2                                # ties everywhere: label order decides
+    probs[60:70, 1] = probs[60:70, 3] = 0.75          # tied picks above the floor
+    assert target.multiple == multiple and target.score_threshold == threshold
+    assert choose_all(probs, target, evident) == [choose(row, target, evident) for row in probs]
+    assert choose_all(probs[:0], target, evident) == []

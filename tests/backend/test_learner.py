@@ -97,6 +97,24 @@ def test_mix_is_the_mean_of_the_head_and_label_spreading_by_hand(tmp_path):
                                                _Cache(vectors).get_many), pool_hand, atol=1e-5)
 
 
+def test_a_task_embedded_after_the_graph_is_searched_once_per_content_key(tmp_path, monkeypatch):
+    import labelers.propagation as propagation
+
+    fit, vectors = _fit(tmp_path, "mix")
+    _, new_hand = _by_hand()
+    searched = []
+    real = propagation.new_neighbours
+    monkeypatch.setattr(propagation, "new_neighbours", lambda graph, x: searched.append(len(x)) or real(graph, x))
+    head = np.asarray([[0.3, 0.7], [0.3, 0.7], [0.9, 0.1]])
+    features = np.concatenate([NEW, NEW, np.asarray([vectors["a"]])])
+    first = fit.pool.combine(head, ["e", None, "a"], features, _Cache(vectors).get_many)
+    again = fit.pool.combine(head, [None, "e", "a"], features, _Cache(vectors).get_many)
+    np.testing.assert_allclose(first[0], 0.5 * (head[0] + new_hand[0]), atol=1e-5)
+    assert np.array_equal(again[1], first[0])  # "e" read back, not searched again
+    np.testing.assert_allclose(again[0], first[1], atol=1e-6)  # a task without content key: searched each time
+    assert searched == [2, 1]  # "e" and the keyless one, then the keyless one only; "a" is in the graph
+
+
 def test_one_class_or_a_failing_graph_falls_back_to_the_head_loudly(tmp_path, monkeypatch, caplog):
     fit, _ = _fit(tmp_path, "mix", labels=(0, 0))
     assert fit.used == "head" and fit.pool is None and "1 class" in fit.reason

@@ -1,0 +1,85 @@
+"""The ImageNet prior's label probabilities per image, computed once and then read by every /predict.
+
+An untrained head on an image-only embedder (and every head retrained from it: the prior stays as an offset)
+needs the prior's probabilities for each task it predicts: a product of the features with ImageNet's
+classifier (100 x 1280 @ 1280 x ~250 used classes per 100-task batch), most of a warm /predict's own
+compute. They depend only on the image and the prior, not on the head's version, so they are kept per
+content key and survive retrains.
+
+Entries are keyed by a fingerprint of the prior (embedder id, label names, the aggregation matrix, the
+classifier's bias and feature scale, and a strided sample of its weights): a new label config, label
+synonyms, another embedder or a prior changed in place is another key and never reads the old scores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES = 200_000  # per prior: ~K floats an image (10 labels: ~0.2 KB with the key); past it, start over
+MAX_PRIORS = 4        # label sets kept at once; the least recently used one is dropped first
+WEIGHT_SAMPLE = 4099  # every n-th classifier weight goes into the fingerprint (a prime: no row alignment)
+
+
+def prior_fingerprint(prior, embedder_id: str) -> str:
+    """Return a digest naming `prior` (a labelers.priors.ClassifierPrior) on `embedder_id`'s features.
+
+    The weights (5 MB for ImageNet) are sampled, not hashed whole: they come with the embedder, whose id is
+    in the digest; the sample only catches weights changed in place under the same id."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([embedder_id, prior.label_names, prior.feature_scale,
+                              list(prior.weight.shape)]).encode())
+    for array in (prior.aggregation, prior.bias, prior.weight.reshape(-1)[::WEIGHT_SAMPLE]):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class PriorCache:
+    """{prior fingerprint: {content key: the prior's label probabilities (K,)}}; thread-safe."""
+
+    def __init__(self, max_images: int = MAX_IMAGES, max_priors: int = MAX_PRIORS):
+        self.max_images, self.max_priors = max_images, max_priors
+        self._rows: dict[str, dict[str, np.ndarray]] = {}  # insertion order = least recently used first
+        self._lock = threading.Lock()
+        self.computed = 0  # images whose prior was computed (tests check a second /predict computes none)
+
+    def probabilities(self, prior, embedder_id: str, keys: list[str | None], features: np.ndarray) -> np.ndarray:
+        """Return `prior.proba(features)` (N, K), reading the rows of known content keys from the cache and
+        computing (then keeping) the others; a row without a key (None) is computed and not kept."""
+        fingerprint = prior_fingerprint(prior, embedder_id)
+        with self._lock:
+            rows = self._rows.pop(fingerprint, None) or {}
+            self._rows[fingerprint] = rows  # most recently used last
+            while len(self._rows) > self.max_priors:
+                self._rows.pop(next(iter(self._rows)))
+            found = [rows.get(k) if k is not None else None for k in keys]
+        missing = [i for i, row in enumerate(found) if row is None]
+        if missing:
+            fresh = prior.proba(features[missing] if len(missing) < len(keys) else features)
+            with self._lock:
+                if len(rows) + len(missing) > self.max_images:
+                    log.info("prior cache: %d images for one label set, starting over (MAX_IMAGES %d)",
+                             len(rows), self.max_images)
+                    rows.clear()
+                for j, i in enumerate(missing):
+                    found[i] = fresh[j]
+                    if keys[i] is not None:
+                        rows[keys[i]] = fresh[j]
+                self.computed += len(missing)
+        return np.stack(found) if found else np.zeros((0, len(prior.label_names)))
+
+    def fill(self, prior, embedder_id: str, keys: list[str], features: np.ndarray) -> int:
+        """Compute and keep the rows of `keys` not yet cached (the warm-up's images); returns how many."""
+        fingerprint = prior_fingerprint(prior, embedder_id)
+        with self._lock:
+            known = self._rows.get(fingerprint, {})
+            todo = [i for i, k in enumerate(keys) if k not in known]
+        for start in range(0, len(todo), 1024):  # bounded temporaries for a big pool
+            chunk = todo[start:start + 1024]
+            self.probabilities(prior, embedder_id, [keys[i] for i in chunk], features[chunk])
+        return len(todo)
