@@ -4,17 +4,31 @@ while it is still in cache, never a full sort and never a second pass over the p
 How close this gets to the machine's limit (one float32 GEMM of the same shape, same threads) is measured by
 benchmarks/bench_speed.py. What it saves over a straightforward version:
 - the temperature is folded into the weights once (no extra pass dividing the logits);
-- the logits of a block go into one preallocated buffer (2048 rows x K classes float32: ~0.8 MB at K = 100,
-  inside L2), and the softmax runs in place on it: exp (shifted by the row maximum only when a maximum is
-  large enough to overflow), sum;
+- the logits of a block go into one preallocated buffer sized to a core's L2 (`rows_in_l2`: LOGITS_BYTES,
+  4096 rows x 100 classes float32 = 1.6 MB; 2048 rows cost ~5% more per pool, the per-block calls twice as
+  often), and the softmax runs in place on it: exp (shifted by the row maximum only when a maximum is large
+  enough to overflow), sum;
 - the top-2 needs no sort and no log-softmax: p1 = e_max / sum, and p2 is the largest remaining exp / sum
-  once the maximum's entry is zeroed;
-- the arg max comes from NumPy's SIMD `argmax` along each row and the maximum from gathering it (torch's
-  `max(dim=1)` with indices over rows of ~100 classes is the slowest pass of all).
-Threads: the GEMM and the element-wise passes use torch's intra-op threads (`torch.get_num_threads()`).
+  once the maximum's entry is zeroed (only margin and gaussian pay for it; least stops at p1);
+- the arg max comes from NumPy's SIMD `argmax` along each row (written straight into the result) and the
+  maximum from gathering it: torch's `max(dim=1)` with indices over rows of ~100 classes costs ~2.5x, and
+  `topk(2)` ~15x, the arg max plus the zeroing and amax it replaces;
+- per-row results go straight into the returned arrays (`out=`), no temporaries per block.
+Not done, measured slower: torch.compile of the row reductions (its arg max is not vectorized: 3x slower than
+these passes, and a 10 s compile), logsumexp or softmax instead of exp + sum (3-5x), logits laid out
+classes-first (the GEMM itself is 20% slower).
+
+Threads (`threads`, default `torch.get_num_threads()`): with 1, everything runs on the calling thread. With
+T > 1, T Python threads each take whole blocks and run torch on one thread (torch and NumPy release the GIL)
+instead of torch's intra-op threads splitting every small pass after the GEMM: those passes are each a
+parallel region ending in a barrier, NumPy's arg max is single-threaded anyway, and on a shared machine one
+descheduled thread stalls every barrier (measured: 2 intra-op threads 1.1x the 2-thread GEMM on a busy
+machine, 2 worker threads 0.9x). `torch.set_num_threads(1)` in a worker is process-wide for threads started
+meanwhile, so the caller's count is put back when scoring ends.
 
 Pools past memory: `score_blocks` takes any iterable of feature blocks, e.g. `EmbeddingCache.iter_blocks`
-reading the embedding cache block by block; the result is the same as scoring the whole matrix.
+reading the embedding cache block by block (memory-mapped views, no copy, when the pool is in stored order);
+the result is the same as scoring the whole matrix.
 
 This is what lets the backend answer a Retrieve Predictions over many thousands of tasks from cached
 embeddings in well under Label Studio's 100 s limit.
