@@ -546,8 +546,9 @@ def section(r: dict, command: str, threads: int, note: str = "") -> str:
                   f"{embedding_reading(e)}"]
     if note:
         lines += ["", note]
-    lines += ["", "Threads: batch jobs (`labelloop embed`, pool scoring) use torch's intra-op threads (one per core by "
-                  "default; this run: the number above); the head fit uses one BLAS thread; the backend serves with "
+    lines += ["", "Threads: `labelloop embed` uses torch's intra-op threads (one per core by default); pool scoring "
+                  "as many Python threads as torch has intra-op threads (this run: the number above), each scoring "
+                  "whole blocks with torch on one thread; the head fit uses one BLAS thread; the backend serves with "
                   "NumPy's BLAS on one thread (parallelism is across the concurrent requests: a multi-threaded BLAS in "
                   "each of 8 requests is what made today's p99) and torch's default threads for the embedder, which "
                   "runs one batch at a time under its lock."]

@@ -5,17 +5,17 @@ How close this gets to the machine's limit (one float32 GEMM of the same shape, 
 benchmarks/bench_speed.py. What it saves over a straightforward version:
 - the temperature is folded into the weights once (no extra pass dividing the logits);
 - the logits of a block go into one preallocated buffer sized to a core's L2 (`rows_in_l2`: LOGITS_BYTES,
-  4096 rows x 100 classes float32 = 1.6 MB; 2048 rows cost ~5% more per pool, the per-block calls twice as
-  often), and the softmax runs in place on it: exp (shifted by the row maximum only when a maximum is large
+  4096 rows x 100 classes float32 = 1.6 MB; 2048 rows cost 1-6% more per pool in side-by-side runs, the
+  per-block calls made twice as often), and the softmax runs in place on it: exp (shifted by the row maximum only when a maximum is large
   enough to overflow), sum;
 - the top-2 needs no sort and no log-softmax: p1 = e_max / sum, and p2 is the largest remaining exp / sum
   once the maximum's entry is zeroed (only margin and gaussian pay for it; least stops at p1);
 - the arg max comes from NumPy's SIMD `argmax` along each row (written straight into the result) and the
   maximum from gathering it: torch's `max(dim=1)` with indices over rows of ~100 classes costs ~2.5x, and
-  `topk(2)` ~15x, the arg max plus the zeroing and amax it replaces;
+  `topk(2)` ~13x, the arg max plus the zeroing and amax it replaces;
 - per-row results go straight into the returned arrays (`out=`), no temporaries per block.
 Not done, measured slower: torch.compile of the row reductions (its arg max is not vectorized: 3x slower than
-these passes, and a 10 s compile), logsumexp or softmax instead of exp + sum (3-5x), logits laid out
+these passes, and a 10 s compile), logsumexp or softmax instead of exp + sum (~3x), logits laid out
 classes-first (the GEMM itself is 20% slower).
 
 Threads (`threads`, default `torch.get_num_threads()`): with 1, everything runs on the calling thread. With
