@@ -153,11 +153,14 @@ def bench_scoring(pool: int, rounds: int, dim: int = 512, classes: int = 100) ->
 
     features, head = unit_rows(pool, dim, 0), pool_head(dim, classes)
     got, cpu = {}, {}
-    times = interleaved({name: cpu_timed(fn, cpu, name) for name, fn in {
+    variants = {
         "gemm": gemm(features, head),
         "new": lambda: got.__setitem__("new", score_pool(head, features, "margin").score),
         "today": lambda: got.__setitem__("today", todays_score_pool(head, features)),
-    }.items()}, rounds)
+    }
+    if torch.get_num_threads() > 1:  # the same blocks on the caller's thread, torch's intra-op threads splitting each op
+        variants["intra_op"] = lambda: score_pool(head, features, "margin", threads=1)
+    times = interleaved({name: cpu_timed(fn, cpu, name) for name, fn in variants.items()}, rounds)
     return {"pool": pool, "dim": dim, "classes": classes, "threads": torch.get_num_threads(),
             **{f"{k}_s": v for k, v in times.items()}, **{f"{k}_cpu_s": v for k, v in cpu.items()},
             "max_abs_diff": float(np.abs(got["new"] - got["today"]).max())}
