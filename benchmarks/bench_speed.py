@@ -154,11 +154,14 @@ def bench_scoring(pool: int, rounds: int, dim: int = 512, classes: int = 100) ->
 
     features, head = unit_rows(pool, dim, 0), pool_head(dim, classes)
     got, cpu = {}, {}
-    times = interleaved({name: cpu_timed(fn, cpu, name) for name, fn in {
+    variants = {
         "gemm": gemm(features, head),
         "new": lambda: got.__setitem__("new", score_pool(head, features, "margin").score),
         "today": lambda: got.__setitem__("today", todays_score_pool(head, features)),
-    }.items()}, rounds)
+    }
+    if torch.get_num_threads() > 1:  # the same blocks on the caller's thread, torch's intra-op threads splitting each op
+        variants["intra_op"] = lambda: score_pool(head, features, "margin", threads=1)
+    times = interleaved({name: cpu_timed(fn, cpu, name) for name, fn in variants.items()}, rounds)
     return {"pool": pool, "dim": dim, "classes": classes, "threads": torch.get_num_threads(),
             **{f"{k}_s": v for k, v in times.items()}, **{f"{k}_cpu_s": v for k, v in cpu.items()},
             "max_abs_diff": float(np.abs(got["new"] - got["today"]).max())}
@@ -552,8 +555,9 @@ def section(r: dict, command: str, threads: int, note: str = "") -> str:
                   f"{embedding_reading(e)}"]
     if note:
         lines += ["", note]
-    lines += ["", "Threads: batch jobs (`labelloop embed`, pool scoring) use torch's intra-op threads (one per core by "
-                  "default; this run: the number above); the head fit uses one BLAS thread; the backend serves with "
+    lines += ["", "Threads: `labelloop embed` uses torch's intra-op threads (one per core by default); pool scoring "
+                  "as many Python threads as torch has intra-op threads (this run: the number above), each scoring "
+                  "whole blocks with torch on one thread; the head fit uses one BLAS thread; the backend serves with "
                   "NumPy's BLAS on one thread (parallelism is across the concurrent requests: a multi-threaded BLAS in "
                   "each of 8 requests is what made today's p99) and torch's default threads for the embedder, which "
                   "runs one batch at a time under its lock."]

@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,82 @@ def test_tied_top_classes_predict_the_first_one_with_margin_zero(strategy):
     np.testing.assert_allclose(fast.confidence, expected_p1, rtol=1e-6)
     if strategy == "margin":
         np.testing.assert_allclose(fast.score, [0.0, 0.0, (e - 1) / (e + 3)], atol=1e-7)
+
+
+def _prior_head(k=5, c=30, d=16, seed=1):
+    rng = np.random.default_rng(seed)
+    aggregation = np.zeros((k, c))
+    for label in range(k):
+        aggregation[label, label * 5:label * 5 + 3] = 1.0
+    prior = ClassifierPrior([str(i) for i in range(k)], rng.normal(size=(c, d)), rng.normal(size=c), aggregation, 3.0)
+    return ClassifierHead([str(i) for i in range(k)]).init_from_prior(prior)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", ["plain", "huge_logits", "prior"])
+def test_scoring_on_worker_threads_equals_one_thread(strategy, case):
+    # threads > 1 scores whole blocks on Python threads (torch on one thread each) into disjoint slices: every
+    # block must land at its own rows, with the shifted exp (huge logits) and a prior's offset as on one thread.
+    d = 16
+    if case == "prior":
+        head = _prior_head(d=d)
+    else:
+        head = ClassifierHead([str(i) for i in range(7)]).init_from_text(
+            np.random.default_rng(7).normal(size=(7, d)), 500.0 if case == "huge_logits" else 3.0)
+    features = _features(1037, d, seed=8)  # 1037 = 16 blocks of 64 + a short one
+    keys = [f"k{i}" for i in range(len(features))]
+    one = score_pool(head, features, strategy, keys=keys, seed=3, block_rows=64, threads=1)
+    three = score_pool(head, features, strategy, keys=keys, seed=3, block_rows=64, threads=3)
+    for name in ("predicted", "confidence", "score", "uncertainty"):
+        np.testing.assert_array_equal(getattr(three, name), getattr(one, name), err_msg=name)
+    probs = head.predict_proba(features)
+    np.testing.assert_allclose(three.score, prediction_score(probs, strategy, keys=keys, seed=3), atol=2e-5)
+    np.testing.assert_array_equal(three.predicted, probs.argmax(axis=1))
+
+
+def test_worker_threads_put_back_the_callers_torch_threads_and_raise_a_workers_error():
+    import torch
+
+    head = ClassifierHead(list("abc")).init_from_text(np.random.default_rng(0).normal(size=(3, 4)), 2.0)
+    features = _features(300, 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        # a worker's torch.set_num_threads(1) reaches past its thread (threads started later, and depending on
+        # the OpenMP runtime the caller's): without putting 3 back, they would run torch on one thread
+        score_pool(head, features, "margin", block_rows=32, threads=2)
+        assert torch.get_num_threads() == 3
+        seen = []
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert seen == [3]
+        blocks = (features[i:i + 50] for i in range(0, 300, 50))
+        with pytest.raises(ValueError, match="hold more than the 200 rows announced"):
+            score_blocks(head, blocks, 200, "margin", block_rows=32, threads=2)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads >= 1"):
+        score_pool(head, features, "margin", threads=0)
+
+
+def test_block_rows_keep_a_blocks_logits_near_l2_size():
+    from labelers.pool_scoring import LOGITS_BYTES, rows_in_l2
+
+    assert rows_in_l2(100) == 4096 == LOGITS_BYTES // 400  # 100 float32 logits per row: 1.6 MB
+    assert rows_in_l2(1000) == 409
+    assert rows_in_l2(2) == 16384 and rows_in_l2(100_000) == 256  # clamped both ways
+
+
+def test_a_pool_in_stored_order_but_one_key_differing_in_its_last_byte_is_looked_up(tmp_path):
+    # The stored-order shortcut compares the keys as 64-bit words: a key differing only in its last byte must
+    # not pass as the stored one (it is read from its own row instead).
+    cache = EmbeddingCache(tmp_path / "cache.sqlite3")
+    vectors = {f"{i:063x}{c}": np.full(3, i * 2 + (c == "b"), np.float32) for i in range(5) for c in "ab"}
+    cache.put_many("emb", vectors)
+    stored = list(vectors)
+    wanted = stored[:]
+    wanted[3] = stored[2]  # ...1a instead of ...1b: same first 63 characters
+    got = np.concatenate(list(cache.iter_blocks("emb", wanted)))
+    np.testing.assert_array_equal(got[:, 0], [vectors[k][0] for k in wanted])
