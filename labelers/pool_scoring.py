@@ -140,6 +140,9 @@ def _score_parts(head: ClassifierHead, strategy: str, block_rows: int, parts: It
         scorer.score(part, out, start, start + len(part))
 
 
+_THREAD_COUNT_LOCK = threading.Lock()
+
+
 def _score_parts_in_threads(head: ClassifierHead, strategy: str, block_rows: int, parts: Iterator,
                             out: PoolScores, threads: int) -> None:
     """Score `parts` on `threads` Python threads, each taking the next part and running torch on one thread.
@@ -171,15 +174,19 @@ def _score_parts_in_threads(head: ClassifierHead, strategy: str, block_rows: int
         except BaseException as exc:  # re-raised on the caller's thread below
             errors.append(exc)
 
-    previous = torch.get_num_threads()
     workers = [threading.Thread(target=work, name=f"score_pool-{i}", daemon=True) for i in range(threads)]
-    try:
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-    finally:
-        torch.set_num_threads(previous)
+    # Where the OpenMP runtime shares the count across threads, two scorings at once could each save the other's
+    # 1 and one put it back for good (not reproducible with this torch build). One scoring at a time: each
+    # already uses every core it was given.
+    with _THREAD_COUNT_LOCK:
+        previous = torch.get_num_threads()
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        finally:
+            torch.set_num_threads(previous)
     if errors:
         raise errors[0]
 
