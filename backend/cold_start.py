@@ -102,7 +102,7 @@ class ColdStartOrder:
     def __init__(self, store, cache):
         self.store, self.cache = store, cache
         # project -> ((embedder, labels), computed order, {key: score}, store.tasks_stamp when read)
-        self._orders: dict[str, tuple[tuple, list[str], dict[str, float], tuple]] = {}
+        self._orders: dict[str, tuple[tuple, list[str], dict[str, float], int]] = {}
         self._lock = threading.Lock()
         self.computed = 0  # how many k-means orders were computed (tests check a repeated /predict reuses it)
 
@@ -110,7 +110,7 @@ class ColdStartOrder:
         """Return {content key: cold-start score in [0, 1)} for every embedded image of `project`.
 
         The project's content keys are read only when its task rows changed since the last call
-        (store.tasks_stamp, one aggregate): reading all of them took a large share of a warm /predict."""
+        (store.tasks_stamp, one counter row): reading all of them took a large share of a warm /predict."""
         tasks = self.store.tasks_stamp(project)  # before the keys: a write in between is seen next time
         stamp = (embedder_id, n_labels)
         with self._lock:

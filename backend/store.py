@@ -63,6 +63,27 @@ CREATE TABLE IF NOT EXISTS tasks(
     updated_at REAL NOT NULL,
     PRIMARY KEY(project, task_id)
 );
+-- One counter per project, bumped by the triggers below in the transaction of every task row write: what
+-- Store.tasks_stamp reads (one row, whatever the project's size). A trigger, not the writers, so no writer
+-- (nor another process, nor a future method) can forget it.
+CREATE TABLE IF NOT EXISTS task_stamps(
+    project TEXT PRIMARY KEY,
+    stamp INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS task_stamp_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO task_stamps(project, stamp) VALUES (new.project, 1)
+        ON CONFLICT(project) DO UPDATE SET stamp=stamp+1;
+END;
+CREATE TRIGGER IF NOT EXISTS task_stamp_update AFTER UPDATE ON tasks BEGIN
+    INSERT INTO task_stamps(project, stamp) VALUES (new.project, 1)
+        ON CONFLICT(project) DO UPDATE SET stamp=stamp+1;
+    INSERT INTO task_stamps(project, stamp) SELECT old.project, 1 WHERE old.project IS NOT new.project
+        ON CONFLICT(project) DO UPDATE SET stamp=stamp+1;
+END;
+CREATE TRIGGER IF NOT EXISTS task_stamp_delete AFTER DELETE ON tasks BEGIN
+    INSERT INTO task_stamps(project, stamp) VALUES (old.project, 1)
+        ON CONFLICT(project) DO UPDATE SET stamp=stamp+1;
+END;
 CREATE TABLE IF NOT EXISTS training_runs(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     project TEXT NOT NULL,
@@ -558,13 +579,14 @@ class Store:
         return list(dict.fromkeys(r["content_key"] for r in self._conn().execute(
             "SELECT content_key FROM tasks WHERE project=? AND content_key IS NOT NULL", (project,))))
 
-    def tasks_stamp(self, project: str) -> tuple:
-        """Return a value that changes whenever any task row of `project` is written (every write sets
-        updated_at; the sum moves even when the clock does not): the cold-start order re-reads the project's
-        content keys only then, instead of all of them on every /predict. One aggregate in SQLite, no rows."""
-        row = self._conn().execute("SELECT COUNT(*) AS n, COUNT(content_key) AS k, MAX(updated_at) AS last,"
-                                   " TOTAL(updated_at) AS total FROM tasks WHERE project=?", (project,)).fetchone()
-        return (row["n"], row["k"], row["last"], row["total"])
+    def tasks_stamp(self, project: str) -> int:
+        """Return a number that changes whenever any task row of `project` is inserted, updated or deleted, by
+        any connection or process (the task_stamps triggers count the writes in their own transaction): the
+        cold-start order re-reads the project's content keys only then. One primary-key read, whatever the
+        project's size (the aggregate over its rows it replaces cost ~150 us per 1,000 tasks). 0 before the
+        project's first task write."""
+        row = self._one("SELECT stamp FROM task_stamps WHERE project=?", (project,))
+        return int(row["stamp"]) if row else 0
 
     def embedded_tasks(self, project: str) -> dict[int, str]:
         """Return task_id -> content key for every task of `project` whose image was embedded."""
