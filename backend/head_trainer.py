@@ -75,6 +75,7 @@ class HeadTrainer:
                  push_predictions: bool = False, redactor: Redactor | None = None, suspects=None, learner=None):
         self.store, self.embeddings, self.heads, self.ls = store, embeddings, heads, ls
         self.learner = learner  # backend.learners.PoolLearner: label spreading beside the head (None: head only)
+        self.after_publish = None  # f(project) queued after a trained version is published (backend.warmer)
         self.suspects = suspects  # backend.suspects.SuspectAuditor, run after each publish (never fails it)
         self.version_sync, self.rules = version_sync, rules
         self.push_enabled = push_predictions
@@ -151,6 +152,8 @@ class HeadTrainer:
         version = self.publish(project_id, SavedWithPool(fit.head or head, fit.pool), len(rows), fingerprint,
                                fit.tag)
         self._record_learner(project_id, version, fit)
+        if self.after_publish is not None:
+            self.after_publish(project_id)
         if fit.used != fit.configured:
             notes.append(f"learner {fit.configured} not used ({fit.reason}): head probabilities served")
         elif fit.reason:

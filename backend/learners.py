@@ -13,7 +13,9 @@ Everything costly happens in the retrain, never in /predict:
 - "+self<N>" (backend.learner_fit): the head is refitted on the annotations plus the N unannotated pool rows
   per class the mix is surest of (labelers.self_training), and that head is published ("-mix-self-").
 - At /predict, `PoolScores.combine` looks a task's lp part up by content key; a task embedded after the graph
-  was built gets it from its k nearest graph rows (labelers.propagation.predict_from_neighbours).
+  was built gets it from its k nearest graph rows (labelers.propagation.predict_from_neighbours), searched
+  once per version and content key: by the warmer (`PoolScores.prepare`, backend.warmer) after it embeds the
+  task or after a retrain publishes, else by the first /predict that shows it.
 
 A learner that cannot run (a multi-label project, annotations of fewer than two classes, too few embedded
 images, a graph build that raises) falls back to the head LOUDLY: an error or warning in the log, a published
@@ -185,6 +187,23 @@ class PoolScores:
         if not known.all():
             lp[~known] = self._late_rows([keys[i] for i in np.flatnonzero(~known)], features[~known], vectors)
         return lp if self.learner == "lp" else 0.5 * (np.asarray(head_probs, np.float64) + lp)
+
+    def prepare(self, keys: list[str], features: np.ndarray, vectors, chunk: int = 256) -> int:
+        """Search, ahead of /predict, the neighbours of the tasks among `keys` (content keys, `features` their
+        rows) that are outside the graph and not searched yet, and keep their spread rows in the memo that
+        `combine` reads (the warmer calls this after embedding new tasks, and after a retrain publishes a
+        version: backend.warmer). Returns how many were searched. Raises what `combine` raises for them (the
+        graph's vectors no longer all cached); a /predict that comes first searches them itself."""
+        if self.learner == "head":
+            return 0
+        with self._lock:
+            todo = {key: i for i, key in enumerate(keys)  # each content key once
+                    if key is not None and key not in self.row and key not in self._late}
+        rows = list(todo.values())
+        for start in range(0, len(rows), chunk):  # bounded temporaries: chunk x graph rows of similarities
+            part = rows[start:start + chunk]
+            self._late_rows([keys[i] for i in part], features[part], vectors)
+        return len(rows)
 
     def _late_rows(self, keys: list[str | None], features: np.ndarray, vectors) -> np.ndarray:
         """Return the spread rows (M, K) of tasks outside the graph: from their k nearest graph rows, searched

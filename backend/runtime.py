@@ -113,7 +113,8 @@ class Runtime:
         self.queue = TrainingQueue(self.store, self.trainer, settings.retrain_debounce_seconds,
                                    describe_error=self.redactor.error)
         self.warmer = CacheWarmer(self.store, self.ls, self.embeddings, enabled=settings.warm_cache,
-                                  redactor=self.redactor)
+                                  redactor=self.redactor, heads=self.heads, rules=self.rules)
+        self.trainer.after_publish = self.warmer.prepare_served  # a new version's late rows, ahead of /predict
         self.counters = Counters()
         self.started_at = time.time()
         desc = describe_spec(self.default_spec)

@@ -11,6 +11,13 @@ WARM_ATTEMPTS; tasks embedded before the failure come from the cache on the retr
 retried. After the last attempt the state is "failed", and the project's next /setup starts it again.
 `status(project)` gives total, embedded, failed, rate and ETA; the log has a progress line every
 PROGRESS_EVERY tasks.
+
+With the heads (backend.heads.HeadCache) and the predictor rules, each embedded batch is also made ready for
+/predict (`_ready_for_predict`): the ImageNet prior's probabilities of its images (backend.prior_cache) and the
+label spreading rows of tasks embedded after the served version's graph (PoolScores.prepare) are computed
+here, under the keys /predict reads, so a task's first /predict only reads them. `prepare_served(project)`
+does the same over every embedded task after a retrain publishes a version. A /predict that comes first
+computes what is missing itself, as without the warmer.
 """
 from __future__ import annotations
 
@@ -18,8 +25,10 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 from filelock import FileLock, Timeout
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set, wait_exponential
 
@@ -61,8 +70,13 @@ class CacheWarmer:
 
     def __init__(self, store, ls, embeddings, enabled: bool = True, redactor: Redactor | None = None,
                  workers: int = BACKGROUND_WORKERS, attempts: int = WARM_ATTEMPTS,
-                 backoff=wait_exponential(multiplier=2, min=2, max=60), progress_every: int = PROGRESS_EVERY):
+                 backoff=wait_exponential(multiplier=2, min=2, max=60), progress_every: int = PROGRESS_EVERY,
+                 heads=None, rules=None):
         self.store, self.ls, self.embeddings = store, ls, embeddings
+        # backend.heads.HeadCache and backend.predictor.PredictorRules: what /predict serves, so embedded
+        # tasks are made ready for it (None: embedding only)
+        self.heads, self.rules = heads, rules
+        self.prepared = {"prior_rows": 0, "late_rows": 0}  # computed ahead of /predict (tests, benchmarks)
         self.enabled = enabled
         self.attempts, self.backoff, self.progress_every = attempts, backoff, progress_every
         self.redactor = redactor or Redactor()
@@ -117,6 +131,15 @@ class CacheWarmer:
         self._pool.submit(self._embed_new, project, tasks)
         return len(tasks)
 
+    def prepare_served(self, project: str) -> bool:
+        """Queue `_ready_for_predict` over every embedded task of `project` for the version it serves now
+        (called after a retrain publishes: its label spreading rows of tasks outside the graph start empty).
+        Returns False when it cannot run (warm cache off, no heads)."""
+        if not (self.enabled and self.heads is not None):
+            return False
+        self._pool.submit(self._prepare_all, project)
+        return True
+
     def run_in_background(self, fn, *args) -> None:
         """Run `fn(*args)` on the background executor (e.g. preloading the embedder at start)."""
         self._pool.submit(fn, *args)
@@ -133,7 +156,8 @@ class CacheWarmer:
             for start in range(0, len(tasks), WARM_BATCH):
                 if self._closing.is_set():
                     return
-                self.embeddings.embed(stored, tasks[start:start + WARM_BATCH], data_key)
+                self._ready_for_predict(stored, self.embeddings.embed(stored, tasks[start:start + WARM_BATCH],
+                                                                      data_key))
         except Exception as exc:  # best effort, like warming: predict embeds whatever is missing
             log.warning("project %s: embedding %d new tasks failed (%s)", project, len(tasks),
                         self.redactor.error(exc))
@@ -199,6 +223,7 @@ class CacheWarmer:
 
     def _embed_counted(self, stored, tasks: list[dict[str, Any]], data_key: str) -> None:
         result = self.embeddings.embed(stored, tasks, data_key)
+        self._ready_for_predict(stored, result)
         with self._lock:
             entry = self._status[stored.id]
             before = entry["tasks"]
@@ -210,6 +235,79 @@ class CacheWarmer:
             line = before // self.progress_every != entry["tasks"] // self.progress_every
         if line:
             log.info("project %s: warm-up %s", stored.id, _summary(self.status(stored.id)))
+
+    # -- ready for /predict --------------------------------------------------------------------------------------
+    def _prepare_all(self, project: str, chunk: int = 1024) -> None:
+        """`_ready_for_predict` over every embedded image of `project`, read back from the embedding cache."""
+        try:
+            stored = self.store.get_project(project)
+            embedder = self.embeddings.embedder(stored)
+            keys = self.store.project_content_keys(project)
+            for start in range(0, len(keys), chunk):
+                if self._closing.is_set():
+                    return
+                part = keys[start:start + chunk]
+                got = self.embeddings.cache.get_many(embedder.id, part)
+                found = [k for k in part if k in got]
+                if found:
+                    self._ready_for_predict(stored, SimpleNamespace(
+                        keys=found, features=np.stack([got[k] for k in found]),
+                        ok=np.ones(len(found), bool), embedder=embedder))
+        except Exception as exc:  # best effort: /predict computes what is missing
+            log.warning("project %s: preparing the served version for /predict failed (%s); the first /predict "
+                        "of each task computes it", project, self.redactor.error(exc))
+
+    def _ready_for_predict(self, stored, embedded) -> None:
+        """Compute what the first /predict of the tasks in `embedded` (a backend.embedding.TaskEmbeddings of
+        `stored`, a store.Project) would, under the keys it reads: the served head's ImageNet prior
+        probabilities (HeadCache.prior_cache, keyed by the prior's fingerprint: the current label set, synonyms
+        and embedder) and, for a mix / lp version, the label spreading rows of the tasks outside its graph
+        (PoolScores.prepare). Only for a project /predict serves with the head (not a VLM, box or relabel
+        project). Never raises (logged): /predict computes whatever is missing."""
+        if self.heads is None or self.rules is None or not len(embedded.keys) or not embedded.ok.any():
+            return
+        try:
+            served = self._served(stored, embedded.embedder)
+            if served is None:
+                return
+            head, version, target = served
+            rows = np.flatnonzero(embedded.ok)
+            keys = [embedded.keys[i] for i in rows.tolist()]
+            features = embedded.features[rows]
+            prior = getattr(head, "prior", None)
+            filled = late = 0
+            if prior is not None:
+                filled = self.heads.prior_cache.fill(prior, embedded.embedder.id, keys, features)
+            pool = self.heads.pool(stored.id, version)
+            if pool is not None and tuple(pool.labels) == tuple(target.labels):  # else /predict serves the head
+                late = pool.prepare(keys, features, self.embeddings.cache.get_many)
+            with self._lock:
+                self.prepared["prior_rows"] += filled
+                self.prepared["late_rows"] += late
+        except Exception as exc:  # an optimisation only: never a reason to fail the embedding
+            log.info("project %s: tasks embedded, but not prepared for /predict (%s: %s); their first /predict "
+                     "computes it", stored.id, type(exc).__name__, self.redactor.error(exc))
+
+    def _served(self, stored, embedder):
+        """Return (head, version it is, target) /predict would serve `stored` with now, or None when /predict
+        does not serve it with the head (a VLM, box or relabel project, or a label config it refuses)."""
+        from backend.boxes import box_target
+        from backend.labels import LabelConfigError
+        from backend.relabel_suggestions import relabel_settings
+
+        stored = self.store.get_project(stored.id)  # the label config and version as of now, not of the warm-up
+        try:
+            if box_target(stored.label_config, stored.extra_params) is not None:
+                return None
+            target = parse_label_config(stored.label_config)
+            if relabel_settings(stored.extra_params, target) is not None \
+                    or self.rules.choice(stored.extra_params, target).predictor != "head":
+                return None
+        except LabelConfigError:
+            return None  # /predict answers 422 for it: nothing to prepare
+        current = self.store.get_version(stored.id, self.store.current_version(stored.id))
+        head, version = self.heads.serving(stored.id, current, target, embedder)
+        return head, version, target
 
 
 def _summary(entry: dict[str, Any] | None) -> str:

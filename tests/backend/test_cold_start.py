@@ -277,9 +277,10 @@ def test_setup_builds_the_imagenet_prior_once_before_the_first_predict(make_sett
 
 def test_a_repeated_predict_reads_the_prior_the_vectors_and_the_pool_from_memory(warmed, monkeypatch):
     client, runtime, tasks, truth = warmed
-    first = client.post("/predict", json={"tasks": tasks[:60], "project": "1.1700000000"}).content
     computed = runtime.heads.prior_cache.computed
-    assert computed >= 60
+    assert computed == len(tasks) == runtime.warmer.prepared["prior_rows"]  # filled by the warm-up
+    first = client.post("/predict", json={"tasks": tasks[:60], "project": "1.1700000000"}).content
+    assert runtime.heads.prior_cache.computed == computed  # so even the first /predict only reads them
     reads = []
     for owner, name in ((runtime.store, "project_content_keys"), (runtime.cache, "get_many")):
         real = getattr(owner, name)
@@ -292,7 +293,7 @@ def test_a_repeated_predict_reads_the_prior_the_vectors_and_the_pool_from_memory
     runtime.store.remember_tasks("1", [(t["id"], t["data"]["image"] + "&v=2") for t in tasks[60:63]])
     result = predict(client, tasks[60:63] + late)
     assert "project_content_keys" in reads and all(r["score"] is not None for r in result.values())
-    assert runtime.heads.prior_cache.computed == computed + 3  # the late tasks share images already cached
+    assert runtime.heads.prior_cache.computed == computed  # the late tasks share images already cached
 
 
 def test_the_tasks_stamp_moves_with_every_task_write_and_only_then(tmp_path):
@@ -407,4 +408,51 @@ def test_a_new_label_config_never_reads_the_prior_scores_cached_for_the_old_one(
             fc.bias.zero_()
     for r in results:
         (region,) = r["result"]  # served from the new prior, not from the old label set's cached rows
+        assert region["value"]["choices"] == ["dog"] and region["score"] > 0.5
+
+
+def test_tasks_embedded_after_a_new_label_config_get_its_prior_from_the_warmer_under_its_own_key(warmed,
+                                                                                                  tmp_path):
+    """The warmer fills the prior's rows for the project's label set as it is when a task is embedded: after a
+    new label config, imported tasks are filled under the new prior's key (their first /predict computes
+    nothing), and the old label set's rows are never read for it (the old tasks are computed anew)."""
+    from backend.prior_cache import prior_fingerprint
+    from labelers.imagenet_prior import map_labels_to_imagenet
+
+    client, runtime, tasks, truth = warmed
+    root = tmp_path / "docroot"  # the `pool` fixture's document root
+    reordered = ["dog", *[c for c in CLASSES if c != "dog"]]
+    xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+           + "".join(f'<Choice value="{c}"/>' for c in reordered) + "</Choices></View>")
+    new = []
+    for i in range(4):
+        (root / "imgs" / f"new{i}.png").write_bytes(image(i, 900 + i))
+        new.append(local_task(500 + i, f"imgs/new{i}.png"))
+    fc, dogs = EMBEDDER.model._fc, map_labels_to_imagenet(reordered).classes["dog"]
+    try:
+        with torch.no_grad():
+            fc.bias[dogs] = 12.0  # the new label set's prior is built from this classifier: every image a dog
+        setup_project(client, "1.1700000000", xml)
+        filled = runtime.warmer.prepared["prior_rows"]
+        resp = client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": new,
+                                             "project": {"id": 1, "label_config": xml}})
+        assert resp.status_code == 200
+        assert eventually(lambda: runtime.warmer.prepared["prior_rows"] == filled + len(new), timeout=60)
+        version = runtime.store.get_version("1", runtime.store.current_version("1"))
+        head = runtime.heads.get("1", version, parse_label_config(xml), EMBEDDER)  # the prior of `reordered`
+        keys = {runtime.store.content_keys("1", [t["id"]])[t["id"]][1] for t in new}
+        cached = set(runtime.heads.prior_cache._rows[prior_fingerprint(head.prior, EMBEDDER.id)])
+        assert cached == keys  # the new label set's rows: only the tasks embedded since it is the project's
+        computed = runtime.heads.prior_cache.computed
+        fresh = client.post("/predict", json={"tasks": new, "project": "1.1700000000",
+                                              "label_config": xml}).json()["results"]
+        assert runtime.heads.prior_cache.computed == computed  # read, not computed
+        old = client.post("/predict", json={"tasks": tasks[:5], "project": "1.1700000000",
+                                            "label_config": xml}).json()["results"]
+        assert runtime.heads.prior_cache.computed == computed + 5  # the old label set's rows are not its own
+    finally:
+        with torch.no_grad():
+            fc.bias.zero_()
+    for r in fresh + old:
+        (region,) = r["result"]  # the new prior's probabilities, not the old label set's
         assert region["value"]["choices"] == ["dog"] and region["score"] > 0.5
