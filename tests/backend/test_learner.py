@@ -306,3 +306,66 @@ def test_kmeans_puts_a_diverse_batch_of_open_tasks_first_then_the_strategy_order
     rest = [margin[task_key[TASKS[i]["id"]]] for i in order[3:]]
     assert rest == sorted(rest)  # then the strategy's order
     assert all(0 < r["result"][0]["score"] <= 1 for r in got)  # the region keeps its probability
+
+
+def test_prepare_searches_the_tasks_outside_the_graph_once_and_combine_then_only_reads(tmp_path, monkeypatch):
+    import labelers.propagation as propagation
+
+    fit, vectors = _fit(tmp_path, "mix")
+    _, new_hand = _by_hand()
+    searched = []
+    real = propagation.new_neighbours
+    monkeypatch.setattr(propagation, "new_neighbours", lambda graph, x: searched.append(len(x)) or real(graph, x))
+    features = np.concatenate([NEW, np.asarray([vectors["a"]]), NEW])
+    assert fit.pool.prepare(["e", "a", "e"], features, _Cache(vectors).get_many) == 1  # "a" is in the graph
+    assert searched == [1] and fit.pool.prepare(["e"], NEW, _Cache(vectors).get_many) == 0
+    got = fit.pool.combine(np.asarray([[0.3, 0.7]]), ["e"], NEW, _Cache(vectors).get_many)
+    assert searched == [1]  # read from the memo
+    np.testing.assert_allclose(got, 0.5 * (np.asarray([[0.3, 0.7]]) + new_hand), atol=1e-5)
+    head_only = PoolScores("head", [], None, ("x", "y"), "emb", 3, 3.0)
+    assert head_only.prepare(["e"], NEW, _Cache(vectors).get_many) == 0
+
+
+def test_the_warmer_searches_imported_and_late_tasks_before_their_first_predict(make_client, docroot, monkeypatch):
+    """Tasks imported after the graph was built get their label spreading rows from the warmer, and after a
+    retrain (a new version, the same graph) the warmer searches them again for it: /predict only reads."""
+    import labelers.propagation as propagation
+    from tests.waiting import eventually
+
+    more = []  # a pool larger than the graph's k, so that the graph built is the one a retrain reuses
+    for i, color in enumerate([(220, 20, 20), (20, 200, 20), (20, 20, 220)] * 6):  # k = min(20, pool - 1)
+        (docroot / "imgs" / f"more{i}.png").write_bytes(png(color, noise=12, seed=20 + i))
+        more.append(local_task(20 + i, f"imgs/more{i}.png"))
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        setup_project(client)
+        _predict(client, TASKS + more)
+        _train(client, runtime, [TASKS[0], TASKS[3], TASKS[6]])
+        for i, color in enumerate([(200, 40, 40), (40, 40, 200)]):
+            (docroot / "imgs" / f"late{i}.png").write_bytes(png(color, noise=20, seed=50 + i))
+        late = [local_task(50 + i, f"imgs/late{i}.png") for i in range(2)]
+        resp = client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": late,
+                                             "project": {"id": 1, "label_config": CHOICES_XML}})
+        assert resp.status_code == 200
+        assert eventually(lambda: runtime.warmer.prepared["late_rows"] == 2, timeout=60)
+        searched = []
+        real = propagation.new_neighbours
+        monkeypatch.setattr(propagation, "new_neighbours",
+                            lambda graph, x: searched.append(len(x)) or real(graph, x))
+        first = _predict(client, late)
+        assert searched == [] and all("-mix-" in r["model_version"] for r in first)
+        before, built = runtime.store.current_version("1"), runtime.trainer.learner.graphs.built
+        _train(client, runtime, [TASKS[1]])  # 2 new of 27: the graph is reused, its late rows start empty
+        assert runtime.store.current_version("1") != before and runtime.trainer.learner.graphs.built == built
+        assert eventually(lambda: runtime.warmer.prepared["late_rows"] == 4, timeout=60)
+        assert searched == [2]  # by the warmer, for the new version
+        again = _predict(client, late)
+        assert searched == [2] and {r["model_version"] for r in again} == {runtime.store.current_version("1")}
+        version, target, head = _served(runtime)
+        pool = runtime.heads.pool("1", version)
+        keys = [runtime.store.content_keys("1", [t["id"]])[t["id"]][1] for t in late]
+        features = np.stack([runtime.cache.get_many(pool.embedder_id, keys)[k] for k in keys])
+        pool._late.clear()  # what a /predict computes itself when the warmer has not got there
+        expected = _margin(pool.combine(label_probabilities(head, target, features), keys, features,
+                                        runtime.cache.get_many))
+    assert searched == [2, 2]
+    assert [r["score"] for r in again] == [round(float(s), 6) for s in expected]
