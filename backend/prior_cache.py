@@ -4,7 +4,9 @@ An untrained head on an image-only embedder (and every head retrained from it: t
 needs the prior's probabilities for each task it predicts: a product of the features with ImageNet's
 classifier (100 x 1280 @ 1280 x ~250 used classes per 100-task batch), most of a warm /predict's own
 compute. They depend only on the image and the prior, not on the head's version, so they are kept per
-content key and survive retrains.
+content key and survive retrains. The warmer (backend.warmer) fills them with `fill` as it embeds a task and
+after a retrain publishes, so a task's first /predict only reads them; `probabilities` computes whatever is
+still missing (a /predict that came first), with the same result.
 
 Entries are keyed by a fingerprint of the prior (embedder id, label names, the aggregation matrix, the
 classifier's bias and feature scale, and a strided sample of its weights): a new label config, label
@@ -74,7 +76,8 @@ class PriorCache:
         return np.stack(found) if found else np.zeros((0, len(prior.label_names)))
 
     def fill(self, prior, embedder_id: str, keys: list[str], features: np.ndarray) -> int:
-        """Compute and keep the rows of `keys` not yet cached (the warm-up's images); returns how many."""
+        """Compute and keep the rows of `keys` (content keys of `features`' rows) not yet cached under this
+        prior's fingerprint (the warmer's images, ahead of /predict); returns how many were computed."""
         fingerprint = prior_fingerprint(prior, embedder_id)
         with self._lock:
             known = self._rows.get(fingerprint, {})
