@@ -188,6 +188,13 @@ class PoolScores:
             lp[~known] = self._late_rows([keys[i] for i in np.flatnonzero(~known)], features[~known], vectors)
         return lp if self.learner == "lp" else 0.5 * (np.asarray(head_probs, np.float64) + lp)
 
+    def unsearched(self, keys: list[str]) -> list[str]:
+        """Return the keys among `keys` outside the graph whose spread row is not memoised ([] for "head")."""
+        if self.learner == "head":
+            return []
+        with self._lock:
+            return [key for key in keys if key not in self.row and key not in self._late]
+
     def prepare(self, keys: list[str], features: np.ndarray, vectors, chunk: int = 256) -> int:
         """Search, ahead of /predict, the neighbours of the tasks among `keys` (content keys, `features` their
         rows) that are outside the graph and not searched yet, and keep their spread rows in the memo that

@@ -75,6 +75,13 @@ class PriorCache:
                 self.computed += len(missing)
         return np.stack(found) if found else np.zeros((0, len(prior.label_names)))
 
+    def missing(self, prior, embedder_id: str, keys: list[str]) -> list[str]:
+        """Return the keys among `keys` whose row is not cached under this prior's fingerprint."""
+        fingerprint = prior_fingerprint(prior, embedder_id)
+        with self._lock:
+            known = self._rows.get(fingerprint, {})
+            return [k for k in keys if k not in known]
+
     def fill(self, prior, embedder_id: str, keys: list[str], features: np.ndarray) -> int:
         """Compute and keep the rows of `keys` (content keys of `features`' rows) not yet cached under this
         prior's fingerprint (the warmer's images, ahead of /predict); returns how many were computed."""

@@ -242,7 +242,16 @@ class CacheWarmer:
         try:
             stored = self.store.get_project(project)
             embedder = self.embeddings.embedder(stored)
+            served = self._served(stored, embedder)
+            if served is None:
+                return
+            head, version, _ = served
             keys = self.store.project_content_keys(project)
+            # Only the vectors of images with something left to compute are read back (100k vectors: ~0.5 GB)
+            prior, pool = getattr(head, "prior", None), self.heads.pool(project, version)
+            todo = set(self.heads.prior_cache.missing(prior, embedder.id, keys)) if prior is not None else set()
+            todo.update(pool.unsearched(keys) if pool is not None else [])
+            keys = [k for k in keys if k in todo]
             for start in range(0, len(keys), chunk):
                 if self._closing.is_set():
                     return

@@ -342,6 +342,27 @@ def test_cached_prior_probabilities_are_the_priors_own_and_follow_its_labels():
     assert np.array_equal(cache.probabilities(cats, "emb", keys, x), cats.proba(x)) and cache.computed == 25
 
 
+def test_fill_computes_only_the_rows_missing_under_the_priors_key_and_probabilities_then_reads_them():
+    from backend.prior_cache import PriorCache, prior_fingerprint
+    from labelers.priors import ClassifierPrior
+
+    rng = np.random.default_rng(5)
+    weight, bias = rng.normal(size=(12, 6)).astype(np.float32), rng.normal(size=12).astype(np.float32)
+    cats = ClassifierPrior(["a", "b"], weight, bias, np.eye(2, 12, dtype=np.float32))
+    dogs = ClassifierPrior(["a", "c"], weight, bias, np.eye(2, 12, 3, dtype=np.float32))
+    x = rng.normal(size=(3, 6)).astype(np.float32)
+    cache = PriorCache()
+    assert cache.missing(cats, "emb", ["k0", "k1"]) == ["k0", "k1"]
+    assert cache.fill(cats, "emb", ["k0", "k1"], x[:2]) == 2 and cache.computed == 2
+    assert cache.missing(cats, "emb", ["k0", "k1", "k2"]) == ["k2"]
+    assert cache.missing(dogs, "emb", ["k0"]) == ["k0"] and cache.missing(cats, "other", ["k0"]) == ["k0"]
+    assert cache.fill(cats, "emb", ["k0", "k1", "k2"], x) == 1 and cache.computed == 3
+    read = cache.probabilities(cats, "emb", ["k2", "k0"], x[[2, 0]])  # the filled rows: read, not computed
+    rows = cache._rows[prior_fingerprint(cats, "emb")]
+    assert cache.computed == 3 and np.array_equal(read, np.stack([rows["k2"], rows["k0"]]))
+    assert np.allclose(read, cats.proba(x[[2, 0]]), rtol=1e-5, atol=0)
+
+
 def test_the_cached_prior_probabilities_stay_within_their_bounds():
     from backend.prior_cache import PriorCache
     from labelers.priors import ClassifierPrior

@@ -317,8 +317,10 @@ def test_prepare_searches_the_tasks_outside_the_graph_once_and_combine_then_only
     real = propagation.new_neighbours
     monkeypatch.setattr(propagation, "new_neighbours", lambda graph, x: searched.append(len(x)) or real(graph, x))
     features = np.concatenate([NEW, np.asarray([vectors["a"]]), NEW])
+    assert fit.pool.unsearched(["e", "a", "f"]) == ["e", "f"]
     assert fit.pool.prepare(["e", "a", "e"], features, _Cache(vectors).get_many) == 1  # "a" is in the graph
     assert searched == [1] and fit.pool.prepare(["e"], NEW, _Cache(vectors).get_many) == 0
+    assert fit.pool.unsearched(["e", "a", "f"]) == ["f"]
     got = fit.pool.combine(np.asarray([[0.3, 0.7]]), ["e"], NEW, _Cache(vectors).get_many)
     assert searched == [1]  # read from the memo
     np.testing.assert_allclose(got, 0.5 * (np.asarray([[0.3, 0.7]]) + new_hand), atol=1e-5)
