@@ -135,9 +135,12 @@ class CacheWarmer:
         """Queue `_ready_for_predict` over every embedded task of `project` for the version it serves now
         (called after a retrain publishes: its label spreading rows of tasks outside the graph start empty).
         Returns False when it cannot run (warm cache off, no heads)."""
-        if not (self.enabled and self.heads is not None):
+        if not (self.enabled and self.heads is not None) or self._closing.is_set():
             return False
-        self._pool.submit(self._prepare_all, project)
+        try:
+            self._pool.submit(self._prepare_all, project)
+        except RuntimeError:  # shut down meanwhile: a retrain ending at close must not fail for it
+            return False
         return True
 
     def run_in_background(self, fn, *args) -> None:

@@ -371,3 +371,11 @@ def test_the_warmer_searches_imported_and_late_tasks_before_their_first_predict(
                                         runtime.cache.get_many))
     assert searched == [2, 2]
     assert [r["score"] for r in again] == [round(float(s), 6) for s in expected]
+
+
+def test_a_retrain_ending_after_the_warmer_closed_is_not_failed_by_its_preparation(make_client, docroot):
+    with make_client(local_files_document_root=docroot) as (client, runtime):
+        runtime.warmer.close()
+        assert runtime.warmer.prepare_served("1") is False
+        runtime.warmer._closing.clear()  # shut down, but not yet flagged: the executor refuses the work
+        assert runtime.warmer.prepare_served("1") is False
