@@ -141,7 +141,7 @@ class EmbeddingCache:
         """
         from .vector_files import VectorFileError
 
-        keys = list(keys)
+        keys = keys if isinstance(keys, (list, tuple)) else list(keys)
         try:
             try:
                 matrix = self._vector_files.current(embedder_id)
@@ -153,21 +153,24 @@ class EmbeddingCache:
             log.warning("embedding cache %s: cannot bring the streaming sidecar up to date (%s); reading the "
                         "vectors from SQLite instead (slower)", self.path, exc)
             matrix = None
-        rows = matrix.rows_of(keys) if matrix is not None else np.full(len(keys), -1, np.int64)
 
         def blocks() -> Iterator[np.ndarray]:
+            expected = 0  # the stored row the next block likely starts at
             for start in range(0, len(keys), block_rows):
-                chunk = rows[start:start + block_rows]
-                if matrix is not None and chunk[0] >= 0 and chunk[-1] - chunk[0] == len(chunk) - 1 \
-                        and bool((np.diff(chunk) == 1).all()):
-                    yield matrix.vectors[chunk[0]:chunk[-1] + 1]  # stored in this order: a view, no copy
+                chunk = keys[start:start + block_rows]
+                # looked up block by block, here in the read-ahead thread: the caller scores meanwhile
+                rows = matrix.rows_of(chunk, expected) if matrix is not None else np.full(len(chunk), -1, np.int64)
+                expected = int(rows[-1]) + 1 if rows[-1] >= 0 else 0
+                if rows[0] >= 0 and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all()):
+                    yield matrix.block(int(rows[0]), int(rows[-1]) + 1)  # stored in this order: a view, no copy
                 else:
-                    yield self._gather(embedder_id, matrix, keys[start:start + block_rows], chunk)
+                    yield self._gather(embedder_id, matrix, chunk, rows)
 
-        # a block gathered out of order is copied in a background thread while the caller scores the one before
+        # each block is looked up, and its pages mapped or its rows gathered, in a background thread while the
+        # caller scores the one before
         yield from read_ahead(blocks())
 
-    def _gather(self, embedder_id: str, matrix, keys: list[str], rows: np.ndarray) -> np.ndarray:
+    def _gather(self, embedder_id: str, matrix, keys: Sequence[str], rows: np.ndarray) -> np.ndarray:
         """Return the vectors of `keys` as one block: from the sidecar where `rows` >= 0, else from SQLite."""
         absent = np.flatnonzero(rows < 0)
         found = self.get_many(embedder_id, [keys[i] for i in absent]) if len(absent) else {}
