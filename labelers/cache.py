@@ -30,6 +30,7 @@ from .images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+READ_AHEAD_BLOCKS = 3  # blocks iter_blocks holds ready beyond the caller's (8192 x 512 float32: 16 MB each)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -167,8 +168,9 @@ class EmbeddingCache:
                     yield self._gather(embedder_id, matrix, chunk, rows)
 
         # each block is looked up, and its pages mapped or its rows gathered, in a background thread while the
-        # caller scores the one before
-        yield from read_ahead(blocks())
+        # caller scores the ones before. READ_AHEAD_BLOCKS ahead, not one: on a busy machine the thread, woken
+        # once per block, may wait a time slice to run, and the caller would wait with it at every block.
+        yield from read_ahead(blocks(), READ_AHEAD_BLOCKS)
 
     def _gather(self, embedder_id: str, matrix, keys: Sequence[str], rows: np.ndarray) -> np.ndarray:
         """Return the vectors of `keys` as one block: from the sidecar where `rows` >= 0, else from SQLite."""
@@ -257,17 +259,21 @@ def fill_from_cache(embedder: Embedder, cache: EmbeddingCache | None, keys: Sequ
     return rows_of, [rows[0] for key, rows in rows_of.items() if key not in known]
 
 
-def read_ahead(items: Iterable[T]) -> Iterator[T]:
-    """Yield `items` in order, each produced in a background thread while the caller works on the one before:
-    decoding and resizing the next batch (PIL and NumPy release the GIL) overlaps the model's forward pass.
-    An exception raised while producing an item is raised here, at that item."""
+def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Yield `items` in order, produced in a background thread up to `depth` items ahead of the caller, who
+    works on the one before meanwhile: decoding and resizing the next batch (PIL and NumPy release the GIL)
+    overlaps the model's forward pass. An exception raised while producing an item is raised here, at that
+    item. Raises ValueError for depth < 1."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    if depth < 1:
+        raise ValueError(f"read_ahead needs depth >= 1, got {depth}")
     source, done = iter(items), object()
-    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as worker:
-        ahead = worker.submit(next, source, done)
-        while (item := ahead.result()) is not done:
-            ahead = worker.submit(next, source, done)
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as worker:  # one thread: items stay in order
+        ahead = deque(worker.submit(next, source, done) for _ in range(depth))
+        while (item := ahead.popleft().result()) is not done:
+            ahead.append(worker.submit(next, source, done))
             yield item
 
 

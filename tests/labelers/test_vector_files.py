@@ -177,14 +177,18 @@ def test_a_key_missing_from_the_cache_is_named_in_any_block_and_nothing_short_is
 def test_a_sidecar_extended_while_reading_serves_the_rows_it_had_and_the_new_ones(tmp_path):
     cache, keys, x = filled(tmp_path)
     more_keys, more = [content_key(b"new%d" % i) for i in range(30)], vectors(30, seed=7)
-    blocks = cache.iter_blocks("e", keys + more_keys, block_rows=16)
+    from labelers.cache import READ_AHEAD_BLOCKS
+
+    pool = keys * 4 + more_keys  # the new keys past the blocks already read ahead when they are added
+    assert 16 * (READ_AHEAD_BLOCKS + 2) <= 200
+    blocks = cache.iter_blocks("e", pool, block_rows=16)
     first = next(blocks)  # the sidecar is open at 50 rows; another process now adds 30 and extends the files
     other = EmbeddingCache(cache.path)
     other.put_many("e", dict(zip(more_keys, more)))
     np.testing.assert_array_equal(streamed(other, more_keys), more)
     assert sidecar_rows(cache) == 80
     rest = list(blocks)  # the new keys: not in the rows this read opened, so read from SQLite
-    np.testing.assert_array_equal(np.concatenate([first, *rest]), np.concatenate([x, more]))
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), np.concatenate([x] * 4 + [more]))
     np.testing.assert_array_equal(first, x[:16])  # a view taken before the files grew still holds its rows
     fresh = list(cache.iter_blocks("e", keys + more_keys, block_rows=16))  # a new read sees the 80 rows
     np.testing.assert_array_equal(np.concatenate(fresh), np.concatenate([x, more]))
@@ -212,3 +216,33 @@ def test_blocks_are_mapped_in_by_touching_pages_where_the_kernel_cannot_populate
     blocks = list(cache.iter_blocks("e", keys, block_rows=1000))
     np.testing.assert_array_equal(np.concatenate(blocks), x)
     assert all(is_file_view(cache, b) for b in blocks)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_read_ahead_keeps_order_runs_at_most_depth_ahead_and_raises_at_the_failing_item(depth):
+    import threading
+
+    from labelers.cache import read_ahead
+
+    produced, go = [], threading.Event()
+
+    def items():
+        for i in range(6):
+            if i == 4:
+                raise RuntimeError("item 4 broke")
+            produced.append(i)
+            yield i
+
+    got = []
+    with pytest.raises(RuntimeError, match="item 4 broke"):
+        for item in read_ahead(items(), depth):
+            if not got:  # the first item in hand: the thread produces up to `depth` more, then waits
+                for _ in range(200):
+                    if len(produced) >= min(1 + depth, 4):
+                        break
+                    go.wait(0.01)
+                assert len(produced) == min(1 + depth, 4)
+            got.append(item)
+    assert got == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="depth >= 1"):
+        list(read_ahead([1], 0))
