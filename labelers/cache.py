@@ -134,11 +134,12 @@ class EmbeddingCache:
         """Yield the vectors of `keys`, in order, as float32 blocks of up to `block_rows` rows: a pool larger
         than memory is read one block at a time (`labelers.pool_scoring.score_blocks`).
 
-        Blocks come from the embedder's sidecar matrix (brought up to date with SQLite first): a run of keys
-        stored in order is a view of the memory-mapped file (no copy; treat blocks as read-only, writes stay in
-        this process), other keys are gathered from it, and keys the sidecar cannot hold are read from SQLite.
-        Raises KeyError naming the first key that is missing or damaged (a pool with a hole is refused, not
-        scored short).
+        Blocks come from the embedder's sidecar matrix (brought up to date with SQLite first): a block whose
+        keys are stored in that order is a view of the memory-mapped file (no copy; treat blocks as read-only,
+        writes stay in this process), other blocks are gathered from it, and keys the sidecar cannot hold are
+        read from SQLite. Each block is looked up and read in a background thread, READ_AHEAD_BLOCKS ahead of
+        the caller (so `keys` must not change while the blocks are read). Raises KeyError naming the first key
+        that is missing or damaged, at its block (a pool with a hole is refused, not scored short).
         """
         from .vector_files import VectorFileError
 
