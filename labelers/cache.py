@@ -7,7 +7,7 @@ carries a CRC32 so a damaged row is detected and recomputed rather than served.
 Streaming (`iter_blocks`) reads from a sidecar beside the SQLite file: per embedder, a float32 matrix file and
 a file of its row keys (`<cache>-vectors/`), mirrored from SQLite on first use and extended whenever SQLite
 holds newer rows (`labelers.vector_files`). Reading it is a memory map, not one blob per row, so a pool
-streamed from the cache scores at the in-memory speed (benchmarks/bench_speed.py). SQLite stays the store:
+streamed from the cache scores close to the in-memory speed (benchmarks/bench_speed.py). SQLite stays the store:
 `put_many`/`get_many` and old caches are unchanged, and a sidecar is only a copy that can be rebuilt.
 """
 from __future__ import annotations
