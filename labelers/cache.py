@@ -7,7 +7,7 @@ carries a CRC32 so a damaged row is detected and recomputed rather than served.
 Streaming (`iter_blocks`) reads from a sidecar beside the SQLite file: per embedder, a float32 matrix file and
 a file of its row keys (`<cache>-vectors/`), mirrored from SQLite on first use and extended whenever SQLite
 holds newer rows (`labelers.vector_files`). Reading it is a memory map, not one blob per row, so a pool
-streamed from the cache scores at the in-memory speed (benchmarks/bench_speed.py). SQLite stays the store:
+streamed from the cache scores close to the in-memory speed (benchmarks/bench_speed.py). SQLite stays the store:
 `put_many`/`get_many` and old caches are unchanged, and a sidecar is only a copy that can be rebuilt.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+READ_AHEAD_BLOCKS = 3  # blocks iter_blocks holds ready beyond the caller's (8192 x 512 float32: 16 MB each)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -133,15 +134,16 @@ class EmbeddingCache:
         """Yield the vectors of `keys`, in order, as float32 blocks of up to `block_rows` rows: a pool larger
         than memory is read one block at a time (`labelers.pool_scoring.score_blocks`).
 
-        Blocks come from the embedder's sidecar matrix (brought up to date with SQLite first): a run of keys
-        stored in order is a view of the memory-mapped file (no copy; treat blocks as read-only, writes stay in
-        this process), other keys are gathered from it, and keys the sidecar cannot hold are read from SQLite.
-        Raises KeyError naming the first key that is missing or damaged (a pool with a hole is refused, not
-        scored short).
+        Blocks come from the embedder's sidecar matrix (brought up to date with SQLite first): a block whose
+        keys are stored in that order is a view of the memory-mapped file (no copy; treat blocks as read-only,
+        writes stay in this process), other blocks are gathered from it, and keys the sidecar cannot hold are
+        read from SQLite. Each block is looked up and read in a background thread, READ_AHEAD_BLOCKS ahead of
+        the caller (so `keys` must not change while the blocks are read). Raises KeyError naming the first key
+        that is missing or damaged, at its block (a pool with a hole is refused, not scored short).
         """
         from .vector_files import VectorFileError
 
-        keys = list(keys)
+        keys = keys if isinstance(keys, (list, tuple)) else list(keys)
         try:
             try:
                 matrix = self._vector_files.current(embedder_id)
@@ -153,23 +155,29 @@ class EmbeddingCache:
             log.warning("embedding cache %s: cannot bring the streaming sidecar up to date (%s); reading the "
                         "vectors from SQLite instead (slower)", self.path, exc)
             matrix = None
-        rows = matrix.rows_of(keys) if matrix is not None else np.full(len(keys), -1, np.int64)
 
         def blocks() -> Iterator[np.ndarray]:
+            expected = 0  # the stored row the next block likely starts at
             for start in range(0, len(keys), block_rows):
-                chunk = rows[start:start + block_rows]
-                if matrix is not None and chunk[0] >= 0 and chunk[-1] - chunk[0] == len(chunk) - 1 \
-                        and bool((np.diff(chunk) == 1).all()):
-                    yield matrix.vectors[chunk[0]:chunk[-1] + 1]  # stored in this order: a view, no copy
+                chunk = keys[start:start + block_rows]
+                # looked up block by block, here in the read-ahead thread: the caller scores meanwhile
+                rows = matrix.rows_of(chunk, expected) if matrix is not None else np.full(len(chunk), -1, np.int64)
+                expected = int(rows[-1]) + 1 if rows[-1] >= 0 else 0
+                if rows[0] >= 0 and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all()):
+                    yield matrix.block(int(rows[0]), int(rows[-1]) + 1)  # stored in this order: a view, no copy
                 else:
-                    yield self._gather(embedder_id, matrix, keys[start:start + block_rows], chunk)
+                    yield self._gather(embedder_id, matrix, chunk, rows)
 
-        # a block gathered out of order is copied in a background thread while the caller scores the one before
-        yield from read_ahead(blocks())
+        # each block is looked up, and its pages mapped or its rows gathered, in a background thread while the
+        # caller scores the ones before. READ_AHEAD_BLOCKS ahead, not one: on a busy machine the thread, woken
+        # once per block, may wait a time slice to run, and the caller would wait with it at every block.
+        yield from read_ahead(blocks(), READ_AHEAD_BLOCKS)
 
-    def _gather(self, embedder_id: str, matrix, keys: list[str], rows: np.ndarray) -> np.ndarray:
+    def _gather(self, embedder_id: str, matrix, keys: Sequence[str], rows: np.ndarray) -> np.ndarray:
         """Return the vectors of `keys` as one block: from the sidecar where `rows` >= 0, else from SQLite."""
         absent = np.flatnonzero(rows < 0)
+        if matrix is not None and not len(absent):
+            return matrix.vectors[rows]  # one fancy-indexed copy: through a mask it is two (2x the time)
         found = self.get_many(embedder_id, [keys[i] for i in absent]) if len(absent) else {}
         missing = next((keys[i] for i in absent if keys[i] not in found), None)
         if missing is not None:
@@ -252,17 +260,21 @@ def fill_from_cache(embedder: Embedder, cache: EmbeddingCache | None, keys: Sequ
     return rows_of, [rows[0] for key, rows in rows_of.items() if key not in known]
 
 
-def read_ahead(items: Iterable[T]) -> Iterator[T]:
-    """Yield `items` in order, each produced in a background thread while the caller works on the one before:
-    decoding and resizing the next batch (PIL and NumPy release the GIL) overlaps the model's forward pass.
-    An exception raised while producing an item is raised here, at that item."""
+def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Yield `items` in order, produced in a background thread up to `depth` items ahead of the caller, who
+    works on the one before meanwhile: decoding and resizing the next batch (PIL and NumPy release the GIL)
+    overlaps the model's forward pass. An exception raised while producing an item is raised here, at that
+    item. Raises ValueError for depth < 1."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    if depth < 1:
+        raise ValueError(f"read_ahead needs depth >= 1, got {depth}")
     source, done = iter(items), object()
-    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as worker:
-        ahead = worker.submit(next, source, done)
-        while (item := ahead.result()) is not done:
-            ahead = worker.submit(next, source, done)
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as worker:  # one thread: items stay in order
+        ahead = deque(worker.submit(next, source, done) for _ in range(depth))
+        while (item := ahead.popleft().result()) is not done:
+            ahead.append(worker.submit(next, source, done))
             yield item
 
 

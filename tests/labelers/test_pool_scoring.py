@@ -52,6 +52,31 @@ def test_pool_streamed_from_the_cache_scores_as_the_matrix_in_memory(tmp_path, s
         np.testing.assert_array_equal(getattr(streamed, name), getattr(whole, name), err_msg=name)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("order", ["stored", "shuffled", "from the middle", "with keys SQLite alone holds"])
+def test_a_pool_streamed_in_any_order_scores_as_the_same_rows_in_memory(tmp_path, order, threads):
+    # Blocks are looked up in the read-ahead thread, as views of the file (stored runs) or gathered copies;
+    # whichever way a block came, each row's scores are those of the matrix in memory.
+    features = _features(1200, 16, seed=8)
+    head = ClassifierHead([str(i) for i in range(5)]).init_from_text(np.random.default_rng(9).normal(size=(5, 16)),
+                                                                     3.0)
+    keys = [f"{i:064x}" for i in range(len(features))]  # content keys: the sidecar's fast conversion
+    cache = EmbeddingCache(tmp_path / "cache.sqlite3")
+    cache.put_many("emb", dict(zip(keys, features)))
+    rows = {"stored": np.arange(1200), "shuffled": np.random.default_rng(10).permutation(1200),
+            "from the middle": np.r_[700:1200, 0:700], "with keys SQLite alone holds": np.arange(1202)}[order]
+    if order == "with keys SQLite alone holds":  # wider than the sidecar's 64 bytes: read from SQLite
+        keys += ["x" * 70, "y" * 80]
+        features = np.concatenate([features, _features(2, 16, seed=11)])
+        cache.put_many("emb", dict(zip(keys[-2:], features[-2:])))
+    wanted = [keys[i] for i in rows]
+    streamed = score_blocks(head, cache.iter_blocks("emb", wanted, block_rows=256), len(wanted), "margin",
+                            block_rows=100, threads=threads)
+    whole = score_pool(head, features[rows], "margin", block_rows=100, threads=threads)
+    for name in ("predicted", "confidence", "score", "uncertainty"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(whole, name), err_msg=name)
+
+
 def test_streaming_refuses_a_missing_vector_and_a_wrong_row_count(tmp_path):
     cache = EmbeddingCache(tmp_path / "cache.sqlite3")
     cache.put_many("emb", {"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)})

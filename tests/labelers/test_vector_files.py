@@ -31,12 +31,18 @@ def sidecar_rows(cache, embedder="e"):
     return row[0] if row else None
 
 
+def is_file_view(cache, block, embedder="e"):
+    """True when `block` is memory of the embedder's mapped sidecar file, not a copy."""
+    return not block.flags.owndata and np.shares_memory(block, cache._vector_files._open[embedder].vectors)
+
+
 def test_blocks_equal_the_stored_vectors_in_any_order_and_in_order_are_views_of_the_file(tmp_path):
     cache, keys, x = filled(tmp_path)
     blocks = list(cache.iter_blocks("e", keys, block_rows=16))
     assert [len(b) for b in blocks] == [16, 16, 16, 2]
     np.testing.assert_array_equal(np.concatenate(blocks), x)
-    assert all(isinstance(b, np.memmap) for b in blocks)  # no copy: the stored order is the asked order
+    assert all(is_file_view(cache, b) for b in blocks)  # no copy: the stored order is the asked order
+    assert cache._vector_files._open["e"]._index is None  # the stored-order shortcut: no key index built
     assert sidecar_rows(cache) == 50
     order = np.random.default_rng(1).permutation(50)
     np.testing.assert_array_equal(streamed(cache, [keys[i] for i in order]), x[order])
@@ -141,3 +147,102 @@ def test_a_sidecar_that_cannot_be_written_is_said_and_the_vectors_come_from_sqli
     monkeypatch.undo()
     np.testing.assert_array_equal(streamed(cache, keys), x)
     assert sidecar_rows(cache) == 50
+
+
+def test_a_pool_in_another_order_is_served_in_order_and_its_stored_runs_are_still_views(tmp_path):
+    cache, keys, x = filled(tmp_path)
+    order = list(range(20, 50)) + list(range(20))  # starts mid-file, wraps to the start
+    blocks = list(cache.iter_blocks("e", [keys[i] for i in order], block_rows=16))
+    np.testing.assert_array_equal(np.concatenate(blocks), x[order])
+    # rows 20-35, 2-17 and 18-19 are runs of the file (a view each); 36-49 + 0-1 is gathered (a copy)
+    assert [is_file_view(cache, b) for b in blocks] == [True, False, True, True]
+    reverse = keys[::-1]
+    np.testing.assert_array_equal(streamed(cache, reverse), x[::-1])
+    np.testing.assert_array_equal(streamed(cache, keys[5:7] * 3), x[[5, 6] * 3])  # repeats, too
+
+
+def test_a_key_missing_from_the_cache_is_named_in_any_block_and_nothing_short_is_served(tmp_path):
+    cache, keys, x = filled(tmp_path)
+    gone = content_key(b"never stored")
+    wanted = keys[:40] + [gone] + keys[40:]  # stored order around it: the hole is in the third block
+    got = []
+    with pytest.raises(KeyError, match=f"no vector for key {gone} under e"):
+        for block in cache.iter_blocks("e", wanted, block_rows=16):
+            got.append(block)
+    assert sum(map(len, got)) == 32  # the blocks before the hole, then the error: never a short pool
+    with pytest.raises(KeyError, match="no vector for key short"):
+        streamed(cache, keys[:3] + ["short"] + keys[3:])
+
+
+def test_a_sidecar_extended_while_reading_serves_the_rows_it_had_and_the_new_ones(tmp_path):
+    cache, keys, x = filled(tmp_path)
+    more_keys, more = [content_key(b"new%d" % i) for i in range(30)], vectors(30, seed=7)
+    from labelers.cache import READ_AHEAD_BLOCKS
+
+    pool = keys * 4 + more_keys  # the new keys past the blocks already read ahead when they are added
+    assert 16 * (READ_AHEAD_BLOCKS + 2) <= 200
+    blocks = cache.iter_blocks("e", pool, block_rows=16)
+    first = next(blocks)  # the sidecar is open at 50 rows; another process now adds 30 and extends the files
+    other = EmbeddingCache(cache.path)
+    other.put_many("e", dict(zip(more_keys, more)))
+    np.testing.assert_array_equal(streamed(other, more_keys), more)
+    assert sidecar_rows(cache) == 80
+    rest = list(blocks)  # the new keys: not in the rows this read opened, so read from SQLite
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), np.concatenate([x] * 4 + [more]))
+    np.testing.assert_array_equal(first, x[:16])  # a view taken before the files grew still holds its rows
+    fresh = list(cache.iter_blocks("e", keys + more_keys, block_rows=16))  # a new read sees the 80 rows
+    np.testing.assert_array_equal(np.concatenate(fresh), np.concatenate([x, more]))
+    assert all(is_file_view(cache, b) for b in fresh)
+
+
+def test_content_keys_are_converted_at_once_and_other_keys_as_before():
+    from labelers.vector_files import _content_keys, _fixed_keys
+
+    keys = [content_key(b"%d" % i) for i in range(100)]
+    np.testing.assert_array_equal(_content_keys(keys), np.array(keys, "S64"))
+    # lengths 63 and 65 sum to 2 x 64; a newline inside a key; non-ASCII; empty: not content keys
+    for odd in (["a" * 63, "b" * 65], ["a" * 63 + "\n", "b" * 64], ["é" * 64], []):
+        assert _content_keys(odd) is None
+        fixed, fits = _fixed_keys(odd)
+        assert fits.tolist() == [len(k.encode()) <= 64 for k in odd]
+        assert [f.decode() for f, ok in zip(fixed, fits) if ok] == [k for k in odd if len(k.encode()) <= 64]
+
+
+def test_blocks_are_mapped_in_by_touching_pages_where_the_kernel_cannot_populate(tmp_path, monkeypatch):
+    import labelers.vector_files as vector_files
+
+    cache, keys, x = filled(tmp_path, n=3000, dim=64)  # 750 KB: many pages
+    monkeypatch.setattr(vector_files, "MADV_POPULATE_READ", 10_000)  # an advice no kernel knows: EINVAL
+    blocks = list(cache.iter_blocks("e", keys, block_rows=1000))
+    np.testing.assert_array_equal(np.concatenate(blocks), x)
+    assert all(is_file_view(cache, b) for b in blocks)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_read_ahead_keeps_order_runs_at_most_depth_ahead_and_raises_at_the_failing_item(depth):
+    import threading
+
+    from labelers.cache import read_ahead
+
+    produced, go = [], threading.Event()
+
+    def items():
+        for i in range(6):
+            if i == 4:
+                raise RuntimeError("item 4 broke")
+            produced.append(i)
+            yield i
+
+    got = []
+    with pytest.raises(RuntimeError, match="item 4 broke"):
+        for item in read_ahead(items(), depth):
+            if not got:  # the first item in hand: the thread produces up to `depth` more, then waits
+                for _ in range(200):
+                    if len(produced) >= min(1 + depth, 4):
+                        break
+                    go.wait(0.01)
+                assert len(produced) == min(1 + depth, 4)
+            got.append(item)
+    assert got == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="depth >= 1"):
+        list(read_ahead([1], 0))
