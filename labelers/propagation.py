@@ -27,6 +27,10 @@ DEFAULT_K = 20
 DEFAULT_ALPHA = 0.9
 DEFAULT_POWER = 3.0
 DEFAULT_ITERATIONS = 40
+# The graph's neighbours are exact below this many pool rows and come from a faiss IVF index at or above it
+# (TBD measured).
+GRAPH_EXACT_BELOW = 20_000
+GRAPH_NPROBE = 16
 
 
 @dataclass
@@ -38,30 +42,65 @@ class KnnGraph:
     k: int
     power: float
     test_neighbours: tuple | None = None  # `new_neighbours` of a fixed test set, kept by the simulator
+    search: str = "exact"  # how the neighbours were found (`pool_neighbours`): "exact" or "ivf nlist=.. nprobe=.."
 
 
-def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_POWER) -> KnnGraph:
+def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_POWER,
+              exact_below: int | None = None, seed: int = 0) -> KnnGraph:
     """Return the symmetric k-NN graph of `features` (cosine), normalised as D^-1/2 W D^-1/2.
 
     W_ij = max(cos(x_i, x_j), 0) ** power for j among the k nearest rows of i (or i among j's), W_ii = 0.
-    Raises ValueError when k is not in [1, N-1] (a graph needs at least two rows).
+    Below `exact_below` rows the neighbours are exact; at or above, they come from a faiss IVF index
+    (`pool_neighbours`; seeded, so the same pool gives the same graph). Raises ValueError when k is not an
+    integer in [1, N-1] (a graph needs at least two rows).
     """
-    from .similarity import SimilarityIndex
+    from .similarity import normalize
 
-    n = len(features)
+    vectors = normalize(features)
+    n = len(vectors)
+    check_k(k, n)
+    sims, idx, search = pool_neighbours(vectors, k, exact_below, seed=seed)
+    return KnnGraph(graph_matrix(sims, idx, power), vectors, int(k), power, search=search)
+
+
+def check_k(k, n: int) -> None:
+    """Raise ValueError unless k is an integer with 1 <= k < n."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k of a k-NN graph must be an integer, got k={k!r}")
     if not 1 <= k < n:
         raise ValueError(f"a k-NN graph over {n} rows needs 1 <= k < {n}, got k={k}")
-    index = SimilarityIndex(features, exact_below=max(n + 1, 100_000))  # exact: the graph is built once
-    sims, idx = index.search(index.vectors, k + 1)
-    rows = np.repeat(np.arange(n), k + 1)
+
+
+def pool_neighbours(vectors: np.ndarray, k: int, exact_below: int | None = None,
+                    nprobe: int = GRAPH_NPROBE, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Return (similarities, indices, search) of the k + 1 nearest rows of every row of the unit-length
+    `vectors` (N, D), itself usually first; indices are -1 where an IVF search found fewer rows. `search`
+    says how they were found: "exact", or "ivf nlist=L nprobe=P" at or above `exact_below` rows."""
+    from .similarity import SimilarityIndex
+
+    if exact_below is None:  # read here, not bound at import, so a deployment or test can change it
+        exact_below = GRAPH_EXACT_BELOW
+    index = SimilarityIndex(vectors, exact_below=exact_below, nprobe=nprobe, seed=seed)
+    sims, idx = index.search(vectors, k + 1)
+    if not index.approximate:
+        return sims, idx, "exact"
+    return sims, idx, f"ivf nlist={index.index.nlist} nprobe={index.index.nprobe}"
+
+
+def graph_matrix(sims: np.ndarray, idx: np.ndarray, power: float) -> sp.csr_matrix:
+    """Return the normalised affinity matrix D^-1/2 W D^-1/2 (float32 CSR) from each row's neighbours
+    (`pool_neighbours`): self-loops and missing neighbours (-1) dropped, W made symmetric."""
+    n, width = idx.shape
+    rows = np.repeat(np.arange(n), width)
     weights = np.clip(sims.ravel(), 0.0, None) ** power
-    keep = idx.ravel() != rows  # drop self-loops (a duplicate may come first, so test the index)
-    w = sp.csr_matrix((weights[keep], (rows[keep], idx.ravel()[keep])), shape=(n, n))
+    cols = idx.ravel()
+    keep = (cols >= 0) & (cols != rows)  # drop self-loops (a duplicate may come first, so test the index)
+    w = sp.csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=(n, n))
     w = w.maximum(w.T)  # symmetric: an edge if either end lists the other
     degree = np.asarray(w.sum(axis=1)).ravel()
     inv_sqrt = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
     s = sp.diags(inv_sqrt) @ w @ sp.diags(inv_sqrt)
-    return KnnGraph(s.tocsr().astype(np.float32), index.vectors, k, power)
+    return s.tocsr().astype(np.float32)
 
 
 def spread(graph: KnnGraph, labeled: np.ndarray, labels: np.ndarray, n_classes: int,
