@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 python -m benchmarks.bench_knn_graph benchmarks/.work/cifar10_effnet128_5000x300.npz
 
 For one feature .npz (`features`/`labels` = pool, `test_features`/`test_labels`; benchmarks.cifar_features):
-1. Build time of `knn_graph` with exact neighbours and with each approximate search (faiss IVF at each
-   nprobe, `labelers.propagation.pool_neighbours`; faiss HNSW with `--hnsw`, for comparison only).
+1. Build time of the graph with exact neighbours and with `knn_graph`'s approximate search (faiss HNSW,
+   `labelers.propagation.pool_neighbours`); for comparison, HNSW at other M (`--hnsw-m`) and the faiss IVF
+   index of labelers.similarity (`--nprobes`).
 2. Neighbour recall@k of each approximate search against the exact k nearest rows (self left out).
 3. Label spreading on each graph: `spread` from L random labels per class (same rows for every graph, per
    seed) then `predict_new` on the test features; test accuracy, and the paired gap approximate - exact
@@ -25,11 +26,12 @@ from labelers.propagation import (
     KnnGraph,
     graph_matrix,
     new_neighbours,
+    hnsw_neighbours,
     pool_neighbours,
     predict_from_neighbours,
     spread,
 )
-from labelers.similarity import normalize
+from labelers.similarity import SimilarityIndex, normalize
 
 
 def neighbour_recall(exact_idx: np.ndarray, approx_idx: np.ndarray, k: int) -> float:
@@ -42,16 +44,20 @@ def neighbour_recall(exact_idx: np.ndarray, approx_idx: np.ndarray, k: int) -> f
     return hits / (k * len(exact_idx))
 
 
-def hnsw_neighbours(vectors: np.ndarray, k: int, m: int = 32, ef_search: int = 64):
-    """(similarities, indices) of the k + 1 nearest rows of every row from a faiss HNSW-Flat index."""
-    import faiss
+def ivf_neighbours(vectors: np.ndarray, k: int, nprobe: int):
+    """(similarities, indices) of the k + 1 nearest rows of every row from labelers.similarity's IVF index."""
+    index = SimilarityIndex(vectors, exact_below=1, nprobe=nprobe)
+    return index.search(vectors, k + 1)
 
-    index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 40
-    index.add(vectors)
-    index.hnsw.efSearch = max(ef_search, k + 1)
-    sims, idx = index.search(vectors, k + 1)
-    return sims, idx.astype(np.int64)
+
+def check_cached(data: Path, matrix, k: int) -> None:
+    """Print how far the exact graph is from the one bench_active_learning cached beside `data`, if any."""
+    import scipy.sparse as sp
+
+    cached = data.with_name(f"{data.stem}_graph_k{k}.npz")
+    if cached.exists():
+        diff = abs(sp.load_npz(cached).tocsr() - matrix).max()
+        print(f"  exact graph vs cached {cached.name}: max |difference| {diff:.2e}", flush=True)
 
 
 def label_accuracy(graph: KnnGraph, labels: np.ndarray, test: tuple, test_labels: np.ndarray,
@@ -65,8 +71,8 @@ def label_accuracy(graph: KnnGraph, labels: np.ndarray, test: tuple, test_labels
 
 
 def main(data: Path = typer.Argument(..., help="feature .npz (benchmarks.cifar_features)"),
-         nprobes: str = typer.Option("8,16,32", help="IVF nprobe values to measure, comma-separated"),
-         hnsw: bool = typer.Option(False, help="also measure a faiss HNSW-Flat graph (M=32, efSearch=64)"),
+         nprobes: str = typer.Option("", help="also labelers.similarity's IVF index at these nprobe values"),
+         hnsw_m: str = typer.Option("", help="also HNSW with these M (links per row) values, e.g. 16"),
          per_class: str = typer.Option("1,5,20", help="labels per class, comma-separated"),
          seeds: int = typer.Option(5, help="label draws per labels-per-class value"),
          k: int = typer.Option(DEFAULT_K)) -> None:
@@ -75,11 +81,12 @@ def main(data: Path = typer.Argument(..., help="feature .npz (benchmarks.cifar_f
         test_features, test_labels = npz["test_features"], npz["test_labels"]
     n = len(vectors)
     print(f"{data.name}: pool {n} x {vectors.shape[1]}, test {len(test_labels)}, k={k}", flush=True)
-    searches = {"exact": lambda: pool_neighbours(vectors, k, exact_below=n + 1)[:2]}
+    searches = {"exact": lambda: pool_neighbours(vectors, k, exact_below=n + 1)[:2],
+                "hnsw (knn_graph above the threshold)": lambda: pool_neighbours(vectors, k, exact_below=1)[:2]}
+    for m in (int(x) for x in hnsw_m.split(",") if x):
+        searches[f"hnsw M={m}"] = lambda m=m: hnsw_neighbours(vectors, k, m=m)[:2]
     for p in (int(x) for x in nprobes.split(",") if x):
-        searches[f"ivf nprobe={p}"] = lambda p=p: pool_neighbours(vectors, k, exact_below=1, nprobe=p)[:2]
-    if hnsw:
-        searches["hnsw M=32 ef=64"] = lambda: hnsw_neighbours(vectors, k)
+        searches[f"ivf nprobe={p}"] = lambda p=p: ivf_neighbours(vectors, k, p)
     test = None
     rows, exact_idx, exact_acc = [], None, {}
     for name, search in searches.items():
@@ -91,6 +98,7 @@ def main(data: Path = typer.Argument(..., help="feature .npz (benchmarks.cifar_f
             test = new_neighbours(graph, test_features)
         if exact_idx is None:
             exact_idx = idx
+            check_cached(data, graph.matrix, k)
         recall = neighbour_recall(exact_idx, idx, k)
         accs = {L: np.array([label_accuracy(graph, labels, test, test_labels, L, s) for s in range(seeds)])
                 for L in (int(x) for x in per_class.split(","))}

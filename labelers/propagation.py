@@ -27,10 +27,16 @@ DEFAULT_K = 20
 DEFAULT_ALPHA = 0.9
 DEFAULT_POWER = 3.0
 DEFAULT_ITERATIONS = 40
-# The graph's neighbours are exact below this many pool rows and come from a faiss IVF index at or above it
-# (TBD measured).
-GRAPH_EXACT_BELOW = 20_000
-GRAPH_NPROBE = 16
+# The graph's neighbours are exact below this many pool rows (an N x N x D GEMM: 5 s at 10k x 1280, 130 s at
+# 50k) and come from a faiss HNSW index at or above it (N log N: 9 s at 10k, 81 s at 50k on a busy machine,
+# recall@20 0.99-0.998). Measured by benchmarks/bench_knn_graph.py on CIFAR-10 EfficientNet-Lite0 features,
+# one thread each: the two cross near 20k; exact gets every core and HNSW insertion one, hence 30k. faiss IVF
+# (labelers.similarity) was slower than exact at 50k x 1280 for recall 0.93 (its list scans are not a GEMM).
+GRAPH_EXACT_BELOW = 30_000
+# HNSW links per row, candidates kept while inserting and while searching: recall@20 0.998 at 10k, 0.992 at 50k.
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_SEARCH = 64
 
 
 @dataclass
@@ -42,16 +48,16 @@ class KnnGraph:
     k: int
     power: float
     test_neighbours: tuple | None = None  # `new_neighbours` of a fixed test set, kept by the simulator
-    search: str = "exact"  # how the neighbours were found (`pool_neighbours`): "exact" or "ivf nlist=.. nprobe=.."
+    search: str = "exact"  # how the neighbours were found (`pool_neighbours`): "exact" or "hnsw M=.. ef=.."
 
 
 def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_POWER,
-              exact_below: int | None = None, seed: int = 0) -> KnnGraph:
+              exact_below: int | None = None) -> KnnGraph:
     """Return the symmetric k-NN graph of `features` (cosine), normalised as D^-1/2 W D^-1/2.
 
     W_ij = max(cos(x_i, x_j), 0) ** power for j among the k nearest rows of i (or i among j's), W_ii = 0.
-    Below `exact_below` rows the neighbours are exact; at or above, they come from a faiss IVF index
-    (`pool_neighbours`; seeded, so the same pool gives the same graph). Raises ValueError when k is not an
+    Below `exact_below` rows (default GRAPH_EXACT_BELOW) the neighbours are exact; at or above, they come
+    from a faiss HNSW index (`pool_neighbours`; deterministic: the same pool gives the same graph). Raises ValueError when k is not an
     integer in [1, N-1] (a graph needs at least two rows).
     """
     from .similarity import normalize
@@ -59,7 +65,7 @@ def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_P
     vectors = normalize(features)
     n = len(vectors)
     check_k(k, n)
-    sims, idx, search = pool_neighbours(vectors, k, exact_below, seed=seed)
+    sims, idx, search = pool_neighbours(vectors, k, exact_below)
     return KnnGraph(graph_matrix(sims, idx, power), vectors, int(k), power, search=search)
 
 
@@ -72,19 +78,43 @@ def check_k(k, n: int) -> None:
 
 
 def pool_neighbours(vectors: np.ndarray, k: int, exact_below: int | None = None,
-                    nprobe: int = GRAPH_NPROBE, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+                    ) -> tuple[np.ndarray, np.ndarray, str]:
     """Return (similarities, indices, search) of the k + 1 nearest rows of every row of the unit-length
-    `vectors` (N, D), itself usually first; indices are -1 where an IVF search found fewer rows. `search`
-    says how they were found: "exact", or "ivf nlist=L nprobe=P" at or above `exact_below` rows."""
+    `vectors` (N, D), itself usually first; indices are -1 where the HNSW search found fewer rows.
+
+    Exact (one chunked GEMM and a partial sort) below `exact_below` rows (default GRAPH_EXACT_BELOW),
+    a faiss HNSW index at or above it; `search` says which ("exact" or "hnsw M=.. ef=..")."""
     from .similarity import SimilarityIndex
 
     if exact_below is None:  # read here, not bound at import, so a deployment or test can change it
         exact_below = GRAPH_EXACT_BELOW
-    index = SimilarityIndex(vectors, exact_below=exact_below, nprobe=nprobe, seed=seed)
-    sims, idx = index.search(vectors, k + 1)
-    if not index.approximate:
+    if len(vectors) < exact_below:
+        index = SimilarityIndex(vectors, exact_below=len(vectors) + 1)
+        sims, idx = index.search(vectors, k + 1)
         return sims, idx, "exact"
-    return sims, idx, f"ivf nlist={index.index.nlist} nprobe={index.index.nprobe}"
+    return hnsw_neighbours(vectors, k)
+
+
+def hnsw_neighbours(vectors: np.ndarray, k: int, m: int = HNSW_M,
+                    ef_search: int = HNSW_EF_SEARCH) -> tuple[np.ndarray, np.ndarray, str]:
+    """`pool_neighbours` from a faiss HNSW-Flat index (inner product on unit rows = cosine).
+
+    The same vectors give the same graph: faiss draws the HNSW levels from a fixed seed, and the rows are
+    inserted on one thread (parallel insertion makes the links depend on thread timing); the search, one
+    independent walk per row, uses every thread. Memory: the index holds a copy of the vectors."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread: other threads keep theirs
+    try:
+        index.add(vectors)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    index.hnsw.efSearch = max(ef_search, k + 1)
+    sims, idx = index.search(vectors, k + 1)
+    return sims, idx.astype(np.int64), f"hnsw M={m} ef={index.hnsw.efSearch}"
 
 
 def graph_matrix(sims: np.ndarray, idx: np.ndarray, power: float) -> sp.csr_matrix:
