@@ -10,6 +10,10 @@ every round, strategy and seed.
     probs = scores_to_proba(scores)                             # rows sum to 1: what strategies rank on
     test_pred = predict_new(graph, scores, test_features)       # inductive: weighted vote of k pool neighbours
 
+The neighbours are exact below GRAPH_EXACT_BELOW pool rows and found by a faiss HNSW index at or above it
+(`pool_neighbours`): an exact graph is an N x N x D GEMM, hours at 1M rows; benchmarks/bench_knn_graph.py
+measures both and what spreading sees of the difference.
+
 Affinities are cosine similarities raised to the power `power` (Iscen et al. 2019 use 3 on CNN features),
 clipped at 0. Spreading solves F = (1 - alpha) (I - alpha S)^-1 Y by the fixed-point iteration
 F <- alpha S F + (1 - alpha) Y, which converges because the spectral radius of alpha S is below 1.
@@ -27,14 +31,17 @@ DEFAULT_K = 20
 DEFAULT_ALPHA = 0.9
 DEFAULT_POWER = 3.0
 DEFAULT_ITERATIONS = 40
-# The graph's neighbours are exact below this many pool rows (an N x N x D GEMM: 5 s at 10k x 1280, 130 s at
-# 50k) and come from a faiss HNSW index at or above it (N log N: 9 s at 10k, 81 s at 50k on a busy machine,
-# recall@20 0.99-0.998). Measured by benchmarks/bench_knn_graph.py on CIFAR-10 EfficientNet-Lite0 features,
-# one thread each: the two cross near 20k; exact gets every core and HNSW insertion one, hence 30k. faiss IVF
-# (labelers.similarity) was slower than exact at 50k x 1280 for recall 0.93 (its list scans are not a GEMM).
+# The graph's neighbours are exact below this many pool rows (an N x N x D GEMM, N^2: 7 s at 10k x 1280, 144 s
+# at 50k) and come from a faiss HNSW index at or above it (N log N: 7 s at 10k, 58 s at 50k). Measured by
+# benchmarks/bench_knn_graph.py on CIFAR-10 EfficientNet-Lite0 features, one thread each, busy machine: the two
+# cross near 12k; exact gets every core and HNSW insertion one, hence 30k. At 50k the HNSW graph changed
+# spreading's test accuracy by -0.002..+0.002 (paired, 1-20 labels per class), within seed noise. faiss IVF
+# (labelers.similarity, nprobe 16) was no faster than exact at 50k x 1280 (126 s vs 132 s) for recall 0.93:
+# its list scans are not a GEMM.
 GRAPH_EXACT_BELOW = 30_000
-# HNSW links per row, candidates kept while inserting and while searching: recall@20 0.998 at 10k, 0.992 at 50k.
-HNSW_M = 32
+# HNSW links per row and candidates kept while inserting and searching. M=16: recall@20 0.985 at 10k, 0.963
+# at 50k; M=32 buys 0.992 at 50k for 1.8x the time, with no accuracy difference spreading shows.
+HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 64
 
