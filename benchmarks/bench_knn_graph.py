@@ -25,8 +25,8 @@ from labelers.propagation import (
     DEFAULT_POWER,
     KnnGraph,
     graph_matrix,
-    new_neighbours,
     hnsw_neighbours,
+    new_neighbours,
     pool_neighbours,
     predict_from_neighbours,
     spread,
@@ -70,12 +70,13 @@ def label_accuracy(graph: KnnGraph, labels: np.ndarray, test: tuple, test_labels
     return float((predict_from_neighbours(scores, test).argmax(axis=1) == test_labels).mean())
 
 
-def main(data: Path = typer.Argument(..., help="feature .npz (benchmarks.cifar_features)"),
+def main(data: Path,
          nprobes: str = typer.Option("", help="also labelers.similarity's IVF index at these nprobe values"),
          hnsw_m: str = typer.Option("", help="also HNSW with these M (links per row) values, e.g. 16"),
          per_class: str = typer.Option("1,5,20", help="labels per class, comma-separated"),
          seeds: int = typer.Option(5, help="label draws per labels-per-class value"),
          k: int = typer.Option(DEFAULT_K)) -> None:
+    """Print the table for the feature .npz `data` (benchmarks.cifar_features)."""
     with np.load(data) as npz:
         vectors, labels = normalize(npz["features"]), npz["labels"]
         test_features, test_labels = npz["test_features"], npz["test_labels"]

@@ -65,7 +65,7 @@ def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_P
     W_ij = max(cos(x_i, x_j), 0) ** power for j among the k nearest rows of i (or i among j's), W_ii = 0.
     Below `exact_below` rows (default GRAPH_EXACT_BELOW) the neighbours are exact; at or above, they come
     from a faiss HNSW index (`pool_neighbours`; deterministic: the same pool gives the same graph). Raises ValueError when k is not an
-    integer in [1, N-1] (a graph needs at least two rows).
+    in [1, N-1] (a graph needs at least two rows), TypeError when it is not an integer.
     """
     from .similarity import normalize
 
@@ -77,9 +77,9 @@ def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_P
 
 
 def check_k(k, n: int) -> None:
-    """Raise ValueError unless k is an integer with 1 <= k < n."""
+    """Raise TypeError unless k is an integer, ValueError unless 1 <= k < n."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k of a k-NN graph must be an integer, got k={k!r}")
+        raise TypeError(f"k of a k-NN graph must be an integer, got k={k!r}")
     if not 1 <= k < n:
         raise ValueError(f"a k-NN graph over {n} rows needs 1 <= k < {n}, got k={k}")
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import labelers.propagation as propagation
+from labelers import propagation
 from labelers.propagation import knn_graph, pool_neighbours
 
 
@@ -70,9 +70,10 @@ def test_pool_neighbours_lists_each_row_first():
     assert (idx[:, 0] == np.arange(600)).mean() >= 0.99
 
 
-@pytest.mark.parametrize("k", [0, -1, 300, 2.5, True, "20"])
-def test_bad_k_is_refused_with_its_value(k):
-    with pytest.raises(ValueError, match="got k="):
+@pytest.mark.parametrize(("k", "error"), [(0, ValueError), (-1, ValueError), (300, ValueError),
+                                          (2.5, TypeError), (True, TypeError), ("20", TypeError)])
+def test_bad_k_is_refused_with_its_value(k, error):
+    with pytest.raises(error, match="got k="):
         knn_graph(_clusters(n=300), k=k)
-    with pytest.raises(ValueError, match="got k="):
+    with pytest.raises(error, match="got k="):
         knn_graph(_clusters(n=300), k=k, exact_below=1)
