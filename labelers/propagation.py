@@ -31,10 +31,11 @@ DEFAULT_K = 20
 DEFAULT_ALPHA = 0.9
 DEFAULT_POWER = 3.0
 DEFAULT_ITERATIONS = 40
-# The graph's neighbours are exact below this many pool rows (an N x N x D GEMM, N^2: 7 s at 10k x 1280, 144 s
-# at 50k) and come from a faiss HNSW index at or above it (N log N: 7 s at 10k, 58 s at 50k). Measured by
-# benchmarks/bench_knn_graph.py on CIFAR-10 EfficientNet-Lite0 features, one thread each, busy machine: the two
-# cross near 12k; exact gets every core and HNSW insertion one, hence 30k. At 50k the HNSW graph changed
+# The graph's neighbours are exact below this many pool rows (an N x N x D GEMM, N^2: 7 s at 10k x 1280, 66 s
+# at 50k) and come from a faiss HNSW index at or above it (about N log N: 7 s at 10k, 29 s at 50k, 2.3x).
+# Measured by benchmarks/bench_knn_graph.py on CIFAR-10 EfficientNet-Lite0 features, one thread each, shared
+# machine (seconds moved up to 2x with its load, the ratio 2.3-2.5x): the two cross near 12k; exact gets every
+# core and HNSW insertion one, hence 30k. At 50k the HNSW graph changed
 # spreading's test accuracy by -0.002..+0.002 (paired, 1-20 labels per class), within seed noise. faiss IVF
 # (labelers.similarity, nprobe 16) was no faster than exact at 50k x 1280 (126 s vs 132 s) for recall 0.93:
 # its list scans are not a GEMM.
