@@ -390,8 +390,8 @@ class GraphCache:
         graph.vectors = None  # 50 MB at 10k x 1280: serving reads them from the cache only when it needs them
         seconds = round(time.perf_counter() - started, 3)
         self.built += 1
-        log.info("project %s: k-NN graph over %d embedded images built in %.2fs (k=%d)", project, len(keys),
-                 seconds, k)
+        log.info("project %s: k-NN graph over %d embedded images built in %.2fs (k=%d, %s search)", project,
+                 len(keys), seconds, k, getattr(graph, "search", "exact"))
         with self._lock:
             self._graphs[(project, embedder_id)] = (list(keys), graph)
         self._write(project, embedder_id, keys, graph)
