@@ -65,8 +65,9 @@ def features_path(dataset: str, per_class: int, test_per_class: int, px: int) ->
 
 def pool_graph(data: Path, features):
     """Return the k-NN graph of the pool in `data` (default k and power), built once and kept beside the .npz
-    (`<stem>_graph_k<k>.npz`): at 50 000 x 1280 it costs 30-65 s (HNSW above propagation.GRAPH_EXACT_BELOW, exact below), and every schedule, strategy,
-    seed and round of every run uses the same graph."""
+    (`<stem>_graph_k<k>.npz`): at 50 000 x 1280 it costs 30-65 s (HNSW at or above
+    propagation.GRAPH_EXACT_BELOW rows, exact below), and every schedule, strategy, seed and round of every run
+    uses the same graph."""
     import numpy as np
     import scipy.sparse as sp
 
