@@ -97,7 +97,9 @@ def test_mix_is_the_mean_of_the_head_and_label_spreading_by_hand(tmp_path):
                                                _Cache(vectors).get_many), pool_hand, atol=1e-5)
 
 
-def test_a_task_embedded_after_the_graph_is_searched_once_per_content_key(tmp_path, monkeypatch):
+def _mix_counting_searches(tmp_path, monkeypatch):
+    """Return (a mix fit, its vectors, the hand-computed new-task mix, the list each neighbour search appends
+    its row count to)."""
     import labelers.propagation as propagation
 
     fit, vectors = _fit(tmp_path, "mix")
@@ -105,6 +107,11 @@ def test_a_task_embedded_after_the_graph_is_searched_once_per_content_key(tmp_pa
     searched = []
     real = propagation.new_neighbours
     monkeypatch.setattr(propagation, "new_neighbours", lambda graph, x: searched.append(len(x)) or real(graph, x))
+    return fit, vectors, new_hand, searched
+
+
+def test_a_task_embedded_after_the_graph_is_searched_once_per_content_key(tmp_path, monkeypatch):
+    fit, vectors, new_hand, searched = _mix_counting_searches(tmp_path, monkeypatch)
     head = np.asarray([[0.3, 0.7], [0.3, 0.7], [0.9, 0.1]])
     features = np.concatenate([NEW, NEW, np.asarray([vectors["a"]])])
     first = fit.pool.combine(head, ["e", None, "a"], features, _Cache(vectors).get_many)
@@ -309,13 +316,7 @@ def test_kmeans_puts_a_diverse_batch_of_open_tasks_first_then_the_strategy_order
 
 
 def test_prepare_searches_the_tasks_outside_the_graph_once_and_combine_then_only_reads(tmp_path, monkeypatch):
-    import labelers.propagation as propagation
-
-    fit, vectors = _fit(tmp_path, "mix")
-    _, new_hand = _by_hand()
-    searched = []
-    real = propagation.new_neighbours
-    monkeypatch.setattr(propagation, "new_neighbours", lambda graph, x: searched.append(len(x)) or real(graph, x))
+    fit, vectors, new_hand, searched = _mix_counting_searches(tmp_path, monkeypatch)
     features = np.concatenate([NEW, np.asarray([vectors["a"]]), NEW])
     assert fit.pool.unsearched(["e", "a", "f"]) == ["e", "f"]
     assert fit.pool.prepare(["e", "a", "e"], features, _Cache(vectors).get_many) == 1  # "a" is in the graph
