@@ -16,9 +16,13 @@ Methods:
                   embedded through the shared embedding cache
   ours            one backbone pass per scene: the last feature map's mean (map files cached in
                   benchmarks/.work/relabel_maps); 5-fold out-of-fold scores, per-class thresholds for precision
-                  0.9 of the labels added beside the original (calibrated on the holdout), original kept, up to
-                  3 rounds accepted only while the held-out F1 (with the holdout's own noisy originals) improves
-  ablations       ours with in-sample scores, with the original dropped, with 1x1/2x2 map windows as regions
+                  --target-precision (TARGET_PRECISION, chosen on seed 0) of the labels added beside the original
+                  (calibrated on the holdout), original kept, optionally (--replace-precision) confidently wrong
+                  originals swapped for the top class; up to 3 rounds accepted only while the held-out F1 (with
+                  the holdout's own noisy originals) improves
+  ablations       (--ablations all) ours with in-sample scores, with the original dropped, with 1x1/2x2 map
+                  windows as regions, with the whole + 2x2-window means concatenated as the head's features;
+                  --sweep adds rows of ours at other (target, replace) precisions
 Metrics per scene (Jaccard / precision / recall / F1), mean over all scenes of all seeds with a 95 % normal
 interval over scenes, and the spread across seeds. Writes benchmarks/results/relabel.csv and the "relabel"
 section of benchmarks/RESULTS.md after every seed (so a cut-short run still reports what finished).
