@@ -16,9 +16,13 @@ Methods:
                   embedded through the shared embedding cache
   ours            one backbone pass per scene: the last feature map's mean (map files cached in
                   benchmarks/.work/relabel_maps); 5-fold out-of-fold scores, per-class thresholds for precision
-                  0.9 of the labels added beside the original (calibrated on the holdout), original kept, up to
-                  3 rounds accepted only while the held-out F1 (with the holdout's own noisy originals) improves
-  ablations       ours with in-sample scores, with the original dropped, with 1x1/2x2 map windows as regions
+                  --target-precision (TARGET_PRECISION, chosen on seed 0) of the labels added beside the original
+                  (calibrated on the holdout), original kept, optionally (--replace-precision) confidently wrong
+                  originals swapped for the top class; up to 3 rounds accepted only while the held-out F1 (with
+                  the holdout's own noisy originals) improves
+  ablations       (--ablations all) ours with in-sample scores, with the original dropped, with 1x1/2x2 map
+                  windows as regions, with the whole + 2x2-window means concatenated as the head's features;
+                  --sweep adds rows of ours at other (target, replace) precisions
 Metrics per scene (Jaccard / precision / recall / F1), mean over all scenes of all seeds with a 95 % normal
 interval over scenes, and the spread across seeds. Writes benchmarks/results/relabel.csv and the "relabel"
 section of benchmarks/RESULTS.md after every seed (so a cut-short run still reports what finished).
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -45,6 +50,9 @@ from labelers.sample_data import cache_dir
 
 OUT = Path(__file__).with_name("results")
 MAPS = Path(__file__).with_name(".work") / "relabel_maps"
+# ours' choices, picked on the development seed 0 (the sweep in RESULTS.md's dev tables)
+TARGET_PRECISION = 0.5
+REPLACE_PRECISION = None
 
 
 def _maps(scene_set, model, key):
@@ -79,9 +87,31 @@ def per_scene(predicted, truth):
     return {"jaccard": inter / (p | r).sum(1), "precision": precision, "recall": recall, "f1": f1}
 
 
-# ours and its ablations, all on the same feature maps: (name, window sizes, target precision, drop original, folds)
-VARIANTS = (("ours", (), 0.9, False, 5), ("ours, in-sample scores", (), 0.9, False, 0),
-            ("ours, drop original", (), 0.9, True, 5), ("ours + 1x1/2x2 map windows", (1, 2), 0.9, False, 5))
+# ours and its ablations, all on the same feature maps: name -> (window sizes, drop original, folds, features);
+# the target precision of the additions and the replace rule's are ours' (run_seed's arguments)
+VARIANTS = {"ours": ((), False, 5, "whole"), "ours, in-sample scores": ((), False, 0, "whole"),
+            "ours, drop original": ((), True, 5, "whole"), "ours + 1x1/2x2 map windows": ((1, 2), False, 5, "whole"),
+            "ours, whole + 2x2 windows as features": ((), False, 5, "concat")}
+MAIN_VARIANTS = ("ours", "ours + 1x1/2x2 map windows")
+
+
+def head_features(maps, features):
+    """Return the head's input per scene from feature maps (N, D, h, w): the whole-image mean ("whole"), or the
+    whole-image mean followed by the four 2x2 windows' means ("concat", 5 D)."""
+    whole = maps.mean(axis=(2, 3))
+    if features == "whole":
+        return whole
+    if features != "concat":
+        raise ValueError(f"unknown head features {features!r}; choose whole or concat")
+    windows = map_windows(maps, (2,))
+    return np.concatenate([whole, np.stack([w[1:].reshape(-1) for w in windows])], axis=1)
+
+
+def _regions(maps, windows, features):
+    """Return the region rows per scene; with concat features the whole image is the only region."""
+    if features == "whole":
+        return map_windows(maps, windows)
+    return [row[None] for row in head_features(maps, features)]
 
 
 def scene_sets(seed, sizes, noise, objects, work):
@@ -98,8 +128,23 @@ def _map_key(seed, name, n, noise, px, objects):
     return f"{'' if objects == 'cifar10' else objects + '_'}s{seed}_{name}_{n}_noise{noise}_px{px}"
 
 
-def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, objects="cifar10", ablations=True):
-    model = make_embedder(f"efficientnet-lite0@{px}")
+def run_ours(maps, sets, k, class_names, seed, windows=(), drop=False, folds=5, features="whole",
+             target_precision=0.9, replace_precision=None, rounds=3):
+    """Return (labels (N, K) bool of the best accepted round, the rounds' history) of ours with these choices."""
+    settings = RelabelSettings(confidence="naive", rule="per-class", target_precision=target_precision,
+                               keep_original=not drop, seed=seed, folds=folds, replace_precision=replace_precision)
+    held = Holdout(_regions(maps["holdout"], windows, features), multi_hot(sets["holdout"].truth, k),
+                   sets["holdout"].original)
+    run = run_rounds(_regions(maps["train"], windows, features), sets["train"].original, class_names, settings,
+                     rounds=rounds, holdout=held)
+    return multi_hot(best_round(run).labels, k), run
+
+
+def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, objects="cifar10", ablations="all",
+             target_precision=0.9, replace_precision=None, embedder=None, sweep=()):
+    """Return (per-method rows, per-scene metrics) of one seed. `sweep`: extra (target precision, replace
+    precision) pairs of ours, each a row named "ours, target t, replace r" (the development seed's grid)."""
+    model = make_embedder(embedder or f"efficientnet-lite0@{px}")
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
     sets, class_names = scene_sets(seed, (("train", n_scenes), ("holdout", n_holdout), ("test", n_test)),
                                        noise, objects, work)
@@ -118,15 +163,17 @@ def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, obj
     seed_run = run_rounds(seed_regions, original, class_names, seed_settings, rounds=1)
     labels_by_method["seed"] = multi_hot(seed_run[-1].labels, k)
     accepted = {}
-    variants = VARIANTS if ablations else [v for v in VARIANTS if v[0] in ("ours", "ours + 1x1/2x2 map windows")]
-    for name, windows, target_precision, drop, folds in variants:
-        settings = RelabelSettings(confidence="naive", rule="per-class", target_precision=target_precision,
-                                   keep_original=not drop, seed=seed, folds=folds)
-        held = Holdout(map_windows(maps["holdout"], windows), multi_hot(sets["holdout"].truth, k),
-                       sets["holdout"].original)
-        run = run_rounds(map_windows(maps["train"], windows), original, class_names, settings, rounds=3,
-                         holdout=held)
-        labels_by_method[name] = multi_hot(best_round(run).labels, k)
+    names = list(VARIANTS) if ablations == "all" else list(MAIN_VARIANTS) if ablations == "main" else \
+        ["ours"] if ablations == "ours" else []
+    for name in names:
+        windows, drop, folds, features = VARIANTS[name]
+        labels_by_method[name], run = run_ours(maps, sets, k, class_names, seed, windows, drop, folds, features,
+                                               target_precision, replace_precision)
+        accepted[name] = (best_round(run).round, [h.metrics for h in run])
+    for t, r in sweep:
+        name = f"ours, target {t}, replace {'off' if r is None else r}"
+        labels_by_method[name], run = run_ours(maps, sets, k, class_names, seed, target_precision=t,
+                                               replace_precision=r)
         accepted[name] = (best_round(run).round, [h.metrics for h in run])
     rows, scenes = [], []
     for method, predicted in labels_by_method.items():
@@ -139,9 +186,22 @@ def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, obj
     return rows, pd.concat(scenes)
 
 
+def parse_sweep(text: str) -> list[tuple[float, float | None]]:
+    """Return the (target precision, replace precision or None) pairs of a 'target:replace,...' string
+    ('off' = no replacing); raises typer.BadParameter naming a malformed pair."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            target, replace = item.split(":")
+            pairs.append((float(target), None if replace.strip() == "off" else float(replace)))
+        except ValueError:
+            raise typer.BadParameter(f"--sweep item {item!r}: expected target:replace, e.g. 0.7:0.8 or 0.7:off")
+    return pairs
+
+
 OBJECT_TITLES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 # the order the fragments appear in the RESULTS section (benchmarks/results/relabel_<tag>.md)
-FRAGMENTS = ("cifar10_px96", "cifar10_px160", "cifar10_px192", "mnist_px96", "fashion-mnist_px96", "configs",
+FRAGMENTS = ("mnist_px96_dev", "mnist_px96_dev2", "fashion-mnist_px96_dev", "cifar10_px96_dev", "cifar10_px96", "cifar10_px160", "cifar10_px192", "mnist_px96", "fashion-mnist_px96", "configs",
              "notes")
 
 
@@ -198,11 +258,23 @@ def main(scenes: int = typer.Option(5000), seeds: int = typer.Option(3), first_s
          holdout: int = typer.Option(1000), test: int = typer.Option(1000), noise: float = typer.Option(0.1),
          px: int = typer.Option(96), objects: str = typer.Option("cifar10", help="cifar10 | mnist | fashion-mnist"),
          seed_crops: bool = typer.Option(False, help="the seed's 3 random fixed crops (3 more passes per scene)"),
-         ablations: bool = typer.Option(True, help="also the in-sample and drop-original ablations"),
+         ablations: str = typer.Option("all", help="variants of ours: all (every ablation) | main (ours and its "
+                                                   "map-window variant) | ours | none (only --sweep rows)"),
+         target_precision: float = typer.Option(TARGET_PRECISION, help="ours: precision of the added labels"),
+         replace_precision: Optional[float] = typer.Option(REPLACE_PRECISION, help="ours: precision of the swaps of "
+                                                           "a given label for the top class (0 = off)"),
+         sweep: str = typer.Option("", help="extra rows of ours, 'target:replace,...' (replace 'off'), e.g. "
+                                            "'0.6:off,0.7:0.8' (the development seed's grid)"),
          write_results: bool = typer.Option(True), note: str = typer.Option("", help="reading appended")) -> None:
     command = (f"python -m benchmarks.bench_relabel --scenes {scenes} --seeds {seeds} --first-seed {first_seed} "
                f"--holdout {holdout} --test {test} --noise {noise} --px {px} --objects {objects}"
-               f"{' --seed-crops' if seed_crops else ''}{'' if ablations else ' --no-ablations'}")
+               f"{' --seed-crops' if seed_crops else ''} --ablations {ablations}"
+               f" --target-precision {target_precision} --replace-precision {replace_precision or 0}"
+               f"{f' --sweep {sweep}' if sweep else ''}")
+    grid = parse_sweep(sweep)
+    if ablations not in ("all", "main", "ours", "none"):
+        raise typer.BadParameter(f"--ablations {ablations!r}: choose all, main, ours or none")
+    replace_precision = replace_precision or None
     params = (f"1-4 objects (84/10/4/2 %), dominant 55-80 % of a 96 px canvas, others 30-45 %, positions uniform, "
               f"later objects may occlude earlier ones; given label = dominant object's class, flipped to a "
               f"uniformly drawn other class at noise {noise}; {OBJECT_TITLES[objects]} train images (first 1000 per "
@@ -210,11 +282,13 @@ def main(scenes: int = typer.Option(5000), seeds: int = typer.Option(3), first_s
               f"{first_seed}..{first_seed + seeds - 1}.")
     tag = f"{objects}_px{px}" + ("_seedcrops" if seed_crops else "") + ("" if first_seed else "_dev")
     title = f"{OBJECT_TITLES[objects]} objects, EfficientNet-Lite0 at {px} px, {scenes} scenes x {seeds} seeds"
+    if not first_seed:
+        title += " (development seed 0: where ours' settings were chosen, not a result)"
     rows, per_scene_frames = [], []
     with tempfile.TemporaryDirectory() as work:
         for seed in range(first_seed, first_seed + seeds):
             seed_rows, seed_scenes = run_seed(seed, scenes, holdout, test, noise, px, seed_crops, Path(work), objects,
-                                              ablations)
+                                              ablations, target_precision, replace_precision, sweep=grid)
             rows += seed_rows
             per_scene_frames.append(seed_scenes)
             frame, all_scenes = pd.DataFrame(rows), pd.concat(per_scene_frames)

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from benchmarks.bench_relabel import OBJECT_TITLES, OUT, per_scene, scene_cells, scene_sets, target_line, \
-    write_fragment
+from benchmarks.bench_relabel import OBJECT_TITLES, OUT, REPLACE_PRECISION, TARGET_PRECISION, per_scene, scene_cells, \
+    scene_sets, target_line, write_fragment
 from labelers.formats.relabel_json import ClassIndex, image_identity, read_relabel_json, write_class_index, write_relabel_json
 from labelers.relabel.metrics import multi_hot
 
@@ -41,8 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(__file__).with_name(".work") / "relabel_cli.sqlite"
 SEED_CONFIGS = (("seed naive", "relabel_naive.yaml"), ("seed MC dropout", "relabel_mc_dropout.yaml"),
                 ("seed MC perturbation", "relabel_mc_perturbation.yaml"))
+# ours: the settings bench_relabel.py reports (chosen on the development seed)
 OURS = ["--regions", "random", "--num-crops", "0", "--confidence", "naive", "--label", "per-class",
-        "--target-precision", "0.9", "--rounds", "3", "--folds", "5", "--keep-original", "--holdout", "{holdout}"]
+        "--target-precision", str(TARGET_PRECISION), "--rounds", "3", "--folds", "5", "--keep-original",
+        "--holdout", "{holdout}"] + ([] if REPLACE_PRECISION is None else ["--replace-precision", str(REPLACE_PRECISION)])
 
 
 def write_inputs(sets, class_names, folder: Path) -> tuple[Path, Path, Path]:
@@ -77,12 +79,13 @@ def read_labels(labels_json: Path, paths, k: int) -> np.ndarray:
     return multi_hot([by_path[str(Path(p).resolve())] for p in paths], k)
 
 
-def run_block(block, n, sets, class_names, folder, seed, px, methods, log):
-    """Run `methods` through the CLI on the first `n` train scenes; return per-scene metric frames."""
+def run_block(block, n, sets, class_names, folder, seed, px, methods, log, runtime="torch"):
+    """Run `methods` through the CLI on the first `n` train scenes (embedder efficientnet-lite0@px, in ONNX
+    Runtime with runtime "onnx"); return per-scene metric frames."""
     k = len(class_names)
     train, holdout, index = write_inputs(sets, class_names, folder)
     common = ["--data", str(train), "--class-index", str(index), "--max-images", str(n),
-              "--embedder", f"efficientnet-lite0@{px}", "--cache", str(CACHE), "--seed", str(seed)]
+              "--embedder", f"efficientnet-lite0@{px}{'+onnx' if runtime == 'onnx' else ''}", "--cache", str(CACHE), "--seed", str(seed)]
     truth = multi_hot(sets["train"].truth[:n], k)
     paths = sets["train"].paths[:n]
     frames = [pd.DataFrame({"block": block, "seed": seed, "method": "keep-original", "cardinality": 1.0,
@@ -97,9 +100,10 @@ def run_block(block, n, sets, class_names, folder, seed, px, methods, log):
     return frames
 
 
-def _table(scenes: pd.DataFrame, command: str, objects: str, px: int, seeds: int) -> str:
+def _table(scenes: pd.DataFrame, command: str, objects: str, px: int, seeds: int, runtime: str = "torch") -> str:
     lines = [f"### The seed's three configs and ours, each run through `labelloop relabel` "
-             f"({OBJECT_TITLES[objects]} objects, {px} px)\n", f"`{command}`\n",
+             f"({OBJECT_TITLES[objects]} objects, {px} px{', ONNX Runtime' if runtime == 'onnx' else ''})\n",
+             f"`{command}`\n",
              "Same generator and seeds as the table above. Each row is one `labelloop relabel` command per seed "
              "(subprocess; the seed's YAML through `--config`, `--max-images` overriding its num_relabel 100), "
              "its labels.json scored against the truth; every method in a block relabels the same scenes.\n",
@@ -120,10 +124,14 @@ def main(scenes: int = typer.Option(1000), perturbation_scenes: int = typer.Opti
          perturbation_seeds: int = typer.Option(0, help="run block B on the first N seeds only (0 = all)"),
          seeds: int = typer.Option(3), first_seed: int = typer.Option(1), holdout: int = typer.Option(1000),
          noise: float = typer.Option(0.1), px: int = typer.Option(96), objects: str = typer.Option("cifar10"),
+         runtime: str = typer.Option("torch", help="torch | onnx: the embedder's runtime (onnx: "
+                                                   "efficientnet-lite0@<px>+onnx, several times faster on CPU)"),
          write_results: bool = typer.Option(True)) -> None:
+    if runtime not in ("torch", "onnx"):
+        raise typer.BadParameter(f"--runtime {runtime!r}: choose torch or onnx")
     command = (f"python -m benchmarks.bench_relabel_configs --scenes {scenes} --perturbation-scenes "
                f"{perturbation_scenes} --perturbation-seeds {perturbation_seeds} --seeds {seeds} --first-seed {first_seed} --holdout {holdout} --noise {noise} "
-               f"--px {px} --objects {objects}")
+               f"--px {px} --objects {objects} --runtime {runtime}")
     configs = {name: ["--config", str(ROOT / "configs" / file)] for name, file in SEED_CONFIGS}
     block_a = [(n, configs[n]) for n in ("seed naive", "seed MC dropout")] + [("ours", OURS)]
     block_b = [(n, configs[n]) for n, _ in SEED_CONFIGS] + [("ours", OURS)]
@@ -133,14 +141,14 @@ def main(scenes: int = typer.Option(1000), perturbation_scenes: int = typer.Opti
         for seed in range(first_seed, first_seed + seeds):
             sets, class_names = scene_sets(seed, (("train", scenes), ("holdout", holdout)), noise, objects,
                                            Path(work))
-            frames += run_block("A", scenes, sets, class_names, Path(work) / f"s{seed}_A", seed, px, block_a, log)
+            frames += run_block("A", scenes, sets, class_names, Path(work) / f"s{seed}_A", seed, px, block_a, log, runtime)
             if perturbation_scenes and (not perturbation_seeds or seed < first_seed + perturbation_seeds):
                 frames += run_block("B", perturbation_scenes, sets, class_names, Path(work) / f"s{seed}_B", seed, px,
-                                    block_b, log)
+                                    block_b, log, runtime)
             all_scenes = pd.concat(frames)
             summary = all_scenes.groupby(["block", "method", "seed"], sort=False).mean(numeric_only=True)
             summary.to_csv(OUT / "relabel_configs.csv")
-            text = _table(all_scenes, command, objects, px, seeds)
+            text = _table(all_scenes, command, objects, px, seeds, runtime)
             if seed + 1 < first_seed + seeds:
                 text += f"\n\n(partial: {seed + 1 - first_seed} of {seeds} seeds finished)"
             if write_results:

@@ -144,3 +144,58 @@ def label_images(scores: np.ndarray, original: np.ndarray, rule: str = "threshol
     else:
         raise ValueError(f"unknown labeling rule {rule!r}; choose from {', '.join(RULES)}")
     return apply_original(labels, original, keep_original)
+
+
+def replacement_candidates(scores: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (top class (N,), margin (N,), candidate (N,) bool) of the replace rule: the image's highest-scoring
+    class, its score minus the original class's score, and whether the top class differs from the original."""
+    scores, original = np.asarray(scores, np.float64), np.asarray(original, np.int64)
+    top = scores.argmax(axis=1)
+    rows = np.arange(len(scores))
+    return top, scores[rows, top] - scores[rows, original], top != original
+
+
+def calibrate_replacements(scores: np.ndarray, truth: np.ndarray, original: np.ndarray, target_precision: float,
+                           min_positives: int = 5) -> np.ndarray:
+    """Return per-class margins (K,): swap an image's original label for its top class c when the top class's
+    score minus the original's is > margins[c].
+
+    Calibrated on held-out images (`scores` (N, K), multi-hot `truth` (N, K), the given single label
+    `original` (N,)): a swap counts as right only when c is in the truth and the original is not (a swap of a
+    right original for another right class gains nothing and a wrong one loses it); per class, the lowest
+    margin whose swaps reach `target_precision`. A class with fewer than `min_positives` right swaps among its
+    candidates uses the margin calibrated on all classes pooled; where even that never reaches the target,
+    the margin is 2.0 (above any difference of probabilities: no swap), named in a warning."""
+    scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
+    original = np.asarray(original, np.int64)
+    if scores.shape != truth.shape or len(original) != len(scores):
+        raise ValueError(f"scores {scores.shape}, truth {truth.shape} and original ({len(original)},) do not match")
+    top, margin, candidate = replacement_candidates(scores, original)
+    rows = np.arange(len(scores))
+    right = truth[rows, top] & ~truth[rows, original]
+    if not candidate.any():
+        log.warning("replace rule: no held-out image has a top class other than its original; no swaps")
+        return np.full(scores.shape[1], 2.0)
+    pooled = calibrate_thresholds(margin[candidate, None], right[candidate, None], target_precision, fallback=2.0,
+                                  min_positives=min_positives)[0]
+    # one column per class holding the margins of the candidates whose top class it is; the rest left out
+    per_class = np.zeros(scores.shape)
+    per_class[rows, top] = margin
+    is_right = np.zeros(scores.shape, bool)
+    is_right[rows, top] = right
+    counted = np.zeros(scores.shape, bool)
+    counted[rows[candidate], top[candidate]] = True
+    return calibrate_thresholds(per_class, is_right, target_precision, fallback=pooled, min_positives=min_positives,
+                                exclude=~counted)
+
+
+def apply_replacements(labels: np.ndarray, scores: np.ndarray, original: np.ndarray, margins: np.ndarray
+                       ) -> np.ndarray:
+    """Return labels (N, K) with the original class removed and the top class set on images whose top class
+    differs from the original by a margin > margins[top] (`calibrate_replacements`)."""
+    labels = np.array(labels, bool)
+    top, margin, candidate = replacement_candidates(scores, original)
+    swap = np.flatnonzero(candidate & (margin > np.asarray(margins)[top]))
+    labels[swap, np.asarray(original, np.int64)[swap]] = False
+    labels[swap, top[swap]] = True
+    return labels

@@ -19,7 +19,8 @@ import numpy as np
 from ..formats.relabel_json import atomic_write_json, read_relabel_json
 from ..head import ClassifierHead
 from . import confidence as conf
-from .labeling import apply_original, argmax_union, calibrate_thresholds, image_scores, label_images
+from .labeling import (apply_original, apply_replacements, argmax_union, calibrate_replacements,
+                       calibrate_thresholds, image_scores, label_images)
 from .metrics import multi_hot, real_top1, set_metrics, to_lists
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class RelabelSettings:
     threshold: float = 0.5
     target_precision: float = 0.9
     keep_original: bool = True
+    # swap the given label for the head's top class when the top class beats it by a margin calibrated on the
+    # holdout for this precision of the swaps (None: never swap; see labeling.calibrate_replacements)
+    replace_precision: float | None = None
     min_delta: float = 0.0
     stop_metric: str = "val_f1"  # any val_* key of `validate` (val_jaccard, val_precision, ...)
     seed: int = 0
@@ -103,13 +107,19 @@ def region_confidences(head: ClassifierHead, regions: Sequence[np.ndarray], sett
 
 
 def labels_from_confidences(confidences: Sequence[np.ndarray], original: np.ndarray, settings: RelabelSettings,
-                            thresholds: np.ndarray | None, keep_original: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Return (labels (N, K) bool, image scores (N, K)) by the settings' rule."""
+                            thresholds: np.ndarray | None, keep_original: bool,
+                            margins: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels (N, K) bool, image scores (N, K)) by the settings' rule; with replace `margins` (K,)
+    (`replace_margins`), confidently wrong originals are then swapped for the top class."""
     scores = image_scores(confidences)
     if settings.rule == "argmax":  # the seed's: naive ignores the threshold
         chosen = argmax_union(confidences, None if settings.confidence == "naive" else settings.threshold)
-        return apply_original(chosen, original, keep_original), scores
-    return label_images(scores, original, settings.rule, settings.threshold, thresholds, keep_original), scores
+        labels = apply_original(chosen, original, keep_original)
+    else:
+        labels = label_images(scores, original, settings.rule, settings.threshold, thresholds, keep_original)
+    if margins is not None:
+        labels = apply_replacements(labels, scores, original, margins)
+    return labels, scores
 
 
 def holdout_originals(head: ClassifierHead, holdout: Holdout) -> np.ndarray:
@@ -128,13 +138,14 @@ def holdout_originals(head: ClassifierHead, holdout: Holdout) -> np.ndarray:
 
 
 def validate(head: ClassifierHead, holdout: Holdout, settings: RelabelSettings,
-             thresholds: np.ndarray | None) -> dict:
+             thresholds: np.ndarray | None, margins: np.ndarray | None = None) -> dict:
     """Return the held-out estimate of the labels `head` would produce: the set metrics (val_*) of the rule
     applied with this head to held-out images (with their stand-in original, kept or dropped as in the
     settings), and the head's ReaL-style top-1 (head_top1)."""
     confidences = region_confidences(head, holdout.regions, settings)
     originals = holdout_originals(head, holdout)
-    predicted, _ = labels_from_confidences(confidences, originals, settings, thresholds, settings.keep_original)
+    predicted, _ = labels_from_confidences(confidences, originals, settings, thresholds, settings.keep_original,
+                                           margins)
     whole = np.stack([r[0] for r in holdout.regions])
     metrics = {"head_top1": real_top1(head.predict_proba(whole), holdout.truth)}
     metrics.update({f"val_{k}": v for k, v in set_metrics(predicted, holdout.truth).items()})
@@ -170,6 +181,20 @@ def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibratio
                                 exclude=originals)
 
 
+def replace_margins(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None
+                    ) -> np.ndarray | None:
+    """Return the replace rule's per-class margins calibrated on `calibration` (its given originals) for
+    `settings.replace_precision`, or None when the rule is off. Raises ValueError without held-out images, or
+    when the holdout has no given labels (a swap can only be judged against the label the dataset gave)."""
+    if settings.replace_precision is None:
+        return None
+    if calibration is None or calibration.original is None:
+        raise ValueError("--replace-precision needs held-out images with their given labels (--holdout with an "
+                         "\"original\" on every row) to calibrate the swaps on")
+    held_scores = image_scores(region_confidences(head, calibration.regions, settings))
+    return calibrate_replacements(held_scores, calibration.truth, calibration.original, settings.replace_precision)
+
+
 def out_of_fold_confidences(whole: np.ndarray, labels: np.ndarray, regions: Sequence[np.ndarray],
                             class_names: Sequence[str], settings: RelabelSettings, perturb=None) -> list[np.ndarray]:
     """Return one (R_i, K) confidence array per image, each scored by a head that did not train on it.
@@ -201,11 +226,13 @@ def relabel_once(head: ClassifierHead, regions: Sequence[np.ndarray], original: 
     With `settings.folds` >= 2 and the training data (`whole`, `labels`, `class_names`) the images are scored
     out of fold (`out_of_fold_confidences`); `head` (fitted on all of them) calibrates the thresholds."""
     thresholds = class_thresholds(head, settings, calibration)
+    margins = replace_margins(head, settings, calibration)
     if settings.folds >= 2 and whole is not None and len(regions) >= settings.folds:
         confidences = out_of_fold_confidences(whole, labels, regions, class_names, settings, perturb)
     else:
         confidences = region_confidences(head, regions, settings, perturb)
-    new_labels, scores = labels_from_confidences(confidences, original, settings, thresholds, settings.keep_original)
+    new_labels, scores = labels_from_confidences(confidences, original, settings, thresholds, settings.keep_original,
+                                                 margins)
     return new_labels, scores, thresholds
 
 
@@ -258,7 +285,8 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
     for r in tqdm(range(history[-1].round + 1, rounds + 1), desc="relabel rounds", disable=not progress):
         new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb, whole, labels,
                                              class_names)
-        metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration)) if holdout else {}
+        metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration),
+                           replace_margins(head, settings, calibration)) if holdout else {}
         metrics["cardinality"] = float(new_labels.sum(1).mean())
         metrics["changed_images"] = int((new_labels != labels).any(axis=1).sum())
         value = metrics.get(settings.stop_metric)

@@ -162,3 +162,34 @@ def test_label_files_chain_across_folders_export_relabel_evaluate(scene_run, tmp
     scored = runner.invoke(app, ["relabel", "evaluate", "../d/labels.json", str(root / "train" / "truth.json")])
     assert scored.exit_code == 0, scored.output
     assert "f1" in scored.output
+
+
+def test_replace_precision_without_a_holdout_is_refused_before_reading_anything(tmp_path):
+    result = CliRunner().invoke(app, ["relabel", "--data", str(tmp_path / "labels.csv"), "--replace-precision", "0.8",
+                                      "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--replace-precision needs --holdout" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_replace_and_target_precision_reach_the_rounds(scene_run, tmp_path, monkeypatch):
+    import labelers.relabel.cli as cli
+    import labelers.relabel.rounds as rounds
+
+    root, _ = scene_run
+    seen = {}
+
+    def fake_embed(paths, *args, **kwargs):
+        return [np.zeros((1, 4), np.float32) for _ in paths], [None for _ in paths]
+
+    def fake_rounds(regions, original, class_names, settings, **kwargs):
+        seen["settings"] = settings
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(cli, "_embed_set", fake_embed)
+    monkeypatch.setattr(rounds, "run_rounds", fake_rounds)
+    result = _relabel(root, tmp_path / "r", "--label", "per-class", "--target-precision", "0.7",
+                      "--replace-precision", "0.85")
+    assert result.exit_code == 2 and "stopped by the test" in result.output
+    assert seen["settings"].replace_precision == 0.85 and seen["settings"].target_precision == 0.7
+    default = _relabel(root, tmp_path / "d", "--label", "per-class")
+    assert default.exit_code == 2 and seen["settings"].replace_precision is None

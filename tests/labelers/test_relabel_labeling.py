@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from labelers.relabel.labeling import (apply_original, calibrate_thresholds, gmm_labels, image_scores,
+from labelers.relabel.labeling import (apply_original, apply_replacements, calibrate_replacements, calibrate_thresholds,
+                                       gmm_labels, image_scores,
                                        label_images)
 
 
@@ -79,3 +80,48 @@ def test_the_seeds_argmax_rule_by_hand():
     regions = [np.array([[0.9, 0.6, 0.1], [0.2, 0.1, 0.55], [0.3, 0.4, 0.2]])]
     assert argmax_union(regions, 0.5).tolist() == [[True, False, True]]  # region 3's argmax 0.4 is below
     assert argmax_union(regions, None).tolist() == [[True, True, True]]  # naive: every argmax counts
+
+
+def _noisy_originals(n, rng, k=4, noise=0.2):
+    """Single-object truth, a given label flipped at `noise`, and scores whose top class is the true one more
+    often the surer the head is (confidence ~ U(0, 1); the top class is right with probability confidence)."""
+    true = rng.integers(0, k, n)
+    original = np.where(rng.random(n) < noise, (true + rng.integers(1, k, n)) % k, true)
+    sure = rng.random(n)
+    top = np.where(rng.random(n) < sure, true, rng.integers(0, k, n))
+    scores = rng.random((n, k)) * 0.3 * (1 - sure[:, None])
+    scores[np.arange(n), top] = 0.4 + 0.6 * sure
+    truth = np.zeros((n, k), bool)
+    truth[np.arange(n), true] = True
+    return scores, truth, original
+
+
+def test_replace_margins_hit_their_target_precision_on_held_out_scores():
+    rng = np.random.default_rng(3)
+    cal, test = _noisy_originals(20000, rng), _noisy_originals(20000, rng)
+    for target in (0.7, 0.9):
+        margins = calibrate_replacements(*cal, target)
+        scores, truth, original = test
+        swapped = apply_replacements(np.eye(4, dtype=bool)[original], scores, original, margins)
+        changed = np.flatnonzero((swapped != np.eye(4, dtype=bool)[original]).any(1))
+        rows = np.arange(len(truth))
+        right = truth[changed, swapped[changed].argmax(1)] & ~truth[changed, original[changed]]
+        assert len(changed) > 200 and right.mean() > target - 0.03, (target, len(changed), right.mean())
+        # fixing wrong originals raises the labels' precision above keep-original's
+        assert (swapped & truth).sum() > (np.eye(4, dtype=bool)[original][rows] & truth).sum()
+
+
+def test_replace_margins_by_hand_with_the_pooled_fallback():
+    # class 1 is the top class of 3 candidates (margins 0.8, 0.6, 0.2); only the two widest are right swaps
+    scores = np.array([[0.05, 0.85], [0.1, 0.7], [0.4, 0.6], [0.9, 0.1]])
+    truth = np.array([[0, 1], [0, 1], [1, 0], [1, 0]], bool)
+    original = np.array([0, 0, 0, 0])  # image 3's top class is its original: not a candidate
+    margins = calibrate_replacements(scores, truth, original, 0.9, min_positives=1)
+    assert margins[1] == pytest.approx(0.4)  # between 0.6 (last right swap) and 0.2
+    # class 0 has no candidates: the pooled margin (same candidates here)
+    assert margins[0] == pytest.approx(0.4)
+    labels = apply_replacements(np.eye(2, dtype=bool)[original], scores, original, margins)
+    assert labels.tolist() == [[False, True], [False, True], [True, False], [True, False]]
+    # a swap of a right original for another right class is not counted as right: unreachable target, no swap
+    both = np.array([[1, 1], [1, 1], [1, 0], [1, 0]], bool)
+    assert calibrate_replacements(scores, both, original, 0.5, min_positives=1)[1] == pytest.approx(2.0)

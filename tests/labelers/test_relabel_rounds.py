@@ -157,3 +157,32 @@ def test_out_of_fold_scores_come_from_heads_that_never_saw_the_image():
     assert np.allclose(got[0], expected)
     in_sample = region_confidences(fit_head(whole, labels, names, settings), [regions[0]], settings)[0]
     assert not np.allclose(got[0], in_sample)  # not the head that trained on image 0
+
+
+def _noisy(n, rng, prototypes, noise=0.25):
+    """Single-object scenes whose given label is flipped to another class at `noise`."""
+    regions, truth, _, _ = _scenes(n, rng, two_share=0.0, prototypes=prototypes, noise=1.0)
+    true = truth.argmax(1)
+    given = np.where(rng.random(n) < noise, (true + rng.integers(1, 4, n)) % 4, true)
+    return regions, truth, given
+
+
+def test_the_replace_rule_fixes_wrong_originals_and_needs_given_held_out_labels():
+    rng = np.random.default_rng(7)
+    prototypes = rng.normal(size=(4, 16)) * 3
+    regions, truth, given = _noisy(400, rng, prototypes)
+    held_regions, held_truth, held_given = _noisy(400, rng, prototypes)
+    names = [f"c{i}" for i in range(4)]
+    settings = RelabelSettings(confidence="naive", rule="per-class", replace_precision=0.9, seed=1)
+    history = run_rounds(regions, given, names, settings, rounds=2,
+                         holdout=Holdout(held_regions, held_truth, held_given))
+    only_added = run_rounds(regions, given, names, RelabelSettings(confidence="naive", rule="per-class", seed=1),
+                            rounds=2, holdout=Holdout(held_regions, held_truth, held_given))
+    keep = set_metrics(multi_hot([[o] for o in given], 4), truth)
+    ours = set_metrics(multi_hot(best_round(history).labels, 4), truth)
+    added = set_metrics(multi_hot(best_round(only_added).labels, 4), truth)
+    # adding the right class beside a wrong original helps; replacing the wrong original helps more
+    assert best_round(history).round >= 1 and ours["f1"] > keep["f1"] + 0.1, (ours, keep)
+    assert ours["precision"] > added["precision"] + 0.05 and ours["cardinality"] < added["cardinality"], (ours, added)
+    with pytest.raises(ValueError, match="--replace-precision needs held-out images with their given labels"):
+        run_rounds(regions, given, names, settings, rounds=1, holdout=Holdout(held_regions, held_truth))
