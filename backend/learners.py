@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from backend.row_memo import RowMemo
+
 log = logging.getLogger(__name__)
 
 LEARNERS = ("head", "mix", "lp")
@@ -42,6 +44,7 @@ STATE_KEY = "learner"  # the project's kv entry that /metrics and `labelloop sta
 # The graph is rebuilt in full when the embedded pool grew by this fraction since it was built (cold_start's
 # rule); smaller arrivals get their lp part from their nearest graph rows, which is what predict_new is for.
 REBUILD_FRACTION = 0.25
+LATE_ROWS = 100_000  # label spreading rows kept for tasks outside the graph (K floats each); past it, start over
 # Modifiers of the simulator's strategy specs (labelers.simulate.parse_strategy) that name a learner.
 LEARNER_MODIFIERS = {"head": "head", "mix": "mix", "lp": "lp"}
 # The simulator's other batch modifiers: not served (the backend's cold-start order already covers the pool
@@ -137,9 +140,8 @@ class PoolScores:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # content key -> label spreading row of a task embedded after the graph: its neighbour search (100-165 ms
     # per 100 tasks on 10k graph rows) runs once per version, not in every /predict that shows the task
-    _late: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    LATE_ROWS = 100_000  # bounds `_late` (K floats each); past it, start over
+    _late: RowMemo = field(default_factory=lambda: RowMemo(LATE_ROWS, "label spreading rows of late tasks"),
+                           repr=False)
 
     def __post_init__(self):
         self.row = {key: i for i, key in enumerate(self.keys)}
@@ -192,8 +194,7 @@ class PoolScores:
         """Return the keys among `keys` outside the graph whose spread row is not memoised ([] for "head")."""
         if self.learner == "head":
             return []
-        with self._lock:
-            return [key for key in keys if key not in self.row and key not in self._late]
+        return [key for key in self._late.missing(keys) if key not in self.row]
 
     def prepare(self, keys: list[str], features: np.ndarray, vectors, chunk: int = 256) -> int:
         """Search, ahead of /predict, the neighbours of the tasks among `keys` (content keys, `features` their
@@ -203,9 +204,8 @@ class PoolScores:
         graph's vectors no longer all cached); a /predict that comes first searches them itself."""
         if self.learner == "head":
             return 0
-        with self._lock:
-            todo = {key: i for i, key in enumerate(keys)  # each content key once
-                    if key is not None and key not in self.row and key not in self._late}
+        todo = {key: i for i, key in enumerate(keys)  # each content key once
+                if key is not None and key not in self.row and key not in self._late}
         rows = list(todo.values())
         for start in range(0, len(rows), chunk):  # bounded temporaries: chunk x graph rows of similarities
             part = rows[start:start + chunk]
@@ -217,18 +217,8 @@ class PoolScores:
         once per content key (kept in `_late`; a task without key is searched every time)."""
         from labelers.propagation import predict_from_neighbours
 
-        with self._lock:
-            found = [self._late.get(key) if key is not None else None for key in keys]
-        todo = [i for i, row in enumerate(found) if row is None]
-        if todo:
-            fresh = predict_from_neighbours(self.scores, self._neighbours(features[todo], vectors))
-            with self._lock:
-                if len(self._late) + len(todo) > self.LATE_ROWS:
-                    self._late.clear()
-                for j, i in enumerate(todo):
-                    found[i] = fresh[j]
-                    if keys[i] is not None:
-                        self._late[keys[i]] = fresh[j]
+        found, _ = self._late.rows(keys, lambda todo: predict_from_neighbours(
+            self.scores, self._neighbours(features[todo], vectors)))
         return np.stack(found)
 
     def _neighbours(self, features: np.ndarray, vectors) -> tuple[np.ndarray, np.ndarray]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from backend.row_memo import RowMemo
+
 
 MAX_IMAGES = 200_000  # per prior: ~K floats an image (10 labels: ~0.2 KB with the key); past it, start over
 MAX_PRIORS = 4        # label sets kept at once; the least recently used one is dropped first
@@ -42,53 +42,45 @@ def prior_fingerprint(prior, embedder_id: str) -> str:
 
 
 class PriorCache:
-    """{prior fingerprint: {content key: the prior's label probabilities (K,)}}; thread-safe."""
+    """{prior fingerprint: RowMemo of the prior's label probabilities (K,) per content key}; thread-safe."""
 
     def __init__(self, max_images: int = MAX_IMAGES, max_priors: int = MAX_PRIORS):
         self.max_images, self.max_priors = max_images, max_priors
-        self._rows: dict[str, dict[str, np.ndarray]] = {}  # insertion order = least recently used first
+        self._rows: dict[str, RowMemo] = {}  # insertion order = least recently used first
         self._lock = threading.Lock()
         self.computed = 0  # images whose prior was computed (tests check a second /predict computes none)
+
+    def _memo(self, fingerprint: str) -> RowMemo:
+        """Return the prior's memo (a new one if unknown), now the most recently used label set."""
+        with self._lock:
+            memo = self._rows.pop(fingerprint, None) or RowMemo(self.max_images, "prior cache")
+            self._rows[fingerprint] = memo  # most recently used last
+            while len(self._rows) > self.max_priors:
+                self._rows.pop(next(iter(self._rows)))
+            return memo
 
     def probabilities(self, prior, embedder_id: str, keys: list[str | None], features: np.ndarray) -> np.ndarray:
         """Return `prior.proba(features)` (N, K), reading the rows of known content keys from the cache and
         computing (then keeping) the others; a row without a key (None) is computed and not kept."""
-        fingerprint = prior_fingerprint(prior, embedder_id)
+        if not len(keys):
+            return np.zeros((0, len(prior.label_names)))
+        found, computed = self._memo(prior_fingerprint(prior, embedder_id)).rows(
+            keys, lambda todo: prior.proba(features[todo] if len(todo) < len(keys) else features))
         with self._lock:
-            rows = self._rows.pop(fingerprint, None) or {}
-            self._rows[fingerprint] = rows  # most recently used last
-            while len(self._rows) > self.max_priors:
-                self._rows.pop(next(iter(self._rows)))
-            found = [rows.get(k) if k is not None else None for k in keys]
-        missing = [i for i, row in enumerate(found) if row is None]
-        if missing:
-            fresh = prior.proba(features[missing] if len(missing) < len(keys) else features)
-            with self._lock:
-                if len(rows) + len(missing) > self.max_images:
-                    log.info("prior cache: %d images for one label set, starting over (MAX_IMAGES %d)",
-                             len(rows), self.max_images)
-                    rows.clear()
-                for j, i in enumerate(missing):
-                    found[i] = fresh[j]
-                    if keys[i] is not None:
-                        rows[keys[i]] = fresh[j]
-                self.computed += len(missing)
-        return np.stack(found) if found else np.zeros((0, len(prior.label_names)))
+            self.computed += computed
+        return np.stack(found)
 
     def missing(self, prior, embedder_id: str, keys: list[str]) -> list[str]:
         """Return the keys among `keys` whose row is not cached under this prior's fingerprint."""
-        fingerprint = prior_fingerprint(prior, embedder_id)
         with self._lock:
-            known = self._rows.get(fingerprint, {})
-            return [k for k in keys if k not in known]
+            memo = self._rows.get(prior_fingerprint(prior, embedder_id))
+        return list(keys) if memo is None else memo.missing(keys)
 
     def fill(self, prior, embedder_id: str, keys: list[str], features: np.ndarray) -> int:
         """Compute and keep the rows of `keys` (content keys of `features`' rows) not yet cached under this
         prior's fingerprint (the warmer's images, ahead of /predict); returns how many were computed."""
-        fingerprint = prior_fingerprint(prior, embedder_id)
-        with self._lock:
-            known = self._rows.get(fingerprint, {})
-            todo = [i for i, k in enumerate(keys) if k not in known]
+        unknown = set(self.missing(prior, embedder_id, keys))
+        todo = [i for i, k in enumerate(keys) if k in unknown]
         for start in range(0, len(todo), 1024):  # bounded temporaries for a big pool
             chunk = todo[start:start + 1024]
             self.probabilities(prior, embedder_id, [keys[i] for i in chunk], features[chunk])

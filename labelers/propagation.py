@@ -65,8 +65,8 @@ def knn_graph(features: np.ndarray, k: int = DEFAULT_K, power: float = DEFAULT_P
 
     W_ij = max(cos(x_i, x_j), 0) ** power for j among the k nearest rows of i (or i among j's), W_ii = 0.
     Below `exact_below` rows (default GRAPH_EXACT_BELOW) the neighbours are exact; at or above, they come
-    from a faiss HNSW index (`pool_neighbours`; deterministic: the same pool gives the same graph). Raises ValueError when k is not an
-    in [1, N-1] (a graph needs at least two rows), TypeError when it is not an integer.
+    from a faiss HNSW index (`pool_neighbours`; deterministic: the same pool gives the same graph). Raises
+    ValueError when k is not in [1, N-1] (a graph needs at least two rows), TypeError when it is not an integer.
     """
     from .similarity import normalize
 
