@@ -16,13 +16,13 @@ import logging
 from functools import cached_property
 from typing import Any, Callable
 
-from backend.boxes import BoxTarget, box_settings, box_target
+from backend.boxes import BoxTarget, box_settings
 from backend.embedders import describe_spec
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
 from backend.heap import freeze_long_lived
-from backend.labels import ImageClassification, LabelConfigError, label_interface, parse_label_config
-from backend.predictor import PredictorChoice, PredictorRules
-from backend.relabel_suggestions import RelabelSettings, relabel_settings
+from backend.labels import ImageClassification, LabelConfigError, label_interface
+from backend.predictor import PredictorChoice, PredictorRules, Route
+from backend.relabel_suggestions import RelabelSettings
 from backend.schemas import ModelResponse, PredictionValue
 from backend.similar import PARAM as SIMILAR_PARAM, parse_reference
 from backend.versions import initial_version
@@ -82,20 +82,25 @@ class LabelloopModel:
                 for c in self.label_interface.controls}
 
     @cached_property
+    def route(self) -> Route:
+        """What serves this project's /predict (backend.predictor.Route: the one rule the warmer follows too)."""
+        return self.rules.route(self.label_config, self.extra_params)
+
+    @property
     def target(self) -> ImageClassification:
         """The control this backend serves (a box project: its labels as classes); raises LabelConfigError
         when the config has none."""
-        return self.boxes.classes if self.boxes else parse_label_config(self.label_config)
+        return self.route.target
 
-    @cached_property
+    @property
     def boxes(self) -> BoxTarget | None:
         """The <RectangleLabels> control of a box project (backend.boxes), else None."""
-        return box_target(self.label_config, self.extra_params)
+        return self.route.boxes
 
-    @cached_property
+    @property
     def relabel(self) -> RelabelSettings | None:
         """Relabel suggestions asked for by extra_params "relabel" (backend.relabel_suggestions), else None."""
-        return None if self.boxes else relabel_settings(self.extra_params, self.target)
+        return self.route.relabel
 
     @property
     def extra_params(self) -> dict[str, Any]:
@@ -112,10 +117,10 @@ class LabelloopModel:
         version = self.served_version(self.project_id, self._label_config, self._extra_params)
         return version or initial_version(self.default_embedder, self.project_id)
 
-    @cached_property
+    @property
     def predictor(self) -> PredictorChoice:
         """What pre-annotates this project ("head" | "vlm"); raises LabelConfigError for unusable choices."""
-        return self.rules.choice(self.extra_params, self.target)
+        return self.route.choice
 
     @property
     def strategy(self) -> str:
@@ -254,14 +259,14 @@ class LabelloopModel:
         Retrieve Predictions answers it from the cache. With an image-only embedder and a head without enough
         annotations, the score is the project's cold-start order and nothing is pre-checked without evidence
         (docs/backend.md §4a)."""
-        choice = self.predictor
-        if self.boxes is not None or self.relabel is not None:
+        route = self.route.kind
+        if route in ("boxes", "relabel"):
             return self._suggest(tasks)
         project, _ = self._connect()
-        if choice.predictor == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
+        if route == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
             version = self.model_version
-            items, counts = self.vlm.predict(self.project_id, tasks, self.target, choice, self.strategy, version,
-                                             budget=self.predict_budget)
+            items, counts = self.vlm.predict(self.project_id, tasks, self.target, self.predictor, self.strategy,
+                                             version, budget=self.predict_budget)
             self.counters.add(vlm_tasks=counts["tasks_predicted"], **counts)
             return ModelResponse(model_version=version, predictions=items)
         version = self.store.get_version(self.project_id, project.model_version)

@@ -302,24 +302,20 @@ class CacheWarmer:
 
     def _served(self, stored, embedder):
         """Return (head, version it is, target) /predict would serve `stored` with now, or None when /predict
-        does not serve it with the head (a VLM, box or relabel project, or a label config it refuses)."""
-        from backend.boxes import box_target
+        does not serve it with the head (a VLM, box or relabel project, or a label config it refuses): decided
+        by /predict's own rule, PredictorRules.route."""
         from backend.labels import LabelConfigError
-        from backend.relabel_suggestions import relabel_settings
 
         stored = self.store.get_project(stored.id)  # the label config and version as of now, not of the warm-up
+        route = self.rules.route(stored.label_config, stored.extra_params)
         try:
-            if box_target(stored.label_config, stored.extra_params) is not None:
-                return None
-            target = parse_label_config(stored.label_config)
-            if relabel_settings(stored.extra_params, target) is not None \
-                    or self.rules.choice(stored.extra_params, target).predictor != "head":
+            if route.kind != "head":
                 return None
         except LabelConfigError:
             return None  # /predict answers 422 for it: nothing to prepare
         current = self.store.get_version(stored.id, self.store.current_version(stored.id))
-        head, version = self.heads.serving(stored.id, current, target, embedder)
-        return head, version, target
+        head, version = self.heads.serving(stored.id, current, route.target, embedder)
+        return head, version, route.target
 
 
 def _summary(entry: dict[str, Any] | None) -> str:
