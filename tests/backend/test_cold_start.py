@@ -150,9 +150,10 @@ def test_a_confident_prior_prechecks_its_label_with_its_probability(warmed):
     head = served_head(runtime)
     before = predict(client, tasks[:5])  # the prior's probabilities of these images are now cached
     assert all(r["result"] == [] for r in before.values())
-    head.prior.bias[:] = 0
-    head.prior.bias[dogs] = 12.0  # every image looks like a dog to the "ImageNet classifier"
-    by_task = predict(client, tasks[:5])  # a prior changed in place is another prior: never the cached rows
+    bias = np.zeros_like(head.prior.bias)
+    bias[dogs] = 12.0  # every image looks like a dog to the "ImageNet classifier"
+    head.prior.bias = bias
+    by_task = predict(client, tasks[:5])  # a prior with a replaced array is another prior: never the cached rows
     for r in by_task.values():
         (region,) = r["result"]
         assert region["value"]["choices"] == ["dog"]
@@ -338,8 +339,47 @@ def test_cached_prior_probabilities_are_the_priors_own_and_follow_its_labels():
     assert cache.computed == 13
     assert np.array_equal(cache.probabilities(cats, "other-embedder", keys, x), cats.proba(x))
     assert cache.computed == 19
-    cats.aggregation[1] = 0  # changed in place: another prior
+    changed = cats.aggregation.copy()
+    changed[1] = 0
+    cats.aggregation = changed  # a replaced array: another prior
     assert np.array_equal(cache.probabilities(cats, "emb", keys, x), cats.proba(x)) and cache.computed == 25
+
+
+def test_the_prior_fingerprint_is_hashed_once_per_prior_and_again_when_what_it_names_is_replaced(monkeypatch):
+    import backend.prior_cache as prior_cache
+    from backend.prior_cache import PriorCache, prior_fingerprint
+    from labelers.priors import ClassifierPrior
+
+    hashed = []
+    digest = prior_cache._digest
+    monkeypatch.setattr(prior_cache, "_digest", lambda prior, embedder_id: hashed.append(embedder_id)
+                        or digest(prior, embedder_id))
+    rng = np.random.default_rng(6)
+    weight, bias = rng.normal(size=(12, 6)).astype(np.float32), rng.normal(size=12).astype(np.float32)
+    cats = ClassifierPrior(["a", "b"], weight, bias, np.eye(2, 12, dtype=np.float32))
+    x, keys = rng.normal(size=(3, 6)).astype(np.float32), ["k0", "k1", "k2"]
+    cache = PriorCache()
+    for _ in range(3):  # three /predict of the same label set: hashed once
+        cache.probabilities(cats, "emb", keys, x)
+    cache.fill(cats, "emb", keys, x)
+    cache.missing(cats, "emb", keys)
+    assert hashed == ["emb"] and cache.computed == 3
+    first = prior_fingerprint(cats, "emb")
+    seen = {first}
+    assert prior_fingerprint(cats, "other") not in seen and hashed == ["emb", "other"]  # another embedder
+    seen.add(prior_fingerprint(cats, "other"))
+    cats.label_names[1] = "c"  # the names (a list) changed in place are still seen: compared, not hashed
+    assert prior_fingerprint(cats, "emb") not in seen
+    seen.add(prior_fingerprint(cats, "emb"))
+    cats.weight = cats.weight * 2  # weights replaced, the sample's rows included
+    assert prior_fingerprint(cats, "emb") not in seen
+    seen.add(prior_fingerprint(cats, "emb"))
+    cats.bias = cats.bias + 1
+    assert prior_fingerprint(cats, "emb") not in seen and len(hashed) == 5
+    again = ClassifierPrior(["a", "b"], weight, bias, np.eye(2, 12, dtype=np.float32))  # equal content
+    assert prior_fingerprint(again, "emb") == first  # the content names it, not the object
+    assert np.array_equal(cache.probabilities(again, "emb", keys, x), cache.probabilities(again, "emb", keys, x))
+    assert cache.computed == 3 and len(hashed) == 6  # the same rows as `cats` had: read, and hashed once
 
 
 def test_fill_computes_only_the_rows_missing_under_the_priors_key_and_probabilities_then_reads_them():
@@ -407,13 +447,13 @@ def test_a_new_label_config_never_reads_the_prior_scores_cached_for_the_old_one(
 
     mapping = map_labels_to_imagenet(CLASSES).classes
     old_prior = served_head(runtime).prior  # process-wide per label set: other tests may have changed it
-    saved = old_prior.bias.copy()
-    old_prior.bias[:] = 0
+    saved = old_prior.bias
+    old_prior.bias = np.zeros_like(saved)
     old_prior.bias[mapping["cat"]] = 12.0
     try:
         before = predict(client, tasks[:5])  # the old label set's rows ("cat") are now cached
     finally:
-        old_prior.bias[:] = saved
+        old_prior.bias = saved
     assert all(r["result"][0]["value"]["choices"] == ["cat"] for r in before.values())
     reordered = ["dog", *[c for c in CLASSES if c != "dog"]]
     xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
