@@ -21,8 +21,9 @@ from backend.embedders import describe_spec
 from backend.events import TRAIN_EVENTS, EventError, annotation_changes, deleted_ids
 from backend.heap import freeze_long_lived
 from backend.labels import ImageClassification, LabelConfigError, label_interface
-from backend.predictor import PredictorChoice, PredictorRules, Route
+from backend.predictor import PredictorChoice, PredictorRules
 from backend.relabel_suggestions import RelabelSettings
+from backend.routing import Route, route
 from backend.schemas import ModelResponse, PredictionValue
 from backend.similar import PARAM as SIMILAR_PARAM, parse_reference
 from backend.versions import initial_version
@@ -83,8 +84,8 @@ class LabelloopModel:
 
     @cached_property
     def route(self) -> Route:
-        """What serves this project's /predict (backend.predictor.Route: the one rule the warmer follows too)."""
-        return self.rules.route(self.label_config, self.extra_params)
+        """What serves this project's /predict (backend.routing: the one rule the warmer follows too)."""
+        return route(self.rules, self.label_config, self.extra_params)
 
     @property
     def target(self) -> ImageClassification:
@@ -259,11 +260,11 @@ class LabelloopModel:
         Retrieve Predictions answers it from the cache. With an image-only embedder and a head without enough
         annotations, the score is the project's cold-start order and nothing is pre-checked without evidence
         (docs/backend.md §4a)."""
-        route = self.route.kind
-        if route in ("boxes", "relabel"):
+        kind = self.route.kind
+        if kind in ("boxes", "relabel"):
             return self._suggest(tasks)
         project, _ = self._connect()
-        if route == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
+        if kind == "vlm":  # raises VLMUnavailable (503) when the model cannot be loaded
             version = self.model_version
             items, counts = self.vlm.predict(self.project_id, tasks, self.target, self.predictor, self.strategy,
                                              version, budget=self.predict_budget)

@@ -6,9 +6,8 @@ through Label Studio's `extra_params` ({"predictor": "vlm", "vlm_model": ..., "v
 Studio, so `vlm_model` may only name a model the operator configured: LABELLOOP_VLM_MODEL or a preset of the
 VLM config (configs/vlm.yaml merged with LABELLOOP_VLM_CONFIG). Never loads a model.
 
-`PredictorRules.route` is the one place that decides what serves a project's /predict (box pre-annotations,
-relabel suggestions, the VLM or the head); /predict (backend.model) and the warmer (backend.warmer), which
-prepares only what the head will read, both ask it.
+What serves a project's /predict (boxes, relabel suggestions, or the predictor chosen here) is decided by
+backend.routing.
 """
 from __future__ import annotations
 
@@ -16,17 +15,12 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from backend.boxes import BoxTarget, box_target
 from backend.config import PREDICTORS, STRATEGIES, VLM_MODES, Settings
-from backend.labels import ImageClassification, LabelConfigError, parse_label_config
+from backend.labels import ImageClassification, LabelConfigError
 from backend.learners import StrategySpec, check_self_train, parse_strategy, resolve_learner
-from backend.relabel_suggestions import RelabelSettings, relabel_settings
-
-ROUTES = ("boxes", "relabel", "vlm", "head")  # what can serve a project's /predict, in the order it is decided
 
 
 @dataclass(frozen=True)
@@ -46,47 +40,6 @@ class PredictorChoice:
     @property
     def complementary(self) -> bool:
         return self.mode in ("complementary", "both")
-
-
-class Route:
-    """What serves one project's /predict, from its label config and extra_params, and the parts that decided it.
-
-    Each part is worked out when first read (and then kept), so a caller reading only `target` parses only the
-    config, and the first LabelConfigError raised is the one of the first unusable part in /predict's order:
-    the config's box control, its classification control, the predictor choice, the relabel settings."""
-
-    def __init__(self, rules: "PredictorRules", label_config: str | None, extra_params: dict[str, Any] | None):
-        self.rules, self.label_config, self.extra_params = rules, label_config, extra_params
-
-    @cached_property
-    def boxes(self) -> BoxTarget | None:
-        """The <RectangleLabels> control of a box project (backend.boxes.box_target), else None."""
-        return box_target(self.label_config, self.extra_params)
-
-    @cached_property
-    def target(self) -> ImageClassification:
-        """The control served (a box project: its labels as classes); raises LabelConfigError when none."""
-        return self.boxes.classes if self.boxes else parse_label_config(self.label_config)
-
-    @cached_property
-    def choice(self) -> PredictorChoice:
-        """The predictor ("head" | "vlm") and its VLM settings (`PredictorRules.choice`)."""
-        return self.rules.choice(self.extra_params, self.target)
-
-    @cached_property
-    def relabel(self) -> RelabelSettings | None:
-        """Relabel suggestions asked for by extra_params "relabel" (never for a box project), else None."""
-        return None if self.boxes else relabel_settings(self.extra_params, self.target)
-
-    @property
-    def kind(self) -> str:
-        """Return one of ROUTES: "boxes" for a box project, else "relabel" when it asks for relabel suggestions,
-        else the predictor ("vlm" | "head"). Raises LabelConfigError when /predict refuses the project (422):
-        the predictor choice is checked for every project, box and relabel ones too."""
-        choice = self.choice
-        if self.boxes is not None:
-            return "boxes"
-        return "relabel" if self.relabel is not None else choice.predictor
 
 
 class PredictorRules:
@@ -135,11 +88,6 @@ class PredictorRules:
             return parse_strategy(chosen, STRATEGIES)
         except ValueError as exc:
             raise LabelConfigError(f"extra_params strategy: {exc}") from None
-
-    def route(self, label_config: str | None, extra: dict[str, Any] | None) -> Route:
-        """Return what serves /predict for a project with `label_config` and extra_params `extra` (its `kind`
-        raises LabelConfigError for a project /predict refuses). Nothing is parsed until a part is read."""
-        return Route(self, label_config, extra)
 
     def choice(self, extra: dict[str, Any] | None, target: ImageClassification) -> PredictorChoice:
         """Return the project's predictor from `extra` over the settings.

@@ -1,10 +1,11 @@
-"""One rule decides what serves a project's /predict (backend.predictor.PredictorRules.route): /predict takes the
+"""One rule decides what serves a project's /predict (backend.routing.route): /predict takes the
 path it names, and the warmer prepares the head's rows for exactly the projects /predict serves with the head."""
 from __future__ import annotations
 
 import pytest
 
 from backend.predictor import PredictorRules
+from backend.routing import Route, route
 from backend.versions import initial_version
 from tests.backend.conftest import CHOICES_XML, MULTI_XML, local_task
 
@@ -70,16 +71,11 @@ def test_the_warmer_prepares_exactly_the_projects_predict_serves_with_the_head(m
 
 def test_predict_and_the_warmer_both_follow_the_route(make_client, docroot, monkeypatch):
     # A changed rule changes both: the warmer has no rule of its own to disagree with.
-    route = PredictorRules.route
-
-    def everything_vlm(self, label_config, extra):
-        return route(self, label_config, {**(extra or {}), "predictor": "vlm"})
-
     with make_client(local_files_document_root=docroot) as (client, runtime):
         taken = _spy_on_the_paths(runtime, monkeypatch)
         _store(runtime, {"4": CASES["4"]})
         assert _warmer_prepares(runtime, "4")
-        monkeypatch.setattr(PredictorRules, "route", everything_vlm)
+        monkeypatch.setattr(Route, "kind", property(lambda self: "vlm"))
         resp = client.post("/predict", json={"tasks": [local_task(1, "imgs/red0.png", 4)],
                                              "project": "4.1700000000"})
         assert resp.status_code == 200, resp.text
@@ -94,9 +90,9 @@ def test_the_route_names_the_path_of_each_case(pid, make_settings):
     settings = make_settings()
     rules = PredictorRules(settings, _vlm_settings(settings))
     xml, extra, path = CASES[pid]
-    route = rules.route(xml, extra)
+    served = route(rules, xml, extra)
     if path is None:
         with pytest.raises(LabelConfigError):
-            route.kind
+            served.kind
     else:
-        assert route.kind == path
+        assert served.kind == path
