@@ -22,7 +22,7 @@ from trainers.labelset import LabelSet
 AUDIT_HELP = (
     "Find the labels that are probably wrong (annotators' or a VLM's) in SOURCE.\n\n"
     "SOURCE: a Label Studio JSON export, a classification CSV (path,label), an ImageFolder tree, a VLM run "
-    "(directory or labels.jsonl, ordinary labels), an auto_labels.csv (with --images; read as ordinary labels, "
+    "(directory or labels.jsonl, ordinary labels), an auto_labels.csv (with --image-root; read as ordinary labels, "
     "majority over rounds) or a features .npz. Images are embedded once through the embedding cache.\n\n"
     "Out-of-fold probabilities of the classifier head plus a nearest-neighbour vote are ranked and flagged by "
     "cleanlab. Writes audit.csv (every item, most suspect first), summary.json and, with --truth (or a gold VLM "
@@ -106,7 +106,7 @@ def read_label_studio_audit(path: str | Path, images: str | None, classes: list[
         found = resolve_image_path(task.image, roots)
         if found is None:
             raise AuditInputError(f"{path}: task {number} image {task.image!r} not found under "
-                                  f"{', '.join(map(str, roots))} (pass --images <image root>)")
+                                  f"{', '.join(map(str, roots))} (pass --image-root <folder>)")
         paths.append(found)
     single = np.where(multi_hot.any(axis=1), multi_hot.argmax(axis=1), -1)
     return LabelSet(names, [str(p) for p in paths], np.full((len(tasks), 1), -1),
@@ -133,7 +133,7 @@ def read_audit_labels(source: str | Path, images: str | None = None, classes: li
     if multi_label:
         raise AuditInputError(f"{path}: multi-label audits read Label Studio JSON exports only")
     _refuse_complementary_run(path)
-    labels = read_any(path, images, classes, long_label, True)
+    labels = read_any(path, images, classes, long_label, True, image_option="--image-root")
     if not (labels.ord_labels >= 0).any():
         raise AuditInputError(f"{path}: no item has an ordinary label to audit")
     return labels
@@ -158,7 +158,7 @@ def read_truth(truth: str | Path, labels: LabelSet, images: str | None = None) -
     from trainers.export import read_any
 
     path = Path(truth)
-    # Truth files name their own images: --images is only needed to find a Label Studio export's files.
+    # Truth files name their own images: --image-root is only needed to find a Label Studio export's files.
     known = read_label_studio_audit(path, images, None) if path.suffix == ".json" else read_any(path, None, None,
                                                                                                True, True)
     index = {name: k for k, name in enumerate(labels.class_names)}
@@ -287,8 +287,9 @@ def audit(
                                  "(dir or labels.jsonl), auto_labels.csv or features .npz."),
     fmt: Optional[str] = typer.Option(None, "--format", help="How to read SOURCE: auto (by its suffix/layout) or "
                                       "label-studio-multi (a multi-label Label Studio export)."),
-    images: Optional[str] = typer.Option(None, "--images", help="Image root for label-only sources "
-                                         "(Label Studio export, auto_labels.csv)."),
+    images: Optional[str] = typer.Option(None, "--image-root", "--images", help="Folder the images of a "
+                                         "label-only source (Label Studio export, auto_labels.csv) are found "
+                                         "under (--images is the older spelling)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names: comma-separated or a file."),
     label_control: Optional[str] = typer.Option(None, "--label-control", help="Label Studio control to audit."),
     truth: Optional[str] = typer.Option(None, "--truth", help="True labels (any SOURCE format) to score the audit."),

@@ -110,11 +110,13 @@ def _pick_controls(tasks, cl_control: str | None, label_control: str | None, pat
 
 
 def read_label_studio_labels(path: Path, base: LabelSet | None, roots: list[Path], classes: list[str] | None,
-                             cl_control: str | None, label_control: str | None, image_key: str | None) -> LabelSet:
+                             cl_control: str | None, label_control: str | None, image_key: str | None,
+                             image_option: str = "--data") -> LabelSet:
     """Return a LabelSet from a Label Studio JSON export: CLs from ``cl_control``, labels from ``label_control``.
 
     Without a base dataset, images are resolved under ``roots``; an image that cannot be found is an
-    error naming the task. Class names: ``classes``, the base's, or the sorted labels seen.
+    error naming the task and the command's ``image_option``. Class names: ``classes``, the base's, or the
+    sorted labels seen.
     """
     from labelers.formats.label_studio import read_label_studio_export, resolve_image_path
 
@@ -140,7 +142,7 @@ def read_label_studio_labels(path: Path, base: LabelSet | None, roots: list[Path
             found = resolve_image_path(ref, roots)
             if found is None:
                 raise DataSourceError(f"{path}: task {number} image {ref!r} not found under "
-                                      f"{', '.join(map(str, roots))} (pass --data <image root>)")
+                                      f"{', '.join(map(str, roots))} (pass {image_option} <image root>)")
             paths.append(found)
     keys = [str(p) for p in paths] if paths else [_ref_name(r) for r in refs]
     return LabelSet(names, keys, pad_rows(cl_rows), np.asarray(ord_labels), paths=paths or None,
@@ -159,13 +161,14 @@ def _ref_name(ref: str) -> str:
 def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool, long_label: bool = True,
                   classes: list[str] | None = None, image_roots: list[Path] | None = None,
                   cl_control: str | None = None, label_control: str | None = None,
-                  image_key: str | None = None) -> LabelSet:
+                  image_key: str | None = None, image_option: str = "--data") -> LabelSet:
     """Return the LabelSet of ``base`` images labelled by ``label_path`` (or the label file's own images).
 
     ``ordinary`` reads the file's label columns as ordinary labels (majority vote per image, as for the
     seed's Ord runs) instead of complementary labels; the dataset's truth is kept for validation.
-    Raises DataSourceError naming the row/key for unknown class names, images that are missing, and
-    complementary labels asked for as ordinary ones.
+    Raises DataSourceError naming the row/key for unknown class names, images that are missing (and
+    ``image_option``, the calling command's option for the images), and complementary labels asked for as
+    ordinary ones.
     """
     from trainers.formats.vlm_run import JSONL_NAME
 
@@ -174,13 +177,14 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         raise FileNotFoundError(f"label file not found: {path}")
     if path.suffix == ".json":
         roots = list(image_roots or []) + [path.parent]
-        labels = read_label_studio_labels(path, base, roots, classes, cl_control, label_control, image_key)
+        labels = read_label_studio_labels(path, base, roots, classes, cl_control, label_control, image_key,
+                                          image_option)
         return labels if base is None else _attach_label_studio(base, labels, ordinary, path)
     if path.suffix == ".jsonl" or (path.is_dir() and (path / JSONL_NAME).exists()):
         return _attach_vlm_run(base, path, ordinary)
     if path.suffix in (".pkl", ".pickle"):
         return _attach_pickle(base, path, ordinary, classes)
-    return _attach_auto_labels(base, path, ordinary, long_label, classes)
+    return _attach_auto_labels(base, path, ordinary, long_label, classes, image_option)
 
 
 def _attach_label_studio(base: LabelSet, labels: LabelSet, ordinary: bool, path: Path) -> LabelSet:
@@ -230,11 +234,12 @@ def _attach_pickle(base: LabelSet | None, path: Path, ordinary: bool, classes: l
 
 
 def _attach_auto_labels(base: LabelSet | None, path: Path, ordinary: bool, long_label: bool,
-                        classes: list[str] | None) -> LabelSet:
+                        classes: list[str] | None, image_option: str = "--data") -> LabelSet:
     from labelers.formats.auto_labels import AutoLabelsError, labels_to_indices, read_auto_labels
 
     if base is None:
-        raise DataSourceError(f"{path}: an auto_labels.csv holds file names only; pass --data with the images")
+        raise DataSourceError(f"{path}: an auto_labels.csv holds file names only; pass {image_option} with the "
+                              "images")
     names = classes or base.class_names
     if not names:
         raise DataSourceError(f"{path}: class names are unknown; pass --classes (comma-separated or a file)")

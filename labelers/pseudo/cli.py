@@ -76,8 +76,10 @@ def _list_source(source: Path, images_root: Optional[Path], image_key: Optional[
 @pseudo_app.command("run")
 def run(
     source: Path = typer.Argument(..., help="Image folder, COCO instances JSON or Label Studio JSON export."),
-    images_root: Optional[Path] = typer.Option(None, "--images-root", help="Folder of a COCO file's images "
-                                                                           "(default: the file's folder)."),
+    images_root: Optional[Path] = typer.Option(None, "--image-root", "--images-root",
+                                               help="Folder a COCO file's or Label Studio export's images are "
+                                                    "found under (default: the file's folder; --images-root is "
+                                                    "the older spelling)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Categories: comma list or a file, one per line "
                                                                 "(default: a COCO file's categories; none: open "
                                                                 "vocabulary, names generated)."),

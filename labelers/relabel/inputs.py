@@ -79,11 +79,11 @@ def read_json_labels(path: Path, class_index: Path | None, image_roots: list[Pat
     return SingleLabelSet(paths, _index_names(labels, classes, str(path)), classes)
 
 
-def _resolve(reference: str, roots: list[Path], source: Path, row: int) -> Path:
+def _resolve(reference: str, roots: list[Path], source: Path, row: int, hint: str = "pass --image-root") -> Path:
     found = resolve_image_path(reference, roots)
     if found is None:
         raise RelabelInputError(f"{source}: row {row}: image {reference!r} not found under "
-                                f"{', '.join(map(str, roots))} (pass --image-root)")
+                                f"{', '.join(map(str, roots))} ({hint})")
     return found
 
 
@@ -104,7 +104,9 @@ def read_holdout(path: Path, n_classes: int) -> tuple[list[Path], list[list[int]
         first = next(i for i, (_, labels) in enumerate(rows) if not labels)
         log.warning("%s: %d holdout rows have an empty label list (unscored) and are left out; first: row %d (%s)",
                     path, len(rows) - len(kept), first, rows[first][0])
-    paths = [_resolve(rows[i][0], [path.parent], path, i) for i in kept]
+    # --image-root does not apply here: the hint must not send the user to it
+    paths = [_resolve(rows[i][0], [path.parent], path, i, "a --holdout file's images resolve next to it")
+             for i in kept]
     return paths, [rows[i][1] for i in kept], None if originals is None else originals[kept]
 
 

@@ -71,8 +71,11 @@ def label(
     config: Optional[Path] = typer.Option(None, help="YAML merged over configs/vlm.yaml."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("auto", help="auto, bf16, fp16, fp32."),
-    local_files_root: Optional[Path] = typer.Option(None, "--local-files-root", "--local_files_root",
-                                                    help="Label Studio local-files/media root for JSON exports."),
+    local_files_root: Optional[Path] = typer.Option(None, "--image-root", "--local-files-root", "--local_files_root",
+                                                    help="Folder a Label Studio JSON export's images are found "
+                                                         "under: its local-files / media root (default: "
+                                                         "LOCAL_FILES_DOCUMENT_ROOT, then the export's folder; "
+                                                         "--local-files-root is the older spelling)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     use_ray: bool = ray_flags.USE_RAY,
     ray_address: Optional[str] = ray_flags.RAY_ADDRESS,

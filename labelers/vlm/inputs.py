@@ -140,7 +140,7 @@ def _read_label_studio(path: Path, local_files_root: str | Path | None) -> tuple
             raise InputError(f"{where}: {task.image} is remote; export with local files or download the images first")
         image = resolve_image_path(task.image, roots + [path.parent])
         if image is None:
-            hint = f" under {root}" if root else " (set --local-files-root or LOCAL_FILES_DOCUMENT_ROOT)"
+            hint = f" under {root}" if root else " (pass --image-root or set LOCAL_FILES_DOCUMENT_ROOT)"
             raise InputError(f"{where}: image {task.image} not found{hint}")
         # ground truth: the first label of the first control that has one (Choices or Taxonomy)
         label = next((chosen[0] for chosen in task.labels.values() if chosen), None)

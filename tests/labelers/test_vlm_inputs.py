@@ -59,7 +59,7 @@ def test_label_studio_export(tree, tmp_path, monkeypatch):
     assert [(i.key, i.path, i.label) for i in items] == [("cat/0.png", tree / "cat/0.png", "cat"),
                                                          ("dog/1.png", tree / "dog/1.png", None)]
     assert names == ["cat"]
-    with pytest.raises(InputError, match="task 1.*not found.*--local-files-root"):
+    with pytest.raises(InputError, match="task 1.*not found.*--image-root"):
         read_inputs(export)
     export.write_text(json.dumps([{"id": 7, "data": {"image": "https://example.com/a.jpg"}}]))
     with pytest.raises(InputError, match="task 7.*remote"):
