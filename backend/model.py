@@ -23,7 +23,7 @@ from backend.heap import freeze_long_lived
 from backend.labels import ImageClassification, LabelConfigError, label_interface
 from backend.predictor import PredictorChoice, PredictorRules
 from backend.relabel_suggestions import RelabelSettings
-from backend.routing import Route, route
+from backend.routing import Route
 from backend.schemas import ModelResponse, PredictionValue
 from backend.similar import PARAM as SIMILAR_PARAM, parse_reference
 from backend.versions import initial_version
@@ -85,7 +85,7 @@ class LabelloopModel:
     @cached_property
     def route(self) -> Route:
         """What serves this project's /predict (backend.routing: the one rule the warmer follows too)."""
-        return route(self.rules, self.label_config, self.extra_params)
+        return Route(self.rules, self.label_config, self.extra_params)
 
     @property
     def target(self) -> ImageClassification:

@@ -1,6 +1,6 @@
 """What serves a project's /predict: box pre-annotations, relabel suggestions, the VLM or the head.
 
-`route(rules, label_config, extra_params)` is the one place that decides it, in /predict's order: a box project
+`Route(rules, label_config, extra_params).kind` is the one place that decides it, in /predict's order: a box project
 (backend.boxes) first, then relabel suggestions (backend.relabel_suggestions), then the predictor the project
 chose (backend.predictor). /predict (backend.model) follows it, and so does the warmer (backend.warmer), which
 prepares ahead only what the head will read: the two cannot disagree about which projects the head serves.
@@ -19,18 +19,13 @@ from backend.relabel_suggestions import RelabelSettings, relabel_settings
 ROUTES = ("boxes", "relabel", "vlm", "head")  # what can serve a project's /predict, in the order it is decided
 
 
-def route(rules: PredictorRules, label_config: str | None, extra_params: dict[str, Any] | None) -> "Route":
-    """Return what serves /predict for a project with `label_config` and `extra_params` (its `kind` raises
-    LabelConfigError for a project /predict refuses). Nothing is parsed until a part is read."""
-    return Route(rules, label_config, extra_params)
-
-
 class Route:
     """What serves one project's /predict, from its label config and extra_params, and the parts that decided it.
 
-    Each part is worked out when first read (and then kept), so a caller reading only `target` parses only the
-    config, and the first LabelConfigError raised is the one of the first unusable part in /predict's order:
-    the config's box control, its classification control, the predictor choice, the relabel settings."""
+    Nothing is parsed when it is made. Each part is worked out when first read (and then kept), so a caller
+    reading only `target` parses only the config, and the first LabelConfigError raised is the one of the first
+    unusable part in /predict's order: the config's box control, its classification control, the predictor
+    choice, the relabel settings."""
 
     def __init__(self, rules: PredictorRules, label_config: str | None, extra_params: dict[str, Any] | None):
         self.rules, self.label_config, self.extra_params = rules, label_config, extra_params

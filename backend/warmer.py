@@ -303,12 +303,12 @@ class CacheWarmer:
     def _served(self, stored, embedder):
         """Return (head, version it is, target) /predict would serve `stored` with now, or None when /predict
         does not serve it with the head (a VLM, box or relabel project, or a label config it refuses): decided
-        by /predict's own rule, backend.routing.route."""
+        by /predict's own rule, backend.routing.Route."""
         from backend.labels import LabelConfigError
-        from backend.routing import route as predict_route
+        from backend.routing import Route
 
         stored = self.store.get_project(stored.id)  # the label config and version as of now, not of the warm-up
-        route = predict_route(self.rules, stored.label_config, stored.extra_params)
+        route = Route(self.rules, stored.label_config, stored.extra_params)
         try:
             if route.kind != "head":
                 return None

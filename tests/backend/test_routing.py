@@ -1,11 +1,11 @@
-"""One rule decides what serves a project's /predict (backend.routing.route): /predict takes the
+"""One rule decides what serves a project's /predict (backend.routing.Route): /predict takes the
 path it names, and the warmer prepares the head's rows for exactly the projects /predict serves with the head."""
 from __future__ import annotations
 
 import pytest
 
 from backend.predictor import PredictorRules
-from backend.routing import Route, route
+from backend.routing import Route
 from backend.versions import initial_version
 from tests.backend.conftest import CHOICES_XML, MULTI_XML, local_task
 
@@ -90,7 +90,7 @@ def test_the_route_names_the_path_of_each_case(pid, make_settings):
     settings = make_settings()
     rules = PredictorRules(settings, _vlm_settings(settings))
     xml, extra, path = CASES[pid]
-    served = route(rules, xml, extra)
+    served = Route(rules, xml, extra)
     if path is None:
         with pytest.raises(LabelConfigError):
             served.kind
