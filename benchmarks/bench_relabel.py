@@ -50,7 +50,9 @@ from labelers.sample_data import cache_dir
 
 OUT = Path(__file__).with_name("results")
 MAPS = Path(__file__).with_name(".work") / "relabel_maps"
-# ours' choices, picked on the development seed 0 (the sweep in RESULTS.md's dev tables)
+# choices picked on the development seed 0 (the sweeps in RESULTS.md's dev tables): ours' target recall (None:
+# the best held-out F1), and the per-class rule's target precision of the added labels (the last stop's ours)
+TARGET_RECALL = None
 TARGET_PRECISION = 0.5
 REPLACE_PRECISION = None
 
@@ -87,12 +89,15 @@ def per_scene(predicted, truth):
     return {"jaccard": inter / (p | r).sum(1), "precision": precision, "recall": recall, "f1": f1}
 
 
-# ours and its ablations, all on the same feature maps: name -> (window sizes, drop original, folds, features);
-# the target precision of the additions and the replace rule's are ours' (run_seed's arguments)
-VARIANTS = {"ours": ((), False, 5, "whole"), "ours, in-sample scores": ((), False, 0, "whole"),
-            "ours, drop original": ((), True, 5, "whole"), "ours + 1x1/2x2 map windows": ((1, 2), False, 5, "whole"),
-            "ours, whole + 2x2 windows as features": ((), False, 5, "concat")}
-MAIN_VARIANTS = ("ours", "ours + 1x1/2x2 map windows")
+# ours and its ablations, all on the same feature maps: name -> (window sizes, drop original, folds, features,
+# rule); the learned rule's target recall and the per-class rule's target precision are run_seed's arguments
+VARIANTS = {"ours": ((), True, 5, "whole", "learned"),
+            "ours, in-sample scores": ((), True, 0, "whole", "learned"),
+            "ours, original kept": ((), False, 5, "whole", "learned"),
+            "per-class additions (last stop's ours)": ((), False, 5, "whole", "per-class"),
+            "ours + map windows": ((3, 4), True, 5, "whole", "learned"),
+            "ours, whole + 2x2 windows as features": ((), True, 5, "concat", "learned")}
+MAIN_VARIANTS = ("ours", "per-class additions (last stop's ours)")
 
 
 def head_features(maps, features):
@@ -129,10 +134,11 @@ def _map_key(seed, name, n, noise, px, objects):
 
 
 def run_ours(maps, sets, k, class_names, seed, windows=(), drop=False, folds=5, features="whole",
-             target_precision=0.9, replace_precision=None, rounds=3):
+             target_precision=0.9, replace_precision=None, rounds=3, rule="per-class", target_recall=None):
     """Return (labels (N, K) bool of the best accepted round, the rounds' history) of ours with these choices."""
-    settings = RelabelSettings(confidence="naive", rule="per-class", target_precision=target_precision,
-                               keep_original=not drop, seed=seed, folds=folds, replace_precision=replace_precision)
+    settings = RelabelSettings(confidence="naive", rule=rule, target_precision=target_precision,
+                               target_recall=target_recall, keep_original=not drop, seed=seed, folds=folds,
+                               replace_precision=replace_precision)
     held = Holdout(_regions(maps["holdout"], windows, features), multi_hot(sets["holdout"].truth, k),
                    sets["holdout"].original)
     run = run_rounds(_regions(maps["train"], windows, features), sets["train"].original, class_names, settings,
@@ -140,10 +146,23 @@ def run_ours(maps, sets, k, class_names, seed, windows=(), drop=False, folds=5, 
     return multi_hot(best_round(run).labels, k), run
 
 
+def corner_windows(maps, fraction=2 / 3):
+    """Return one (5, D) array per image: the whole map's mean, then the means of the four corner windows
+    `fraction` of the map's side (on EfficientNet-Lite0's 3x3 map at 96 px: its four 2x2 windows)."""
+    maps = np.asarray(maps, np.float32)
+    h, w = maps.shape[2:]
+    sh, sw = max(1, round(fraction * h)), max(1, round(fraction * w))
+    corners = [maps[:, :, y:y + sh, x:x + sw].mean(axis=(2, 3)) for y in (0, h - sh) for x in (0, w - sw)]
+    return list(np.stack([maps.mean(axis=(2, 3))] + corners, axis=1))
+
+
 def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, objects="cifar10", ablations="all",
-             target_precision=0.9, replace_precision=None, embedder=None, sweep=()):
+             target_precision=0.5, replace_precision=None, embedder=None, sweep=(), target_recall=None,
+             recall_sweep=()):
     """Return (per-method rows, per-scene metrics) of one seed. `sweep`: extra (target precision, replace
-    precision) pairs of ours, each a row named "ours, target t, replace r" (the development seed's grid)."""
+    precision) pairs of the per-class rule, each a row named "per-class, target t, replace r"; `recall_sweep`:
+    extra target recalls of ours (None: best held-out F1), rows "ours, target recall r" (the development
+    seed's grids)."""
     model = make_embedder(embedder or f"efficientnet-lite0@{px}")
     cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
     sets, class_names = scene_sets(seed, (("train", n_scenes), ("holdout", n_holdout), ("test", n_test)),
@@ -156,8 +175,8 @@ def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, obj
     original = sets["train"].original
     labels_by_method = {"keep-original": multi_hot([[o] for o in original], k)}
     # the seed's rule (naive, each region's argmax, union + original); its regions: 3 random `fixed` crops
-    # embedded through the cache (--seed-crops), or the four 2x2 windows of the map (2/3 of the canvas each)
-    seed_regions = _seed_regions(sets["train"], model, cache, seed) if seed_crops else map_windows(maps["train"], (2,))
+    # embedded through the cache (--seed-crops), or the four corner windows of the map (2/3 of the canvas each)
+    seed_regions = _seed_regions(sets["train"], model, cache, seed) if seed_crops else corner_windows(maps["train"])
     # scored out of fold, as the seed's ImageNet model scored val images it never trained on
     seed_settings = RelabelSettings(confidence="naive", rule="argmax", keep_original=True, seed=seed, folds=5)
     seed_run = run_rounds(seed_regions, original, class_names, seed_settings, rounds=1)
@@ -165,15 +184,15 @@ def run_seed(seed, n_scenes, n_holdout, n_test, noise, px, seed_crops, work, obj
     accepted = {}
     names = list(VARIANTS) if ablations == "all" else list(MAIN_VARIANTS) if ablations == "main" else \
         ["ours"] if ablations == "ours" else []
-    for name in names:
-        windows, drop, folds, features = VARIANTS[name]
-        labels_by_method[name], run = run_ours(maps, sets, k, class_names, seed, windows, drop, folds, features,
-                                               target_precision, replace_precision)
-        accepted[name] = (best_round(run).round, [h.metrics for h in run])
-    for t, r in sweep:
-        name = f"ours, target {t}, replace {'off' if r is None else r}"
-        labels_by_method[name], run = run_ours(maps, sets, k, class_names, seed, target_precision=t,
-                                               replace_precision=r)
+    runs = [(name, dict(zip(("windows", "drop", "folds", "features", "rule"), VARIANTS[name]),
+                        target_precision=target_precision, replace_precision=replace_precision,
+                        target_recall=target_recall)) for name in names]
+    runs += [(f"per-class, target {t}, replace {'off' if r is None else r}",
+              dict(target_precision=t, replace_precision=r)) for t, r in sweep]
+    runs += [(f"ours, target recall {'best F1' if r is None else r}",
+              dict(drop=True, rule="learned", target_recall=r)) for r in recall_sweep]
+    for name, choices in runs:
+        labels_by_method[name], run = run_ours(maps, sets, k, class_names, seed, **choices)
         accepted[name] = (best_round(run).round, [h.metrics for h in run])
     rows, scenes = [], []
     for method, predicted in labels_by_method.items():
@@ -256,22 +275,27 @@ def write_fragment(tag: str, text: str) -> None:
 
 def main(scenes: int = typer.Option(5000), seeds: int = typer.Option(3), first_seed: int = typer.Option(1),
          holdout: int = typer.Option(1000), test: int = typer.Option(1000), noise: float = typer.Option(0.1),
-         px: int = typer.Option(96), objects: str = typer.Option("cifar10", help="cifar10 | mnist | fashion-mnist"),
+         px: int = typer.Option(224, help="EfficientNet-Lite0 input side (the 96 px canvas is upsampled)"), objects: str = typer.Option("cifar10", help="cifar10 | mnist | fashion-mnist"),
          seed_crops: bool = typer.Option(False, help="the seed's 3 random fixed crops (3 more passes per scene)"),
          ablations: str = typer.Option("all", help="variants of ours: all (every ablation) | main (ours and its "
                                                    "map-window variant) | ours | none (only --sweep rows)"),
-         target_precision: float = typer.Option(TARGET_PRECISION, help="ours: precision of the added labels"),
-         replace_precision: Optional[float] = typer.Option(REPLACE_PRECISION, help="ours: precision of the swaps of "
+         target_recall: Optional[float] = typer.Option(TARGET_RECALL, help="ours: held-out recall the learned "
+                                                       "rule's threshold must reach (default: best held-out F1)"),
+         recall_sweep: str = typer.Option("", help="extra rows of ours at these target recalls, e.g. 'best,0.88,0.9'"),
+         target_precision: float = typer.Option(TARGET_PRECISION, help="per-class: precision of the added labels"),
+         replace_precision: Optional[float] = typer.Option(REPLACE_PRECISION, help="precision of the swaps of "
                                                            "a given label for the top class (0 = off)"),
-         sweep: str = typer.Option("", help="extra rows of ours, 'target:replace,...' (replace 'off'), e.g. "
+         sweep: str = typer.Option("", help="extra rows of per-class, 'target:replace,...' (replace 'off'), e.g. "
                                             "'0.6:off,0.7:0.8' (the development seed's grid)"),
          write_results: bool = typer.Option(True), note: str = typer.Option("", help="reading appended")) -> None:
     command = (f"python -m benchmarks.bench_relabel --scenes {scenes} --seeds {seeds} --first-seed {first_seed} "
                f"--holdout {holdout} --test {test} --noise {noise} --px {px} --objects {objects}"
                f"{' --seed-crops' if seed_crops else ''} --ablations {ablations}"
                f" --target-precision {target_precision} --replace-precision {replace_precision or 0}"
-               f"{f' --sweep {sweep}' if sweep else ''}")
+               f"{f' --target-recall {target_recall}' if target_recall else ''}"
+               f"{f' --sweep {sweep}' if sweep else ''}{f' --recall-sweep {recall_sweep}' if recall_sweep else ''}")
     grid = parse_sweep(sweep)
+    recalls = [None if r.strip() == "best" else float(r) for r in recall_sweep.split(",") if r.strip()]
     if ablations not in ("all", "main", "ours", "none"):
         raise typer.BadParameter(f"--ablations {ablations!r}: choose all, main, ours or none")
     replace_precision = replace_precision or None
@@ -288,7 +312,8 @@ def main(scenes: int = typer.Option(5000), seeds: int = typer.Option(3), first_s
     with tempfile.TemporaryDirectory() as work:
         for seed in range(first_seed, first_seed + seeds):
             seed_rows, seed_scenes = run_seed(seed, scenes, holdout, test, noise, px, seed_crops, Path(work), objects,
-                                              ablations, target_precision, replace_precision, sweep=grid)
+                                              ablations, target_precision, replace_precision, sweep=grid,
+                                              target_recall=target_recall, recall_sweep=recalls)
             rows += seed_rows
             per_scene_frames.append(seed_scenes)
             frame, all_scenes = pd.DataFrame(rows), pd.concat(per_scene_frames)

@@ -19,7 +19,7 @@ options override it. See docs/relabel.md."""
 
 DEFAULTS = {"regions": "random", "num_crops": 5, "crop_size": "fixed", "confidence": "mc-dropout", "passes": 20,
             "dropout_rate": 0.05, "aggregation": "mean", "label": "threshold", "threshold": 0.5,
-            "target_precision": 0.9, "replace_precision": None, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None,
+            "target_precision": 0.9, "target_recall": None, "replace_precision": None, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None,
             "save_path": None, "data": None}
 
 
@@ -118,15 +118,20 @@ def relabel(
     passes: Optional[int] = typer.Option(None, help="passes for mc-dropout / mc-perturbation"),
     dropout_rate: Optional[float] = typer.Option(None, help="feature dropout for mc-dropout"),
     aggregation: Optional[str] = typer.Option(None, help="mean | vote over passes"),
-    label: Optional[str] = typer.Option(None, help="threshold | per-class | gmm | argmax (the seed's rule)"),
+    label: Optional[str] = typer.Option(None, help="threshold | per-class | gmm | learned (a model of which scores "
+                                                   "mean present, fitted on --holdout) | argmax (the seed's rule)"),
     threshold: Optional[float] = typer.Option(None, help="global threshold (and the fallback of per-class / gmm)"),
     target_precision: Optional[float] = typer.Option(None, help="per-class: held-out precision to reach"),
+    target_recall: Optional[float] = typer.Option(None, help="learned: held-out recall its threshold must reach "
+                                                  "(default: the threshold with the best held-out F1)"),
     replace_precision: Optional[float] = typer.Option(None, help="swap a given label for the head's top class when "
                                                       "the top class beats it by a per-class margin calibrated on "
                                                       "the holdout for this precision of the swaps (needs --holdout "
                                                       "with \"original\" labels; default: never swap)"),
     keep_original: Optional[bool] = typer.Option(None, "--keep-original/--drop-original",
-                                                 help="always keep the original label (default keep)"),
+                                                 help="always keep the original label (default keep; with "
+                                                      "--label learned, default drop: the rule judges the "
+                                                      "original label too)"),
     rounds: Optional[int] = typer.Option(None, help="relabel/retrain rounds at most"),
     folds: Optional[int] = typer.Option(None, help="score each image with a head not trained on it (k folds; "
                                                    "0 = the head scores its own training images)"),
@@ -162,18 +167,23 @@ def relabel(
     options = _merged(config, dict(data=data, regions=regions, num_crops=num_crops, crop_size=crop_size,
                                    confidence=confidence, passes=passes, dropout_rate=dropout_rate,
                                    aggregation=aggregation, label=label, threshold=threshold,
-                                   target_precision=target_precision, replace_precision=replace_precision,
-                                   keep_original=keep_original, rounds=rounds,
+                                   target_precision=target_precision, target_recall=target_recall,
+                                   replace_precision=replace_precision, keep_original=keep_original, rounds=rounds,
                                    folds=folds, max_images=max_images))
     if options["data"] is None:
         _fail("no input: pass --data (or json_dir in --config)")
+    if options["label"] == "learned" and holdout is None:
+        _fail("--label learned needs --holdout (held-out images with their multi-label truth) to learn from")
+    if options["label"] == "learned" and keep_original is None:
+        options["keep_original"] = False  # the rule learns when a given label is wrong; forcing it back undoes that
     if options["replace_precision"] is not None and holdout is None:
         _fail("--replace-precision needs --holdout (held-out images with their truth and given \"original\" "
               "labels) to calibrate the swaps on")
     settings = RelabelSettings(confidence=options["confidence"], passes=options["passes"],
                                dropout_rate=options["dropout_rate"], aggregation=options["aggregation"],
                                rule=options["label"], threshold=options["threshold"],
-                               target_precision=options["target_precision"], keep_original=options["keep_original"],
+                               target_precision=options["target_precision"], target_recall=options["target_recall"],
+                               keep_original=options["keep_original"],
                                replace_precision=options["replace_precision"], seed=seed, folds=options["folds"])
     try:
         ray = ray_options(use_ray, ray_address, actors, gpus_per_actor)

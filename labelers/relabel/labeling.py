@@ -14,7 +14,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RULES = ("threshold", "per-class", "gmm", "argmax")  # argmax: the seed's rule, for comparison
+RULES = ("threshold", "per-class", "gmm", "learned", "argmax")  # argmax: the seed's rule, for comparison
 GMM_MIN_SAMPLES = 50  # fewer scores than this: a 2-component fit is noise, use the threshold instead
 
 

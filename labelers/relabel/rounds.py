@@ -21,6 +21,7 @@ from ..head import ClassifierHead
 from . import confidence as conf
 from .labeling import (apply_original, apply_replacements, argmax_union, calibrate_replacements,
                        calibrate_thresholds, image_scores, label_images)
+from .learned import LearnedRule, fit_learned_rule
 from .metrics import multi_hot, real_top1, set_metrics, to_lists
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class RelabelSettings:
     rule: str = "threshold"
     threshold: float = 0.5
     target_precision: float = 0.9
+    target_recall: float | None = None  # learned rule: held-out recall its threshold must reach (None: best F1)
     keep_original: bool = True
     # swap the given label for the head's top class when the top class beats it by a margin calibrated on the
     # holdout for this precision of the swaps (None: never swap; see labeling.calibrate_replacements)
@@ -63,6 +65,16 @@ class Holdout:
         original = (None, None) if self.original is None else (self.original[0::2], self.original[1::2])
         return (Holdout(list(self.regions[0::2]), self.truth[0::2], original[0]),
                 Holdout(list(self.regions[1::2]), self.truth[1::2], original[1]))
+
+
+@dataclass
+class Calibration:
+    """What a round's rule learned from the held-out calibration images: per-class thresholds (per-class
+    rule), the replace rule's margins, the learned rule; each None when the settings do not use it."""
+
+    thresholds: np.ndarray | None = None
+    margins: np.ndarray | None = None
+    learned: LearnedRule | None = None
 
 
 @dataclass
@@ -107,18 +119,22 @@ def region_confidences(head: ClassifierHead, regions: Sequence[np.ndarray], sett
 
 
 def labels_from_confidences(confidences: Sequence[np.ndarray], original: np.ndarray, settings: RelabelSettings,
-                            thresholds: np.ndarray | None, keep_original: bool,
-                            margins: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Return (labels (N, K) bool, image scores (N, K)) by the settings' rule; with replace `margins` (K,)
-    (`replace_margins`), confidently wrong originals are then swapped for the top class."""
+                            calibration: Calibration, keep_original: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels (N, K) bool, image scores (N, K)) by the settings' rule; with the replace rule's
+    margins in `calibration`, confidently wrong originals are then swapped for the top class."""
     scores = image_scores(confidences)
     if settings.rule == "argmax":  # the seed's: naive ignores the threshold
         chosen = argmax_union(confidences, None if settings.confidence == "naive" else settings.threshold)
         labels = apply_original(chosen, original, keep_original)
+    elif settings.rule == "learned":
+        if calibration.learned is None:
+            raise ValueError("--label learned needs held-out labeled images (--holdout) to learn from")
+        labels = calibration.learned.labels(scores, original, keep_original)
     else:
-        labels = label_images(scores, original, settings.rule, settings.threshold, thresholds, keep_original)
-    if margins is not None:
-        labels = apply_replacements(labels, scores, original, margins)
+        labels = label_images(scores, original, settings.rule, settings.threshold, calibration.thresholds,
+                              keep_original)
+    if calibration.margins is not None:
+        labels = apply_replacements(labels, scores, original, calibration.margins)
     return labels, scores
 
 
@@ -137,15 +153,13 @@ def holdout_originals(head: ClassifierHead, holdout: Holdout) -> np.ndarray:
     return np.where(holdout.truth, proba, -np.inf).argmax(axis=1)
 
 
-def validate(head: ClassifierHead, holdout: Holdout, settings: RelabelSettings,
-             thresholds: np.ndarray | None, margins: np.ndarray | None = None) -> dict:
+def validate(head: ClassifierHead, holdout: Holdout, settings: RelabelSettings, calibration: Calibration) -> dict:
     """Return the held-out estimate of the labels `head` would produce: the set metrics (val_*) of the rule
     applied with this head to held-out images (with their stand-in original, kept or dropped as in the
     settings), and the head's ReaL-style top-1 (head_top1)."""
     confidences = region_confidences(head, holdout.regions, settings)
     originals = holdout_originals(head, holdout)
-    predicted, _ = labels_from_confidences(confidences, originals, settings, thresholds, settings.keep_original,
-                                           margins)
+    predicted, _ = labels_from_confidences(confidences, originals, settings, calibration, settings.keep_original)
     whole = np.stack([r[0] for r in holdout.regions])
     metrics = {"head_top1": real_top1(head.predict_proba(whole), holdout.truth)}
     metrics.update({f"val_{k}": v for k, v in set_metrics(predicted, holdout.truth).items()})
@@ -159,8 +173,8 @@ def keep_original_estimate(head: ClassifierHead, holdout: Holdout) -> dict:
     return {f"val_{k}": v for k, v in set_metrics(single, holdout.truth).items()}
 
 
-def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None
-                     ) -> np.ndarray | None:
+def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None,
+                     held_scores: np.ndarray | None = None) -> np.ndarray | None:
     """Return per-class thresholds calibrated on `calibration` for the per-class rule, else None.
 
     With the original label kept, the thresholds are calibrated on the labels *added* beside the held-out
@@ -171,7 +185,7 @@ def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibratio
         return None
     if calibration is None:
         raise ValueError("--label per-class needs held-out labeled images (--holdout) to calibrate on")
-    held_scores = image_scores(region_confidences(head, calibration.regions, settings))
+    held_scores = _held_scores(head, settings, calibration, held_scores)
     if not settings.keep_original:
         return calibrate_thresholds(held_scores, calibration.truth, settings.target_precision,
                                     fallback=settings.threshold)
@@ -181,8 +195,8 @@ def class_thresholds(head: ClassifierHead, settings: RelabelSettings, calibratio
                                 exclude=originals)
 
 
-def replace_margins(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None
-                    ) -> np.ndarray | None:
+def replace_margins(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None,
+                    held_scores: np.ndarray | None = None) -> np.ndarray | None:
     """Return the replace rule's per-class margins calibrated on `calibration` (its given originals) for
     `settings.replace_precision`, or None when the rule is off. Raises ValueError without held-out images, or
     when the holdout has no given labels (a swap can only be judged against the label the dataset gave)."""
@@ -191,8 +205,36 @@ def replace_margins(head: ClassifierHead, settings: RelabelSettings, calibration
     if calibration is None or calibration.original is None:
         raise ValueError("--replace-precision needs held-out images with their given labels (--holdout with an "
                          "\"original\" on every row) to calibrate the swaps on")
-    held_scores = image_scores(region_confidences(head, calibration.regions, settings))
-    return calibrate_replacements(held_scores, calibration.truth, calibration.original, settings.replace_precision)
+    return calibrate_replacements(_held_scores(head, settings, calibration, held_scores), calibration.truth,
+                                  calibration.original, settings.replace_precision)
+
+
+def learned_rule(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None,
+                 held_scores: np.ndarray | None = None) -> LearnedRule | None:
+    """Return the learned rule (labelers.relabel.learned) fitted on `calibration` with this head's scores for
+    the learned rule, else None. Raises ValueError without held-out labeled images."""
+    if settings.rule != "learned":
+        return None
+    if calibration is None:
+        raise ValueError("--label learned needs held-out labeled images (--holdout) to learn from")
+    return fit_learned_rule(_held_scores(head, settings, calibration, held_scores), holdout_originals(head, calibration),
+                            calibration.truth, settings.keep_original, settings.target_recall, settings.seed)
+
+
+def calibrate(head: ClassifierHead, settings: RelabelSettings, calibration: Holdout | None) -> Calibration:
+    """Return what the settings' rules learn from the calibration images with this head, scoring them once."""
+    held_scores = None
+    if calibration is not None and (settings.rule in ("per-class", "learned") or settings.replace_precision):
+        held_scores = _held_scores(head, settings, calibration)
+    return Calibration(class_thresholds(head, settings, calibration, held_scores),
+                       replace_margins(head, settings, calibration, held_scores),
+                       learned_rule(head, settings, calibration, held_scores))
+
+
+def _held_scores(head, settings, calibration: Holdout, held_scores=None) -> np.ndarray:
+    if held_scores is not None:
+        return held_scores
+    return image_scores(region_confidences(head, calibration.regions, settings))
 
 
 def out_of_fold_confidences(whole: np.ndarray, labels: np.ndarray, regions: Sequence[np.ndarray],
@@ -220,20 +262,18 @@ def out_of_fold_confidences(whole: np.ndarray, labels: np.ndarray, regions: Sequ
 def relabel_once(head: ClassifierHead, regions: Sequence[np.ndarray], original: np.ndarray,
                  settings: RelabelSettings, calibration: Holdout | None, perturb=None,
                  whole: np.ndarray | None = None, labels: np.ndarray | None = None,
-                 class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Return (labels (N, K) bool, image scores (N, K), per-class thresholds or None) for one relabel pass.
+                 class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, Calibration]:
+    """Return (labels (N, K) bool, image scores (N, K), what was calibrated) for one relabel pass.
 
     With `settings.folds` >= 2 and the training data (`whole`, `labels`, `class_names`) the images are scored
-    out of fold (`out_of_fold_confidences`); `head` (fitted on all of them) calibrates the thresholds."""
-    thresholds = class_thresholds(head, settings, calibration)
-    margins = replace_margins(head, settings, calibration)
+    out of fold (`out_of_fold_confidences`); `head` (fitted on all of them) calibrates the rule."""
+    calibrated = calibrate(head, settings, calibration)
     if settings.folds >= 2 and whole is not None and len(regions) >= settings.folds:
         confidences = out_of_fold_confidences(whole, labels, regions, class_names, settings, perturb)
     else:
         confidences = region_confidences(head, regions, settings, perturb)
-    new_labels, scores = labels_from_confidences(confidences, original, settings, thresholds, settings.keep_original,
-                                                 margins)
-    return new_labels, scores, thresholds
+    new_labels, scores = labels_from_confidences(confidences, original, settings, calibrated, settings.keep_original)
+    return new_labels, scores, calibrated
 
 
 def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names: Sequence[str],
@@ -283,10 +323,11 @@ def run_rounds(regions: Sequence[np.ndarray], original: np.ndarray, class_names:
         _write(out, history, img_paths, settings, inputs)
     best = _best_so_far(history, settings.stop_metric)
     for r in tqdm(range(history[-1].round + 1, rounds + 1), desc="relabel rounds", disable=not progress):
-        new_labels, scores, _ = relabel_once(head, regions, original, settings, calibration, perturb, whole, labels,
-                                             class_names)
-        metrics = validate(head, validation, settings, class_thresholds(head, settings, calibration),
-                           replace_margins(head, settings, calibration)) if holdout else {}
+        new_labels, scores, calibrated = relabel_once(head, regions, original, settings, calibration, perturb, whole,
+                                                      labels, class_names)
+        metrics = validate(head, validation, settings, calibrated) if holdout else {}
+        if calibrated.learned is not None:
+            metrics["learned_threshold"] = calibrated.learned.threshold
         metrics["cardinality"] = float(new_labels.sum(1).mean())
         metrics["changed_images"] = int((new_labels != labels).any(axis=1).sum())
         value = metrics.get(settings.stop_metric)
