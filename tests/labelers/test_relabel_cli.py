@@ -193,3 +193,28 @@ def test_replace_and_target_precision_reach_the_rounds(scene_run, tmp_path, monk
     assert seen["settings"].replace_precision == 0.85 and seen["settings"].target_precision == 0.7
     default = _relabel(root, tmp_path / "d", "--label", "per-class")
     assert default.exit_code == 2 and seen["settings"].replace_precision is None
+
+
+def test_the_learned_rule_without_a_holdout_is_refused_before_reading_anything(tmp_path):
+    result = CliRunner().invoke(app, ["relabel", "--data", str(tmp_path / "labels.csv"), "--label", "learned",
+                                      "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--label learned needs --holdout" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_learned_rule_beats_keep_original_on_real_scenes_and_judges_the_original(scene_run, tmp_path):
+    from labelers.relabel.metrics import multi_hot, set_metrics
+
+    root, train = scene_run
+    result = _relabel(root, tmp_path / "run", "--regions", "grid", "--confidence", "naive", "--label", "learned",
+                      "--target-recall", "0.9", "--rounds", "2")
+    assert result.exit_code == 0, result.output
+    assert "rule learned, drop original" in result.output  # the rule judges the given label by default
+    keep = set_metrics(multi_hot([[o] for o in train.original], 3), multi_hot(train.truth, 3))
+    ours = _f1(tmp_path / "run" / "labels.json", train.truth)
+    print("keep-original", keep, "learned", ours)
+    assert ours["f1"] > keep["f1"] + 0.03, (ours, keep)
+    rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())
+    assert rounds["settings"]["target_recall"] == 0.9 and rounds["settings"]["rule"] == "learned"
+    assert "learned_threshold" in rounds["rounds"][1]["metrics"]
