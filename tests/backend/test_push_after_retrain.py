@@ -51,7 +51,7 @@ def test_a_relabel_project_is_retrained_but_gets_no_head_classifications_pushed(
         assert runtime.queue.wait_idle(120)
         last, head = runs(runtime)[0], runtime.store.current_version("1")
         served = runtime.served_version("1")
-    assert last["status"] == "succeeded" and head.endswith("-p1-r1")  # the head that scores the regions
+    assert last["status"] == "succeeded" and not head.endswith("-p1-r0")  # the head that scores the regions
     assert served.startswith(head + "-relabel-") and served != relabel
     assert fake.imported_predictions == [] and fake.project_versions == {}
     assert "predictions not pushed: /predict serves this project relabel suggestions" in last["note"]
@@ -63,7 +63,7 @@ def test_a_box_only_project_is_not_retrained_and_nothing_is_logged_as_an_error(m
     box = [{"from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 32,
             "original_height": 32, "value": {"x": 10, "y": 10, "width": 50, "height": 50, "rectanglelabels": ["red"]}}]
     caplog.set_level(logging.INFO, logger="backend")
-    with _pushing(make_client, docroot, fake) as (client, runtime):
+    with _pushing(make_client, docroot, fake) as (_, runtime):
         _store_box_project(runtime, BOXES_XML, {}, lambda task: box)
         last = runs(runtime)[0]
         version = runtime.store.current_version("1")
@@ -76,10 +76,23 @@ def test_a_box_only_project_is_not_retrained_and_nothing_is_logged_as_an_error(m
 def test_a_box_project_with_a_choices_control_gets_no_head_classifications(make_client, docroot):
     # Its /predict serves boxes (extra_params "boxes"): a head trained on its Choices would be served nowhere.
     fake = FakeLabelStudio(image=png(), tasks=TASKS, versions_with_predictions=set())
-    with _pushing(make_client, docroot, fake) as (client, runtime):
+    with _pushing(make_client, docroot, fake) as (_, runtime):
         _store_box_project(runtime, BOXES_AND_CHOICES_XML, {"boxes": {}},
                            lambda task: choice_result(LABELS[task["id"]]))
         last = runs(runtime)[0]
         version = runtime.store.current_version("1")
     assert last["status"] == "skipped" and "box projects are not retrained" in last["note"]
     assert version.endswith("-p1-r0") and fake.imported_predictions == []
+
+
+def test_a_vlm_project_trains_its_head_but_gets_no_head_classifications_pushed(make_client, docroot):
+    from tests.backend.test_webhook_training import annotate_all
+
+    fake = FakeLabelStudio(image=png(), tasks=TASKS, versions_with_predictions=set())
+    with _pushing(make_client, docroot, fake) as (client, runtime):
+        served = setup_project(client, predictor="vlm")  # /setup never loads the VLM
+        annotate_all(client)
+        assert runtime.queue.wait_idle(120)
+        last, head = runs(runtime)[0], runtime.store.current_version("1")
+    assert last["status"] == "succeeded" and not head.endswith("-p1-r0") and served.startswith("vlm-")
+    assert fake.imported_predictions == [] and "predictions not pushed: the VLM pre-annotates" in last["note"]

@@ -244,7 +244,7 @@ def test_a_truth_auto_labels_csv_is_read_with_the_sources_image_root(noisy_cifar
                                                                      caplog):
     from tests.test_image_root_option import _hinted_options, _options
 
-    folder, paths, truth, noisy, cache = noisy_cifar
+    _, paths, truth, noisy, cache = noisy_cifar
     pool, labels, truth_csv = _auto_labels_run(tmp_path, paths, truth, noisy)
     out = tmp_path / "out"
     result = run_audit(labels, "--image-root", pool, "--classes", ",".join(CIFAR10_CLASSES), "--truth", truth_csv,
