@@ -264,12 +264,12 @@ class HeadTrainer:
         project = self.store.get_project(project_id)
         try:
             kind = Route(self.rules, project.label_config, project.extra_params).kind
-            reason = NOT_PUSHED.get(kind)
         except LabelConfigError as exc:  # changed since the run read it: /predict answers 422 for it now
-            reason = f"/predict refuses this project ({exc})"
-        if reason is not None:
-            log.info("project %s: predictions not pushed: %s", project_id, reason)
-            return f"predictions not pushed: {reason}"
+            log.warning("project %s: predictions not pushed: /predict refuses this project (%s)", project_id, exc)
+            return f"predictions not pushed: /predict refuses this project ({exc})"
+        if kind in NOT_PUSHED:
+            log.info("project %s: predictions not pushed: %s", project_id, NOT_PUSHED[kind])
+            return f"predictions not pushed: {NOT_PUSHED[kind]}"
         try:
             pushed = self.push_predictions(project_id)
         except Exception as exc:  # the version is published either way; Retrieve Predictions still works
