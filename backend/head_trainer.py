@@ -17,10 +17,11 @@ import numpy as np
 from backend.accuracy import describe, estimate_accuracy
 from backend.events import usable
 from backend.heads import HeadCache, head_digest, label_probabilities, prior_head
-from backend.labels import ImageClassification, parse_label_config
+from backend.labels import ImageClassification, LabelConfigError, parse_label_config
 from backend.learners import STATE_KEY as LEARNER_KEY, LearnerFit, SavedWithPool
 from backend.logs import Redactor
 from backend.predictor import PredictorRules
+from backend.routing import Route
 from backend.store import Annotation, Store
 from backend.versions import head_version
 from labelers.formats.label_studio import labels_by_control
@@ -28,6 +29,12 @@ from labelers.formats.label_studio import labels_by_control
 log = logging.getLogger(__name__)
 
 PUSH_CHUNK = 500  # tasks predicted and sent to Label Studio per import_predictions call
+NOT_RETRAINED = "box projects are not retrained (backend.boxes)"  # as /webhook answers their annotations
+# Why a retrain pushes nothing, by what /predict serves the project with (backend.routing.Route): the head's
+# classifications would be predictions of another kind than the ones Label Studio asks /predict for.
+NOT_PUSHED = {"vlm": "the VLM pre-annotates this project",
+              "relabel": "/predict serves this project relabel suggestions (Retrieve Predictions asks for them)",
+              "boxes": "/predict serves this project box pre-annotations"}
 
 
 def training_set(store: Store, project: str, target: ImageClassification) -> tuple[list[int], list[list[str]]]:
@@ -88,9 +95,14 @@ class HeadTrainer:
     def train(self, project_id: str, full_sync: bool = False) -> tuple[str | None, int, str | None]:
         """Fit a new head on the stored annotations and publish it as the next version.
 
-        Returns (new model_version or None when there is nothing to learn from, annotations used, note).
+        Returns (new model_version or None when there is nothing to learn from, annotations used, note);
+        None also for a box project, which is not retrained (a retrain queued before its /setup made it one).
         Raises on any failure, leaving the served version untouched.
         """
+        stored = self.store.get_project(project_id)
+        if Route(self.rules, stored.label_config, stored.extra_params).boxes is not None:
+            log.info("project %s: %s", project_id, NOT_RETRAINED)
+            return None, 0, NOT_RETRAINED
         notes = []
         if full_sync and self.ls.configured:
             try:
@@ -247,10 +259,17 @@ class HeadTrainer:
 
     # -- pushing predictions after a retrain -------------------------------------------------------------------
     def _push_after_publish(self, project_id: str) -> str:
+        """Push the new head's predictions when /predict serves the project with the head; returns the note
+        saying how many were pushed, or why none were (logged too)."""
         project = self.store.get_project(project_id)
-        target = parse_label_config(project.label_config)
-        if self.rules.choice(project.extra_params, target).predictor != "head":
-            return "predictions not pushed: the VLM pre-annotates this project"
+        try:
+            kind = Route(self.rules, project.label_config, project.extra_params).kind
+        except LabelConfigError as exc:  # changed since the run read it: /predict answers 422 for it now
+            log.warning("project %s: predictions not pushed: /predict refuses this project (%s)", project_id, exc)
+            return f"predictions not pushed: /predict refuses this project ({exc})"
+        if kind in NOT_PUSHED:
+            log.info("project %s: predictions not pushed: %s", project_id, NOT_PUSHED[kind])
+            return f"predictions not pushed: {NOT_PUSHED[kind]}"
         try:
             pushed = self.push_predictions(project_id)
         except Exception as exc:  # the version is published either way; Retrieve Predictions still works

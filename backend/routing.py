@@ -4,6 +4,8 @@
 (backend.boxes) first, then relabel suggestions (backend.relabel_suggestions), then the predictor the project
 chose (backend.predictor). /predict (backend.model) follows it, and so does the warmer (backend.warmer), which
 prepares ahead only what the head will read: the two cannot disagree about which projects the head serves.
+So do the version a project is told it is served with (backend.versions.ServedVersion) and the push of the
+head's predictions after a retrain (backend.head_trainer), which skips every project the head does not serve.
 (Not a method of PredictorRules: backend.boxes imports backend.vlm, which imports backend.predictor.)
 """
 from __future__ import annotations

@@ -3,15 +3,17 @@ when another learner than the head alone made its probabilities, backend.learner
 relabel suggestions and box pre-annotations add a suffix naming their settings ("-relabel-<hash>", "-boxes-<hash>").
 
 `ServedVersion` is the one function that names it; the model, /metrics and the Label Studio version sync all
-call it, so they never disagree.
+call it, so they never disagree. It names what /predict's own rule (backend.routing.Route) says serves the
+project, so it cannot disagree with /predict either (relabel suggestions are the head's, whatever the predictor).
 """
 from __future__ import annotations
 
-from backend.boxes import box_settings, box_target, box_version, pipeline_settings
+from backend.boxes import box_settings, box_version, pipeline_settings
 from backend.embedders import version_prefix
-from backend.labels import LabelConfigError, parse_label_config
+from backend.labels import LabelConfigError
 from backend.predictor import PredictorRules
-from backend.relabel_suggestions import relabel_settings, relabel_version
+from backend.relabel_suggestions import relabel_version
+from backend.routing import Route
 
 
 def head_version(embedder_spec: str, project: str, revision: int, learner: str = "head") -> str:
@@ -36,23 +38,31 @@ class ServedVersion:
     def __call__(self, project: str, label_config: str | None = None, extra_params: dict | None = None
                  ) -> str | None:
         """Read from SQLite on every call (never stale across workers). `label_config`/`extra_params` override
-        the stored ones. A project whose config cannot be served keeps its head's version."""
+        the stored ones. The version names what /predict serves the project with, decided by /predict's own
+        rule (backend.routing.Route), so the two never disagree. A project whose config /predict refuses keeps
+        its head's version."""
         stored = self.store.get_project(project)
         if stored is None:
             return None
-        extra = stored.extra_params if extra_params is None else extra_params
+        route = Route(self.rules, label_config or stored.label_config,
+                      stored.extra_params if extra_params is None else extra_params)
         try:
-            boxes = box_target(label_config or stored.label_config, extra)
-            target = boxes.classes if boxes else parse_label_config(label_config or stored.label_config)
-            choice = self.rules.choice(extra, target)
-            vlm = self.rules.vlm_version(choice, target, project) if choice.predictor == "vlm" else None
-            if boxes is not None:  # names the box pipeline too: Label Studio asks again when it changes
-                settings = box_settings(extra)
-                return box_version(vlm or stored.model_version, boxes, settings,
-                                   pipeline_settings(self.pseudo_config, settings), vlm or "head")
-            relabel = relabel_settings(extra, target)
+            return self._version(route, stored, project)
         except LabelConfigError:
             return stored.model_version
-        if vlm:
+
+    def _version(self, route: Route, stored, project: str) -> str:
+        """Return the version of what `route.kind` names; raises LabelConfigError as the route does."""
+        kind = route.kind
+        if kind == "head":
+            return stored.model_version
+        if kind == "relabel":  # the head scores the regions, whatever the predictor: its version, suffixed
+            return relabel_version(stored.model_version, route.relabel)
+        vlm = self.rules.vlm_version(route.choice, route.target, project) if route.choice.predictor == "vlm" \
+            else None
+        if kind == "vlm":
             return vlm
-        return relabel_version(stored.model_version, relabel) if relabel else stored.model_version
+        # A box project's version names its box pipeline too: Label Studio asks again when it changes.
+        settings = box_settings(route.extra_params)
+        return box_version(vlm or stored.model_version, route.boxes, settings,
+                           pipeline_settings(self.pseudo_config, settings), vlm or "head")

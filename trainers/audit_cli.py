@@ -41,6 +41,30 @@ def _fail(message: str) -> None:
 
 
 # ---------------------------------------------------------------- reading
+LABEL_FILE_SUFFIXES = (".json", ".jsonl", ".npz", ".pkl", ".pickle")  # what read_any reads otherwise
+
+
+def _is_auto_labels(path: Path) -> bool:
+    """Return True for an auto_labels.csv (what read_any reads any other label file as): it holds file names
+    only, so its images are found under the image root."""
+    from trainers.export import is_classification_csv
+
+    return path.is_file() and path.suffix not in LABEL_FILE_SUFFIXES and not is_classification_csv(path)
+
+
+def _ordinary_auto_labels(path: Path) -> list[str]:
+    """Refuse an auto_labels.csv whose run.json says its labels are complementary; return the note to print
+    when no run.json says which kind they are (they are read as ordinary labels), else []."""
+    from trainers.label_files import auto_labels_mode
+
+    mode = auto_labels_mode(path)
+    if mode == "complementary":
+        raise AuditInputError(f"{path}: the run.json beside it says these are complementary labels (classes the "
+                              "images are NOT); an audit checks ordinary labels (run the labeler with ordinary labels)")
+    return [] if mode else [f"{path.name} has no run.json beside it saying which kind its labels are: read as "
+                            "ordinary labels (majority over rounds)"]
+
+
 def _refuse_complementary_run(path: Path) -> None:
     from trainers.formats.vlm_run import JSONL_NAME, read_vlm_run
 
@@ -133,9 +157,13 @@ def read_audit_labels(source: str | Path, images: str | None = None, classes: li
     if multi_label:
         raise AuditInputError(f"{path}: multi-label audits read Label Studio JSON exports only")
     _refuse_complementary_run(path)
-    labels = read_any(path, images, classes, long_label, True, image_option="--image-root")
+    auto_labels = _is_auto_labels(path)
+    notes = _ordinary_auto_labels(path) if auto_labels else []
+    labels = read_any(path, images, classes, long_label, True, image_option="--image-root",
+                      mode_checked=auto_labels)  # refused or noted above in audit's words, not train's
     if not (labels.ord_labels >= 0).any():
         raise AuditInputError(f"{path}: no item has an ordinary label to audit")
+    labels.meta["notes"] = list(labels.meta.get("notes", [])) + notes
     return labels
 
 
@@ -151,16 +179,23 @@ def _match_keys(labels: LabelSet) -> list[list[str]]:
 def read_truth(truth: str | Path, labels: LabelSet, images: str | None = None) -> np.ndarray:
     """Return (N,) true class indices in ``labels``' class order for ``labels``' items (-1 where unknown).
 
-    ``truth`` is a Label Studio export, a classification CSV, an ImageFolder tree, a features .npz or a gold
-    VLM run (its true labels, whatever its mode); rows are matched by resolved image path, else by
-    name. Raises AuditInputError when a true class is not in the audit's class list or nothing matches.
+    ``truth`` is a Label Studio export or an auto_labels.csv (their images found under ``images``, the image
+    root of the audited source), a classification CSV, an ImageFolder tree, a features .npz or a gold VLM run
+    (its true labels, whatever its mode); rows are matched by resolved image path, else by name. Raises
+    AuditInputError when a true class is not in the audit's class list, an auto_labels.csv's run.json says
+    its labels are complementary, or nothing matches; the readers' errors when an image is not found.
     """
     from trainers.export import read_any
 
     path = Path(truth)
-    # Truth files name their own images: --image-root is only needed to find a Label Studio export's files.
-    known = read_label_studio_audit(path, images, None) if path.suffix == ".json" else read_any(path, None, None,
-                                                                                               True, True)
+    if path.suffix == ".json":
+        known = read_label_studio_audit(path, images, None)
+    elif _is_auto_labels(path):  # file names only: under the source's image root, in the audited classes
+        _ordinary_auto_labels(path)  # true labels without a run.json are the user's word: no note
+        known = read_any(path, images, labels.class_names, True, True, image_option="--image-root",
+                         mode_checked=True)
+    else:  # the other formats name their own images (reading the root for them would only cost time)
+        known = read_any(path, None, None, True, True)
     index = {name: k for k, name in enumerate(labels.class_names)}
     lookup: dict[str, int] = {}
     for keys, value in zip(_match_keys(known), known.ord_labels):
@@ -292,7 +327,9 @@ def audit(
                                          "under (--images is the older spelling)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names: comma-separated or a file."),
     label_control: Optional[str] = typer.Option(None, "--label-control", help="Label Studio control to audit."),
-    truth: Optional[str] = typer.Option(None, "--truth", help="True labels (any SOURCE format) to score the audit."),
+    truth: Optional[str] = typer.Option(None, "--truth", help="True labels (any SOURCE format) to score the audit; "
+                                        "a Label Studio export's or auto_labels.csv's images are found under "
+                                        "--image-root, as SOURCE's."),
     embedder: str = typer.Option("auto", "--embedder", help="Embedder spec, e.g. efficientnet-lite0@128."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (default: user cache)."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds for out-of-fold probabilities."),

@@ -33,9 +33,10 @@ def is_classification_csv(path: Path) -> bool:
 def read_any(source: str | Path, data: str | None = None, classes: list[str] | None = None,
              long_label: bool = True, ordinary: bool = False, cl_control: str | None = None,
              label_control: str | None = None, image_key: str | None = None,
-             image_option: str = "--data") -> LabelSet:
+             image_option: str = "--data", mode_checked: bool = False) -> LabelSet:
     """Return the LabelSet in ``source`` (any supported format); ``data`` gives the images for label-only files.
-    ``image_option``: the calling command's option for ``data``, named by the errors of a label-only file."""
+    ``image_option``: the calling command's option for ``data``, named by the errors of a label-only file;
+    ``mode_checked``: see ``attach_labels``."""
     from trainers.sources import attach_labels, dataset_or_image_root, load_dataset
 
     path = Path(source)
@@ -48,7 +49,7 @@ def read_any(source: str | Path, data: str | None = None, classes: list[str] | N
         return load_dataset(str(path), classes)[0]
     roots = [Path(data)] if data and Path(data).is_dir() else []
     return attach_labels(base, path, ordinary, long_label, classes, roots, cl_control, label_control, image_key,
-                         image_option)
+                         image_option, mode_checked)
 
 
 def target_format(target: str | Path, fmt: str | None) -> str:

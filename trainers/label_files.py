@@ -161,14 +161,16 @@ def _ref_name(ref: str) -> str:
 def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool, long_label: bool = True,
                   classes: list[str] | None = None, image_roots: list[Path] | None = None,
                   cl_control: str | None = None, label_control: str | None = None,
-                  image_key: str | None = None, image_option: str = "--data") -> LabelSet:
+                  image_key: str | None = None, image_option: str = "--data", mode_checked: bool = False
+                  ) -> LabelSet:
     """Return the LabelSet of ``base`` images labelled by ``label_path`` (or the label file's own images).
 
     ``ordinary`` reads the file's label columns as ordinary labels (majority vote per image, as for the
     seed's Ord runs) instead of complementary labels; the dataset's truth is kept for validation.
     Raises DataSourceError naming the row/key for unknown class names, images that are missing (and
     ``image_option``, the calling command's option for the images), and complementary labels asked for as
-    ordinary ones.
+    ordinary ones (an auto_labels.csv: unless ``mode_checked``, the caller having checked its
+    ``auto_labels_mode`` and said so in its own command's words).
     """
     from trainers.formats.vlm_run import JSONL_NAME
 
@@ -184,7 +186,7 @@ def attach_labels(base: LabelSet | None, label_path: str | Path, ordinary: bool,
         return _attach_vlm_run(base, path, ordinary)
     if path.suffix in (".pkl", ".pickle"):
         return _attach_pickle(base, path, ordinary, classes)
-    return _attach_auto_labels(base, path, ordinary, long_label, classes, image_option)
+    return _attach_auto_labels(base, path, ordinary, long_label, classes, image_option, mode_checked)
 
 
 def _attach_label_studio(base: LabelSet, labels: LabelSet, ordinary: bool, path: Path) -> LabelSet:
@@ -234,7 +236,8 @@ def _attach_pickle(base: LabelSet | None, path: Path, ordinary: bool, classes: l
 
 
 def _attach_auto_labels(base: LabelSet | None, path: Path, ordinary: bool, long_label: bool,
-                        classes: list[str] | None, image_option: str = "--data") -> LabelSet:
+                        classes: list[str] | None, image_option: str = "--data",
+                        mode_checked: bool = False) -> LabelSet:
     from labelers.formats.auto_labels import AutoLabelsError, labels_to_indices, read_auto_labels
 
     if base is None:
@@ -249,21 +252,25 @@ def _attach_auto_labels(base: LabelSet | None, path: Path, ordinary: bool, long_
         raise DataSourceError(str(err)) from None
     if base.class_names != list(names):
         base = replace(base, class_names=list(names))
-    if ordinary:
+    if ordinary and not mode_checked:
         _check_ordinary_csv(path)
     rows = match_rows(base, [f for f, _ in indexed], path)
     return _apply(base, rows, pad_rows([labels for _, labels in indexed]), ordinary, path)
 
 
-def _check_ordinary_csv(path: Path) -> None:
-    """Refuse an auto_labels.csv of a complementary VLM run read as ordinary labels; warn when unknown.
-
-    The file itself does not say which kind its labels are; the run's ``run.json`` next to it does.
-    """
+def auto_labels_mode(path: Path) -> str | None:
+    """Return the mode ("ordinary" | "complementary") the ``run.json`` beside an auto_labels.csv names, or None
+    without one: the file itself does not say which kind its labels are."""
     import json
 
+    meta = Path(path).parent / "run.json"
+    return json.loads(meta.read_text(encoding="utf-8")).get("mode") if meta.exists() else None
+
+
+def _check_ordinary_csv(path: Path) -> None:
+    """Refuse an auto_labels.csv of a complementary VLM run read as ordinary labels; warn when unknown."""
     meta = path.parent / "run.json"
-    mode = json.loads(meta.read_text(encoding="utf-8")).get("mode") if meta.exists() else None
+    mode = auto_labels_mode(path)
     if mode == "complementary":
         raise DataSourceError(f"{path}: {meta} says these are complementary labels (classes the images are NOT), "
                               f"which cannot be read as ordinary labels (--strategy Ord, export --ordinary); "

@@ -224,3 +224,64 @@ def test_a_truth_file_with_a_class_the_audit_does_not_know_is_refused(noisy_cifa
     result = run_audit(folder / "noisy.csv", "--truth", tmp_path / "truth.csv", "--embedder", "no-such-embedder",
                        "--output-dir", tmp_path / "out")
     assert result.exit_code == 2 and "true class 'zebra' is not one of the audited classes" in result.output
+
+
+def _auto_labels_run(tmp_path, paths, truth, noisy):
+    """A pool of unsorted images (links to the CIFAR files) with auto_labels.csv files naming them: the noisy
+    labels (two rounds, the same label) and the true ones."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    names = [f"{p.parent.name}_{p.name}" for p in paths]
+    for path, name in zip(paths, names):
+        (pool / name).symlink_to(path)
+    for file, labels in (("auto_labels.csv", noisy), ("truth_auto_labels.csv", truth)):
+        (tmp_path / file).write_text("".join(f"{n},{CIFAR10_CLASSES[y]},{CIFAR10_CLASSES[y]}\n"
+                                             for n, y in zip(names, labels)))
+    return pool, tmp_path / "auto_labels.csv", tmp_path / "truth_auto_labels.csv"
+
+
+def test_a_truth_auto_labels_csv_is_read_with_the_sources_image_root(noisy_cifar, tmp_path, one_torch_thread,
+                                                                     caplog):
+    from tests.test_image_root_option import _hinted_options, _options
+
+    _, paths, truth, noisy, cache = noisy_cifar
+    pool, labels, truth_csv = _auto_labels_run(tmp_path, paths, truth, noisy)
+    out = tmp_path / "out"
+    result = run_audit(labels, "--image-root", pool, "--classes", ",".join(CIFAR10_CLASSES), "--truth", truth_csv,
+                       "--embedder", EMBEDDER, "--cache", cache, "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    # No run.json says which kind the labels are: said in audit's words (train's named --strategy and --ordinary)
+    assert "note: auto_labels.csv has no run.json beside it" in " ".join(result.output.split())
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert _hinted_options(result.output + logged) <= _options(("audit",)), result.output + logged
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["truth"]["items_with_truth"] == len(paths)  # every row matched its image under the root
+    assert summary["truth"]["wrong_labels"] == int((truth != noisy).sum())
+    rows = read_rows(out / "audit.csv")
+    assert sum(int(r["wrong"]) for r in rows) == int((truth != noisy).sum())
+
+
+def test_a_truth_auto_labels_csv_without_an_image_root_names_audits_option(noisy_cifar, tmp_path):
+    from tests.test_image_root_option import _hinted_options, _options
+
+    folder, paths, truth, noisy, _ = noisy_cifar
+    _, _, truth_csv = _auto_labels_run(tmp_path, paths, truth, noisy)
+    result = run_audit(folder / "noisy.csv", "--truth", truth_csv, "--embedder", "no-such-embedder",
+                       "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2 and "truth_auto_labels.csv" in result.output and "--image-root" in result.output
+    assert _hinted_options(result.output) <= _options(("audit",)), result.output  # was "pass --data"
+
+
+@pytest.mark.parametrize("role", ["source", "truth"])
+def test_a_complementary_auto_labels_csv_is_refused_in_audits_words(noisy_cifar, tmp_path, role):
+    from tests.test_image_root_option import _hinted_options, _options
+
+    folder, paths, truth, noisy, _ = noisy_cifar
+    pool, labels, truth_csv = _auto_labels_run(tmp_path, paths, truth, noisy)
+    (tmp_path / "run.json").write_text(json.dumps({"mode": "complementary", "class_names": CIFAR10_CLASSES}))
+    args = [labels] if role == "source" else [folder / "noisy.csv", "--truth", truth_csv]
+    result = run_audit(*args, "--image-root", pool, "--classes", ",".join(CIFAR10_CLASSES), "--embedder",
+                       "no-such-embedder", "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2 and "complementary labels" in result.output, result.output
+    assert "an audit checks ordinary labels" in " ".join(result.output.split())
+    assert _hinted_options(result.output) <= _options(("audit",)), result.output  # was --strategy, --mode
