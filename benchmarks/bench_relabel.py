@@ -8,21 +8,23 @@ given label is the dominant object's class, flipped to another class at --noise.
 train (--scenes, relabeled and scored), holdout (--holdout, multi-label truth plus the given noisy label:
 calibrates per-class thresholds on its even rows and validates rounds on its odd rows) and test (--test:
 the ReaL-style top-1 of a head retrained on each method's labels). Nothing is tuned on the scored scenes.
-Features: EfficientNet-Lite0 at --px.
+Features: EfficientNet-Lite0 at --px (default 224: the 96 px canvas upsampled).
 Methods:
   keep-original   the given single label
   seed            the seed's rule: naive confidence, each region's argmax, union + original; regions: the whole
-                  image + the four 2x2 windows of the feature map, or (--seed-crops) 3 random `fixed` crops
-                  embedded through the shared embedding cache
+                  image + the four corner windows (2/3 of the side) of the feature map, or (--seed-crops) 3
+                  random `fixed` crops embedded through the shared embedding cache
   ours            one backbone pass per scene: the last feature map's mean (map files cached in
-                  benchmarks/.work/relabel_maps); 5-fold out-of-fold scores, per-class thresholds for precision
-                  --target-precision (TARGET_PRECISION, chosen on seed 0) of the labels added beside the original
-                  (calibrated on the holdout), original kept, optionally (--replace-precision) confidently wrong
-                  originals swapped for the top class; up to 3 rounds accepted only while the held-out F1 (with
-                  the holdout's own noisy originals) improves
-  ablations       (--ablations all) ours with in-sample scores, with the original dropped, with 1x1/2x2 map
-                  windows as regions, with the whole + 2x2-window means concatenated as the head's features;
-                  --sweep adds rows of ours at other (target, replace) precisions
+                  benchmarks/.work/relabel_maps); 5-fold out-of-fold scores; the learned rule
+                  (labelers.relabel.learned) fitted on the holdout's even rows, its threshold by the best held-out
+                  F1 (or --target-recall), judging the given label too; up to 3 rounds accepted only while the
+                  held-out F1 (with the holdout's own noisy originals) improves
+  per-class       the last stop's ours: per-class thresholds for precision --target-precision of the labels added
+                  beside the kept original, optionally (--replace-precision) confidently wrong originals swapped
+  ablations       (--ablations all) ours with in-sample scores, with the original kept, with 3x3/4x4 map windows
+                  as regions, with the whole + 2x2-window means concatenated as the head's features; --sweep adds
+                  per-class rows at other (target, replace) precisions, --recall-sweep rows of ours at other
+                  target recalls
 Metrics per scene (Jaccard / precision / recall / F1), mean over all scenes of all seeds with a 95 % normal
 interval over scenes, and the spread across seeds. Writes benchmarks/results/relabel.csv and the "relabel"
 section of benchmarks/RESULTS.md after every seed (so a cut-short run still reports what finished).
@@ -102,14 +104,13 @@ MAIN_VARIANTS = ("ours", "per-class additions (last stop's ours)")
 
 def head_features(maps, features):
     """Return the head's input per scene from feature maps (N, D, h, w): the whole-image mean ("whole"), or the
-    whole-image mean followed by the four 2x2 windows' means ("concat", 5 D)."""
+    whole-image mean followed by the four corner windows' means ("concat", 5 D; `corner_windows`)."""
     whole = maps.mean(axis=(2, 3))
     if features == "whole":
         return whole
     if features != "concat":
         raise ValueError(f"unknown head features {features!r}; choose whole or concat")
-    windows = map_windows(maps, (2,))
-    return np.concatenate([whole, np.stack([w[1:].reshape(-1) for w in windows])], axis=1)
+    return np.concatenate([whole, np.stack([w[1:].reshape(-1) for w in corner_windows(maps)])], axis=1)
 
 
 def _regions(maps, windows, features):
@@ -220,8 +221,8 @@ def parse_sweep(text: str) -> list[tuple[float, float | None]]:
 
 OBJECT_TITLES = {"cifar10": "CIFAR-10", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 # the order the fragments appear in the RESULTS section (benchmarks/results/relabel_<tag>.md)
-FRAGMENTS = ("mnist_px96_dev", "mnist_px96_dev2", "fashion-mnist_px96_dev", "cifar10_px96_dev", "cifar10_px96", "cifar10_px160", "cifar10_px192", "mnist_px96", "fashion-mnist_px96", "configs",
-             "notes")
+FRAGMENTS = ("notes", "cifar10_px224_dev", "cifar10_px224", "mnist_px224", "fashion-mnist_px224", "configs",
+             "previous", "mnist_px96_dev", "mnist_px96_dev2", "cifar10_px96", "mnist_px96", "fashion-mnist_px96")
 
 
 def scene_cells(group):
