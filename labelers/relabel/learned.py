@@ -12,7 +12,7 @@ below the top, how confident the head is in the given label. The learned rule fi
 given label is one of the candidates: a confidently wrong one is dropped (unless the original is kept), and
 an image always gets at least its most probable class. The threshold is chosen on the same held-out images
 through cross-fitted probabilities: the highest one whose recall reaches `target_recall`, else the one with
-the best F1.
+the best F1 or (by="balanced") where precision and recall meet.
 """
 from __future__ import annotations
 
@@ -103,11 +103,18 @@ def _cross_fitted(scores, original, truth, seed) -> np.ndarray:
     return proba
 
 
+CHOICES = ("f1", "balanced")  # how the threshold is chosen without a target recall
+
+
 def choose_threshold(proba: np.ndarray, truth: np.ndarray, original: np.ndarray | None,
-                     target_recall: float | None) -> tuple[float, str]:
+                     target_recall: float | None, by: str = "f1") -> tuple[float, str]:
     """Return (threshold, how it was chosen) on held-out probabilities (N, K) and truth (N, K): the highest
-    threshold of THRESHOLDS whose recall is >= target_recall, or (no target, or none reaches it, with a
-    warning) the one with the best F1."""
+    threshold of THRESHOLDS whose recall is >= target_recall; without a target (or when none reaches it, with
+    a warning), by `by`: "f1", the best F1, or "balanced", the best min(precision, recall) (the threshold
+    where the two meet: per-image F1 is flat around its best, so its arg max wanders with the sample, while
+    the meeting point does not)."""
+    if by not in CHOICES:
+        raise ValueError(f"unknown threshold choice {by!r}; choose from {', '.join(CHOICES)}")
     results = [set_metrics(decide(proba, t, original), truth) for t in THRESHOLDS]
     if target_recall is not None:
         reaching = [t for t, m in zip(THRESHOLDS, results) if m["recall"] >= target_recall]
@@ -115,12 +122,16 @@ def choose_threshold(proba: np.ndarray, truth: np.ndarray, original: np.ndarray 
             return float(max(reaching)), f"held-out recall >= {target_recall}"
         log.warning("learned rule: no threshold reaches held-out recall %.3f (best %.3f); using the best-F1 one",
                     target_recall, max(m["recall"] for m in results))
+    if by == "balanced":
+        best = int(np.argmax([min(m["precision"], m["recall"]) for m in results]))
+        return float(THRESHOLDS[best]), (f"held-out precision and recall balanced ({results[best]['precision']:.3f} "
+                                         f"/ {results[best]['recall']:.3f})")
     best = int(np.argmax([m["f1"] for m in results]))
     return float(THRESHOLDS[best]), f"best held-out F1 ({results[best]['f1']:.3f})"
 
 
 def fit_learned_rule(scores: np.ndarray, original: np.ndarray, truth: np.ndarray, keep_original: bool = False,
-                     target_recall: float | None = None, seed: int = 0) -> LearnedRule:
+                     target_recall: float | None = None, seed: int = 0, by: str = "f1") -> LearnedRule:
     """Return the learned rule fitted on held-out image scores (N, K), their given labels (N,) and their
     multi-label truth (N, K) bool (images with an empty true set are left out).
 
@@ -137,7 +148,7 @@ def fit_learned_rule(scores: np.ndarray, original: np.ndarray, truth: np.ndarray
     if truth.all():
         raise ValueError("every held-out image has every class: nothing to learn from")
     proba = _cross_fitted(scores, original, truth, seed)
-    threshold, chosen_by = choose_threshold(proba, truth, original if keep_original else None, target_recall)
+    threshold, chosen_by = choose_threshold(proba, truth, original if keep_original else None, target_recall, by)
     model = _model(seed).fit(pair_features(scores, original), truth.reshape(-1))
     log.info("learned rule: threshold %.2f (%s) from %d held-out images", threshold, chosen_by, len(scores))
     return LearnedRule(model, threshold, chosen_by)
