@@ -83,7 +83,7 @@ def _sam_proposer(options: dict):
     try:
         return make_proposer("sam", _sam_settings(options))
     except ProposerError as exc:
-        _fail(f"--sam-model {model}: {exc}. {SAM_WEIGHTS_HELP}")
+        _fail(f"--sam-model {model}: {str(exc).rstrip('.')}. {SAM_WEIGHTS_HELP}")
 
 
 def _boxes_of(options: dict, embedder, cam_head=None, sam=None):
@@ -171,13 +171,17 @@ def relabel(
     num_crops: Optional[int] = typer.Option(None, help="random crops (or max proposals) per image"),
     sam_model: Optional[str] = typer.Option(None, help="--regions sam: a folder holding a SAM checkpoint "
                                                        "(SamModel + SamProcessor) or a hub name"),
-    sam_points_per_side: Optional[int] = typer.Option(None, min=1, help="--regions sam: prompt points per side (default 32)"),
-    sam_crop_layers: Optional[int] = typer.Option(None, min=0, help="--regions sam: SAM's crop layers (default 1; 0 = the "
-                                                             "whole image only, 5x faster)"),
-    sam_min_iou: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="--regions sam: keep masks above this predicted IoU "
-                                                           "(default 0.7)"),
-    sam_min_stability: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="--regions sam: keep masks above this stability "
-                                                                 "score (default 0.85)"),
+    sam_points_per_side: Optional[int] = typer.Option(None, min=1, help="--regions sam: prompt points per side "
+                                                                        "(default 32)"),
+    sam_crop_layers: Optional[int] = typer.Option(None, min=0, help="--regions sam: SAM's crop layers (default 1: "
+                                                                    "the image and 4 crops; 0 = the image only, "
+                                                                    "5x fewer prompts)"),
+    sam_min_iou: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                                help="--regions sam: keep masks above this predicted IoU "
+                                                     "(default 0.7)"),
+    sam_min_stability: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                                      help="--regions sam: keep masks above this stability score "
+                                                           "(default 0.85)"),
     sam_min_mask_area: Optional[int] = typer.Option(None, min=0, help="--regions sam: mask islands and holes under "
                                                                       "this many pixels are removed (default 100)"),
     crop_size: Optional[str] = typer.Option(None, help="fixed | range | a side in pixels"),
