@@ -21,6 +21,14 @@ DEFAULTS = {"regions": "random", "num_crops": 5, "crop_size": "fixed", "confiden
             "dropout_rate": 0.05, "aggregation": "mean", "label": "threshold", "threshold": 0.5,
             "target_precision": 0.9, "target_recall": None, "replace_precision": None, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None,
             "save_path": None, "data": None}
+# --regions sam only; None = labelers.pseudo.settings.SamSettings' default (CoT-PL's)
+SAM_OPTIONS = {"sam_model": "model", "sam_points_per_side": "points_per_side", "sam_crop_layers": "crop_n_layers",
+               "sam_min_iou": "pred_iou_thresh", "sam_min_stability": "stability_score_thresh",
+               "sam_min_mask_area": "min_mask_region_area"}
+SAM_WEIGHTS_HELP = ("SAM weights are not downloaded by labelloop: on a machine with network run `huggingface-cli "
+                    "download facebook/sam-vit-base --local-dir sam-vit-base` (or sam-vit-huge), copy the folder "
+                    "here and pass --sam-model sam-vit-base; `python -m labelers.pseudo.tiny FOLDER` writes a tiny "
+                    "random SAM (mechanics only, its masks mean nothing) to FOLDER/sam")
 
 
 def _fail(message: str) -> None:
@@ -44,9 +52,57 @@ def _merged(config: Optional[Path], given: dict) -> dict:
 CHUNK = 32  # images per embedding call: batches of a few hundred crops, a bounded number of images in memory
 
 
-def _embed_set(paths, embedder, cache, options, seed, what, ray=None, cam_head=None):
-    """Return (images' region embeddings, boxes per image) for image files (on Ray with ``ray``); `cam_head`
-    (a head fitted on the whole-image embeddings) is needed for --regions cam."""
+def _sam_settings(options: dict):
+    """Return the SamSettings of --regions sam: SamSettings' defaults where a --sam-* option is not given."""
+    from dataclasses import replace
+
+    from ..pseudo.settings import SamSettings
+
+    return replace(SamSettings(), **{field: options[key] for key, field in SAM_OPTIONS.items()
+                                     if options.get(key) is not None})
+
+
+def _has_weights(folder: Path) -> bool:
+    """Return whether `folder` looks like a saved checkpoint: config.json beside .safetensors or .bin weights."""
+    return folder.is_dir() and (folder / "config.json").is_file() and \
+        (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))
+
+
+def _sam_proposer(options: dict):
+    """Return the SAM proposer of --regions sam, built once per run; exits (code 2) naming --sam-model when it
+    is a folder without weights, no such folder, or cannot be loaded."""
+    from ..pseudo.proposals import ProposerError, make_proposer
+
+    model = options["sam_model"]
+    folder = Path(model).expanduser()
+    if folder.exists() and not _has_weights(folder):
+        _fail(f"--sam-model {model}: no SAM weights there (a folder with config.json and model.safetensors or "
+              f"pytorch_model.bin is needed). {SAM_WEIGHTS_HELP}")
+    if not folder.exists() and (folder.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1):
+        _fail(f"--sam-model {model}: no such folder. {SAM_WEIGHTS_HELP}")
+    try:
+        return make_proposer("sam", _sam_settings(options))
+    except ProposerError as exc:
+        _fail(f"--sam-model {model}: {str(exc).rstrip('.')}. {SAM_WEIGHTS_HELP}")
+
+
+def _boxes_of(options: dict, embedder, cam_head=None, sam=None):
+    """Return the ``boxes_of(images)`` hook of --regions cam (needs `cam_head`, a head fitted on the
+    whole-image embeddings) or sam (needs `sam`, from _sam_proposer); None for the other methods."""
+    if options["regions"] == "cam":
+        from .cam import cam_proposals
+
+        return lambda images: cam_proposals(embedder, cam_head, images, top_k=options["num_crops"])
+    if options["regions"] == "sam":
+        from .regions import sam_regions
+
+        return lambda images: sam_regions(sam, images, options["num_crops"])
+    return None
+
+
+def _embed_set(paths, embedder, cache, options, seed, what, ray=None, boxes_of=None):
+    """Return (images' region embeddings, boxes per image) for image files (on Ray with ``ray``);
+    `boxes_of` (from _boxes_of) replaces the proposals of --regions for cam and sam."""
     from tqdm.auto import tqdm
 
     from .region_features import embed_chunk
@@ -55,12 +111,6 @@ def _embed_set(paths, embedder, cache, options, seed, what, ray=None, cam_head=N
         from ..ray_jobs import regions_on_ray
 
         return regions_on_ray(paths, CHUNK, embedder.spec, cache.path, options, seed, ray)
-    boxes_of = None
-    if options["regions"] == "cam":
-        from .cam import cam_proposals
-
-        def boxes_of(images):
-            return cam_proposals(embedder, cam_head, images, top_k=options["num_crops"])
     boxes, region_features = [], []
     bar = tqdm(total=len(paths), desc=f"regions {what}", unit="img")
     for start in range(0, len(paths), CHUNK):
@@ -73,13 +123,13 @@ def _embed_set(paths, embedder, cache, options, seed, what, ray=None, cam_head=N
     return region_features, boxes
 
 
-def _holdout(path: Path, class_names, embedder, cache, options, seed, ray=None, cam_head=None):
+def _holdout(path: Path, class_names, embedder, cache, options, seed, ray=None, boxes_of=None):
     from .inputs import read_holdout
     from .metrics import multi_hot
     from .rounds import Holdout
 
     paths, truth, originals = read_holdout(path, len(class_names))
-    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout", ray, cam_head)
+    regions, _ = _embed_set(paths, embedder, cache, options, seed + 1_000_003, "holdout", ray, boxes_of)
     return Holdout(regions, multi_hot(truth, len(class_names)), originals)
 
 
@@ -99,8 +149,12 @@ def _cam_head(paths, embedder, cache, original, class_names, settings):
 def _run_inputs(options: dict, embedder: str, holdout: Optional[Path], seed: int) -> dict:
     """Return what produced the regions and labels besides the settings (compared on --resume)."""
     keys = ("data", "regions", "num_crops", "crop_size", "max_images")
-    return {**{k: None if options[k] is None else str(options[k]) for k in keys}, "embedder": embedder,
-            "holdout": None if holdout is None else str(holdout), "region_seed": seed}
+    inputs = {**{k: None if options[k] is None else str(options[k]) for k in keys}, "embedder": embedder,
+              "holdout": None if holdout is None else str(holdout), "region_seed": seed}
+    if options["regions"] == "sam":  # only then: runs saved before SAM regions existed stay resumable
+        sam = _sam_settings(options)
+        inputs.update({key: getattr(sam, field) for key, field in SAM_OPTIONS.items()})
+    return inputs
 
 
 def relabel(
@@ -111,8 +165,25 @@ def relabel(
     holdout: Optional[Path] = typer.Option(None, help="relabeler JSON with multi-label truth: calibrates per-class "
                                                      "thresholds (even rows) and validates rounds (odd rows)"),
     regions: Optional[str] = typer.Option(None, help="random | grid | felzenszwalb | cam (class-activation-map boxes of the "
-                                                   "--num-crops top classes; the whole image is always added)"),
+                                                   "--num-crops top classes) | sam (boxes of the --num-crops "
+                                                   "best-scoring SAM masks; needs --sam-model); the whole image "
+                                                   "is always added"),
     num_crops: Optional[int] = typer.Option(None, help="random crops (or max proposals) per image"),
+    sam_model: Optional[str] = typer.Option(None, help="--regions sam: a folder holding a SAM checkpoint "
+                                                       "(SamModel + SamProcessor) or a hub name"),
+    sam_points_per_side: Optional[int] = typer.Option(None, min=1, help="--regions sam: prompt points per side "
+                                                                        "(default 32)"),
+    sam_crop_layers: Optional[int] = typer.Option(None, min=0, help="--regions sam: SAM's crop layers (default 1: "
+                                                                    "the image and 4 crops; 0 = the image only, "
+                                                                    "5x fewer prompts)"),
+    sam_min_iou: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                                help="--regions sam: keep masks above this predicted IoU "
+                                                     "(default 0.7)"),
+    sam_min_stability: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                                      help="--regions sam: keep masks above this stability score "
+                                                           "(default 0.85)"),
+    sam_min_mask_area: Optional[int] = typer.Option(None, min=0, help="--regions sam: mask islands and holes under "
+                                                                      "this many pixels are removed (default 100)"),
     crop_size: Optional[str] = typer.Option(None, help="fixed | range | a side in pixels"),
     confidence: Optional[str] = typer.Option(None, help="naive | mc-dropout | mc-perturbation"),
     passes: Optional[int] = typer.Option(None, help="passes for mc-dropout / mc-perturbation"),
@@ -169,9 +240,18 @@ def relabel(
                                    aggregation=aggregation, label=label, threshold=threshold,
                                    target_precision=target_precision, target_recall=target_recall,
                                    replace_precision=replace_precision, keep_original=keep_original, rounds=rounds,
-                                   folds=folds, max_images=max_images))
+                                   folds=folds, max_images=max_images, sam_model=sam_model,
+                                   sam_points_per_side=sam_points_per_side, sam_crop_layers=sam_crop_layers,
+                                   sam_min_iou=sam_min_iou, sam_min_stability=sam_min_stability,
+                                   sam_min_mask_area=sam_min_mask_area))
     if options["data"] is None:
         _fail("no input: pass --data (or json_dir in --config)")
+    given_sam = [f"--{key.replace('_', '-')}" for key in SAM_OPTIONS if options.get(key) is not None]
+    if given_sam and options["regions"] != "sam":
+        _fail(f"{', '.join(given_sam)} only apply to --regions sam (regions is {options['regions']!r})")
+    if options["regions"] == "sam" and not options.get("sam_model"):
+        _fail(f"--regions sam needs --sam-model (a folder holding a SAM checkpoint, or a hub name). "
+              f"{SAM_WEIGHTS_HELP}")
     if options["label"] == "learned" and holdout is None:
         _fail("--label learned needs --holdout (held-out images with their multi-label truth) to learn from")
     if options["label"] == "learned" and keep_original is None:
@@ -187,9 +267,13 @@ def relabel(
                                replace_precision=options["replace_precision"], seed=seed, folds=options["folds"])
     try:
         ray = ray_options(use_ray, ray_address, actors, gpus_per_actor)
+        if ray is not None and options["regions"] == "sam":
+            raise ValueError("--regions sam does not run on --ray yet (every actor would have to load SAM): run "
+                             "it without --ray, or pick another --regions")
         dataset = read_input(Path(options["data"]), class_index, image_root)
         if options["max_images"]:
             dataset.paths, dataset.original = dataset.paths[:options["max_images"]], dataset.original[:options["max_images"]]
+        sam = _sam_proposer(options) if options["regions"] == "sam" else None  # once per run, before any embedding
         model = make_embedder(embedder)
         model.spec = embedder  # what the actors of a Ray run build it from
         store = EmbeddingCache(cache or cache_dir() / "embeddings.sqlite")
@@ -201,8 +285,9 @@ def relabel(
                              "set first): run it without --ray, or pick another --regions")
         head0 = _cam_head(dataset.paths, model, store, dataset.original, dataset.class_names, settings) \
             if options["regions"] == "cam" else None
-        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train", ray, head0)
-        held = _holdout(holdout, dataset.class_names, model, store, options, seed, ray, head0) if holdout else None
+        boxes_of = _boxes_of(options, model, head0, sam)
+        region_features, boxes = _embed_set(dataset.paths, model, store, options, seed, "train", ray, boxes_of)
+        held = _holdout(holdout, dataset.class_names, model, store, options, seed, ray, boxes_of) if holdout else None
         if held is None:
             typer.secho("warning: no --holdout: every round is accepted WITHOUT validation (nothing checks the "
                         "new labels against the originals); rounds.json marks them validated: false",

@@ -1,4 +1,5 @@
-"""Regions of an image to score: the whole image (always), random crops, a grid, Felzenszwalb proposals.
+"""Regions of an image to score: the whole image (always), random crops, a grid, Felzenszwalb proposals,
+SAM masks' boxes (`sam_regions`, given a SAM proposer from labelers.pseudo.proposals).
 
 A region is a box (left, top, right, bottom) in pixels, right/bottom exclusive, always inside the image.
 """
@@ -12,7 +13,10 @@ from PIL import Image
 
 SEED_CROP_SIZE = 224  # the seed's `fixed` crop side (ImageNet input size)
 SMALL_IMAGE_FRACTION = 0.9  # the seed's `fixed` on an image smaller than 224: 90 % of the short side
-METHODS = ("random", "grid", "felzenszwalb", "cam")  # cam: labelers.relabel.cam (needs a head)
+# cam: labelers.relabel.cam (needs a head). sam is not listed: it needs SAM weights, which only
+# `labelloop relabel --regions sam --sam-model` loads (the backend refuses it as an unknown method).
+METHODS = ("random", "grid", "felzenszwalb", "cam")
+MIN_REGION_FRACTION = 0.04  # proposals' boxes under 4 % of the image are dropped: too few pixels to classify
 
 
 class RegionError(ValueError):
@@ -84,7 +88,7 @@ def grid(width: int, height: int, rows: int = 2, cols: int | None = None, name: 
     return [Box(int(xs[c]), int(ys[r]), int(xs[c + 1]), int(ys[r + 1])) for r in range(rows) for c in range(cols)]
 
 
-def felzenszwalb_boxes(image: Image.Image, max_regions: int = 6, min_fraction: float = 0.04,
+def felzenszwalb_boxes(image: Image.Image, max_regions: int = 6, min_fraction: float = MIN_REGION_FRACTION,
                        scale: float | None = None) -> list[Box]:
     """Return the bounding boxes of the largest Felzenszwalb segments (at least `min_fraction` of the image),
     largest first, at most `max_regions`. Looks at the image: segments follow colour and texture edges."""
@@ -122,10 +126,36 @@ def propose(image: Image.Image, method: str = "random", num_crops: int = 5, size
     elif method == "cam":
         raise RegionError(f"{name}: cam regions need a trained head and the backbone's feature map; "
                           f"use labelers.relabel.cam.cam_proposals")
+    elif method == "sam":
+        raise RegionError(f"{name}: sam regions need a SAM model; use labelers.relabel.regions.sam_regions "
+                          f"(labelloop relabel --regions sam --sam-model FOLDER)")
     else:
         raise RegionError(f"{name}: unknown region method {method!r}; choose from {', '.join(METHODS)}")
     whole = whole_image(width, height)
     return [whole] + [b for b in boxes if b != whole]
+
+
+def sam_boxes(proposals: Sequence, width: int, height: int, max_regions: int,
+              min_fraction: float = MIN_REGION_FRACTION) -> list[Box]:
+    """Return the boxes of the highest-scoring `proposals` (labelers.pseudo.proposals.Proposal: ``.box``
+    (x0, y0, x1, y1) and ``.score``), best first, at most `max_regions`. Boxes under `min_fraction` of the
+    image, repeats and the whole image itself (always region 0 anyway) are dropped, as in felzenszwalb_boxes."""
+    whole, boxes = whole_image(width, height), []
+    for proposal in sorted(proposals, key=lambda p: -p.score):
+        if len(boxes) >= max_regions:
+            break
+        box = Box(*proposal.box)
+        if box.area >= min_fraction * width * height and box != whole and box not in boxes:
+            boxes.append(box)
+    return boxes
+
+
+def sam_regions(proposer, images: Sequence[Image.Image], max_regions: int,
+                min_fraction: float = MIN_REGION_FRACTION) -> list[list[Box]]:
+    """Return per image the whole image, then the `sam_boxes` of its masks from `proposer` (a SamProposer of
+    labelers.pseudo.proposals, built once per run: anything with ``propose(images) -> [[Proposal]]``)."""
+    return [[whole_image(*image.size)] + sam_boxes(found, *image.size, max_regions, min_fraction)
+            for image, found in zip(images, proposer.propose(images))]
 
 
 def crop_regions(image: Image.Image, boxes: Sequence[Box]) -> list[Image.Image]:
