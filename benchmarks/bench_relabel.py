@@ -52,10 +52,10 @@ from labelers.sample_data import cache_dir
 
 OUT = Path(__file__).with_name("results")
 MAPS = Path(__file__).with_name(".work") / "relabel_maps"
-# choices picked on the development seed 0 (the sweeps in RESULTS.md's dev tables), each the setting with the best
-# F1 among those meeting both floors (P and R >= 0.88): ours' target recall (None would be the best held-out F1,
-# whose threshold the flat F1 curve leaves noisy), and the per-class rule's target precision (the last stop's ours)
-TARGET_RECALL = 0.9
+# ours' threshold: where held-out precision and recall meet (RelabelSettings.threshold_by "balanced"; no target
+# recall), a rule without a tuned number; the per-class rule's target precision was chosen on the development seed 0
+# (the last stop's ours)
+TARGET_RECALL = None
 TARGET_PRECISION = 0.5
 REPLACE_PRECISION = None
 
@@ -137,7 +137,7 @@ def _map_key(seed, name, n, noise, px, objects):
 
 def run_ours(maps, sets, k, class_names, seed, windows=(), drop=False, folds=5, features="whole",
              target_precision=0.9, replace_precision=None, rounds=3, rule="per-class", target_recall=None,
-             threshold_by="f1"):
+             threshold_by="balanced"):
     """Return (labels (N, K) bool of the best accepted round, the rounds' history) of ours with these choices."""
     settings = RelabelSettings(confidence="naive", rule=rule, target_precision=target_precision,
                                target_recall=target_recall, threshold_by=threshold_by, keep_original=not drop,

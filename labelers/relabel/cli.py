@@ -19,7 +19,7 @@ options override it. See docs/relabel.md."""
 
 DEFAULTS = {"regions": "random", "num_crops": 5, "crop_size": "fixed", "confidence": "mc-dropout", "passes": 20,
             "dropout_rate": 0.05, "aggregation": "mean", "label": "threshold", "threshold": 0.5,
-            "target_precision": 0.9, "target_recall": None, "replace_precision": None, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None,
+            "target_precision": 0.9, "target_recall": None, "threshold_by": "balanced", "replace_precision": None, "keep_original": True, "rounds": 3, "folds": 5, "max_images": None,
             "save_path": None, "data": None}
 # --regions sam only; None = labelers.pseudo.settings.SamSettings' default (CoT-PL's)
 SAM_OPTIONS = {"sam_model": "model", "sam_points_per_side": "points_per_side", "sam_crop_layers": "crop_n_layers",
@@ -194,7 +194,9 @@ def relabel(
     threshold: Optional[float] = typer.Option(None, help="global threshold (and the fallback of per-class / gmm)"),
     target_precision: Optional[float] = typer.Option(None, help="per-class: held-out precision to reach"),
     target_recall: Optional[float] = typer.Option(None, help="learned: held-out recall its threshold must reach "
-                                                  "(default: the threshold with the best held-out F1)"),
+                                                  "(default: see --threshold-by)"),
+    threshold_by: Optional[str] = typer.Option(None, help="learned, without --target-recall: balanced (where "
+                                               "held-out precision and recall meet; default) | f1 (best held-out F1)"),
     replace_precision: Optional[float] = typer.Option(None, help="swap a given label for the head's top class when "
                                                       "the top class beats it by a per-class margin calibrated on "
                                                       "the holdout for this precision of the swaps (needs --holdout "
@@ -239,6 +241,7 @@ def relabel(
                                    confidence=confidence, passes=passes, dropout_rate=dropout_rate,
                                    aggregation=aggregation, label=label, threshold=threshold,
                                    target_precision=target_precision, target_recall=target_recall,
+                                   threshold_by=threshold_by,
                                    replace_precision=replace_precision, keep_original=keep_original, rounds=rounds,
                                    folds=folds, max_images=max_images, sam_model=sam_model,
                                    sam_points_per_side=sam_points_per_side, sam_crop_layers=sam_crop_layers,
@@ -252,6 +255,9 @@ def relabel(
     if options["regions"] == "sam" and not options.get("sam_model"):
         _fail(f"--regions sam needs --sam-model (a folder holding a SAM checkpoint, or a hub name). "
               f"{SAM_WEIGHTS_HELP}")
+    from .learned import CHOICES
+    if options["threshold_by"] not in CHOICES:
+        _fail(f"--threshold-by {options['threshold_by']!r}: choose {' or '.join(CHOICES)}")
     if options["label"] == "learned" and holdout is None:
         _fail("--label learned needs --holdout (held-out images with their multi-label truth) to learn from")
     if options["label"] == "learned" and keep_original is None:
@@ -263,6 +269,7 @@ def relabel(
                                dropout_rate=options["dropout_rate"], aggregation=options["aggregation"],
                                rule=options["label"], threshold=options["threshold"],
                                target_precision=options["target_precision"], target_recall=options["target_recall"],
+                               threshold_by=options["threshold_by"],
                                keep_original=options["keep_original"],
                                replace_precision=options["replace_precision"], seed=seed, folds=options["folds"])
     try:

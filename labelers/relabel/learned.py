@@ -131,7 +131,7 @@ def choose_threshold(proba: np.ndarray, truth: np.ndarray, original: np.ndarray 
 
 
 def fit_learned_rule(scores: np.ndarray, original: np.ndarray, truth: np.ndarray, keep_original: bool = False,
-                     target_recall: float | None = None, seed: int = 0, by: str = "f1") -> LearnedRule:
+                     target_recall: float | None = None, seed: int = 0, by: str = "balanced") -> LearnedRule:
     """Return the learned rule fitted on held-out image scores (N, K), their given labels (N,) and their
     multi-label truth (N, K) bool (images with an empty true set are left out).
 

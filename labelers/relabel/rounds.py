@@ -39,7 +39,7 @@ class RelabelSettings:
     threshold: float = 0.5
     target_precision: float = 0.9
     target_recall: float | None = None  # learned rule: held-out recall its threshold must reach (None: by below)
-    threshold_by: str = "f1"  # learned rule without a target recall: "f1" (best held-out F1) or "balanced" (P = R)
+    threshold_by: str = "balanced"  # learned rule without a target recall: "balanced" (held-out P = R) or "f1"
     keep_original: bool = True
     # swap the given label for the head's top class when the top class beats it by a margin calibrated on the
     # holdout for this precision of the swaps (None: never swap; see labeling.calibrate_replacements)

@@ -97,3 +97,13 @@ def test_rounds_with_the_learned_rule_beat_keep_original_and_need_a_holdout():
     assert 0.05 <= history[1].metrics["learned_threshold"] <= 0.95
     with pytest.raises(ValueError, match="--label learned needs held-out labeled images"):
         run_rounds([r[:1] for r in regions], original, names, settings, rounds=1)
+
+
+def test_the_balanced_threshold_is_where_held_out_precision_and_recall_meet():
+    # two images: A has {0} and a confusable absent class 1 at 0.7; B has {0, 1}, class 1 at 0.4
+    proba, truth = np.array([[0.9, 0.7], [0.9, 0.4], [0.9, 0.4]]), np.array([[True, False], [True, True], [True, True]])
+    # below 0.4: P 5/6, R 1 (min 0.833); 0.4-0.7: P 5/6, R 2/3; above 0.7: P 1, R 2/3: the first region wins
+    threshold, how = learned.choose_threshold(proba, truth, None, None, by="balanced")
+    assert threshold < 0.4 and "balanced (0.833 / 1.000)" in how
+    with pytest.raises(ValueError, match="unknown threshold choice 'median'"):
+        learned.choose_threshold(proba, truth, None, None, by="median")
