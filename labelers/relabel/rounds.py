@@ -266,6 +266,8 @@ def out_of_fold_confidences(whole: np.ndarray, labels: np.ndarray, regions: Sequ
     out: list[np.ndarray | None] = [None] * n
     for fold, head in enumerate(heads):
         scored = np.arange(fold, n, len(heads))
+        if not len(scored):  # fewer images than folds (a small holdout half)
+            continue
         fold_perturb = None if perturb is None else (lambda j, p, s, idx=scored: perturb(int(idx[j]), p, s))
         for i, confidences in zip(scored, region_confidences(head, [regions[i] for i in scored], settings,
                                                              fold_perturb)):

@@ -39,7 +39,7 @@ def test_propose_puts_the_whole_image_first_once():
     boxes = propose(image, "grid", grid_rows=2)
     assert boxes[0].as_tuple() == (0, 0, 64, 48) and len(boxes) == 5
     with pytest.raises(RegionError, match="unknown region method"):
-        propose(image, "sam")
+        propose(image, "selective-search")
 
 
 def test_felzenszwalb_finds_two_coloured_objects():

@@ -186,3 +186,18 @@ def test_the_replace_rule_fixes_wrong_originals_and_needs_given_held_out_labels(
     assert ours["precision"] > added["precision"] + 0.05 and ours["cardinality"] < added["cardinality"], (ours, added)
     with pytest.raises(ValueError, match="--replace-precision needs held-out images with their given labels"):
         run_rounds(regions, given, names, settings, rounds=1, holdout=Holdout(held_regions, held_truth))
+
+
+def test_a_holdout_smaller_than_the_folds_is_scored_by_the_fold_heads():
+    from labelers.relabel.rounds import fold_heads, held_out_scorer
+
+    rng = np.random.default_rng(5)
+    regions, truth, original, prototypes = _scenes(60, rng)
+    held_regions, held_truth, _, _ = _scenes(3, rng, prototypes=prototypes)  # 3 images, 5 fold heads
+    settings = RelabelSettings(confidence="naive", folds=5)
+    whole = np.stack([r[0] for r in regions])
+    heads = fold_heads(whole, multi_hot([[o] for o in original], 4), [f"c{i}" for i in range(4)], settings)
+    scored = held_out_scorer(heads[0], heads, settings)(Holdout(held_regions, held_truth))
+    # held-out image j is scored by fold head j
+    for j in range(3):
+        np.testing.assert_allclose(scored[j], heads[j].predict_proba(held_regions[j]), rtol=1e-6)
