@@ -25,13 +25,13 @@ def _write_truth(path, scenes):
     path.write_text(json.dumps({"data": [{"img_path": p.name, "labels": t} for p, t in zip(scenes.paths, scenes.truth)]}))
 
 
-@pytest.fixture(scope="module")
-def scene_run(tmp_path_factory):
+def write_scene_files(root, per_class, n_train, n_held):
+    """Write train/ (scenes, labels.csv, truth.json) and held/ (scenes, truth.json) pair scenes of CIFAR objects
+    and classes.txt under `root`; return the training SceneSet."""
     from labelers.relabel.scenes import pair_scenes
 
-    root = tmp_path_factory.mktemp("scenes")
-    train = pair_scenes(*_sources(0, 60), 100, root / "train", two_share=0.5, n_classes=3, seed=0)
-    held = pair_scenes(*_sources(60, 60), 100, root / "held", two_share=0.5, n_classes=3, seed=1)
+    train = pair_scenes(*_sources(0, per_class), n_train, root / "train", two_share=0.5, n_classes=3, seed=0)
+    held = pair_scenes(*_sources(per_class, per_class), n_held, root / "held", two_share=0.5, n_classes=3, seed=1)
     with (root / "train" / "labels.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "label"])
@@ -39,7 +39,13 @@ def scene_run(tmp_path_factory):
     _write_truth(root / "train" / "truth.json", train)
     _write_truth(root / "held" / "truth.json", held)
     (root / "classes.txt").write_text("\n".join(CLASSES))
-    return root, train
+    return train
+
+
+@pytest.fixture(scope="module")
+def scene_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    return root, write_scene_files(root, 60, 100, 100)
 
 
 def _relabel(root, out, *extra):

@@ -1,6 +1,5 @@
 """`labelloop relabel --regions sam`: the boxes of SAM's best masks as regions, on a tiny random SAM (mechanics
 only: its masks mean nothing) and real scenes of two CIFAR-10 tiles; the refusals of a run without weights."""
-import csv
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from typer.testing import CliRunner
 from labelloop.cli import app
 from labelers.pseudo.proposals import Proposal
 from labelers.relabel.regions import Box, RegionError, propose, sam_boxes, sam_regions
-from tests.labelers.test_relabel_cli import CLASSES, _sources, _write_truth
+from tests.labelers.test_relabel_cli import write_scene_files
 
 # the tiny SAM's masks are small and its scores near 0: CoT-PL's thresholds would leave the whole image only
 LOOSE = ["--sam-points-per-side", "4", "--sam-crop-layers", "0", "--sam-min-iou", "0", "--sam-min-stability", "0",
@@ -30,18 +29,8 @@ def tiny_sams(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """12 training and 8 held-out 64x32 scenes, a labels CSV, the truth JSON and classes.txt."""
-    from labelers.relabel.scenes import pair_scenes
-
     root = tmp_path_factory.mktemp("sam_scenes")
-    train = pair_scenes(*_sources(0, 8), 12, root / "train", two_share=0.5, n_classes=3, seed=0)
-    held = pair_scenes(*_sources(8, 8), 8, root / "held", two_share=0.5, n_classes=3, seed=1)
-    with (root / "train" / "labels.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "label"])
-        writer.writerows((p.name, CLASSES[o]) for p, o in zip(train.paths, train.original))
-    _write_truth(root / "held" / "truth.json", held)
-    (root / "classes.txt").write_text("\n".join(CLASSES))
-    return root, train
+    return root, write_scene_files(root, 8, 12, 8)
 
 
 def _relabel(root, out, *extra):
